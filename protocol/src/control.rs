@@ -68,6 +68,16 @@ macro_rules! payload_push {
     };
 }
 
+#[cfg(any(test, feature = "random"))]
+macro_rules! payload_random {
+    ($enum:ident, $name:ident, $r:ident) => {
+        $enum::$name
+    };
+    ($enum:ident, $name:ident, $r:ident, $t:ty) => {
+        $enum::$name(<$t as crate::random::Random>::random($r))
+    };
+}
+
 macro_rules! payload_pull {
     ($enum:ident, $name:ident, $buf:ident) => {
         ($enum::$name, 0)
@@ -142,6 +152,14 @@ macro_rules! controls {
                     $(Opcode::$name => payload_pull!(ControlRequest, $name, buf $(, $rq)?),)*
                 })
             }
+
+            /// Random request data for `opcode`.
+            #[cfg(any(test, feature = "random"))]
+            pub fn random_for(opcode: Opcode, r: &mut crate::random::Rng) -> Self {
+                match opcode {
+                    $(Opcode::$name => payload_random!(ControlRequest, $name, r $(, $rq)?),)*
+                }
+            }
         }
 
         /// The typed data of a successful control reply.
@@ -177,13 +195,21 @@ macro_rules! controls {
                     $(Opcode::$name => payload_pull!(ControlReply, $name, buf $(, $rp)?),)*
                 })
             }
+
+            /// Random reply data for `opcode`.
+            #[cfg(any(test, feature = "random"))]
+            pub fn random_for(opcode: Opcode, r: &mut crate::random::Rng) -> Self {
+                match opcode {
+                    $(Opcode::$name => payload_random!(ControlReply, $name, r $(, $rp)?),)*
+                }
+            }
         }
     };
 }
 
 controls! {
     ProcessExists = 0, [i32], [];
-    Statistics = 1, [], [Statistics];
+    Statistics = 1, [], [Box<Statistics>];
     Ping = 3, [], [];
     GetDbPath = 4, [u32], [String];
     GetVnnMap = 5, [], [VnnMap];
@@ -216,7 +242,7 @@ controls! {
     GetTunable = 49, [TunableName], [u32];
     ListTunables = 50, [], [VarList];
     ModifyFlags = 52, [NodeFlagChange], [];
-    GetAllTunables = 53, [], [TunableList];
+    GetAllTunables = 53, [], [Box<TunableList>];
     GetTcpTickleList = 55, [SockAddr], [TickleList];
     SetTcpTickleList = 56, [TickleList], [];
     DbAttachPersistent = 61, [String], [u32];
@@ -259,7 +285,7 @@ controls! {
     ScheduleForDeletion = 128, [KeyData], [];
     SetDbReadonly = 129, [u32], [];
     TraverseStartExt = 131, [TraverseStartExt], [];
-    GetDbStatistics = 132, [u32], [DbStatistics];
+    GetDbStatistics = 132, [u32], [Box<DbStatistics>];
     SetDbSticky = 133, [u32], [];
     ReloadPublicIps = 134, [], [];
     TraverseAllExt = 135, [TraverseAllExt], [];

@@ -41,3 +41,6 @@ pub use header::{Header, Operation};
 pub use marshal::Marshal;
 pub use message::{MessageData, ReqMessage};
 pub use packet::{Body, Packet};
+
+#[cfg(test)]
+mod proptests;

@@ -455,3 +455,16 @@ impl Marshal for String {
         }
     }
 }
+
+/// Large payloads are boxed inside enums; the box is invisible on the wire.
+impl<T: Marshal> Marshal for Box<T> {
+    fn len(&self) -> usize {
+        T::len(self)
+    }
+    fn push(&self, buf: &mut [u8]) -> usize {
+        T::push(self, buf)
+    }
+    fn pull(buf: &[u8]) -> Result<(Self, usize)> {
+        T::pull(buf).map(|(v, n)| (Box::new(v), n))
+    }
+}

@@ -245,10 +245,8 @@ fn captures_round_trip() {
 fn check_orphan_reply(where_: &str, bytes: &[u8], failures: &mut Vec<String>) {
     let mut fits = 0;
     for &op in Opcode::ALL {
-        if let Ok(p) = Packet::decode(bytes, |_| Some(op)) {
-            if p.encode() == bytes {
-                fits += 1;
-            }
+        if Packet::decode(bytes, |_| Some(op)).is_ok_and(|p| p.encode() == bytes) {
+            fits += 1;
         }
     }
     if fits == 0 {

@@ -1,0 +1,122 @@
+//! Specific hostile inputs: each must be a typed error, without panicking
+//! and without allocating what a lying count asks for.
+
+use bytes::BytesMut;
+use ctdb_protocol::framing::PacketCodec;
+use ctdb_protocol::header::{CTDB_MAGIC, HEADER_LEN};
+use ctdb_protocol::types::{NodeMap, RecBuffer, VnnMap};
+use ctdb_protocol::{
+    ControlRequest, Error, Header, Marshal, Opcode, Operation, Packet, ReqControl,
+};
+use tokio_util::codec::Decoder;
+
+fn header(op: u32, len: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [len, CTDB_MAGIC, 1, 0, op, 0, 0, 7] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn huge_counts_are_refused_before_allocating() {
+    let mut b = vec![];
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(VnnMap::pull(&b), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        NodeMap::pull(&u32::MAX.to_le_bytes()),
+        Err(Error::Truncated { .. })
+    ));
+    let mut rb = vec![];
+    rb.extend_from_slice(&1u32.to_le_bytes());
+    rb.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(RecBuffer::pull(&rb), Err(Error::Truncated { .. })));
+}
+
+#[test]
+fn lengths_beyond_the_data_are_errors() {
+    // A control whose data length is larger than the packet.
+    let mut b = header(Operation::ReqControl as u32, 0);
+    b.extend_from_slice(&(Opcode::GetDbPath as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 20]);
+    b.extend_from_slice(&1000u32.to_le_bytes());
+    b.extend_from_slice(&[1, 2, 3, 4]);
+    let len = b.len() as u32;
+    b[..4].copy_from_slice(&len.to_le_bytes());
+    assert!(matches!(
+        Packet::decode_request(&b),
+        Err(Error::Truncated { .. })
+    ));
+
+    // A header claiming more bytes than were received.
+    let h = header(Operation::ReqKeepalive as u32, 4096);
+    assert!(matches!(
+        Packet::decode_request(&h),
+        Err(Error::BadLength { .. })
+    ));
+}
+
+#[test]
+fn wrong_magic_version_operation_and_opcode() {
+    let mut b = header(Operation::ReqKeepalive as u32, HEADER_LEN as u32);
+    b[4] ^= 0xff;
+    assert!(matches!(Header::pull(&b), Err(Error::BadMagic(_))));
+
+    let mut b = header(Operation::ReqKeepalive as u32, HEADER_LEN as u32);
+    b[8] = 2;
+    assert!(matches!(Header::pull(&b), Err(Error::BadVersion(2))));
+
+    let b = header(6, HEADER_LEN as u32);
+    assert!(matches!(Header::pull(&b), Err(Error::UnknownOperation(6))));
+
+    // Control 10 (GET_NODEMAPv4) is obsolete.
+    let mut b = header(Operation::ReqControl as u32, 0);
+    b.extend_from_slice(&10u32.to_le_bytes());
+    b.extend_from_slice(&[0; 24]);
+    let len = b.len() as u32;
+    b[..4].copy_from_slice(&len.to_le_bytes());
+    assert!(matches!(
+        Packet::decode_request(&b),
+        Err(Error::UnknownOpcode(10))
+    ));
+}
+
+#[test]
+fn strings_must_be_terminated_and_utf8() {
+    let req = ReqControl::new(ControlRequest::DbAttach("x".into()));
+    let mut b = req.to_bytes();
+    let last = b.len() - 1;
+    b[last] = b'y'; // overwrite the NUL
+    assert!(matches!(ReqControl::pull(&b), Err(Error::Invalid { .. })));
+    b[last - 1] = 0xff;
+    b[last] = 0;
+    assert!(matches!(ReqControl::pull(&b), Err(Error::Invalid { .. })));
+}
+
+#[test]
+fn framing_splits_many_packets_per_read_and_rejects_bad_lengths() {
+    let mut codec = PacketCodec::new(1024);
+    let p = Packet::new(
+        Header::new(Operation::ReqControl, 0, 0, 1),
+        ctdb_protocol::Body::ReqControl(ReqControl::new(ControlRequest::Ping)),
+    )
+    .encode();
+    let mut buf = BytesMut::new();
+    for _ in 0..5 {
+        buf.extend_from_slice(&p);
+    }
+    buf.extend_from_slice(&p[..10]); // a partial sixth
+    let mut n = 0;
+    while let Some(frame) = codec.decode(&mut buf).unwrap() {
+        assert_eq!(&frame[..], &p[..]);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+    assert_eq!(buf.len(), 10);
+
+    let mut big = BytesMut::from(&header(0, 4096)[..]);
+    assert!(codec.decode(&mut big).is_err(), "over the maximum");
+    let mut tiny = BytesMut::from(&header(0, 8)[..]);
+    assert!(codec.decode(&mut tiny).is_err(), "shorter than a header");
+}
