@@ -1,0 +1,641 @@
+//! Locking, compatible with libtdb processes working on the same file.
+//!
+//! # What is locked where
+//!
+//! Every lock is a byte range of the file, taken with POSIX `fcntl` locks,
+//! except that in a database with the mutex feature the freelist and chain
+//! locks are robust pthread mutexes in the mutex area instead
+//! (see [`crate::mutex`]). The offsets are fixed by the format:
+//!
+//! | lock              | offset / range                          | kind |
+//! |-------------------|-----------------------------------------|------|
+//! | open              | byte 0                                  | fcntl |
+//! | active            | byte 4 (held read by CLEAR_IF_FIRST users) | fcntl |
+//! | transaction       | byte 8                                  | fcntl |
+//! | sequence number   | byte 48                                 | fcntl |
+//! | freelist          | byte 164                                | fcntl or mutex 0 |
+//! | chain *b*         | byte 168 + 4*b                          | fcntl or mutex 1+*b* |
+//! | all records       | bytes 168 .. EOF (fcntl); with mutexes: the all-record mutex + bytes 168+4*hash_size .. EOF | both |
+//! | one record        | byte at the record's offset (traversals) | fcntl |
+//!
+//! # Nesting and processes
+//!
+//! fcntl locks belong to the *process*, do not nest, and are all dropped when
+//! the process closes *any* descriptor of the file. Like libtdb, each handle
+//! therefore keeps its own table of held locks with counts: only the first
+//! acquisition reaches the kernel (or the mutex), only the last release does.
+//! For the same reason a process may have only one [`crate::Tdb`] handle per
+//! file ([`crate::Error::AlreadyOpen`]), and must not open and close other
+//! descriptors of a database file it has open.
+//!
+//! Mutex-mode chain locks are exclusive even when asked for read access.
+//!
+//! # Recovery
+//!
+//! When the first data lock is taken, the recovery area is checked: if a
+//! process died inside a transaction commit, the database is repaired
+//! (under the open lock and an exclusive lock of all records) before the lock
+//! is handed out.
+
+use std::os::fd::AsRawFd;
+
+use crate::Inner;
+use crate::error::{Error, Result};
+use crate::format::{FREELIST_TOP, data_start, lockoff};
+use crate::mutex;
+
+/// Shared or exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockType {
+    Read,
+    Write,
+}
+
+impl LockType {
+    fn fcntl_type(self) -> libc::c_short {
+        match self {
+            LockType::Read => libc::F_RDLCK as libc::c_short,
+            LockType::Write => libc::F_WRLCK as libc::c_short,
+        }
+    }
+    fn mutex_state(self) -> i16 {
+        match self {
+            LockType::Read => mutex::F_RDLCK,
+            LockType::Write => mutex::F_WRLCK,
+        }
+    }
+}
+
+/// One held lock with its nesting count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LockRec {
+    pub off: u32,
+    pub count: u32,
+    pub ltype: LockType,
+}
+
+/// State of the all-record lock held by this handle.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AllRecord {
+    pub count: u32,
+    pub ltype: Option<LockType>,
+    /// Taken shared by a transaction, to be upgraded at commit; counts as a
+    /// write lock for the covered-chain checks.
+    pub upgradable: bool,
+}
+
+/// A list to lock: the freelist or a hash chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum List {
+    Free,
+    Chain(u32),
+}
+
+impl List {
+    #[inline]
+    pub fn lock_off(self) -> u32 {
+        match self {
+            List::Free => lockoff::FREELIST,
+            List::Chain(b) => lockoff::chain(b),
+        }
+    }
+}
+
+fn errno_err(e: i32) -> Error {
+    match e {
+        libc::EAGAIN | libc::EACCES | libc::EBUSY => Error::WouldBlock,
+        libc::EDEADLK => Error::Lock("deadlock detected"),
+        libc::ENOTRECOVERABLE => Error::Lock("mutex is not recoverable"),
+        libc::EPERM => Error::Lock("mutex is not owned by this thread"),
+        e => Error::Io(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Raw fcntl byte-range lock; `len == 0` means "to end of file".
+fn fcntl_lock(fd: i32, ltype: libc::c_short, off: u32, len: u64, wait: bool) -> Result<()> {
+    // SAFETY: flock is plain old data; zeroed is a valid initial state.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ltype;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = off as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl.l_pid = 0;
+    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
+    loop {
+        // SAFETY: fd is our open database descriptor, fl a valid flock.
+        let r = unsafe { libc::fcntl(fd, cmd, &fl as *const libc::flock) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if e == libc::EINTR {
+            continue;
+        }
+        return Err(errno_err(e));
+    }
+}
+
+impl Inner {
+    /// Index of the mutex standing in for a one-byte lock at `off`, if the
+    /// database uses mutexes and `off` is the freelist or a chain lock.
+    #[inline]
+    fn mutex_index(&self, off: u32, len: u64) -> Option<u32> {
+        self.mutexes.as_ref()?;
+        if len != 1 || off < lockoff::FREELIST || off >= data_start(self.hash_size) {
+            return None;
+        }
+        let rel = off - lockoff::FREELIST;
+        if !rel.is_multiple_of(4) {
+            return None;
+        }
+        let idx = rel / 4;
+        if idx > self.hash_size {
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// Whether this handle holds any chain mutex (not counting the freelist).
+    fn have_mutex_chainlocks(&self) -> bool {
+        let lo = lockoff::chain(0);
+        let hi = lockoff::chain(self.hash_size);
+        self.locks.iter().any(|l| l.off >= lo && l.off < hi)
+    }
+
+    /// Take one lock in the kernel or the mutex area, ignoring nesting.
+    pub(crate) fn brlock(&mut self, lt: LockType, off: u32, len: u64, wait: bool) -> Result<()> {
+        if self.nolock {
+            return Ok(());
+        }
+        if lt == LockType::Write && (self.io.read_only || self.traverse_read > 0) {
+            return Err(Error::ReadOnly);
+        }
+        if let Some(idx) = self.mutex_index(off, len) {
+            return self.mutex_lock(idx, lt, wait);
+        }
+        fcntl_lock(self.io.file.as_raw_fd(), lt.fcntl_type(), off, len, wait)
+    }
+
+    pub(crate) fn brunlock(&mut self, off: u32, len: u64) -> Result<()> {
+        if self.nolock {
+            return Ok(());
+        }
+        if let Some(idx) = self.mutex_index(off, len) {
+            let m = self.mutexes.as_ref().expect("mutex_index implies mutexes");
+            return m.unlock_chain(idx).map_err(errno_err);
+        }
+        fcntl_lock(
+            self.io.file.as_raw_fd(),
+            libc::F_UNLCK as libc::c_short,
+            off,
+            len,
+            true,
+        )
+    }
+
+    /// Lock chain/freelist mutex `idx`, queueing behind an all-record holder.
+    fn mutex_lock(&mut self, idx: u32, lt: LockType, wait: bool) -> Result<()> {
+        loop {
+            let have_chains = idx != 0 && self.have_mutex_chainlocks();
+            let m = self.mutexes.as_ref().expect("mutex mode");
+            m.lock_chain(idx, wait).map_err(errno_err)?;
+            if idx == 0 || have_chains {
+                // The freelist is independent of the all-record lock; and with
+                // another chain already held we must not wait for the
+                // all-record holder (it may be waiting for that chain).
+                return Ok(());
+            }
+            let st = m.allrecord_state();
+            if st == mutex::F_UNLCK || (st == mutex::F_RDLCK && lt == LockType::Read) {
+                return Ok(());
+            }
+            // Someone holds (or is taking) all records: let go and queue on
+            // the all-record mutex, then try again.
+            m.unlock_chain(idx).map_err(errno_err)?;
+            m.lock_allrecord_mutex(wait).map_err(errno_err)?;
+            m.unlock_allrecord_mutex().map_err(errno_err)?;
+        }
+    }
+
+    fn find_lock(&self, off: u32) -> Option<usize> {
+        self.locks.iter().position(|l| l.off == off)
+    }
+
+    /// Take a lock with nesting: only the first acquisition is real.
+    pub(crate) fn nest_lock(&mut self, off: u32, lt: LockType, wait: bool) -> Result<()> {
+        if off >= lockoff::chain(self.hash_size) {
+            return Err(Error::Lock("invalid lock offset"));
+        }
+        if self.nolock {
+            return Ok(());
+        }
+        if let Some(i) = self.find_lock(off) {
+            if self.locks[i].ltype == LockType::Read && lt == LockType::Write {
+                if self.mutex_index(off, 1).is_none() {
+                    self.brlock(LockType::Write, off, 1, wait)?;
+                }
+                self.locks[i].ltype = LockType::Write;
+            }
+            self.locks[i].count += 1;
+            return Ok(());
+        }
+        self.brlock(lt, off, 1, wait)?;
+        self.locks.push(LockRec {
+            off,
+            count: 1,
+            ltype: lt,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn nest_unlock(&mut self, off: u32) -> Result<()> {
+        if self.nolock {
+            return Ok(());
+        }
+        let Some(i) = self.find_lock(off) else {
+            return Err(Error::Lock("unlock of a lock that is not held"));
+        };
+        if self.locks[i].count > 1 {
+            self.locks[i].count -= 1;
+            return Ok(());
+        }
+        self.locks.swap_remove(i);
+        self.brunlock(off, 1)
+    }
+
+    /// Any freelist/chain lock held?
+    fn have_data_locks(&self) -> bool {
+        self.locks.iter().any(|l| l.off >= lockoff::FREELIST)
+    }
+
+    fn covered_by_allrecord(&self, lt: LockType) -> Result<()> {
+        if lt == LockType::Write && self.allrecord.ltype == Some(LockType::Read) {
+            return Err(Error::Lock("only a shared all-record lock is held"));
+        }
+        Ok(())
+    }
+
+    /// Lock a chain or the freelist, repairing an interrupted commit first if
+    /// this is the first data lock we take.
+    pub(crate) fn lock_list(&mut self, list: List, lt: LockType, wait: bool) -> Result<()> {
+        for _ in 0..8 {
+            if self.allrecord.count > 0 {
+                return self.covered_by_allrecord(lt);
+            }
+            let check = !self.have_data_locks();
+            self.nest_lock(list.lock_off(), lt, wait)?;
+            if !check || !self.needs_recovery() {
+                return Ok(());
+            }
+            self.nest_unlock(list.lock_off())?;
+            self.lock_and_recover()?;
+        }
+        Err(Error::Lock("database keeps needing recovery"))
+    }
+
+    pub(crate) fn unlock_list(&mut self, list: List, lt: LockType) -> Result<()> {
+        if self.allrecord.count > 0 {
+            return self.covered_by_allrecord(lt);
+        }
+        self.nest_unlock(list.lock_off())
+    }
+
+    /// Take the locks a recovery needs (everything, plus the open lock) and
+    /// replay the recovery area.
+    fn lock_and_recover(&mut self) -> Result<()> {
+        let mutexed = self.mutexes.is_some();
+        if mutexed {
+            self.allrecord_lock_raw(LockType::Write, true)?;
+        } else {
+            self.brlock(LockType::Write, FREELIST_TOP, 0, true)?;
+        }
+        let res = match self.brlock(LockType::Write, lockoff::OPEN, 1, true) {
+            Ok(()) => {
+                let r = self.transaction_recover();
+                let _ = self.brunlock(lockoff::OPEN, 1);
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if mutexed {
+            let _ = self.allrecord_unlock_raw();
+        } else {
+            let _ = self.brunlock(FREELIST_TOP, 0);
+        }
+        res
+    }
+
+    // ----- record locks (traversals) -----
+
+    /// Shared lock on one record, keeping deleters from freeing it.
+    pub(crate) fn lock_record(&mut self, off: u32) -> Result<()> {
+        if self.allrecord.count > 0 || off == 0 {
+            return Ok(());
+        }
+        self.brlock(LockType::Read, off, 1, true)
+    }
+
+    /// Release a record lock unless another traversal of ours sits on the
+    /// same record (fcntl locks do not stack).
+    pub(crate) fn unlock_record(&mut self, off: u32) -> Result<()> {
+        if self.allrecord.count > 0 || off == 0 {
+            return Ok(());
+        }
+        let n = self.travlocks.iter().filter(|&&o| o == off).count();
+        if n == 1 {
+            self.brunlock(off, 1)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Can the record at `off` be freed right now? (No traversal, ours or
+    /// another process's, is sitting on it.) Leaves no lock behind.
+    pub(crate) fn record_is_free_to_reuse(&mut self, off: u32) -> Result<bool> {
+        if self.travlocks.contains(&off) {
+            return Ok(false);
+        }
+        if self.allrecord.count > 0 {
+            return Ok(self.allrecord.ltype == Some(LockType::Write));
+        }
+        if self.nolock {
+            return Ok(true);
+        }
+        match self.brlock(LockType::Write, off, 1, false) {
+            Ok(()) => {
+                self.brunlock(off, 1)?;
+                Ok(true)
+            }
+            Err(Error::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ----- all-record lock -----
+
+    /// Lock every record; see the module docs for what that means on disk.
+    pub(crate) fn allrecord_lock(
+        &mut self,
+        lt: LockType,
+        wait: bool,
+        upgradable: bool,
+    ) -> Result<()> {
+        for _ in 0..8 {
+            if self.io.read_only || self.traverse_read > 0 {
+                return Err(Error::Lock("no all-record lock on a read-only handle"));
+            }
+            if self.allrecord.count > 0 && self.allrecord.ltype == Some(lt) {
+                self.allrecord.count += 1;
+                return Ok(());
+            }
+            if self.allrecord.count > 0 {
+                return Err(Error::Lock("an all-record lock of the other type is held"));
+            }
+            if self.have_extra_locks() {
+                return Err(Error::Lock(
+                    "cannot lock all records while holding chain locks",
+                ));
+            }
+            if upgradable && lt != LockType::Read {
+                return Err(Error::Lock(
+                    "only a shared all-record lock can be upgradable",
+                ));
+            }
+            self.allrecord_lock_raw(lt, wait)?;
+            self.allrecord = AllRecord {
+                count: 1,
+                ltype: Some(if upgradable { LockType::Write } else { lt }),
+                upgradable,
+            };
+            if !self.needs_recovery() {
+                return Ok(());
+            }
+            self.allrecord_unlock(lt)?;
+            self.lock_and_recover()?;
+        }
+        Err(Error::Lock("database keeps needing recovery"))
+    }
+
+    /// The lock itself, without bookkeeping or recovery check.
+    fn allrecord_lock_raw(&mut self, lt: LockType, wait: bool) -> Result<()> {
+        if self.nolock {
+            return Ok(());
+        }
+        if self.mutexes.is_some() {
+            self.mutex_allrecord_lock(lt, wait)?;
+            let rest = lockoff::chain(self.hash_size);
+            if let Err(e) = self.brlock(lt, rest, 0, wait) {
+                let _ = self.mutex_allrecord_unlock();
+                return Err(e);
+            }
+            Ok(())
+        } else {
+            let len = 4 * self.hash_size as u64;
+            self.chainlock_gradual(lt, wait, FREELIST_TOP, len)?;
+            let rest = lockoff::chain(self.hash_size);
+            if let Err(e) = self.brlock(lt, rest, 0, wait) {
+                let _ = self.brunlock(FREELIST_TOP, len);
+                return Err(e);
+            }
+            Ok(())
+        }
+    }
+
+    fn allrecord_unlock_raw(&mut self) -> Result<()> {
+        if self.nolock {
+            return Ok(());
+        }
+        if self.mutexes.is_some() {
+            self.mutex_allrecord_unlock()?;
+            self.brunlock(lockoff::chain(self.hash_size), 0)
+        } else {
+            self.brunlock(FREELIST_TOP, 0)
+        }
+    }
+
+    /// Lock a range of chain locks, splitting it up when contended so that a
+    /// stream of short chain locks cannot starve us.
+    fn chainlock_gradual(&mut self, lt: LockType, wait: bool, off: u32, len: u64) -> Result<()> {
+        if len <= 4 {
+            return self.brlock(lt, off, len, wait);
+        }
+        match self.brlock(lt, off, len, false) {
+            Ok(()) => return Ok(()),
+            Err(Error::WouldBlock) => {}
+            Err(e) => return Err(e),
+        }
+        if !wait {
+            return Err(Error::WouldBlock);
+        }
+        let half = len / 2;
+        self.chainlock_gradual(lt, wait, off, half)?;
+        if let Err(e) = self.chainlock_gradual(lt, wait, off + half as u32, len - half) {
+            let _ = self.brunlock(off, half);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn allrecord_unlock(&mut self, lt: LockType) -> Result<()> {
+        if self.io.read_only || self.traverse_read > 0 {
+            return Err(Error::Lock("no all-record lock on a read-only handle"));
+        }
+        if self.allrecord.count == 0 {
+            return Err(Error::Lock("all-record lock is not held"));
+        }
+        if self.allrecord.ltype != Some(lt) && !(self.allrecord.upgradable && lt == LockType::Read)
+        {
+            return Err(Error::Lock("all-record unlock with the wrong lock type"));
+        }
+        if self.allrecord.count > 1 {
+            self.allrecord.count -= 1;
+            return Ok(());
+        }
+        self.allrecord_unlock_raw()?;
+        self.allrecord = AllRecord::default();
+        Ok(())
+    }
+
+    /// Turn the transaction's shared all-record lock into an exclusive one.
+    pub(crate) fn allrecord_upgrade(&mut self) -> Result<()> {
+        if self.allrecord.count != 1 || !self.allrecord.upgradable {
+            return Err(Error::Lock("all-record lock cannot be upgraded"));
+        }
+        if !self.nolock {
+            if self.mutexes.is_some() {
+                self.mutex_allrecord_upgrade()?;
+                if let Err(e) =
+                    self.brlock_retry(LockType::Write, lockoff::chain(self.hash_size), 0)
+                {
+                    if let Some(m) = &self.mutexes {
+                        m.set_allrecord_state(mutex::F_RDLCK);
+                    }
+                    return Err(e);
+                }
+            } else {
+                self.brlock_retry(LockType::Write, FREELIST_TOP, 0)?;
+            }
+        }
+        self.allrecord.ltype = Some(LockType::Write);
+        self.allrecord.upgradable = false;
+        Ok(())
+    }
+
+    /// Blocking lock that rides out the kernel's over-eager fcntl deadlock
+    /// detection (it can report EDEADLK where waiting would make progress).
+    fn brlock_retry(&mut self, lt: LockType, off: u32, len: u64) -> Result<()> {
+        let mut last = Error::Lock("deadlock detected");
+        for _ in 0..1000 {
+            match self.brlock(lt, off, len, true) {
+                Ok(()) => return Ok(()),
+                Err(Error::Lock("deadlock detected")) => {
+                    last = Error::Lock("deadlock detected");
+                    std::thread::sleep(std::time::Duration::from_micros(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn mutex_allrecord_lock(&mut self, lt: LockType, wait: bool) -> Result<()> {
+        let m = self.mutexes.as_ref().expect("mutex mode");
+        m.lock_allrecord_mutex(wait).map_err(errno_err)?;
+        if m.allrecord_state() != mutex::F_UNLCK {
+            let _ = m.unlock_allrecord_mutex();
+            return Err(Error::Lock("all-record mutex state is inconsistent"));
+        }
+        m.set_allrecord_state(lt.mutex_state());
+        // Wait for every current chain holder to finish; new ones will see
+        // the state and queue on the all-record mutex.
+        for i in 0..self.hash_size {
+            if let Err(e) = m
+                .lock_chain(i + 1, wait)
+                .and_then(|()| m.unlock_chain(i + 1))
+            {
+                m.set_allrecord_state(mutex::F_UNLCK);
+                let _ = m.unlock_allrecord_mutex();
+                return Err(errno_err(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn mutex_allrecord_unlock(&mut self) -> Result<()> {
+        let m = self.mutexes.as_ref().expect("mutex mode");
+        let old = m.allrecord_state();
+        if old != mutex::F_RDLCK && old != mutex::F_WRLCK {
+            return Err(Error::Lock("all-record mutex state is inconsistent"));
+        }
+        m.set_allrecord_state(mutex::F_UNLCK);
+        if let Err(e) = m.unlock_allrecord_mutex() {
+            m.set_allrecord_state(old);
+            return Err(errno_err(e));
+        }
+        Ok(())
+    }
+
+    fn mutex_allrecord_upgrade(&mut self) -> Result<()> {
+        let m = self.mutexes.as_ref().expect("mutex mode");
+        if m.allrecord_state() != mutex::F_RDLCK {
+            return Err(Error::Lock("all-record mutex state is inconsistent"));
+        }
+        m.set_allrecord_state(mutex::F_WRLCK);
+        for i in 0..self.hash_size {
+            if let Err(e) = m
+                .lock_chain(i + 1, true)
+                .and_then(|()| m.unlock_chain(i + 1))
+            {
+                m.set_allrecord_state(mutex::F_RDLCK);
+                return Err(errno_err(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Locks held beyond the ones every handle keeps (active lock, and the
+    /// transaction lock inside a transaction).
+    pub(crate) fn have_extra_locks(&self) -> bool {
+        if self.tx.is_none() && self.allrecord.count > 0 {
+            return true;
+        }
+        let mut extra = self.locks.len();
+        if self.find_lock(lockoff::ACTIVE).is_some() {
+            extra -= 1;
+        }
+        if self.tx.is_some() && self.find_lock(lockoff::TRANSACTION).is_some() {
+            extra -= 1;
+        }
+        extra > 0
+    }
+
+    /// Drop every lock except the active lock (end of a transaction).
+    pub(crate) fn release_transaction_locks(&mut self) {
+        if self.allrecord.count > 0 {
+            if let Err(e) = self.allrecord_unlock_raw() {
+                tracing::error!(error = %e, "failed to release all-record lock");
+            }
+            self.allrecord = Default::default();
+        }
+        let locks = std::mem::take(&mut self.locks);
+        for l in locks {
+            if l.off == lockoff::ACTIVE {
+                self.locks.push(l);
+            } else if let Err(e) = self.brunlock(l.off, 1) {
+                tracing::error!(error = %e, off = l.off, "failed to release lock");
+            }
+        }
+    }
+
+    /// Release everything this handle still holds (on close).
+    pub(crate) fn release_all_locks(&mut self) {
+        if self.allrecord.count > 0 {
+            let _ = self.allrecord_unlock_raw();
+            self.allrecord = Default::default();
+        }
+        let locks = std::mem::take(&mut self.locks);
+        for l in locks {
+            let _ = self.brunlock(l.off, 1);
+        }
+    }
+}
