@@ -1,0 +1,462 @@
+//! One connection to a daemon: where requests leave and replies and messages
+//! come back.
+//!
+//! A [`Client`] is a cheap handle (clone it freely) on a connection served
+//! by two background tasks: a writer that drains queued packets to the
+//! socket in batches, and a reader that routes each incoming packet: a
+//! control or call reply to the request waiting for it (by reqid), a
+//! message to the handler registered for its srvid. When the socket closes,
+//! every waiting request fails with [`ClientError::Disconnected`] and every
+//! message handler's channel ends.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ctdb_protocol::call::{ReplyCall, ReqCall};
+use ctdb_protocol::framing::PacketCodec;
+use ctdb_protocol::header::{CTDB_CURRENT_NODE, CTDB_UNKNOWN_PNN};
+use ctdb_protocol::{
+    Body, ControlRequest, Header, Marshal, Opcode, Operation, Packet, ReplyControl, ReqControl,
+    ReqMessage,
+};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+
+use crate::error::{ClientError, Result};
+
+/// Control timeout used when none is given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A message delivered to a registered srvid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub srvid: u64,
+    pub data: Vec<u8>,
+}
+
+enum Waiter {
+    Control(Opcode, oneshot::Sender<Result<ReplyControl>>),
+    Call(oneshot::Sender<Result<ReplyCall>>),
+}
+
+struct Shared {
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    waiting: Mutex<HashMap<u32, Waiter>>,
+    handlers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    next_reqid: AtomicU32,
+    pnn: AtomicU32,
+    closed: AtomicBool,
+}
+
+/// A connection to a CTDB daemon's unix socket.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to the daemon at `socket` and learns its node number.
+    pub async fn connect(socket: impl AsRef<Path>) -> Result<Client> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let client = Client::from_stream(stream);
+        let pnn = client
+            .control_status(CTDB_CURRENT_NODE, ControlRequest::GetPnn)
+            .await?;
+        client.shared.pnn.store(pnn as u32, Ordering::Relaxed);
+        Ok(client)
+    }
+
+    /// Serves an already connected socket (node number unknown until asked).
+    pub fn from_stream(stream: UnixStream) -> Client {
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            out: tx,
+            waiting: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
+            next_reqid: AtomicU32::new(1),
+            pnn: AtomicU32::new(CTDB_UNKNOWN_PNN),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(write_loop(wr, rx));
+        tokio::spawn(read_loop(rd, Arc::clone(&shared)));
+        Client {
+            shared,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same connection with a different control timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            shared: Arc::clone(&self.shared),
+            timeout,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The number of the node this client is connected to.
+    pub fn pnn(&self) -> u32 {
+        self.shared.pnn.load(Ordering::Relaxed)
+    }
+
+    /// Whether the daemon has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    fn reqid(&self) -> u32 {
+        loop {
+            let id = self.shared.next_reqid.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    fn header(&self, op: Operation, dest: u32, reqid: u32) -> Header {
+        Header::new(op, dest, self.pnn(), reqid)
+    }
+
+    fn send(&self, pkt: &Packet) -> Result<()> {
+        if self.is_closed() {
+            return Err(ClientError::Disconnected);
+        }
+        self.shared
+            .out
+            .send(pkt.encode())
+            .map_err(|_| ClientError::Disconnected)
+    }
+
+    async fn wait<T>(
+        &self,
+        reqid: u32,
+        rx: oneshot::Receiver<Result<T>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => {
+                self.shared.waiting.lock().unwrap().remove(&reqid);
+                Err(ClientError::Timeout { what: what() })
+            }
+        }
+    }
+
+    /// Sends a control to node `dest` and returns the daemon's reply as it
+    /// is, whatever its status.
+    pub async fn control_raw(&self, dest: u32, req: ReqControl) -> Result<ReplyControl> {
+        let reqid = self.reqid();
+        let opcode = req.opcode();
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .waiting
+            .lock()
+            .unwrap()
+            .insert(reqid, Waiter::Control(opcode, tx));
+        let pkt = Packet::new(
+            self.header(Operation::ReqControl, dest, reqid),
+            Body::ReqControl(req),
+        );
+        if let Err(e) = self.send(&pkt) {
+            self.shared.waiting.lock().unwrap().remove(&reqid);
+            return Err(e);
+        }
+        self.wait(reqid, rx, || {
+            format!("control {} to node {dest}", opcode.name())
+        })
+        .await
+    }
+
+    /// Sends a control that wants no reply.
+    pub fn control_noreply(&self, dest: u32, mut req: ReqControl) -> Result<()> {
+        req.flags |= ctdb_protocol::control::CTDB_CTRL_FLAG_NOREPLY;
+        let pkt = Packet::new(
+            self.header(Operation::ReqControl, dest, self.reqid()),
+            Body::ReqControl(req),
+        );
+        self.send(&pkt)
+    }
+
+    /// Sends a control and fails unless its status is 0.
+    pub async fn control(&self, dest: u32, data: ControlRequest) -> Result<ReplyControl> {
+        self.control_flags(dest, data, 0).await
+    }
+
+    /// [`control`](Client::control) with control flags.
+    pub async fn control_flags(
+        &self,
+        dest: u32,
+        data: ControlRequest,
+        flags: u32,
+    ) -> Result<ReplyControl> {
+        let opcode = data.opcode();
+        let mut req = ReqControl::new(data);
+        req.flags = flags;
+        let reply = self.control_raw(dest, req).await?;
+        if reply.status != 0 {
+            return Err(ClientError::ControlFailed {
+                opcode,
+                node: dest,
+                status: reply.status,
+                errmsg: reply.errmsg,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Sends a control whose answer is its status (which may be any value,
+    /// so it is not treated as an error unless negative with a message).
+    pub async fn control_status(&self, dest: u32, data: ControlRequest) -> Result<i32> {
+        let opcode = data.opcode();
+        let reply = self.control_raw(dest, ReqControl::new(data)).await?;
+        if reply.status < 0 || reply.errmsg.is_some() {
+            return Err(ClientError::ControlFailed {
+                opcode,
+                node: dest,
+                status: reply.status,
+                errmsg: reply.errmsg,
+            });
+        }
+        Ok(reply.status)
+    }
+
+    /// Sends the same control to several nodes at once; one result each,
+    /// in the order of `nodes`.
+    pub async fn control_many(
+        &self,
+        nodes: &[u32],
+        data: ControlRequest,
+    ) -> Vec<(u32, Result<ReplyControl>)> {
+        let futs = nodes.iter().map(|&n| {
+            let data = data.clone();
+            async move { (n, self.control(n, data).await) }
+        });
+        futures::future::join_all(futs).await
+    }
+
+    /// Sends a record call and waits for its reply.
+    pub async fn call(&self, dest: u32, call: ReqCall) -> Result<ReplyCall> {
+        let reqid = self.reqid();
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .waiting
+            .lock()
+            .unwrap()
+            .insert(reqid, Waiter::Call(tx));
+        let pkt = Packet::new(
+            self.header(Operation::ReqCall, dest, reqid),
+            Body::ReqCall(call),
+        );
+        if let Err(e) = self.send(&pkt) {
+            self.shared.waiting.lock().unwrap().remove(&reqid);
+            return Err(e);
+        }
+        self.wait(reqid, rx, || "record call".to_owned()).await
+    }
+
+    /// Sends a message to `srvid` on node `dest` (or a broadcast address).
+    pub fn send_message(&self, dest: u32, srvid: u64, data: &[u8]) -> Result<()> {
+        let pkt = Packet::new(
+            self.header(Operation::ReqMessage, dest, 0),
+            Body::ReqMessage(ReqMessage::data(srvid, data.to_vec())),
+        );
+        self.send(&pkt)
+    }
+
+    /// Sends a typed message.
+    pub fn send_typed_message(&self, dest: u32, msg: ReqMessage) -> Result<()> {
+        let pkt = Packet::new(
+            self.header(Operation::ReqMessage, dest, 0),
+            Body::ReqMessage(msg),
+        );
+        self.send(&pkt)
+    }
+
+    /// Registers `srvid` with the daemon and returns the channel its
+    /// messages arrive on.
+    pub async fn register_srvid(&self, srvid: u64) -> Result<mpsc::UnboundedReceiver<Message>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Install the handler first so no message can arrive unrouted.
+        self.shared.handlers.lock().unwrap().insert(srvid, tx);
+        let mut req = ReqControl::new(ControlRequest::RegisterSrvid);
+        req.srvid = srvid;
+        let reply = self.control_raw(CTDB_CURRENT_NODE, req).await;
+        match reply {
+            Ok(r) if r.status == 0 => Ok(rx),
+            Ok(r) => {
+                self.shared.handlers.lock().unwrap().remove(&srvid);
+                Err(ClientError::ControlFailed {
+                    opcode: Opcode::RegisterSrvid,
+                    node: self.pnn(),
+                    status: r.status,
+                    errmsg: r.errmsg,
+                })
+            }
+            Err(e) => {
+                self.shared.handlers.lock().unwrap().remove(&srvid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deregisters `srvid`; its channel ends.
+    pub async fn deregister_srvid(&self, srvid: u64) -> Result<()> {
+        self.shared.handlers.lock().unwrap().remove(&srvid);
+        let mut req = ReqControl::new(ControlRequest::DeregisterSrvid);
+        req.srvid = srvid;
+        let r = self.control_raw(CTDB_CURRENT_NODE, req).await?;
+        if r.status != 0 {
+            return Err(ClientError::ControlFailed {
+                opcode: Opcode::DeregisterSrvid,
+                node: self.pnn(),
+                status: r.status,
+                errmsg: r.errmsg,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes queued packets, several per system call when they pile up.
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&batch).await {
+            tracing::debug!("client write failed: {e}");
+            return;
+        }
+    }
+}
+
+/// Routes every incoming packet; on end of stream fails everything waiting.
+async fn read_loop(rd: OwnedReadHalf, shared: Arc<Shared>) {
+    let mut frames = FramedRead::new(rd, PacketCodec::default());
+    while let Some(frame) = frames.next().await {
+        match frame {
+            Ok(frame) => dispatch(&shared, frame),
+            Err(e) => {
+                tracing::warn!("dropping connection to daemon: {e}");
+                break;
+            }
+        }
+    }
+    shared.closed.store(true, Ordering::Relaxed);
+    let waiting: Vec<Waiter> = shared
+        .waiting
+        .lock()
+        .unwrap()
+        .drain()
+        .map(|(_, w)| w)
+        .collect();
+    for w in waiting {
+        match w {
+            Waiter::Control(_, tx) => drop(tx.send(Err(ClientError::Disconnected))),
+            Waiter::Call(tx) => drop(tx.send(Err(ClientError::Disconnected))),
+        }
+    }
+    shared.handlers.lock().unwrap().clear();
+}
+
+fn dispatch(shared: &Shared, frame: BytesMut) {
+    let header = match Header::pull(&frame) {
+        Ok((h, _)) => h,
+        Err(e) => {
+            tracing::warn!("bad packet from daemon: {e}");
+            return;
+        }
+    };
+    match header.operation {
+        Operation::ReplyControl => {
+            let Some(Waiter::Control(opcode, tx)) = take_waiter(shared, header.reqid, true) else {
+                tracing::debug!("reply for unknown request {}", header.reqid);
+                return;
+            };
+            let r = Packet::decode(&frame, |_| Some(opcode)).map_err(ClientError::from);
+            let r = r.and_then(|p| match p.body {
+                Body::ReplyControl(rc) => Ok(rc),
+                _ => Err(ClientError::UnexpectedReply(opcode)),
+            });
+            let _ = tx.send(r);
+        }
+        Operation::ReplyCall | Operation::ReplyError => {
+            let Some(Waiter::Call(tx)) = take_waiter(shared, header.reqid, false) else {
+                tracing::debug!("call reply for unknown request {}", header.reqid);
+                return;
+            };
+            let r = match Packet::decode_request(&frame) {
+                Ok(Packet {
+                    body: Body::ReplyCall(c),
+                    ..
+                }) => Ok(c),
+                Ok(Packet {
+                    body: Body::ReplyError(e),
+                    ..
+                }) => Err(ClientError::CallFailed {
+                    status: e.status,
+                    msg: String::from_utf8_lossy(&e.msg)
+                        .trim_end_matches('\0')
+                        .to_owned(),
+                }),
+                Ok(_) => Err(ClientError::Other("unexpected call reply".into())),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tx.send(r);
+        }
+        Operation::ReqMessage => {
+            let body = &frame[ctdb_protocol::header::HEADER_LEN..];
+            match ReqMessage::raw_payload(body) {
+                Ok((srvid, data)) => {
+                    let handlers = shared.handlers.lock().unwrap();
+                    let h = handlers
+                        .get(&srvid)
+                        .or_else(|| handlers.get(&ctdb_protocol::message::srvid::ALL));
+                    if let Some(h) = h {
+                        let _ = h.send(Message {
+                            srvid,
+                            data: data.to_vec(),
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!("bad message from daemon: {e}"),
+            }
+        }
+        op => tracing::debug!("ignoring {op:?} from daemon"),
+    }
+}
+
+fn take_waiter(shared: &Shared, reqid: u32, control: bool) -> Option<Waiter> {
+    let mut w = shared.waiting.lock().unwrap();
+    match w.get(&reqid) {
+        Some(Waiter::Control(..)) if control => w.remove(&reqid),
+        Some(Waiter::Call(..)) if !control => w.remove(&reqid),
+        _ => None,
+    }
+}

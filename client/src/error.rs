@@ -1,0 +1,35 @@
+//! Errors a client call can end in.
+
+use ctdb_protocol::Opcode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ctdb_protocol::Error),
+    #[error("connection to the daemon closed")]
+    Disconnected,
+    #[error("{what} timed out")]
+    Timeout { what: String },
+    #[error("control {} failed on node {node} with status {status}{}", opcode.name(), errmsg.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
+    ControlFailed {
+        opcode: Opcode,
+        node: u32,
+        status: i32,
+        errmsg: Option<String>,
+    },
+    #[error("unexpected reply to control {}", .0.name())]
+    UnexpectedReply(Opcode),
+    #[error("call failed with status {status}: {msg}")]
+    CallFailed { status: i32, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;

@@ -1,0 +1,335 @@
+//! Local clusters for tests.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::{poll_until, shared_dir};
+
+/// Which daemon a cluster runs.
+#[derive(Debug, Clone)]
+pub enum Daemon {
+    /// Debian's `/usr/sbin/ctdbd`.
+    Reference,
+    /// A daemon binary of ours.
+    Ours(PathBuf),
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub daemon: Daemon,
+    pub nodes: usize,
+    /// `CTDB_RECOVERY_HELPER` for the daemons, if not their own.
+    pub recovery_helper: Option<PathBuf>,
+    /// Daemon log level (`LOG_LEVEL`).
+    pub log_level: String,
+    /// Extra environment for the daemons.
+    pub env: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    pub fn new(daemon: Daemon, nodes: usize) -> Self {
+        ClusterOptions {
+            daemon,
+            nodes,
+            recovery_helper: None,
+            log_level: "NOTICE".into(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running cluster; dropping it stops every daemon it started.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    opts: ClusterOptions,
+    base_ip: [u8; 3],
+}
+
+/// Picks a 127.a.b prefix no other cluster of this process uses, and that is
+/// unlikely to collide with other test processes (mixed with the pid).
+fn fresh_prefix() -> [u8; 3] {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let mix = pid
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(n.wrapping_mul(40_503));
+    // Avoid 127.0.0.x, the default of the shared script.
+    let a = 1 + (mix % 250) as u8;
+    let b = ((mix >> 8) % 250) as u8;
+    [127, a, b]
+}
+
+impl Cluster {
+    /// Starts a cluster and waits until every node is OK and the cluster is
+    /// out of recovery.
+    pub fn start(opts: ClusterOptions) -> Cluster {
+        let c = Cluster::launch(opts);
+        c.wait_healthy(Duration::from_secs(90));
+        c
+    }
+
+    /// Starts the daemons without waiting for health.
+    pub fn launch(opts: ClusterOptions) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("ctdb-cluster-")
+            .tempdir()
+            .unwrap();
+        let c = Cluster {
+            dir,
+            base_ip: fresh_prefix(),
+            opts,
+        };
+        let out = c
+            .script(&["start", &c.opts.nodes.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "cluster start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    fn script(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(shared_dir().join("tools/real-ctdb-cluster.sh"));
+        cmd.arg(self.dir.path()).args(args);
+        cmd.env("BASE_IP", self.base_ip_str());
+        cmd.env("LOG_LEVEL", &self.opts.log_level);
+        if let Daemon::Ours(p) = &self.opts.daemon {
+            cmd.env("CTDBD", p);
+        }
+        if let Some(h) = &self.opts.recovery_helper {
+            cmd.env("CTDB_RECOVERY_HELPER", h);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn base_ip_str(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.base_ip[0], self.base_ip[1], self.base_ip[2]
+        )
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.opts.nodes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.opts.nodes == 0
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `CTDB_BASE` of node `k`.
+    pub fn base(&self, k: usize) -> PathBuf {
+        self.dir.path().join(format!("node.{k}"))
+    }
+
+    /// Node `k`'s address.
+    pub fn ip(&self, k: usize) -> Ipv4Addr {
+        let [a, b, c] = self.base_ip;
+        Ipv4Addr::new(a, b, c, k as u8 + 1)
+    }
+
+    /// Node `k`'s daemon socket.
+    pub fn socket(&self, k: usize) -> PathBuf {
+        self.base(k).join("run/ctdbd.socket")
+    }
+
+    /// Node `k`'s log file.
+    pub fn log(&self, k: usize) -> PathBuf {
+        self.base(k).join("log.ctdb")
+    }
+
+    /// Node `k`'s daemon pid, from its pid file.
+    pub fn pid(&self, k: usize) -> Option<i32> {
+        std::fs::read_to_string(self.base(k).join("run/ctdbd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Runs the reference `ctdb` tool against node `k`.
+    pub fn tool(&self, k: usize, args: &[&str]) -> Output {
+        self.tool_with(Path::new("/usr/bin/ctdb"), k, args)
+    }
+
+    /// Runs a `ctdb` tool binary against node `k`, as the shared script
+    /// does (test mode, `CTDB_BASE` of the node).
+    pub fn tool_with(&self, tool: &Path, k: usize, args: &[&str]) -> Output {
+        Command::new(tool)
+            .args(args)
+            .env("CTDB_TEST_MODE", "yes")
+            .env("CTDB_BASE", self.base(k))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The reference tool's stdout for `args` on node `k`; panics on failure.
+    pub fn tool_ok(&self, k: usize, args: &[&str]) -> String {
+        let out = self.tool(k, args);
+        assert!(
+            out.status.success(),
+            "ctdb {} on node {k} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Waits until every running node reports all `expected_ok` nodes OK
+    /// and recovery mode NORMAL.
+    pub fn wait_healthy(&self, limit: Duration) {
+        self.wait_status(limit, self.opts.nodes, &[]);
+    }
+
+    /// Waits until node `observer`'s `ctdb status` shows `ok` nodes OK and
+    /// recovery mode NORMAL; `skip` lists nodes not to ask.
+    pub fn wait_status(&self, limit: Duration, ok: usize, skip: &[usize]) {
+        let observer = (0..self.opts.nodes).find(|k| !skip.contains(k)).unwrap();
+        let mut last = String::new();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_until(limit, "a healthy cluster", || {
+                let out = self.tool(observer, &["status"]);
+                last = String::from_utf8_lossy(&out.stdout).into_owned();
+                let n_ok = last
+                    .lines()
+                    .filter(|l| l.starts_with("pnn:") && l.contains(" OK"))
+                    .count();
+                (n_ok == ok && last.contains("Recovery mode:NORMAL")).then_some(())
+            })
+        }));
+        if r.is_err() {
+            panic!(
+                "cluster not healthy; last status from node {observer}:\n{last}\nlogs:\n{}",
+                self.log_tails()
+            );
+        }
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut s = String::new();
+        for k in 0..self.opts.nodes {
+            let log = std::fs::read_to_string(self.log(k)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            s.push_str(&format!("--- node {k} ---\n"));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    /// Kills node `k`'s daemon with SIGKILL (and waits for it to be gone).
+    pub fn kill(&self, k: usize) {
+        if let Some(pid) = self.pid(k) {
+            kill_tree(pid);
+            poll_until(Duration::from_secs(10), "the daemon to die", || {
+                (!alive(pid)).then_some(())
+            });
+        }
+        // A killed daemon leaves its pid file and socket behind.
+        let _ = std::fs::remove_file(self.base(k).join("run/ctdbd.pid"));
+        let _ = std::fs::remove_file(self.socket(k));
+    }
+
+    /// Starts node `k`'s daemon again.
+    pub fn restart(&self, k: usize) {
+        let mut cmd = Command::new(match &self.opts.daemon {
+            Daemon::Reference => PathBuf::from("/usr/sbin/ctdbd"),
+            Daemon::Ours(p) => p.clone(),
+        });
+        cmd.env("CTDB_TEST_MODE", "yes")
+            .env("CTDB_BASE", self.base(k))
+            .env(
+                "CTDB_TEST_HELPER_BINDIR",
+                std::env::var("CTDB_TEST_HELPER_BINDIR")
+                    .unwrap_or_else(|_| "/usr/libexec/ctdb".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(h) = &self.opts.recovery_helper {
+            cmd.env("CTDB_RECOVERY_HELPER", h);
+        }
+        for (key, v) in &self.opts.env {
+            cmd.env(key, v);
+        }
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "restarting node {k} failed");
+    }
+
+    /// Stops the cluster: asks each daemon to shut down, then kills
+    /// whatever is left.
+    pub fn stop(&self) {
+        let _ = self
+            .script(&["stop", &self.opts.nodes.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for k in 0..self.opts.nodes {
+            if let Some(pid) = self.pid(k) {
+                let gone = (0..40).any(|_| {
+                    if alive(pid) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if !gone {
+                    kill_tree(pid);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    if nix::sys::signal::kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // A zombie child of ours counts as gone.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.contains(") Z ")
+}
+
+/// SIGKILLs a daemon and the helpers it forked (its process group when it
+/// leads one).
+fn kill_tree(pid: i32) {
+    let p = Pid::from_raw(pid);
+    if nix::unistd::getpgid(Some(p)) == Ok(p) {
+        let _ = nix::sys::signal::killpg(p, Signal::SIGKILL);
+    }
+    let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+}
