@@ -7,11 +7,13 @@
 
 pub mod connection;
 pub mod controls;
+pub mod db;
 pub mod error;
 pub mod paths;
 pub mod traverse;
 
 pub use connection::{Client, DEFAULT_TIMEOUT, Message};
+pub use db::{Db, LockedRecord, Transaction, Update};
 pub use error::{ClientError, Result};
 pub use paths::Paths;
 pub use traverse::{Traverse, TraverseRecord};

@@ -68,3 +68,84 @@ fn controls_messages_and_traverse_against_reference() {
         assert!(c.get_dbname(1, 0xdead_beef).await.is_err());
     });
 }
+
+#[test]
+fn records_and_transactions_against_reference() {
+    require_reference();
+    let cluster = Cluster::start(ClusterOptions::new(Daemon::Reference, 3));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c0 = Client::connect(cluster.socket(0)).await.unwrap();
+        let c2 = Client::connect(cluster.socket(2)).await.unwrap();
+
+        // A volatile record written on node 0 migrates to node 2 on use.
+        let v0 = c0
+            .attach("client_vol.tdb", DbKind::Volatile, 0)
+            .await
+            .unwrap();
+        v0.store(b"k", b"one").await.unwrap();
+        let v2 = c2
+            .attach("client_vol.tdb", DbKind::Volatile, 0)
+            .await
+            .unwrap();
+        assert_eq!(v0.id(), v2.id());
+        let r = v2.fetch(b"k").await.unwrap();
+        assert_eq!(r.data, b"one");
+        assert_eq!(r.header.dmaster, 2);
+        // Increment under the lock on both nodes in turn.
+        for i in 0..10u32 {
+            let db = if i % 2 == 0 { &v0 } else { &v2 };
+            db.fetch_lock(b"counter", |r| {
+                let n = if r.data.is_empty() {
+                    0
+                } else {
+                    u32::from_le_bytes(r.data[..4].try_into().unwrap())
+                };
+                (
+                    ctdb_client::Update::Store((n + 1).to_le_bytes().to_vec()),
+                    (),
+                )
+            })
+            .await
+            .unwrap();
+        }
+        let r = v0.fetch(b"counter").await.unwrap();
+        assert_eq!(u32::from_le_bytes(r.data[..4].try_into().unwrap()), 10);
+        // The reference tool agrees.
+        let out = cluster.tool_ok(1, &["readkey", "client_vol.tdb", "k"]);
+        assert!(out.contains("one"), "{out}");
+
+        // A persistent transaction on node 0 is visible on every node.
+        let p0 = c0
+            .attach("client_pers.tdb", DbKind::Persistent, 0)
+            .await
+            .unwrap();
+        let mut t = p0.transaction_start(false).await.unwrap();
+        for i in 0..100 {
+            t.store(format!("key{i}").as_bytes(), format!("value{i}").as_bytes())
+                .unwrap();
+        }
+        t.commit().await.unwrap();
+        let p2 = c2
+            .attach("client_pers.tdb", DbKind::Persistent, 0)
+            .await
+            .unwrap();
+        let (_, v) = p2.fetch_local(b"key42").unwrap().unwrap();
+        assert_eq!(v, b"value42");
+        assert_eq!(c2.get_db_seqnum(2, p2.id()).await.unwrap(), 1);
+        let out = cluster.tool_ok(1, &["pfetch", "client_pers.tdb", "key7"]);
+        assert_eq!(out.trim(), "value7");
+        // A second transaction after the first released its g_lock.
+        let mut t = p2.transaction_start(false).await.unwrap();
+        t.delete(b"key42").unwrap();
+        t.commit().await.unwrap();
+        assert!(
+            p0.fetch_local(b"key42")
+                .unwrap()
+                .is_none_or(|(_, v)| v.is_empty())
+        );
+    });
+}

@@ -1,0 +1,196 @@
+//! Databases as a client sees them: attach, then read and write records in
+//! the node's local copy, the way CTDB clients (smbd) do.
+//!
+//! * [`Db::fetch_lock`]: a volatile record, locked in the local file and
+//!   migrated to this node first if another node holds it
+//!   ([`record`]).
+//! * [`Db::transaction_start`]: a cluster-wide transaction on a persistent
+//!   or replicated database, serialised by a g_lock and committed with
+//!   `TRANS3_COMMIT` ([`transaction`], [`glock`]).
+//!
+//! The local database file is opened with the tdb flags the daemon reports
+//! (`DB_OPEN_FLAGS`), so a client locks record chains exactly as the daemon
+//! and other clients do: robust mutexes when the daemon uses them, fcntl
+//! locks otherwise. A process opens each file once ([`LocalFile`]): fcntl
+//! locks belong to the process, as in libtdb.
+
+pub mod glock;
+pub mod record;
+pub mod transaction;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use ctdb_protocol::ControlRequest;
+use ctdb_protocol::header::CTDB_CURRENT_NODE;
+use ctdb_protocol::types::{LtdbHeader, db_flags};
+
+use crate::DbKind;
+use crate::connection::Client;
+use crate::error::{ClientError, Result};
+
+pub use record::{LockedRecord, Update};
+pub use transaction::Transaction;
+
+/// The key under which a persistent database keeps its sequence number.
+pub const DB_SEQNUM_KEY: &[u8] = b"__db_sequence_number__\0";
+
+/// A database file opened in this process, shared by every handle on it.
+pub struct LocalFile {
+    path: PathBuf,
+    tdb: Mutex<tdb::Tdb>,
+}
+
+impl LocalFile {
+    /// Runs `f` with the open database. The lock is held only for `f`,
+    /// which must not wait on anything.
+    pub fn with<R>(&self, f: impl FnOnce(&tdb::Tdb) -> R) -> R {
+        let g = self.tdb.lock().unwrap_or_else(|e| e.into_inner());
+        f(&g)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// Files this process has open, by path.
+fn open_files() -> &'static Mutex<HashMap<PathBuf, Weak<LocalFile>>> {
+    static FILES: OnceLock<Mutex<HashMap<PathBuf, Weak<LocalFile>>>> = OnceLock::new();
+    FILES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Opens `path` with `tdb_flags`, or returns this process's open handle.
+pub fn open_local(path: PathBuf, tdb_flags: u32) -> Result<Arc<LocalFile>> {
+    let mut files = open_files().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = files.get(&path).and_then(Weak::upgrade) {
+        return Ok(f);
+    }
+    let tdb = tdb::OpenOptions::new()
+        .tdb_flags(tdb_flags & !tdb::flags::CLEAR_IF_FIRST)
+        .open(&path)
+        .map_err(|e| ClientError::Other(format!("cannot open {}: {e}", path.display())))?;
+    let f = Arc::new(LocalFile {
+        path: path.clone(),
+        tdb: Mutex::new(tdb),
+    });
+    files.insert(path, Arc::downgrade(&f));
+    Ok(f)
+}
+
+/// An attached database.
+#[derive(Clone)]
+pub struct Db {
+    client: Client,
+    id: u32,
+    name: String,
+    flags: u8,
+    file: Arc<LocalFile>,
+}
+
+impl Client {
+    /// Attaches database `name` (creating it cluster-wide if needed), as
+    /// CTDB's client library does: attach, find its path, check its health,
+    /// set read-only/sticky flags if asked, learn the open flags, and open
+    /// the local file.
+    pub async fn attach(&self, name: &str, kind: DbKind, flags: u8) -> Result<Db> {
+        let dest = CTDB_CURRENT_NODE;
+        let id = self.db_attach(dest, name, kind, 0).await?;
+        let path = self.getdbpath(dest, id).await?;
+        if let Some(reason) = self.db_get_health(dest, id).await? {
+            return Err(ClientError::Other(format!(
+                "database {name} is unhealthy: {reason}"
+            )));
+        }
+        if flags & db_flags::READONLY != 0 {
+            self.set_db_readonly(dest, id).await?;
+        }
+        if flags & db_flags::STICKY != 0 {
+            self.set_db_sticky(dest, id).await?;
+        }
+        let tdb_flags = self.db_open_flags(dest, id).await?;
+        let file = open_local(PathBuf::from(path), tdb_flags as u32)?;
+        let kind_flags = match kind {
+            DbKind::Volatile => 0,
+            DbKind::Persistent => db_flags::PERSISTENT,
+            DbKind::Replicated => db_flags::REPLICATED,
+        };
+        Ok(Db {
+            client: self.clone(),
+            id,
+            name: name.to_owned(),
+            flags: kind_flags | flags,
+            file,
+        })
+    }
+}
+
+impl Db {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> DbKind {
+        DbKind::from_flags(self.flags)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The local file.
+    pub fn local(&self) -> &Arc<LocalFile> {
+        &self.file
+    }
+
+    /// Reads a record from the local copy without locking or migrating
+    /// it: the header and the value, or `None`.
+    pub fn fetch_local(&self, key: &[u8]) -> Result<Option<(LtdbHeader, Vec<u8>)>> {
+        let rec = self.file.with(|t| t.fetch(key)).map_err(tdb_err)?;
+        match rec {
+            Some(v) if v.len() >= LtdbHeader::WIRE_SIZE => {
+                let (h, d) = LtdbHeader::split(&v)?;
+                Ok(Some((h, d.to_vec())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every record of the local copy (header, key, value).
+    pub fn traverse_local(&self) -> Result<Vec<(LtdbHeader, Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.file
+            .with(|t| {
+                t.traverse_read(|k, v| {
+                    if let Ok((h, d)) = LtdbHeader::split(v) {
+                        out.push((h, k.to_vec(), d.to_vec()));
+                    }
+                    std::ops::ControlFlow::Continue(())
+                })
+            })
+            .map_err(tdb_err)?;
+        Ok(out)
+    }
+
+    /// Asks the daemon to delete a record whose local copy was emptied.
+    async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
+        let kd = ctdb_protocol::types::KeyData {
+            db_id: self.id,
+            header,
+            key: key.to_vec(),
+        };
+        self.client
+            .control(CTDB_CURRENT_NODE, ControlRequest::ScheduleForDeletion(kd))
+            .await
+            .map(drop)
+    }
+}
+
+pub(crate) fn tdb_err(e: tdb::Error) -> ClientError {
+    ClientError::Other(format!("local database: {e}"))
+}
