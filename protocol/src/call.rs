@@ -129,9 +129,9 @@ impl Marshal for ReplyError {
 /// `ctdb_req_dmaster`: the old data master sends a record to its lmaster,
 /// which will pass it on to the new data master `dmaster`.
 ///
-/// CTDB's daemon appends the record's header flags after the data; the
-/// field is optional on the wire (a receiver reads it when the packet is
-/// long enough), so it is optional here.
+/// CTDB's daemon appends the record's header flags after the data, and a
+/// receiver reads them when the packet is long enough to hold them (else
+/// they are 0). We always send them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReqDmaster {
     pub db_id: u32,
@@ -139,12 +139,12 @@ pub struct ReqDmaster {
     pub dmaster: u32,
     pub key: Vec<u8>,
     pub data: Vec<u8>,
-    pub record_flags: Option<u32>,
+    pub record_flags: u32,
 }
 
 impl Marshal for ReqDmaster {
     fn len(&self) -> usize {
-        28 + self.key.len() + self.data.len() + flags_len(self.record_flags)
+        28 + self.key.len() + self.data.len() + 4
     }
     fn push(&self, buf: &mut [u8]) -> usize {
         let mut w = Writer::new(buf);
@@ -156,7 +156,7 @@ impl Marshal for ReqDmaster {
         w.u32(wire_u32(self.data.len()));
         w.bytes(&self.key);
         w.bytes(&self.data);
-        put_flags(&mut w, self.record_flags);
+        w.u32(self.record_flags);
         w.pos()
     }
     fn pull(buf: &[u8]) -> Result<(Self, usize)> {
@@ -193,31 +193,21 @@ pub struct ReplyDmaster {
     pub rsn: u64,
     pub key: Vec<u8>,
     pub data: Vec<u8>,
-    pub record_flags: Option<u32>,
-}
-
-fn flags_len(f: Option<u32>) -> usize {
-    if f.is_some() { 4 } else { 0 }
-}
-
-fn put_flags(w: &mut Writer<'_>, f: Option<u32>) {
-    if let Some(f) = f {
-        w.u32(f);
-    }
+    pub record_flags: u32,
 }
 
 /// The trailing record flags, when at least four bytes follow the data.
-fn get_flags(r: &mut Reader<'_>) -> Result<Option<u32>> {
+fn get_flags(r: &mut Reader<'_>) -> Result<u32> {
     if r.remaining() >= 4 {
-        Ok(Some(r.u32("record flags")?))
+        r.u32("record flags")
     } else {
-        Ok(None)
+        Ok(0)
     }
 }
 
 impl Marshal for ReplyDmaster {
     fn len(&self) -> usize {
-        24 + self.key.len() + self.data.len() + flags_len(self.record_flags)
+        24 + self.key.len() + self.data.len() + 4
     }
     fn push(&self, buf: &mut [u8]) -> usize {
         let mut w = Writer::new(buf);
@@ -228,7 +218,7 @@ impl Marshal for ReplyDmaster {
         w.u32(wire_u32(self.data.len()));
         w.bytes(&self.key);
         w.bytes(&self.data);
-        put_flags(&mut w, self.record_flags);
+        w.u32(self.record_flags);
         w.pos()
     }
     fn pull(buf: &[u8]) -> Result<(Self, usize)> {

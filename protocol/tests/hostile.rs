@@ -120,3 +120,18 @@ fn framing_splits_many_packets_per_read_and_rejects_bad_lengths() {
     let mut tiny = BytesMut::from(&header(0, 8)[..]);
     assert!(codec.decode(&mut tiny).is_err(), "shorter than a header");
 }
+
+/// Found by the fuzzer: a REPLY_DMASTER whose length left no room for the
+/// trailing record flags re-encoded with them (padding made room), and the
+/// second decode differed from the first.
+#[test]
+fn dmaster_without_record_flags_decodes_stably() {
+    let input: &[u8] = &[
+        63, 0, 0, 0, 66, 68, 84, 67, 1, 0, 0, 0, 0, 128, 64, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 78, 78,
+        78, 59, 41, 78, 78, 78, 78, 78, 78, 78, 78, 78, 78, 78, 78, 78, 78, 0, 0, 0, 1, 4, 0, 0, 0,
+        0, 0, 0, 0, 39, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let p = Packet::decode_request(input).unwrap();
+    let again = Packet::decode_request(&p.encode()).unwrap();
+    assert_eq!(again.body, p.body);
+}

@@ -161,14 +161,18 @@ impl Db {
         }
     }
 
-    /// Every record of the local copy (header, key, value).
-    pub fn traverse_local(&self) -> Result<Vec<(LtdbHeader, Vec<u8>, Vec<u8>)>> {
+    /// Every record of the local copy.
+    pub fn traverse_local(&self) -> Result<Vec<crate::TraverseRecord>> {
         let mut out = Vec::new();
         self.file
             .with(|t| {
                 t.traverse_read(|k, v| {
-                    if let Ok((h, d)) = LtdbHeader::split(v) {
-                        out.push((h, k.to_vec(), d.to_vec()));
+                    if let Ok((header, d)) = LtdbHeader::split(v) {
+                        out.push(crate::TraverseRecord {
+                            header,
+                            key: k.to_vec(),
+                            data: d.to_vec(),
+                        });
                     }
                     std::ops::ControlFlow::Continue(())
                 })
