@@ -406,9 +406,10 @@ impl Inner {
     fn key_eq(&mut self, off: u32, key: &[u8]) -> Result<bool> {
         let len = key.len() as u32;
         if self.tx.is_none()
-            && let Some(s) = self.io.mapped_slice(off, len)? {
-                return Ok(s == key);
-            }
+            && let Some(s) = self.io.mapped_slice(off, len)?
+        {
+            return Ok(s == key);
+        }
         let mut buf = [0u8; 256];
         let mut done = 0usize;
         while done < key.len() {
@@ -426,10 +427,11 @@ impl Inner {
     #[inline]
     pub(crate) fn read_append(&mut self, off: u32, len: u32, out: &mut Vec<u8>) -> Result<()> {
         if self.tx.is_none()
-            && let Some(s) = self.io.mapped_slice(off, len)? {
-                out.extend_from_slice(s);
-                return Ok(());
-            }
+            && let Some(s) = self.io.mapped_slice(off, len)?
+        {
+            out.extend_from_slice(s);
+            return Ok(());
+        }
         let start = out.len();
         out.resize(start + len as usize, 0);
         self.read(off, &mut out[start..])
@@ -443,9 +445,10 @@ impl Inner {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
         if self.tx.is_none()
-            && let Some(s) = self.io.mapped_slice(off, len)? {
-                return Ok(f(s));
-            }
+            && let Some(s) = self.io.mapped_slice(off, len)?
+        {
+            return Ok(f(s));
+        }
         let mut v = Vec::with_capacity(len as usize);
         self.read_append(off, len, &mut v)?;
         Ok(f(&v))
@@ -772,9 +775,10 @@ impl Drop for Tdb {
     fn drop(&mut self) {
         let inner = self.inner.get_mut();
         if inner.tx.is_some()
-            && let Err(e) = inner.transaction_cancel_all() {
-                tracing::warn!(error = %e, "cancelling transaction on close failed");
-            }
+            && let Err(e) = inner.transaction_cancel_all()
+        {
+            tracing::warn!(error = %e, "cancelling transaction on close failed");
+        }
         inner.release_all_locks();
     }
 }
@@ -801,9 +805,10 @@ impl Tdb {
         let path = path.as_ref();
         let mut reg = OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(md) = std::fs::metadata(path)
-            && reg.contains(&dev_ino(&md)) {
-                return Err(Error::AlreadyOpen);
-            }
+            && reg.contains(&dev_ino(&md))
+        {
+            return Err(Error::AlreadyOpen);
+        }
         let read_only = o.read_only;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -875,11 +880,12 @@ impl Tdb {
     pub fn seqnum(&self) -> Result<u32> {
         let mut i = self.inner()?;
         if i.tx.is_none()
-            && let Some(p) = i.io.word_ptr(OFF_SEQNUM)? {
-                // SAFETY: aligned in-bounds word of the shared mapping,
-                // accessed atomically by every user.
-                return Ok(unsafe { &*(p as *const AtomicU32) }.load(Ordering::SeqCst));
-            }
+            && let Some(p) = i.io.word_ptr(OFF_SEQNUM)?
+        {
+            // SAFETY: aligned in-bounds word of the shared mapping,
+            // accessed atomically by every user.
+            return Ok(unsafe { &*(p as *const AtomicU32) }.load(Ordering::SeqCst));
+        }
         i.read_u32(OFF_SEQNUM)
     }
 

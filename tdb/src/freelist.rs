@@ -219,9 +219,10 @@ impl Inner {
                     self.write_u32(last, rec.next)?;
                     ptr = rec.next;
                     if let Some(b) = &mut best
-                        && b.0 == left {
-                            b.2 = lrec.rec_len;
-                        }
+                        && b.0 == left
+                    {
+                        b.2 = lrec.rec_len;
+                    }
                     if lrec.rec_len > length {
                         merge_created_candidate = true;
                     }
@@ -236,9 +237,10 @@ impl Inner {
                 ptr = rec.next;
                 lc.step(ptr)?;
                 if let Some(b) = best
-                    && (b.2 as f32) < length as f32 * multiplier {
-                        break;
-                    }
+                    && (b.2 as f32) < length as f32 * multiplier
+                {
+                    break;
+                }
                 // Accept ever looser fits the longer we search.
                 multiplier *= 1.05;
             }

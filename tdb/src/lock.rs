@@ -603,7 +603,8 @@ impl Inner {
         if self.find_lock(lockoff::ACTIVE).is_some() {
             extra -= 1;
         }
-        if self.tx.is_some() && self.find_lock(lockoff::TRANSACTION).is_some() {
+        if (self.tx.is_some() || self.starting_tx) && self.find_lock(lockoff::TRANSACTION).is_some()
+        {
             extra -= 1;
         }
         extra > 0

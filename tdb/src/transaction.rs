@@ -625,10 +625,12 @@ impl Transaction<'_> {
     fn commit_inner(mut self, allow_repack: bool) -> Result<()> {
         self.done = true;
         let need_repack = self.tdb.inner()?.transaction_commit()?;
-        if need_repack && allow_repack
-            && let Err(e) = self.tdb.repack() {
-                tracing::warn!(error = %e, "repack after commit failed (not fatal)");
-            }
+        if need_repack
+            && allow_repack
+            && let Err(e) = self.tdb.repack()
+        {
+            tracing::warn!(error = %e, "repack after commit failed (not fatal)");
+        }
         Ok(())
     }
 
@@ -647,9 +649,10 @@ impl Drop for Transaction<'_> {
         match self.tdb.inner() {
             Ok(mut i) => {
                 if i.tx.is_some()
-                    && let Err(e) = i.transaction_cancel() {
-                        tracing::error!(error = %e, "transaction cancel failed");
-                    }
+                    && let Err(e) = i.transaction_cancel()
+                {
+                    tracing::error!(error = %e, "transaction cancel failed");
+                }
             }
             Err(e) => tracing::error!(error = %e, "transaction cancel impossible"),
         }

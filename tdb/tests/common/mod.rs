@@ -171,7 +171,9 @@ impl LibTdb {
         if r == "none" {
             None
         } else {
-            Some(unhex(r.strip_prefix("val ").expect("fetch reply")))
+            Some(unhex(
+                r.strip_prefix("val").expect("fetch reply").trim_start(),
+            ))
         }
     }
 

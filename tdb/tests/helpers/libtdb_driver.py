@@ -120,6 +120,8 @@ def main():
             r = "exc %s" % e
         sys.stdout.write(r + "\n")
         sys.stdout.flush()
+        if op == "close":
+            return
 
 
 main()
