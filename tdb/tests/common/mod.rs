@@ -209,3 +209,45 @@ impl Drop for LibTdb {
         let _ = self.child.wait();
     }
 }
+
+/// Re-run this test binary as a child process executing only the test
+/// `name`, with `env` set (the child test does nothing without it).
+pub fn spawn_child(name: &str, env: &[(&str, String)]) -> Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", name, "--nocapture", "--test-threads=1", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn child test process")
+}
+
+/// Read the child's protocol lines (those starting with "@@").
+pub struct ChildLines(pub BufReader<ChildStdout>);
+
+impl ChildLines {
+    pub fn new(child: &mut Child) -> Self {
+        ChildLines(BufReader::new(child.stdout.take().unwrap()))
+    }
+    /// Next protocol line, or None at EOF (child gone).
+    pub fn next_line(&mut self) -> Option<String> {
+        loop {
+            let mut l = String::new();
+            if self.0.read_line(&mut l).ok()? == 0 {
+                return None;
+            }
+            if let Some(rest) = l.strip_prefix("@@") {
+                return Some(rest.trim_end().to_string());
+            }
+        }
+    }
+}
+
+pub fn sigkill(child: &Child) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+}
