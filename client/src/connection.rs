@@ -67,12 +67,23 @@ impl Client {
     /// Connects to the daemon at `socket` and learns its node number.
     pub async fn connect(socket: impl AsRef<Path>) -> Result<Client> {
         let path = socket.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
+        // A busy daemon's listen backlog may be full for a moment.
+        let mut tries = 0;
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         let client = Client::from_stream(stream);
         let pnn = client
             .control_status(CTDB_CURRENT_NODE, ControlRequest::GetPnn)

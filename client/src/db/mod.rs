@@ -87,6 +87,8 @@ pub struct Db {
     name: String,
     flags: u8,
     file: Arc<LocalFile>,
+    /// Record migrations this handle (and its clones) asked for.
+    migrations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Client {
@@ -122,6 +124,7 @@ impl Client {
             name: name.to_owned(),
             flags: kind_flags | flags,
             file,
+            migrations: Arc::default(),
         })
     }
 }
@@ -141,6 +144,11 @@ impl Db {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// How many record migrations this handle has asked the daemon for.
+    pub fn migrations(&self) -> u64 {
+        self.migrations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The local file.

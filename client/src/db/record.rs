@@ -138,6 +138,8 @@ impl Db {
 
     /// Asks the local daemon to make this node the record's data master.
     async fn migrate(&self, key: &[u8]) -> Result<()> {
+        self.migrations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let call = ReqCall {
             flags: call_flags::IMMEDIATE_MIGRATION,
             db_id: self.id,

@@ -1,0 +1,110 @@
+//! Record locks: the migration ring and contended fetch-locks.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, bail};
+use ctdb_client::{Client, DbKind};
+
+use super::{Ctx, Row, block_on, check_errors, finish_all, rate};
+use crate::worker::Kind;
+
+fn value(d: &[u8]) -> u64 {
+    d.get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// One record passed around the nodes: each node's client fetch-locks it,
+/// increments it and messages the next node (CTDB's `fetch_ring`).
+pub fn migration_ring(ctx: &Ctx) -> Result<Vec<Row>> {
+    let db = ctx.db_name("ring");
+    let start = ctx.start_at();
+    let workers = (0..ctx.cluster.len())
+        .map(|k| ctx.spawn(Kind::Ring, k, k as u32, start, &["--db".into(), db.clone()]))
+        .collect::<Result<Vec<_>>>()?;
+    let reports = finish_all(ctx, workers)?;
+    check_errors(&reports)?;
+    let total: u64 = reports.iter().map(|r| r.ops_total).sum();
+    let got = block_on(async {
+        let c = Client::connect(ctx.cluster.socket(0)).await?;
+        let d = c.attach(&db, DbKind::Volatile, 0).await?;
+        Ok::<_, anyhow::Error>(value(&d.fetch(b"ring").await?.data))
+    })?;
+    if got != total {
+        bail!("ring counter is {got}, but the workers incremented it {total} times");
+    }
+    if total < 3 {
+        bail!("the record never went round the ring");
+    }
+    let r = rate(ctx, &reports);
+    Ok(vec![Row::ok(
+        "migration ring (migrations/s)",
+        "migrations/s",
+        true,
+        r,
+        format!("{total} increments checked"),
+    )])
+}
+
+/// Four clients per node fetch-lock random keys out of 100, then 10,000,
+/// and increment them.
+pub fn contended(ctx: &Ctx) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for keys in [100u64, 10_000] {
+        let db = ctx.db_name(&format!("contend{keys}"));
+        let start = ctx.start_at();
+        let mut workers = Vec::new();
+        for k in 0..ctx.cluster.len() {
+            for j in 0..4 {
+                workers.push(ctx.spawn(
+                    Kind::Contend,
+                    k,
+                    (k * 4 + j) as u32,
+                    start,
+                    &[
+                        "--db".into(),
+                        db.clone(),
+                        "--count".into(),
+                        keys.to_string(),
+                    ],
+                )?);
+            }
+        }
+        let reports = finish_all(ctx, workers)?;
+        check_errors(&reports)?;
+        let total: u64 = reports.iter().map(|r| r.ops_total).sum();
+        let sum = block_on(async {
+            let c = Client::connect(ctx.cluster.socket(0)).await?;
+            let d = c.attach(&db, DbKind::Volatile, 0).await?;
+            // Every node's copy comes back; the one with the highest rsn is
+            // the record's latest value (each migration increments it).
+            let mut best: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+            for rec in c.traverse(d.id(), false).await?.collect().await? {
+                let e = best.entry(rec.key).or_insert((0, 0));
+                if rec.header.rsn >= e.0 {
+                    *e = (rec.header.rsn, value(&rec.data));
+                }
+            }
+            Ok::<_, anyhow::Error>(best.values().map(|(_, v)| v).sum::<u64>())
+        })?;
+        if sum != total {
+            bail!(
+                "{keys} keys: the counters sum to {sum}, but the workers incremented {total} times"
+            );
+        }
+        let ops: u64 = reports.iter().map(|r| r.ops_window).sum();
+        let mig: u64 = reports.iter().map(|r| r.migrations).sum();
+        let share = if ops > 0 {
+            100.0 * mig as f64 / ops as f64
+        } else {
+            0.0
+        };
+        rows.push(Row::ok(
+            &format!("fetch-lock {keys} keys (ops/s)"),
+            "ops/s",
+            true,
+            rate(ctx, &reports),
+            format!("{share:.0}% needed a migration; {total} increments checked"),
+        ));
+    }
+    Ok(rows)
+}
