@@ -1,0 +1,291 @@
+//! Recovering one database, independently of every other one.
+//!
+//! The steps are CTDB's: check the database's name on the nodes that have
+//! it, attach it where it is missing, freeze it on every active node,
+//! start a recovery transaction, collect the records, wipe, push, commit,
+//! thaw. Collecting differs by kind:
+//!
+//! * volatile: every node is pulled (all at once, unlike CTDB's helper,
+//!   which pulls them one after the other) and copies are merged by
+//!   [`crate::merge::Rank`];
+//! * persistent and replicated: every node reports its sequence number
+//!   (`GET_DB_SEQNUM`) and only the first node with the highest one is
+//!   pulled, as CTDB 4.17 does for both.
+//!
+//! A failed attempt is retried up to [`NUM_RETRIES`] times in all. The node
+//! that made a freeze, an attach, a name check or a pull fail earns a ban
+//! credit each time, as with CTDB.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ctdb_client::DbKind;
+use ctdb_protocol::control::CTDB_CTRL_FLAG_ATTACH_RECOVERY;
+use ctdb_protocol::types::{DbSeqnumRequest, TransDb};
+use ctdb_protocol::{ControlReply, ControlRequest};
+
+use crate::ctx::Ctx;
+use crate::dbs::DbEntry;
+use crate::error::{Error, Result};
+use crate::merge::Policy;
+use crate::pull::pull;
+use crate::push::push;
+use crate::store::RecordStore;
+use crate::trace_event;
+
+/// Attempts per database before the recovery fails (CTDB's value).
+pub const NUM_RETRIES: u32 = 3;
+
+/// Recovers `db`, retrying; returns whether it was recovered.
+pub async fn recover_db(ctx: Arc<Ctx>, db: DbEntry) -> bool {
+    tracing::info!("recover database 0x{:08x}", db.db_id);
+    for attempt in 1..=NUM_RETRIES {
+        if attempt > 1 {
+            tracing::info!("recover database 0x{:08x}, attempt {attempt}", db.db_id);
+        }
+        trace_event!("db-start", "db=0x{:08x} attempt={attempt}", db.db_id);
+        let t = Instant::now();
+        match recover_once(&ctx, &db).await {
+            Ok(name) => {
+                trace_event!("db-done", "db=0x{:08x} name={name}", db.db_id);
+                tracing::debug!(
+                    "recovered database {name} (0x{:08x}) in {:?}",
+                    db.db_id,
+                    t.elapsed()
+                );
+                return true;
+            }
+            Err(e) => {
+                let node = e.node().map(|n| n.to_string()).unwrap_or("-".into());
+                trace_event!(
+                    "db-failed",
+                    "db=0x{:08x} attempt={attempt} node={node}",
+                    db.db_id
+                );
+                tracing::error!(
+                    "recovery of database 0x{:08x} failed (attempt {attempt} of {NUM_RETRIES}): {e}",
+                    db.db_id
+                );
+            }
+        }
+    }
+    false
+}
+
+/// One attempt; returns the database's name.
+async fn recover_once(ctx: &Ctx, db: &DbEntry) -> Result<String> {
+    let db_id = db.db_id;
+    let name = check_name(ctx, db).await?;
+    create_missing(ctx, db, &name).await?;
+
+    let path = ctx
+        .client
+        .getdbpath(ctx.mypnn, db_id)
+        .await
+        .map_err(Error::node_err("GETDBPATH", ctx.mypnn))?;
+
+    let nodes = &ctx.nodes.pnns;
+    if let Err(e) = ctx
+        .all(nodes, "DB_FREEZE", ControlRequest::DbFreeze(db_id))
+        .await
+    {
+        if let Some(pnn) = e.node() {
+            ctx.nodes
+                .ban_credit(pnn, &format!("failed to freeze db {name}"));
+        }
+        return Err(e);
+    }
+    let transdb = TransDb {
+        db_id,
+        tid: ctx.generation,
+    };
+    ctx.all(
+        nodes,
+        "DB_TRANSACTION_START",
+        ControlRequest::DbTransactionStart(transdb),
+    )
+    .await?;
+
+    hold(ctx, db_id).await;
+
+    let policy = match db.kind() {
+        DbKind::Volatile => Policy::Merge { mypnn: ctx.mypnn },
+        _ => Policy::Single {
+            persistent: db.persistent(),
+        },
+    };
+    let dir = ctx.opts.dbdir_state.clone().unwrap_or_else(|| {
+        PathBuf::from(&path)
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(std::env::temp_dir)
+    });
+    let store = Mutex::new(RecordStore::new(policy, ctx.budget.clone(), ctx.share, dir));
+    if policy.merges() {
+        collect_all(ctx, db_id, &name, &store).await?;
+    } else {
+        collect_highest_seqnum(ctx, db_id, &name, &store).await?;
+    }
+    let store = store.into_inner().unwrap();
+    let stats = store.stats();
+    if stats.spilled {
+        trace_event!(
+            "spilled",
+            "db=0x{db_id:08x} records={} bytes={}",
+            stats.records,
+            stats.bytes
+        );
+        tracing::debug!(
+            "records of db {name} ({} bytes) merged on disk",
+            stats.bytes
+        );
+    }
+
+    ctx.all(
+        nodes,
+        "WIPE_DATABASE",
+        ControlRequest::WipeDatabase(transdb),
+    )
+    .await?;
+    push(ctx, db_id, &name, store, policy).await?;
+    ctx.all(
+        nodes,
+        "DB_TRANSACTION_COMMIT",
+        ControlRequest::DbTransactionCommit(transdb),
+    )
+    .await?;
+    ctx.all(nodes, "DB_THAW", ControlRequest::DbThaw(db_id))
+        .await?;
+    Ok(name)
+}
+
+/// The database's name, which every node having it must agree on.
+async fn check_name(ctx: &Ctx, db: &DbEntry) -> Result<String> {
+    let replies = ctx
+        .all(&db.pnns, "GET_DBNAME", ControlRequest::GetDbName(db.db_id))
+        .await?;
+    let mut name: Option<String> = None;
+    for (&pnn, r) in db.pnns.iter().zip(replies) {
+        let Some(ControlReply::GetDbName(n)) = r.data else {
+            return Err(Error::Bad {
+                pnn,
+                msg: format!("bad GET_DBNAME reply for db 0x{:08x}", db.db_id),
+            });
+        };
+        match &name {
+            None => name = Some(n),
+            Some(first) if *first != n => {
+                ctx.nodes.ban_credit(pnn, "incompatible database name");
+                return Err(Error::Bad {
+                    pnn,
+                    msg: format!(
+                        "Incompatible database name for 0x{:08x} ({n} != {first})",
+                        db.db_id
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    name.ok_or_else(|| Error::Other(format!("no node has db 0x{:08x}", db.db_id)))
+}
+
+/// Attaches the database on the active nodes that lack it.
+async fn create_missing(ctx: &Ctx, db: &DbEntry, name: &str) -> Result<()> {
+    let missing: Vec<u32> = ctx
+        .nodes
+        .pnns
+        .iter()
+        .copied()
+        .filter(|p| !db.pnns.contains(p))
+        .collect();
+    let attaches = missing.iter().map(|&pnn| async move {
+        tracing::debug!("Create database {name} on node {pnn}");
+        let r = ctx
+            .client
+            .db_attach(pnn, name, db.kind(), CTDB_CTRL_FLAG_ATTACH_RECOVERY)
+            .await;
+        (pnn, r)
+    });
+    for (pnn, r) in futures::future::join_all(attaches).await {
+        if let Err(e) = r {
+            ctx.nodes
+                .ban_credit(pnn, &format!("failed to attach db {name}"));
+            return Err(Error::node_err("DB_ATTACH", pnn)(e));
+        }
+    }
+    Ok(())
+}
+
+/// Waits while the test hook's hold file exists (at most RecoverTimeout).
+async fn hold(ctx: &Ctx, db_id: u32) {
+    let Some(f) = &ctx.opts.hold else { return };
+    if !f.exists() {
+        return;
+    }
+    trace_event!("hold", "db=0x{db_id:08x}");
+    let deadline = Instant::now() + ctx.timeout();
+    while f.exists() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Pulls every active node at once into the store.
+async fn collect_all(ctx: &Ctx, db_id: u32, name: &str, store: &Mutex<RecordStore>) -> Result<()> {
+    let pulls = ctx
+        .nodes
+        .pnns
+        .iter()
+        .enumerate()
+        .map(|(i, &pnn)| async move { (pnn, pull(ctx, db_id, name, pnn, i as u32, store).await) });
+    let results = futures::future::join_all(pulls).await;
+    // Blame the first failing node in node order, as a sequential pull
+    // would have.
+    for (pnn, r) in results {
+        if let Err(e) = r {
+            ctx.nodes
+                .ban_credit(pnn, &format!("failed to pull db {name}"));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Pulls the node with the highest sequence number.
+async fn collect_highest_seqnum(
+    ctx: &Ctx,
+    db_id: u32,
+    name: &str,
+    store: &Mutex<RecordStore>,
+) -> Result<()> {
+    let nodes = &ctx.nodes.pnns;
+    let replies = ctx
+        .all(
+            nodes,
+            "GET_DB_SEQNUM",
+            ControlRequest::GetDbSeqnum(DbSeqnumRequest { db_id }),
+        )
+        .await?;
+    let mut best = (nodes[0], 0u64);
+    for (&pnn, r) in nodes.iter().zip(replies) {
+        let Some(ControlReply::GetDbSeqnum(seq)) = r.data else {
+            return Err(Error::Bad {
+                pnn,
+                msg: format!("bad GET_DB_SEQNUM reply for db {name}"),
+            });
+        };
+        if seq > best.1 {
+            best = (pnn, seq);
+        }
+    }
+    let (pnn, seq) = best;
+    tracing::debug!("Pull persistent db {name} from node {pnn} with seqnum 0x{seq:x}");
+    let idx = ctx.nodes.index(pnn).unwrap_or(0) as u32;
+    if let Err(e) = pull(ctx, db_id, name, pnn, idx, store).await {
+        ctx.nodes
+            .ban_credit(pnn, &format!("failed to pull db {name}"));
+        return Err(e);
+    }
+    Ok(())
+}
