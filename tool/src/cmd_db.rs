@@ -1,0 +1,604 @@
+//! Database commands: the database map, status, dumps, attach/detach,
+//! flags, sequence numbers, statistics and wiping.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use ctdb_client::DbKind;
+use ctdb_protocol::header::CTDB_UNKNOWN_PNN;
+use ctdb_protocol::types::{DbSeqnumRequest, DbidMap, LtdbHeader, TransDb, db_flags, node_flags};
+use ctdb_protocol::{ControlReply as R, ControlRequest as Q};
+
+use crate::cmd_node;
+use crate::ctx::{Ctx, active_nodes, connected_nodes};
+use crate::format;
+use crate::options::usage;
+
+/// A database found by name or id.
+pub struct DbRef {
+    pub id: u32,
+    pub name: String,
+    pub flags: u8,
+}
+
+async fn dbmap(ctx: &Ctx, pnn: u32) -> Result<DbidMap, i32> {
+    match ctx.ctrl(pnn, Q::GetDbMap).await {
+        Ok(Some(R::GetDbMap(m))) => Ok(m),
+        Ok(_) => Err(1),
+        Err(e) => Err(e),
+    }
+}
+
+async fn dbname(ctx: &Ctx, pnn: u32, id: u32) -> Result<String, i32> {
+    match ctx.ctrl(pnn, Q::GetDbName(id)).await {
+        Ok(Some(R::GetDbName(n))) => Ok(n),
+        Ok(_) => Err(1),
+        Err(e) => Err(e),
+    }
+}
+
+/// Finds a database by name or `0x` id on the connected node; prints
+/// `No database matching ...` when there is none.
+pub async fn db_exists(ctx: &Ctx, arg: &str) -> Option<DbRef> {
+    let m = dbmap(ctx, ctx.pnn).await.ok()?;
+    let found = if arg.starts_with("0x") {
+        let id = format::parse_standard_ulong(arg, 0)? as u32;
+        m.dbs.iter().find(|d| d.db_id == id).cloned()
+    } else {
+        let mut f = None;
+        for d in &m.dbs {
+            if dbname(ctx, ctx.pnn, d.db_id).await.ok()? == arg {
+                f = Some(d.clone());
+                break;
+            }
+        }
+        f
+    };
+    let Some(d) = found else {
+        eprintln!("No database matching '{arg}' found");
+        return None;
+    };
+    let name = if arg.starts_with("0x") {
+        dbname(ctx, ctx.pnn, d.db_id).await.ok()?
+    } else {
+        arg.to_owned()
+    };
+    Some(DbRef {
+        id: d.db_id,
+        name,
+        flags: d.flags,
+    })
+}
+
+/// An attached database: id, local file and the tdb flags to open it with.
+pub struct Attached {
+    pub id: u32,
+    pub path: PathBuf,
+    pub tdb_flags: u32,
+}
+
+/// Attaches a database as CTDB's library does (attach, path, health,
+/// read-only/sticky flags on every connected node, open flags).
+pub async fn attach_db(ctx: &Ctx, name: &str, flags: u8) -> Result<Attached, i32> {
+    let me = ctx.pnn;
+    let req = if flags & db_flags::PERSISTENT != 0 {
+        Q::DbAttachPersistent(name.to_owned())
+    } else if flags & db_flags::REPLICATED != 0 {
+        Q::DbAttachReplicated(name.to_owned())
+    } else {
+        Q::DbAttach(name.to_owned())
+    };
+    let id = match ctx.ctrl(me, req).await? {
+        Some(R::DbAttach(id))
+        | Some(R::DbAttachPersistent(id))
+        | Some(R::DbAttachReplicated(id)) => id,
+        _ => return Err(1),
+    };
+    let path = match ctx.ctrl(me, Q::GetDbPath(id)).await? {
+        Some(R::GetDbPath(p)) => p,
+        _ => return Err(1),
+    };
+    if let Some(R::DbGetHealth(Some(reason))) = ctx.ctrl(me, Q::DbGetHealth(id)).await? {
+        eprintln!("database {name} is unhealthy: {reason}");
+    }
+    if flags & (db_flags::READONLY | db_flags::STICKY) != 0 {
+        let m = match ctx.ctrl(me, Q::GetNodemap).await? {
+            Some(R::GetNodemap(m)) => m,
+            _ => return Err(1),
+        };
+        let nodes = connected_nodes(&m, CTDB_UNKNOWN_PNN);
+        if flags & db_flags::READONLY != 0 {
+            ctx.ctrl_multi(&nodes, Q::SetDbReadonly(id)).await?;
+        }
+        if flags & db_flags::STICKY != 0 {
+            ctx.ctrl_multi(&nodes, Q::SetDbSticky(id)).await?;
+        }
+    }
+    let tdb_flags = match ctx.ctrl(me, Q::DbOpenFlags(id)).await? {
+        Some(R::DbOpenFlags(f)) => f as u32,
+        _ => return Err(1),
+    };
+    Ok(Attached {
+        id,
+        path: PathBuf::from(path),
+        tdb_flags,
+    })
+}
+
+/// The database kind its flags say.
+pub fn kind(flags: u8) -> DbKind {
+    DbKind::from_flags(flags)
+}
+
+pub async fn getdbmap(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if !args.is_empty() {
+        usage(Some("getdbmap"));
+    }
+    let m = match dbmap(ctx, ctx.cmd_pnn).await {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let s = ctx.opts.sep.clone();
+    if ctx.opts.machinereadable {
+        println!(
+            "{s}ID{s}Name{s}Path{s}Persistent{s}Sticky{s}Unhealthy{s}Readonly{s}Replicated{s}"
+        );
+    } else {
+        println!("Number of databases:{}", m.dbs.len());
+    }
+    for d in &m.dbs {
+        let name = match dbname(ctx, ctx.cmd_pnn, d.db_id).await {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        let path = match ctx.ctrl(ctx.cmd_pnn, Q::GetDbPath(d.db_id)).await {
+            Ok(Some(R::GetDbPath(p))) => p,
+            Ok(_) => return 1,
+            Err(e) => return e,
+        };
+        let health = match ctx.ctrl(ctx.cmd_pnn, Q::DbGetHealth(d.db_id)).await {
+            Ok(Some(R::DbGetHealth(h))) => h,
+            Ok(_) => None,
+            Err(e) => return e,
+        };
+        let f = |x: u8| d.flags & x != 0;
+        if ctx.opts.machinereadable {
+            println!(
+                "{s}0x{:08X}{s}{name}{s}{path}{s}{}{s}{}{s}{}{s}{}{s}{}{s}",
+                d.db_id,
+                f(db_flags::PERSISTENT) as u8,
+                f(db_flags::STICKY) as u8,
+                health.is_some() as u8,
+                f(db_flags::READONLY) as u8,
+                f(db_flags::REPLICATED) as u8
+            );
+        } else {
+            println!(
+                "dbid:0x{:08x} name:{name} path:{path}{}{}{}{}{}",
+                d.db_id,
+                if f(db_flags::PERSISTENT) {
+                    " PERSISTENT"
+                } else {
+                    ""
+                },
+                if f(db_flags::STICKY) { " STICKY" } else { "" },
+                if f(db_flags::READONLY) {
+                    " READONLY"
+                } else {
+                    ""
+                },
+                if f(db_flags::REPLICATED) {
+                    " REPLICATED"
+                } else {
+                    ""
+                },
+                if health.is_some() { " UNHEALTHY" } else { "" }
+            );
+        }
+    }
+    0
+}
+
+pub async fn getdbstatus(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("getdbstatus"));
+    }
+    let Some(db) = db_exists(ctx, &args[0]).await else {
+        return 1;
+    };
+    let path = match ctx.ctrl(ctx.cmd_pnn, Q::GetDbPath(db.id)).await {
+        Ok(Some(R::GetDbPath(p))) => p,
+        Ok(_) => return 1,
+        Err(e) => return e,
+    };
+    let health = match ctx.ctrl(ctx.cmd_pnn, Q::DbGetHealth(db.id)).await {
+        Ok(Some(R::DbGetHealth(h))) => h,
+        Ok(_) => None,
+        Err(e) => return e,
+    };
+    let yn = |x: u8| if db.flags & x != 0 { "yes" } else { "no" };
+    println!("dbid: 0x{:08x}\nname: {}\npath: {path}", db.id, db.name);
+    println!(
+        "PERSISTENT: {}\nREPLICATED: {}\nSTICKY: {}\nREADONLY: {}",
+        yn(db_flags::PERSISTENT),
+        yn(db_flags::REPLICATED),
+        yn(db_flags::STICKY),
+        yn(db_flags::READONLY)
+    );
+    println!("HEALTH: {}", health.as_deref().unwrap_or("OK"));
+    0
+}
+
+/// Finds and attaches the database named by `arg` (printing why not).
+async fn find_and_attach(ctx: &Ctx, arg: &str) -> Result<(DbRef, Attached), i32> {
+    let Some(db) = db_exists(ctx, arg).await else {
+        return Err(1);
+    };
+    match attach_db(ctx, &db.name, db.flags).await {
+        Ok(a) => Ok((db, a)),
+        Err(e) => {
+            eprintln!("Failed to attach to DB {}", db.name);
+            Err(e)
+        }
+    }
+}
+
+pub async fn catdb(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("catdb"));
+    }
+    let (_, a) = match find_and_attach(ctx, &args[0]).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let mut count = 0u32;
+    let mut ret = 0;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match ctx.client.traverse(a.id, false).await {
+        Err(e) => ret = crate::ctx::report(&e, ctdb_protocol::Opcode::TraverseStartExt, ctx.pnn),
+        Ok(mut t) => {
+            let mut s = String::new();
+            while let Some(r) = t.next().await {
+                match r {
+                    Ok(rec) => {
+                        count += 1;
+                        s.clear();
+                        format::record(&mut s, &rec.header, &rec.key, &rec.data);
+                        let _ = out.write_all(s.as_bytes());
+                    }
+                    Err(e) => {
+                        ret = crate::ctx::report(
+                            &e,
+                            ctdb_protocol::Opcode::TraverseStartExt,
+                            ctx.pnn,
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "Dumped {count} records");
+    let _ = out.flush();
+    ret
+}
+
+/// Every record of the local copy of a database, with a header.
+pub fn local_records(a: &Attached) -> Result<Vec<(Vec<u8>, Vec<u8>)>, i32> {
+    let file = ctdb_client::db::open_local(a.path.clone(), a.tdb_flags).map_err(|e| {
+        eprintln!("{e}");
+        1
+    })?;
+    let mut out = Vec::new();
+    file.with(|t| {
+        t.traverse_read(|k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            std::ops::ControlFlow::Continue(())
+        })
+    })
+    .map_err(|e| {
+        eprintln!("{e}");
+        1
+    })?;
+    Ok(out)
+}
+
+pub async fn cattdb(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("cattdb"));
+    }
+    let (_, a) = match find_and_attach(ctx, &args[0]).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let recs = match local_records(&a) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut count = 0u32;
+    let mut s = String::new();
+    for (k, v) in recs {
+        let Ok((h, d)) = LtdbHeader::split(&v) else {
+            continue;
+        };
+        count += 1;
+        s.clear();
+        format::record(&mut s, &h, &k, d);
+        let _ = out.write_all(s.as_bytes());
+    }
+    let _ = writeln!(out, "Dumped {count} record(s)");
+    let _ = out.flush();
+    0
+}
+
+pub async fn attach(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.is_empty() || args.len() > 2 {
+        usage(Some("attach"));
+    }
+    let flags = match args.get(1).map(String::as_str) {
+        None => 0,
+        Some("persistent") => db_flags::PERSISTENT,
+        Some("readonly") => db_flags::READONLY,
+        Some("sticky") => db_flags::STICKY,
+        Some("replicated") => db_flags::REPLICATED,
+        Some(_) => usage(Some("attach")),
+    };
+    match attach_db(ctx, &args[0], flags).await {
+        Ok(a) => match ctdb_client::db::open_local(a.path, a.tdb_flags) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Err(e) => e,
+    }
+}
+
+pub async fn detach(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.is_empty() {
+        usage(Some("detach"));
+    }
+    let recmode = match ctx.ctrl_status(ctx.cmd_pnn, Q::GetRecmode, true).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if recmode != 0 {
+        eprintln!("Database cannot be detached when recovery is active");
+        return 1;
+    }
+    let Some(m) = ctx.get_nodemap(false).await else {
+        return 1;
+    };
+    for n in &m.nodes {
+        if n.flags & (node_flags::DISCONNECTED | node_flags::DELETED) != 0 {
+            continue;
+        }
+        if n.flags & node_flags::INACTIVE != 0 {
+            eprintln!(
+                "Database cannot be detached on inactive (stopped or banned) node {}",
+                n.pnn
+            );
+            return 1;
+        }
+        let req = Q::GetTunable(ctdb_protocol::control::TunableName(
+            "AllowClientDBAttach".into(),
+        ));
+        let v = match ctx.ctrl(n.pnn, req).await {
+            Ok(Some(R::GetTunable(v))) => v,
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!(
+                    "Unable to get tunable AllowClientDBAttach from node {}",
+                    n.pnn
+                );
+                return e;
+            }
+        };
+        if v == 1 {
+            eprintln!(
+                "Database access is still active on node {}. Set AllowclientDBAttach=0 on all nodes.",
+                n.pnn
+            );
+            return 1;
+        }
+    }
+    let mut ret2 = 0;
+    for a in args {
+        let Some(db) = db_exists(ctx, a).await else {
+            continue;
+        };
+        if db.flags & (db_flags::PERSISTENT | db_flags::REPLICATED) != 0 {
+            eprintln!("Only volatile databases can be detached");
+            return 1;
+        }
+        // Detach on every connected node, as CTDB's library does.
+        let nodes = connected_nodes(&m, CTDB_UNKNOWN_PNN);
+        if let Err(e) = ctx.ctrl_multi(&nodes, Q::DbDetach(db.id)).await {
+            eprintln!("Database {} detach failed", db.name);
+            ret2 = e;
+        }
+    }
+    ret2
+}
+
+pub async fn setdbflag(ctx: &mut Ctx, args: &[String], readonly: bool) -> i32 {
+    let name = if readonly {
+        "setdbreadonly"
+    } else {
+        "setdbsticky"
+    };
+    if args.len() != 1 {
+        usage(Some(name));
+    }
+    let Some(db) = db_exists(ctx, &args[0]).await else {
+        return 1;
+    };
+    if db.flags & (db_flags::PERSISTENT | db_flags::REPLICATED) != 0 {
+        if readonly {
+            eprintln!("READONLY can be set only on volatile DB");
+        } else {
+            eprintln!("STICKY can be set only on volatile DB");
+        }
+        return 1;
+    }
+    let req = if readonly {
+        Q::SetDbReadonly(db.id)
+    } else {
+        Q::SetDbSticky(db.id)
+    };
+    match ctx.ctrl(ctx.cmd_pnn, req).await {
+        Ok(_) => 0,
+        Err(e) => e,
+    }
+}
+
+pub async fn getdbseqnum(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("getdbseqnum"));
+    }
+    let Some(db) = db_exists(ctx, &args[0]).await else {
+        return 1;
+    };
+    let req = Q::GetDbSeqnum(DbSeqnumRequest { db_id: db.id });
+    match ctx.ctrl(ctx.cmd_pnn, req).await {
+        Ok(Some(R::GetDbSeqnum(s))) => {
+            println!("0x{s:x}");
+            0
+        }
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("Failed to get sequence number for DB {}", db.name);
+            e
+        }
+    }
+}
+
+pub async fn dbstatistics(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("dbstatistics"));
+    }
+    let Some(db) = db_exists(ctx, &args[0]).await else {
+        return 1;
+    };
+    let s = match ctx.ctrl(ctx.cmd_pnn, Q::GetDbStatistics(db.id)).await {
+        Ok(Some(R::GetDbStatistics(s))) => s,
+        Ok(_) => return 1,
+        Err(e) => {
+            eprintln!("Failed to get statistics for DB {}", db.name);
+            return e;
+        }
+    };
+    println!("DB Statistics {}", db.name);
+    crate::cmd_misc::print_fields(&[
+        ("db_ro_delegations", s.db_ro_delegations),
+        ("db_ro_revokes", s.db_ro_revokes),
+        ("locks.num_calls", s.locks.num_calls),
+        ("locks.num_current", s.locks.num_current),
+        ("locks.num_pending", s.locks.num_pending),
+        ("locks.num_failed", s.locks.num_failed),
+    ]);
+    let buckets = |b: &[u32]| {
+        b.iter()
+            .map(|v| format!(" {}", *v as i32))
+            .collect::<String>()
+    };
+    println!(" hop_count_buckets:{}", buckets(&s.hop_count_bucket));
+    println!(" lock_buckets:{}", buckets(&s.locks.buckets));
+    for (label, l) in [
+        ("locks_latency      MIN/AVG/MAX", &s.locks.latency),
+        ("vacuum_latency     MIN/AVG/MAX", &s.vacuum_latency),
+    ] {
+        let avg = if l.num != 0 {
+            l.total / l.num as f64
+        } else {
+            0.0
+        };
+        println!(
+            " {label:<30}     {:.6}/{avg:.6}/{:.6} sec out of {}",
+            l.min, l.max, l.num
+        );
+    }
+    println!(" Num Hot Keys:     {}", s.num_hot_keys as i32);
+    for hk in s.hot_keys.iter().take(s.num_hot_keys as usize) {
+        let hex: String = hk.key.iter().map(|b| format!("{b:02x}")).collect();
+        println!("     Count:{} Key:{hex}", hk.count as i32);
+    }
+    0
+}
+
+/// Starts a recovery-style rewrite of a database on every active node:
+/// freeze, start a transaction, wipe. Returns the nodes and transaction.
+pub async fn rewrite_begin(ctx: &mut Ctx, db_id: u32) -> Result<(Vec<u32>, TransDb), i32> {
+    let Some(m) = ctx.get_nodemap(false).await else {
+        eprintln!("Failed to get nodemap");
+        return Err(12);
+    };
+    let generation = match cmd_node::get_generation(ctx).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("Failed to get current generation");
+            return Err(e);
+        }
+    };
+    let nodes = active_nodes(&m, CTDB_UNKNOWN_PNN);
+    if nodes.is_empty() {
+        return Err(12);
+    }
+    let t = TransDb {
+        db_id,
+        tid: generation,
+    };
+    let r = async {
+        ctx.ctrl_multi(&nodes, Q::DbFreeze(db_id)).await?;
+        ctx.ctrl_multi(&nodes, Q::DbTransactionStart(t)).await?;
+        ctx.ctrl_multi(&nodes, Q::WipeDatabase(t)).await?;
+        Ok::<(), i32>(())
+    }
+    .await;
+    match r {
+        Ok(()) => Ok((nodes, t)),
+        Err(e) => Err(rewrite_failed(ctx, e).await),
+    }
+}
+
+/// Finishes a rewrite: healthy, commit, thaw.
+pub async fn rewrite_finish(ctx: &mut Ctx, nodes: &[u32], t: TransDb) -> i32 {
+    let r = async {
+        ctx.ctrl_multi(nodes, Q::DbSetHealthy(t.db_id)).await?;
+        ctx.ctrl_multi(nodes, Q::DbTransactionCommit(t)).await?;
+        ctx.ctrl_multi(nodes, Q::DbThaw(t.db_id)).await?;
+        Ok::<(), i32>(())
+    }
+    .await;
+    match r {
+        Ok(()) => 0,
+        Err(e) => rewrite_failed(ctx, e).await,
+    }
+}
+
+/// A rewrite failed: force a recovery to get back to a consistent state.
+pub async fn rewrite_failed(ctx: &mut Ctx, e: i32) -> i32 {
+    let _ = ctx.ctrl(ctx.pnn, Q::SetRecmode(1)).await;
+    e
+}
+
+pub async fn wipedb(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("wipedb"));
+    }
+    let (db, _) = match find_and_attach(ctx, &args[0]).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let (nodes, t) = match rewrite_begin(ctx, db.id).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let r = rewrite_finish(ctx, &nodes, t).await;
+    if r == 0 {
+        println!("Database {} wiped", db.name);
+    }
+    r
+}

@@ -1,0 +1,781 @@
+//! Record commands: persistent transactions (`pfetch`, `pstore`, `pdelete`,
+//! `ptrans`), volatile records (`readkey`, `writekey`, `deletekey`), raw TDB
+//! records (`tfetch`, `tstore`), and backups (`backupdb`, `restoredb`,
+//! `dumpdbbackup`).
+//!
+//! `ptrans`, `backupdb` and `restoredb` stream: input is parsed a line at a
+//! time, backups are written and read one record buffer at a time.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+
+use ctdb_client::Db;
+use ctdb_protocol::backup::{
+    BACKUP_MAX_DB_NAME, BACKUP_MAX_REC_BUFFER_SIZE, BACKUP_VERSION, BackupChunk, BackupHeader,
+};
+use ctdb_protocol::types::{LtdbHeader, PullDbExt, RecBuffer, db_flags};
+use ctdb_protocol::{ControlReply as R, ControlRequest as Q, Marshal};
+
+use crate::cmd_db::{self, DbRef, attach_db, db_exists};
+use crate::ctx::{Ctx, SRVID_CTDB_PUSHDB};
+use crate::format;
+use crate::options::usage;
+use crate::progress::Progress;
+
+const EINVAL: i32 = 22;
+
+/// Finds `arg`, checks its kind, attaches it and returns it as a client
+/// database. `persistent` says which kind the command needs.
+async fn open_db(ctx: &Ctx, arg: &str, persistent: bool) -> Result<(DbRef, Db), i32> {
+    let Some(db) = db_exists(ctx, arg).await else {
+        return Err(1);
+    };
+    let is_pers = db.flags & (db_flags::PERSISTENT | db_flags::REPLICATED) != 0;
+    if persistent && !is_pers {
+        eprintln!("Transactions not supported on DB {}", db.name);
+        return Err(1);
+    }
+    if !persistent && is_pers {
+        eprintln!("DB {} is not a volatile database", db.name);
+        return Err(1);
+    }
+    attach_client(ctx, db).await
+}
+
+async fn attach_client(ctx: &Ctx, db: DbRef) -> Result<(DbRef, Db), i32> {
+    if let Err(e) = attach_db(ctx, &db.name, db.flags).await {
+        eprintln!("Failed to attach to DB {}", db.name);
+        return Err(e);
+    }
+    match ctx.client.attach(&db.name, cmd_db::kind(db.flags), 0).await {
+        Ok(h) => Ok((db, h)),
+        Err(e) => {
+            eprintln!("Failed to attach to DB {}", db.name);
+            Err(crate::ctx::report(
+                &e,
+                ctdb_protocol::Opcode::DbAttach,
+                ctx.pnn,
+            ))
+        }
+    }
+}
+
+fn parse_key(s: &str, what: &str) -> Result<Vec<u8>, i32> {
+    format::str_to_data(s.as_bytes()).map_err(|msg| {
+        eprintln!("{msg}");
+        eprintln!("Failed to parse {what} {s}");
+        EINVAL
+    })
+}
+
+/// printf's `%.*s`: the bytes up to the first NUL.
+fn c_str(d: &[u8]) -> &[u8] {
+    let end = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+    &d[..end]
+}
+
+fn client_err(ctx: &Ctx, e: &ctdb_client::ClientError) -> i32 {
+    match e {
+        ctdb_client::ClientError::ControlFailed { .. }
+        | ctdb_client::ClientError::Timeout { .. } => {
+            crate::ctx::report(e, ctdb_protocol::Opcode::Trans3Commit, ctx.pnn)
+        }
+        ctdb_client::ClientError::Disconnected => crate::ctx::disconnected(),
+        _ => 1,
+    }
+}
+
+pub async fn pfetch(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 2 {
+        usage(Some("pfetch"));
+    }
+    let (db, h) = match open_db(ctx, &args[0], true).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    let t = match h.transaction_start(true).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Failed to start transaction on db {}", db.name);
+            return client_err(ctx, &e);
+        }
+    };
+    let r = t.fetch(&key);
+    let _ = t.cancel().await;
+    match r {
+        Ok(v) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(c_str(v.as_deref().unwrap_or_default()));
+            let _ = out.write_all(b"\n");
+            0
+        }
+        Err(_) => {
+            eprintln!("Failed to read record for key {}", args[1]);
+            1
+        }
+    }
+}
+
+/// `pstore` (a value) and `pdelete` (no value).
+async fn pchange(ctx: &mut Ctx, args: &[String], name: &str, value: Option<&str>) -> i32 {
+    let (db, h) = match open_db(ctx, &args[0], true).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    let data = match value {
+        Some(v) => match parse_key(v, "value") {
+            Ok(d) => Some(d),
+            Err(e) => return e,
+        },
+        None => None,
+    };
+    let mut t = match h.transaction_start(false).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Failed to start transaction on db {}", db.name);
+            return client_err(ctx, &e);
+        }
+    };
+    let r = match &data {
+        Some(d) => t.store(&key, d),
+        None => t.delete(&key),
+    };
+    if r.is_err() {
+        if name == "pstore" {
+            eprintln!("Failed to store record for key {}", args[1]);
+        } else {
+            eprintln!("Failed to delete record for key {}", args[1]);
+        }
+        let _ = t.cancel().await;
+        return 1;
+    }
+    if let Err(e) = t.commit().await {
+        eprintln!("Failed to commit transaction on db {}", db.name);
+        return client_err(ctx, &e);
+    }
+    0
+}
+
+pub async fn pstore(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 3 {
+        usage(Some("pstore"));
+    }
+    let v = args[2].clone();
+    pchange(ctx, args, "pstore", Some(&v)).await
+}
+
+pub async fn pdelete(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 2 {
+        usage(Some("pdelete"));
+    }
+    pchange(ctx, args, "pdelete", None).await
+}
+
+/// One quoted string of a `ptrans` line: `Ok(None)` for an empty string.
+fn ptrans_string<'a>(p: &mut &'a [u8]) -> Result<Option<Vec<u8>>, ()> {
+    let t = {
+        let skip = p.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+        &p[skip..]
+    };
+    if t.first() != Some(&b'"') {
+        eprintln!("Unsupported input format in {}", String::from_utf8_lossy(p));
+        return Err(());
+    }
+    let body = &t[1..];
+    match body.iter().position(|&c| c == b'"') {
+        Some(n) => {
+            let v = if n > 0 {
+                match format::str_to_data(&body[..n]) {
+                    Ok(v) => Some(v),
+                    Err(msg) => {
+                        eprintln!("{msg}");
+                        return Err(());
+                    }
+                }
+            } else {
+                None
+            };
+            *p = &body[n + 1..];
+            Ok(v)
+        }
+        None => {
+            eprintln!("Unmatched \" in input {}", String::from_utf8_lossy(p));
+            Err(())
+        }
+    }
+}
+
+/// A `ptrans` input line: `"key" "value"`; `None` for lines to skip.
+fn ptrans_line(line: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut p = line;
+    let key = ptrans_string(&mut p).ok()??;
+    let value = ptrans_string(&mut p).ok()?.unwrap_or_default();
+    Some((key, value))
+}
+
+/// Reads input as C's `fgets` with a 1024-byte buffer does: lines, with
+/// longer lines cut into 1023-byte pieces.
+fn for_each_line(mut r: impl BufRead, mut f: impl FnMut(&[u8])) {
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                for piece in buf.chunks(1023) {
+                    f(piece);
+                }
+            }
+        }
+    }
+}
+
+pub async fn ptrans(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.is_empty() || args.len() > 2 {
+        usage(Some("ptrans"));
+    }
+    let Some(dbr) = db_exists(ctx, &args[0]).await else {
+        return 1;
+    };
+    if dbr.flags & (db_flags::PERSISTENT | db_flags::REPLICATED) == 0 {
+        eprintln!("Transactions not supported on DB {}", dbr.name);
+        return 1;
+    }
+    let input: Box<dyn BufRead> = match args.get(1) {
+        Some(path) => match File::open(path) {
+            Ok(f) => Box::new(BufReader::with_capacity(1 << 20, f)),
+            Err(_) => {
+                eprintln!("Failed to open file {path}");
+                return 1;
+            }
+        },
+        None => Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
+    };
+    let (db, h) = match attach_client(ctx, dbr).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let mut t = match h.transaction_start(false).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Failed to start transaction on db {}", db.name);
+            return client_err(ctx, &e);
+        }
+    };
+    let mut progress = Progress::new("ptrans");
+    let mut n = 0u64;
+    let mut failed = false;
+    for_each_line(input, |line| {
+        if failed {
+            return;
+        }
+        if let Some((k, v)) = ptrans_line(line) {
+            if t.store(&k, &v).is_err() {
+                failed = true;
+                return;
+            }
+            n += 1;
+            progress.update(n, None);
+        }
+    });
+    progress.finish();
+    if failed {
+        eprintln!("Failed to store record");
+        let _ = t.cancel().await;
+        return 1;
+    }
+    if let Err(e) = t.commit().await {
+        eprintln!("Failed to commit transaction on db {}", db.name);
+        return client_err(ctx, &e);
+    }
+    0
+}
+
+fn open_tdb(path: &str) -> Option<tdb::Tdb> {
+    tdb::OpenOptions::new().open(path).ok()
+}
+
+pub fn tfetch(args: &[String]) -> i32 {
+    if args.len() < 2 || args.len() > 3 {
+        usage(Some("tfetch"));
+    }
+    let Some(t) = open_tdb(&args[0]) else {
+        eprintln!("Failed to open TDB file {}", args[0]);
+        return 1;
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    let Some(data) = t.fetch(&key).ok().flatten() else {
+        eprintln!("No record for key {}", args[1]);
+        return 1;
+    };
+    if data.len() < LtdbHeader::WIRE_SIZE {
+        eprintln!("Invalid record for key {}", args[1]);
+        return 1;
+    }
+    drop(t);
+    if let Some(out) = args.get(2) {
+        match File::create(out) {
+            Ok(mut f) => {
+                if f.write_all(&data).is_err() {
+                    eprintln!("Failed to write record to file");
+                }
+            }
+            Err(_) => eprintln!("Failed to open output file {out}"),
+        }
+    }
+    let Ok((h, d)) = LtdbHeader::split(&data) else {
+        eprintln!("Failed to parse header from data");
+        return 1;
+    };
+    let mut s = String::new();
+    format::ltdb_header(&mut s, &h);
+    format::tdb_data(&mut s, "data", d);
+    print!("{s}");
+    0
+}
+
+pub fn tstore(args: &[String]) -> i32 {
+    if args.len() < 3 || args.len() > 5 {
+        usage(Some("tstore"));
+    }
+    let Some(t) = open_tdb(&args[0]) else {
+        eprintln!("Failed to open TDB file {}", args[0]);
+        return 1;
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    let value = match parse_key(&args[2], "value") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    let mut h = LtdbHeader::default();
+    if let Some(rsn) = args.get(3) {
+        match format::parse_standard_ulong(rsn, 0) {
+            Some(v) => h.rsn = v,
+            None => return EINVAL,
+        }
+    }
+    if let Some(d) = args.get(4) {
+        h.dmaster = format::atoi(d) as u32;
+    }
+    let mut hb = [0u8; LtdbHeader::WIRE_SIZE];
+    h.push(&mut hb);
+    if t.storev(&key, &[&hb, &value], tdb::StoreMode::Replace)
+        .is_err()
+    {
+        eprintln!("Failed to write record {} to file {}", args[1], args[0]);
+        return 1;
+    }
+    0
+}
+
+pub async fn readkey(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() < 2 || args.len() > 3 {
+        usage(Some("readkey"));
+    }
+    if args.len() == 3 && args[2] != "readonly" {
+        usage(Some("readkey"));
+    }
+    let (_, h) = match open_db(ctx, &args[0], false).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    match h.fetch(&key).await {
+        Ok(r) => {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "Data: size:{} ptr:[", r.data.len());
+            let _ = out.write_all(c_str(&r.data));
+            let _ = out.write_all(b"]\n");
+            0
+        }
+        Err(e) => {
+            eprintln!("Failed to read record for key {}", args[1]);
+            client_err(ctx, &e)
+        }
+    }
+}
+
+pub async fn writekey(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 3 {
+        usage(Some("writekey"));
+    }
+    let (_, h) = match open_db(ctx, &args[0], false).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    let data = match parse_key(&args[2], "value") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    match h.store(&key, &data).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Failed to lock record for key {}", args[0]);
+            client_err(ctx, &e)
+        }
+    }
+}
+
+pub async fn deletekey(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 2 {
+        usage(Some("deletekey"));
+    }
+    let (_, h) = match open_db(ctx, &args[0], false).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let key = match parse_key(&args[1], "key") {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
+    match h.delete(&key).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Failed to fetch record for key {}", args[1]);
+            client_err(ctx, &e)
+        }
+    }
+}
+
+/// Writes one record buffer to a backup file.
+fn write_chunk(out: &mut impl Write, rb: &RecBuffer) -> std::io::Result<()> {
+    let chunk = BackupChunk(rb.clone());
+    let mut buf = vec![0u8; chunk.len()];
+    chunk.push(&mut buf);
+    out.write_all(&buf)
+}
+
+pub async fn backupdb(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.len() != 2 {
+        usage(Some("backupdb"));
+    }
+    let Some(db) = db_exists(ctx, &args[0]).await else {
+        return 1;
+    };
+    let a = match attach_db(ctx, &db.name, db.flags).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Failed to attach to DB {}", db.name);
+            return e;
+        }
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode_0600()
+        .open(&args[1])
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("Failed to open file {} for writing", args[1]);
+            return e.raw_os_error().unwrap_or(1);
+        }
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    if out.write_all(&[0u8; BackupHeader::WIRE_SIZE]).is_err() {
+        eprintln!("Failed to write header to file {}", args[1]);
+        return 5;
+    }
+    let local = match ctdb_client::db::open_local(a.path.clone(), a.tdb_flags) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("Failed to collect records from DB {}: {e}", db.name);
+            return 1;
+        }
+    };
+    let mut rb = RecBuffer::new(a.id);
+    let (mut nbuf, mut nrec) = (0u64, 0u64);
+    let mut write_failed = false;
+    let mut progress = Progress::new("backupdb");
+    let r = local.with(|t| {
+        t.traverse_read(|k, v| {
+            rb.add(0, None, k, v);
+            if rb.len() >= BACKUP_MAX_REC_BUFFER_SIZE {
+                if write_chunk(&mut out, &rb).is_err() {
+                    write_failed = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                nbuf += 1;
+                nrec += rb.count() as u64;
+                progress.update(nrec, None);
+                rb.clear();
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+    });
+    progress.finish();
+    if write_failed {
+        eprintln!("Failed to write records to backup file");
+        return 5;
+    }
+    if r.is_err() {
+        eprintln!("Failed to collect records from DB {}", db.name);
+        return 1;
+    }
+    if rb.count() > 0 {
+        if write_chunk(&mut out, &rb).is_err() {
+            eprintln!("Failed to write records to backup file");
+            return 5;
+        }
+        nbuf += 1;
+        nrec += rb.count() as u64;
+    }
+    let mut name = db.name.clone();
+    name.truncate(BACKUP_MAX_DB_NAME - 1);
+    let hdr = BackupHeader {
+        version: BACKUP_VERSION,
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        flags: db.flags as u64,
+        nbuf,
+        nrec,
+        name,
+    };
+    let mut hb = vec![0u8; BackupHeader::WIRE_SIZE];
+    hdr.push(&mut hb);
+    let ok = out.flush().is_ok()
+        && out
+            .get_mut()
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| out.get_mut().write_all(&hb))
+            .is_ok();
+    if !ok {
+        eprintln!("Failed to write header to file {}", args[1]);
+        return 5;
+    }
+    println!("Database backed up to {}", args[1]);
+    0
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// Opens a backup file and reads its header (checking the version).
+fn open_backup(path: &str) -> Result<(BufReader<File>, BackupHeader), i32> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("Failed to open file {path} for reading");
+            return Err(e.raw_os_error().unwrap_or(1));
+        }
+    };
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut hb = vec![0u8; BackupHeader::WIRE_SIZE];
+    let mut got = 0;
+    while got < hb.len() {
+        match r.read(&mut hb[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                eprintln!("Failed to read db header from file {path}");
+                return Err(e.raw_os_error().unwrap_or(1));
+            }
+        }
+    }
+    let hdr = BackupHeader::pull(&hb).map(|(h, _)| h).unwrap_or_default();
+    if hdr.version != BACKUP_VERSION {
+        eprintln!(
+            "Wrong version of backup file, expected {BACKUP_VERSION}, got {}",
+            hdr.version
+        );
+        return Err(EINVAL);
+    }
+    Ok((r, hdr))
+}
+
+/// Reads the next record buffer of a backup file.
+fn read_chunk(r: &mut impl Read) -> Option<RecBuffer> {
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head).ok()?;
+    let len = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
+    let mut buf = Vec::with_capacity(16 + len);
+    buf.extend_from_slice(&head);
+    buf.resize(16 + len, 0);
+    r.read_exact(&mut buf[16..]).ok()?;
+    BackupChunk::pull(&buf).ok().map(|(c, _)| c.0)
+}
+
+pub fn dumpdbbackup(args: &[String]) -> i32 {
+    if args.len() != 1 {
+        usage(Some("dumpbackup"));
+    }
+    let (mut r, hdr) = match open_backup(&args[0]) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let _ = writeln!(
+        out,
+        "Dumping database {} from backup @ {}",
+        hdr.name,
+        format::timestamp(hdr.timestamp)
+    );
+    let mut count = 0u32;
+    let mut s = String::new();
+    for _ in 0..hdr.nbuf {
+        let Some(rb) = read_chunk(&mut r) else {
+            let _ = out.flush();
+            eprintln!("Failed to read records");
+            return 5;
+        };
+        for rec in rb.iter() {
+            let Ok((h, d)) = LtdbHeader::split(rec.data) else {
+                let _ = out.flush();
+                eprintln!("Failed to dump records");
+                return EINVAL;
+            };
+            count += 1;
+            s.clear();
+            format::record(&mut s, &h, rec.key, d);
+            let _ = out.write_all(s.as_bytes());
+        }
+    }
+    let _ = writeln!(out, "Dumped {count} record(s)");
+    let _ = out.flush();
+    0
+}
+
+pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
+    if args.is_empty() || args.len() > 2 {
+        usage(Some("restoredb"));
+    }
+    let (mut r, hdr) = match open_backup(&args[0]) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let name = args.get(1).cloned().unwrap_or_else(|| hdr.name.clone());
+    println!(
+        "Restoring database {name} from backup @ {}",
+        format::timestamp(hdr.timestamp)
+    );
+    let flags = (hdr.flags & 0xff) as u8;
+    let a = match attach_db(ctx, &name, flags).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Failed to attach to DB {name}");
+            return e;
+        }
+    };
+    let (nodes, t) = match cmd_db::rewrite_begin(ctx, a.id).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let pull = PullDbExt {
+        db_id: a.id,
+        lmaster: 0,
+        srvid: SRVID_CTDB_PUSHDB,
+    };
+    if let Err(e) = ctx.ctrl_multi(&nodes, Q::DbPushStart(pull)).await {
+        return cmd_db::rewrite_failed(ctx, e).await;
+    }
+    let mut progress = Progress::new("restoredb");
+    let mut sent = 0u64;
+    for _ in 0..hdr.nbuf {
+        let Some(mut rb) = read_chunk(&mut r) else {
+            return cmd_db::rewrite_failed(ctx, 5).await;
+        };
+        rb.db_id = a.id;
+        let mut buf = vec![0u8; rb.len()];
+        rb.push(&mut buf);
+        for &n in &nodes {
+            if ctx.client.send_message(n, SRVID_CTDB_PUSHDB, &buf).is_err() {
+                crate::ctx::disconnected();
+            }
+        }
+        sent += rb.count() as u64;
+        progress.update(sent, Some(hdr.nrec));
+    }
+    progress.finish();
+    let replies = match ctx.ctrl_multi(&nodes, Q::DbPushConfirm(a.id)).await {
+        Ok(r) => r,
+        Err(e) => return cmd_db::rewrite_failed(ctx, e).await,
+    };
+    for (n, reply) in nodes.iter().zip(replies) {
+        match reply {
+            Some(R::DbPushConfirm(count)) => {
+                if count as u64 != hdr.nrec {
+                    eprintln!("Node {n} received {count} of {} records", hdr.nrec);
+                    return cmd_db::rewrite_failed(ctx, 0).await.max(1);
+                }
+            }
+            _ => {
+                eprintln!("Invalid response from node {n}");
+                return cmd_db::rewrite_failed(ctx, 71).await;
+            }
+        }
+    }
+    let ret = cmd_db::rewrite_finish(ctx, &nodes, t).await;
+    if ret == 0 {
+        println!("Database {name} restored");
+    }
+    ret
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptrans_lines() {
+        assert_eq!(
+            ptrans_line(b"\"key1\" \"value1\"\n"),
+            Some((b"key1".to_vec(), b"value1".to_vec()))
+        );
+        assert_eq!(
+            ptrans_line(b"  \"k\"\t\"\"\n"),
+            Some((b"k".to_vec(), Vec::new()))
+        );
+        assert_eq!(
+            ptrans_line(b"\"0x6b31\" \"0x7631\"\n"),
+            Some((b"k1".to_vec(), b"v1".to_vec()))
+        );
+        assert_eq!(ptrans_line(b"\"\" \"v\"\n"), None);
+        assert_eq!(ptrans_line(b"k v\n"), None);
+        assert_eq!(ptrans_line(b"\"k\n"), None);
+    }
+
+    #[test]
+    fn long_lines_are_cut_like_fgets() {
+        let line = vec![b'a'; 2100];
+        let mut pieces = Vec::new();
+        for_each_line(&line[..], |p| pieces.push(p.len()));
+        assert_eq!(pieces, vec![1023, 1023, 54]);
+    }
+
+    #[test]
+    fn c_strings_stop_at_nul() {
+        assert_eq!(c_str(b"ab\0cd"), b"ab");
+    }
+}
