@@ -1,6 +1,11 @@
-//! Not built yet: see the project's issues.
+//! `ctdbd`: see the library's documentation.
+
+use clap::Parser;
 
 fn main() {
-    eprintln!("{}: not implemented yet", env!("CARGO_PKG_NAME"));
-    std::process::exit(1);
+    let args = ctdbd::startup::Args::parse();
+    if let Err(e) = ctdbd::startup::main(args) {
+        eprintln!("ctdbd: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,34 @@
+//! ctdb-rs's `ctdbd`: the clustered database daemon, a drop-in for CTDB
+//! 4.17's (same configuration files, socket, packets).
+//!
+//! Where things are:
+//!
+//! * [`config`]: `ctdb.conf`, the `nodes` file, paths;
+//! * [`tunables`]: the tunables table and `ctdb.tunables`;
+//! * [`logging`]: CTDB's log levels and line format on `tracing`;
+//! * [`node`]: the node map, flags, bans, run state (pure state);
+//! * [`messaging`]: srvid registrations;
+//! * [`control`]: answering controls ([`control::Core`], reusable without
+//!   sockets), and the [`control::DbLayer`] hook for databases;
+//! * [`server`]: the single-threaded event loop that owns all state and
+//!   routes packets between clients and nodes;
+//! * [`clients`]: the unix socket; [`transport`]: TCP links to nodes;
+//! * [`cluster_mutex`]: the cluster lock through a mutex helper;
+//! * [`recoverd`]: leader election and recovery (a task that is a client
+//!   of the daemon, as CTDB's recovery daemon is);
+//! * [`startup`], [`daemonize`]: getting the daemon running.
+
+pub mod clients;
+pub mod cluster_mutex;
+pub mod config;
+pub mod control;
+pub mod daemonize;
+pub mod logging;
+pub mod messaging;
+pub mod node;
+pub mod recoverd;
+pub mod server;
+pub mod startup;
+pub mod stats;
+pub mod transport;
+pub mod tunables;

@@ -1,0 +1,224 @@
+//! Logging: CTDB's level names and numbers on top of `tracing`, written to
+//! the configured location in CTDB's line format
+//! (`YYYY/MM/DD HH:MM:SS.uuuuuu ctdbd[PID]: message`).
+//!
+//! CTDB's levels map onto `tracing` as: ERROR → `error!`, WARNING →
+//! `warn!`, NOTICE → `info!`, INFO → `debug!`, DEBUG → `trace!`. The level
+//! can be changed at run time (`SET_DEBUG`), through [`LogControl`].
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::sync::{Arc, Mutex};
+
+use tracing::level_filters::LevelFilter;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// CTDB's debug levels (Samba's numbers).
+pub const DEBUG_ERR: i32 = 0;
+pub const DEBUG_WARNING: i32 = 1;
+pub const DEBUG_NOTICE: i32 = 3;
+pub const DEBUG_INFO: i32 = 5;
+pub const DEBUG_DEBUG: i32 = 10;
+
+/// Names by level number, as CTDB's table has them (index = level).
+const LEVEL_NAMES: [&str; 11] = [
+    "ERROR", "WARNING", "WARNING", "NOTICE", "NOTICE", "INFO", "INFO", "INFO", "INFO", "INFO",
+    "DEBUG",
+];
+
+/// Parses a level as CTDB does: a number 0..=10, or a (prefix of a) name,
+/// case-insensitively.
+pub fn parse_debug_level(s: &str) -> Option<i32> {
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        let n: i32 = s
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()?;
+        return (0..=10).contains(&n).then_some(n);
+    }
+    if s.is_empty() {
+        return None;
+    }
+    let up = s.to_ascii_uppercase();
+    LEVEL_NAMES
+        .iter()
+        .position(|n| n.starts_with(&up))
+        .map(|i| i as i32)
+}
+
+/// The name of a level number, `UNKNOWN` outside the table.
+pub fn debug_level_name(level: i32) -> &'static str {
+    usize::try_from(level)
+        .ok()
+        .and_then(|i| LEVEL_NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The `tracing` filter for a CTDB level.
+pub fn level_filter(level: i32) -> LevelFilter {
+    match level {
+        i32::MIN..=0 => LevelFilter::ERROR,
+        1..=2 => LevelFilter::WARN,
+        3..=4 => LevelFilter::INFO,
+        5..=9 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+/// Changes the log level of a running daemon.
+#[derive(Clone)]
+pub struct LogControl {
+    level: Arc<Mutex<i32>>,
+    handle: Option<reload::Handle<LevelFilter, tracing_subscriber::Registry>>,
+}
+
+impl LogControl {
+    /// A control that only remembers the level (no subscriber installed).
+    pub fn detached(level: i32) -> Self {
+        LogControl {
+            level: Arc::new(Mutex::new(level)),
+            handle: None,
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        *self.level.lock().unwrap()
+    }
+
+    pub fn set_level(&self, level: i32) {
+        *self.level.lock().unwrap() = level;
+        if let Some(h) = &self.handle {
+            let _ = h.modify(|f| *f = level_filter(level));
+        }
+    }
+}
+
+/// CTDB's line format.
+struct CtdbFormat {
+    pid: u32,
+}
+
+impl<S, N> FormatEvent<S, N> for CtdbFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let now = chrono::Local::now();
+        let prog = if event.metadata().target().starts_with("ctdbd::recoverd") {
+            "ctdb-recoverd"
+        } else {
+            "ctdbd"
+        };
+        write!(
+            w,
+            "{} {}[{}]: ",
+            now.format("%Y/%m/%d %H:%M:%S%.6f"),
+            prog,
+            self.pid
+        )?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// Where log lines go, from a `[logging] location` value.
+pub enum LogTarget {
+    File(std::path::PathBuf),
+    Stderr,
+}
+
+/// Works out the log target; syslog degrades to stderr (with a warning
+/// returned for the caller to log once logging is up).
+pub fn log_target(location: &str, interactive: bool) -> (LogTarget, Option<String>) {
+    if let Some(p) = location.strip_prefix("file:") {
+        return (LogTarget::File(p.into()), None);
+    }
+    if location == "file" {
+        return (LogTarget::Stderr, None);
+    }
+    let _ = interactive;
+    (
+        LogTarget::Stderr,
+        Some(format!(
+            "log location \"{location}\" (syslog) is not supported, logging to stderr"
+        )),
+    )
+}
+
+/// Installs the global subscriber; returns the level control and the log
+/// file (for helpers' stderr), if logging to a file.
+pub fn init(
+    target: &LogTarget,
+    level: i32,
+) -> std::io::Result<(LogControl, Option<std::fs::File>)> {
+    let (filter, handle) = reload::Layer::new(level_filter(level));
+    let fmt_layer = tracing_subscriber::fmt::layer()
+        .event_format(CtdbFormat {
+            pid: std::process::id(),
+        })
+        .with_ansi(false);
+    let file = match target {
+        LogTarget::File(p) => {
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let f = OpenOptions::new().create(true).append(true).open(p)?;
+            let w = f.try_clone()?;
+            let layer = fmt_layer.with_writer(Mutex::new(w));
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
+            Some(f)
+        }
+        LogTarget::Stderr => {
+            let layer = fmt_layer.with_writer(std::io::stderr);
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
+            None
+        }
+    };
+    Ok((
+        LogControl {
+            level: Arc::new(Mutex::new(level)),
+            handle: Some(handle),
+        },
+        file,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_like_ctdb() {
+        assert_eq!(parse_debug_level("NOTICE"), Some(3));
+        assert_eq!(parse_debug_level("notice"), Some(3));
+        assert_eq!(parse_debug_level("ERR"), Some(0));
+        assert_eq!(parse_debug_level("DEBUG"), Some(10));
+        assert_eq!(parse_debug_level("5"), Some(5));
+        assert_eq!(parse_debug_level("11"), None);
+        assert_eq!(parse_debug_level("LOUD"), None);
+        assert_eq!(debug_level_name(3), "NOTICE");
+        assert_eq!(debug_level_name(4), "NOTICE");
+        assert_eq!(debug_level_name(99), "UNKNOWN");
+    }
+}

@@ -1,0 +1,251 @@
+//! Leadership: the cluster lock, elections, and the leader broadcast.
+
+use std::time::{Duration, Instant};
+
+use ctdb_protocol::header::{CTDB_BROADCAST_ALL, CTDB_UNKNOWN_PNN};
+use ctdb_protocol::message::srvid;
+use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, ElectionMessage, Timeval, node_flags};
+use ctdb_protocol::{ControlRequest, Marshal};
+use tracing::{debug, error, info, warn};
+
+use super::Recoverd;
+use crate::cluster_mutex::{self, LockStatus};
+
+/// How long to wait for the mutex helper when taking the lock.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Recoverd {
+    /// Every second: the leader tells everyone it leads.
+    pub(super) async fn leader_broadcast_tick(&mut self) {
+        if !self.can_be_leader() {
+            if self.is_leader() {
+                self.leader = CTDB_UNKNOWN_PNN;
+            }
+            self.release_cluster_lock();
+            return;
+        }
+        if !self.is_leader() || self.election_in_progress {
+            return;
+        }
+        self.leader_broadcast_send(self.leader);
+    }
+
+    /// A `LEADER` broadcast arrived.
+    pub(super) async fn leader_message(&mut self, pnn: u32) {
+        self.leader_timeout_at = None;
+        if pnn == self.leader {
+            self.restart_leader_timeout();
+            return;
+        }
+        if pnn == CTDB_UNKNOWN_PNN {
+            // Someone started an election; no timeout until it is over.
+            let was = self.election_in_progress;
+            self.election_in_progress = true;
+            if self.cluster_lock_enabled() && !was {
+                self.cluster_lock_election().await;
+            }
+            return;
+        }
+        info!("Received leader broadcast, leader={pnn}");
+        self.leader = pnn;
+        self.restart_leader_timeout();
+    }
+
+    fn restart_leader_timeout(&mut self) {
+        self.leader_timeout_at = Some(Instant::now() + self.cfg.leader_timeout);
+    }
+
+    /// Starts an election: everyone into recovery mode, everyone told
+    /// the leader is unknown, then the lock decides (or the votes do).
+    pub(super) async fn force_election(&mut self) {
+        error!("Start election");
+        let active = self.active_nodes();
+        for (n, r) in self
+            .client
+            .control_many(&active, ControlRequest::SetRecmode(CTDB_RECOVERY_ACTIVE))
+            .await
+        {
+            if let Err(e) = r {
+                error!("Unable to set recovery mode to active on node {n}: {e}");
+                // Try again at the next timeout.
+                self.restart_leader_timeout();
+                return;
+            }
+        }
+        self.election_in_progress = true;
+        self.leader_broadcast_send(CTDB_UNKNOWN_PNN);
+        if self.cluster_lock_enabled() {
+            self.cluster_lock_election().await;
+            return;
+        }
+        self.election_timeout_at = Some(Instant::now() + self.election_timeout_len());
+        self.send_election_request();
+    }
+
+    fn election_timeout_len(&self) -> Duration {
+        Duration::from_secs(u64::from(self.tunables.election_timeout.max(1)))
+    }
+
+    /// With a cluster lock, whoever can take it leads.
+    pub(super) async fn cluster_lock_election(&mut self) {
+        if !self.can_be_leader() {
+            self.release_cluster_lock();
+        } else if self.lock.is_none() {
+            self.leader = CTDB_UNKNOWN_PNN;
+            if self.take_cluster_lock().await {
+                self.leader = self.pnn;
+                warn!("Took cluster lock, leader={}", self.leader);
+            }
+        }
+        self.election_in_progress = false;
+    }
+
+    /// Runs the mutex helper; true if this node now holds the lock.
+    pub(super) async fn take_cluster_lock(&mut self) -> bool {
+        let Some(lock) = self.cfg.cluster_lock.clone() else {
+            return true;
+        };
+        if self.lock.is_some() {
+            info!("Already holding cluster lock");
+            return true;
+        }
+        info!("Attempting to take cluster lock ({lock})");
+        let (status, held) = cluster_mutex::take(
+            &lock,
+            &self.cfg.helper_dir,
+            self.cfg.log_file.as_ref(),
+            &self.cfg.helper_env,
+            LOCK_TIMEOUT,
+        )
+        .await;
+        match status {
+            LockStatus::Taken => {
+                let held = held.expect("a taken lock has its helper");
+                let latency = held.latency.as_secs_f64();
+                self.lock = Some(held);
+                info!("Cluster lock taken successfully");
+                let _ = self
+                    .client
+                    .control(
+                        ctdb_protocol::header::CTDB_CURRENT_NODE,
+                        ControlRequest::RecdReclockLatency(latency),
+                    )
+                    .await;
+                true
+            }
+            LockStatus::Contention => {
+                error!("Unable to take cluster lock - contention");
+                false
+            }
+            LockStatus::Timeout => {
+                error!("Unable to take cluster lock - timeout");
+                false
+            }
+            LockStatus::Error => {
+                error!("Unable to take cluster lock - unknown error");
+                false
+            }
+        }
+    }
+
+    pub(super) fn release_cluster_lock(&mut self) {
+        if let Some(h) = self.lock.take() {
+            info!("Releasing cluster lock");
+            h.release();
+        }
+    }
+
+    /// The mutex helper went away while we held the lock.
+    pub(super) async fn lost_cluster_lock(&mut self) {
+        error!("Cluster lock helper terminated");
+        self.lock = None;
+        if self.is_leader() {
+            self.leader = CTDB_UNKNOWN_PNN;
+        }
+        if self.can_be_leader() {
+            self.force_election().await;
+        }
+    }
+
+    // ---- elections without a cluster lock ---------------------------------
+
+    fn election_data(&self) -> ElectionMessage {
+        let num_connected = self
+            .nodemap
+            .nodes
+            .iter()
+            .filter(|n| n.flags & node_flags::DISCONNECTED == 0)
+            .count() as u32;
+        let mut em = ElectionMessage {
+            num_connected,
+            priority_time: self.priority_time,
+            pnn: self.pnn,
+            node_flags: self.node_flags,
+        };
+        if !self.can_be_leader() {
+            em.num_connected = 0;
+            em.priority_time = Timeval::now();
+        }
+        em
+    }
+
+    /// Whether we beat `em`: the longest-running node wins, then the
+    /// lowest PNN.
+    fn election_win(&self, em: &ElectionMessage) -> bool {
+        if !self.can_be_leader() {
+            return false;
+        }
+        if em.node_flags & node_flags::INACTIVE != 0 {
+            return true;
+        }
+        let mine = self.election_data();
+        match em.priority_time.cmp(&mine.priority_time) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => mine.pnn < em.pnn,
+        }
+    }
+
+    pub(super) fn send_election_request(&mut self) {
+        let em = self.election_data();
+        self.leader = self.pnn;
+        let mut buf = vec![0u8; em.len()];
+        em.push(&mut buf);
+        debug!("Send election request to all active nodes");
+        self.send(CTDB_BROADCAST_ALL, srvid::ELECTION, &buf);
+    }
+
+    pub(super) async fn election_message(&mut self, data: &[u8]) {
+        let Ok((em, _)) = ElectionMessage::pull(data) else {
+            warn!("invalid election message");
+            return;
+        };
+        if em.pnn == self.pnn {
+            return;
+        }
+        self.election_in_progress = true;
+        self.election_timeout_at = Some(Instant::now() + self.election_timeout_len());
+        if self.election_win(&em) {
+            if self.send_election_at.is_none() {
+                self.send_election_at = Some(Instant::now() + Duration::from_millis(500));
+            }
+            return;
+        }
+        self.send_election_at = None;
+        self.release_cluster_lock();
+        self.leader = em.pnn;
+    }
+
+    pub(super) async fn election_timeout(&mut self) {
+        self.election_in_progress = false;
+        warn!("Election period ended, leader={}", self.leader);
+        if !self.is_leader() {
+            return;
+        }
+        if !self.take_cluster_lock().await {
+            error!("Unable to get cluster lock, banning node");
+            let pnn = self.pnn;
+            self.ban_node(pnn).await;
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! The recovery daemon: leadership and cluster health, as CTDB 4.17's
+//! `ctdb-recoverd` does it.
+//!
+//! It runs as a task of its own and talks to the daemon exactly as CTDB's
+//! recovery daemon does, as a client of the daemon's socket (so it never
+//! touches daemon state directly and can never block the event loop):
+//!
+//! * [`leader`]: who leads. With a cluster lock, whoever takes the lock
+//!   (through the mutex helper) leads; without one, an election by
+//!   messages. The leader says so every second (`LEADER` broadcast); a node
+//!   that hears no leader for `leader timeout` seconds forces an election.
+//! * this module: the once-a-second check. On every node: follow the local
+//!   daemon's state (inactive nodes go into recovery mode). On the leader:
+//!   compare every node's node map, flags, recovery mode and vnn map, and
+//!   recover when they disagree.
+//! * [`recovery`]: a recovery, run by the leader through the recovery
+//!   helper (`ctdb_recovery_helper <write fd> <socket> <generation>`), and
+//!   the banning of nodes that keep causing recoveries.
+
+mod leader;
+mod recovery;
+
+pub use recovery::{new_generation, recovery_helper_path};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ctdb_client::{Client, Message};
+use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE, CTDB_UNKNOWN_PNN};
+use ctdb_protocol::message::srvid;
+use ctdb_protocol::types::{
+    CTDB_RECOVERY_ACTIVE, CTDB_RECOVERY_NORMAL, DisableMessage, NodeFlagChange, NodeMap,
+    SrvidMessage, Timeval, TunableList, capabilities, node_flags,
+};
+use ctdb_protocol::{ControlRequest, Marshal};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::cluster_mutex::HeldMutex;
+
+/// What the recovery daemon needs to know.
+pub struct RecoverdConfig {
+    pub socket: PathBuf,
+    pub pnn: u32,
+    /// The cluster lock setting, if any.
+    pub cluster_lock: Option<String>,
+    /// `[cluster] leader timeout`.
+    pub leader_timeout: Duration,
+    /// Where CTDB's helpers live.
+    pub helper_dir: PathBuf,
+    /// The recovery helper to run.
+    pub recovery_helper: PathBuf,
+    /// `CTDB_DBDIR_STATE` for the helper.
+    pub state_dir: PathBuf,
+    /// The daemon's log file (helpers' stderr).
+    pub log_file: Option<std::fs::File>,
+    /// Environment for helpers (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`).
+    pub helper_env: Vec<(String, String)>,
+}
+
+/// Ban credits of one node.
+struct Culprit {
+    count: u32,
+    last: Instant,
+}
+
+/// The recovery daemon's state.
+pub struct Recoverd {
+    cfg: RecoverdConfig,
+    client: Client,
+    pnn: u32,
+    tunables: TunableList,
+    nodemap: NodeMap,
+    node_flags: u32,
+    caps: HashMap<u32, u32>,
+    leader: u32,
+    election_in_progress: bool,
+    lock: Option<HeldMutex>,
+    priority_time: Timeval,
+    leader_timeout_at: Option<Instant>,
+    election_timeout_at: Option<Instant>,
+    send_election_at: Option<Instant>,
+    need_recovery: bool,
+    recoveries_disabled_until: Option<Instant>,
+    culprits: HashMap<u32, Culprit>,
+    last_culprit: u32,
+    takeover_requests: Vec<SrvidMessage>,
+    frozen_on_inactive: bool,
+}
+
+/// Starts the recovery daemon task.
+pub fn spawn(cfg: RecoverdConfig) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = run(cfg).await {
+            error!("recovery daemon stopped: {e}");
+        }
+    })
+}
+
+async fn connect(cfg: &RecoverdConfig) -> Client {
+    loop {
+        match Client::connect(&cfg.socket).await {
+            Ok(c) => return c,
+            Err(e) => {
+                debug!("recovery daemon cannot connect yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Every srvid the recovery daemon listens on.
+const SRVIDS: &[u64] = &[
+    srvid::LEADER,
+    srvid::ELECTION,
+    srvid::BANNING,
+    srvid::TAKEOVER_RUN,
+    srvid::PUSH_NODE_FLAGS,
+    srvid::RELOAD_NODES,
+    srvid::DISABLE_TAKEOVER_RUNS,
+    srvid::DISABLE_RECOVERIES,
+    srvid::DISABLE_IP_CHECK,
+    srvid::REBALANCE_NODE,
+    srvid::SET_NODE_FLAGS,
+];
+
+async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
+    let client = connect(&cfg).await;
+    let tunables = *client.get_all_tunables(CTDB_CURRENT_NODE).await?;
+    let client = client.with_timeout(Duration::from_secs(u64::from(
+        tunables.recover_timeout.max(1),
+    )));
+    // All messages into one queue.
+    let (tx, mut msgs) = mpsc::unbounded_channel::<Message>();
+    for &id in SRVIDS {
+        let mut rx = client.register_srvid(id).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if tx.send(m).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let pnn = cfg.pnn;
+    let mut rec = Recoverd {
+        cfg,
+        client,
+        pnn,
+        tunables,
+        nodemap: NodeMap::default(),
+        node_flags: 0,
+        caps: HashMap::new(),
+        leader: CTDB_UNKNOWN_PNN,
+        election_in_progress: false,
+        lock: None,
+        priority_time: Timeval::now(),
+        leader_timeout_at: None,
+        election_timeout_at: None,
+        send_election_at: None,
+        need_recovery: false,
+        recoveries_disabled_until: None,
+        culprits: HashMap::new(),
+        last_culprit: pnn,
+        takeover_requests: Vec::new(),
+        frozen_on_inactive: false,
+    };
+    info!("Recovery daemon started (pnn {pnn})");
+    let mut next_main = Instant::now();
+    let mut next_broadcast = Instant::now() + Duration::from_secs(1);
+    let far = Duration::from_secs(3600);
+    loop {
+        let now = Instant::now();
+        let leader_to = rec.leader_timeout_at.unwrap_or(now + far);
+        let election_to = rec.election_timeout_at.unwrap_or(now + far);
+        let send_election = rec.send_election_at.unwrap_or(now + far);
+        let lock_lost = async {
+            match rec.lock.as_mut() {
+                Some(h) => h.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = msgs.recv() => {
+                let Some(m) = m else { return Err(ctdb_client::ClientError::Disconnected) };
+                rec.on_message(m).await;
+            }
+            _ = lock_lost => {
+                rec.lost_cluster_lock().await;
+            }
+            _ = tokio::time::sleep_until(next_main.into()) => {
+                rec.main_loop().await;
+                let interval = Duration::from_secs(u64::from(rec.tunables.recover_interval.max(1)));
+                next_main = Instant::now() + interval;
+            }
+            _ = tokio::time::sleep_until(next_broadcast.into()) => {
+                rec.leader_broadcast_tick().await;
+                next_broadcast = Instant::now() + Duration::from_secs(1);
+            }
+            _ = tokio::time::sleep_until(leader_to.into()) => {
+                rec.leader_timeout_at = None;
+                info!("Leader broadcast timeout");
+                rec.force_election().await;
+            }
+            _ = tokio::time::sleep_until(election_to.into()) => {
+                rec.election_timeout_at = None;
+                rec.election_timeout().await;
+            }
+            _ = tokio::time::sleep_until(send_election.into()) => {
+                rec.send_election_at = None;
+                rec.send_election_request();
+            }
+        }
+        if rec.client.is_closed() {
+            return Err(ctdb_client::ClientError::Disconnected);
+        }
+    }
+}
+
+impl Recoverd {
+    fn is_leader(&self) -> bool {
+        self.leader == self.pnn
+    }
+
+    fn my_caps(&self) -> u32 {
+        self.caps
+            .get(&self.pnn)
+            .copied()
+            .unwrap_or(capabilities::DEFAULT)
+    }
+
+    fn can_be_leader(&self) -> bool {
+        self.node_flags & node_flags::INACTIVE == 0 && self.my_caps() & capabilities::RECMASTER != 0
+    }
+
+    fn cluster_lock_enabled(&self) -> bool {
+        self.cfg.cluster_lock.is_some()
+    }
+
+    /// Connected nodes of the last node map (this node included).
+    fn connected_nodes(&self) -> Vec<u32> {
+        self.nodemap
+            .nodes
+            .iter()
+            .filter(|n| n.flags & (node_flags::DISCONNECTED | node_flags::DELETED) == 0)
+            .map(|n| n.pnn)
+            .collect()
+    }
+
+    /// Active (connected, not banned or stopped) nodes.
+    fn active_nodes(&self) -> Vec<u32> {
+        self.nodemap
+            .nodes
+            .iter()
+            .filter(|n| n.flags & node_flags::INACTIVE == 0)
+            .map(|n| n.pnn)
+            .collect()
+    }
+
+    fn send(&self, dest: u32, id: u64, data: &[u8]) {
+        if let Err(e) = self.client.send_message(dest, id, data) {
+            warn!("failed to send message 0x{id:x} to {dest}: {e}");
+        }
+    }
+
+    async fn on_message(&mut self, m: Message) {
+        match m.srvid {
+            srvid::LEADER => {
+                let Ok((pnn, _)) = u32::pull(&m.data) else {
+                    warn!("Unable to parse leader broadcast");
+                    return;
+                };
+                self.leader_message(pnn).await;
+            }
+            srvid::ELECTION => self.election_message(&m.data).await,
+            srvid::BANNING => {
+                if !self.is_leader() {
+                    return;
+                }
+                let Ok((pnn, _)) = u32::pull(&m.data) else {
+                    return;
+                };
+                let n = self.nodemap.nodes.len() as u32;
+                self.set_culprit_count(pnn, n);
+            }
+            srvid::TAKEOVER_RUN => {
+                if let Ok((r, _)) = SrvidMessage::pull(&m.data) {
+                    self.takeover_requests.push(r);
+                }
+            }
+            srvid::PUSH_NODE_FLAGS => {
+                if let Ok((c, _)) = NodeFlagChange::pull(&m.data) {
+                    self.push_flags(c).await;
+                }
+            }
+            srvid::DISABLE_RECOVERIES => {
+                if let Ok((d, _)) = DisableMessage::pull(&m.data) {
+                    if d.timeout > 0 {
+                        self.recoveries_disabled_until =
+                            Some(Instant::now() + Duration::from_secs(u64::from(d.timeout)));
+                    } else {
+                        self.recoveries_disabled_until = None;
+                    }
+                    self.srvid_reply(d.pnn, d.srvid, self.pnn as i32);
+                }
+            }
+            srvid::DISABLE_TAKEOVER_RUNS => {
+                if let Ok((d, _)) = DisableMessage::pull(&m.data) {
+                    self.srvid_reply(d.pnn, d.srvid, self.pnn as i32);
+                }
+            }
+            srvid::SET_NODE_FLAGS => {
+                warn!(
+                    "SRVID CTDB_SRVID_SET_NODE_FLAGS (0x{:x}) is obsolete",
+                    m.srvid
+                );
+            }
+            _ => debug!("recovery daemon ignores message 0x{:x}", m.srvid),
+        }
+    }
+
+    /// Replies to a request made with a `ctdb_srvid_message`.
+    fn srvid_reply(&self, pnn: u32, id: u64, result: i32) {
+        if id == 0 {
+            return;
+        }
+        self.send(pnn, id, &result.to_le_bytes());
+    }
+
+    /// `PUSH_NODE_FLAGS`: send a node's flags, as the leader has them, to
+    /// every connected node.
+    async fn push_flags(&mut self, c: NodeFlagChange) {
+        if self.leader == CTDB_UNKNOWN_PNN {
+            return;
+        }
+        let Ok(map) = self.client.get_nodemap(self.leader).await else {
+            error!("Unable to get nodemap from node {}", self.leader);
+            return;
+        };
+        if c.pnn as usize >= map.nodes.len() {
+            return;
+        }
+        let nodes: Vec<u32> = map
+            .nodes
+            .iter()
+            .filter(|n| n.flags & (node_flags::DISCONNECTED | node_flags::DELETED) == 0)
+            .map(|n| n.pnn)
+            .collect();
+        for (n, r) in self
+            .client
+            .control_many(&nodes, ControlRequest::ModifyFlags(c))
+            .await
+        {
+            if let Err(e) = r {
+                error!("ctdb_control to modify node flags failed on {n}: {e}");
+            }
+        }
+    }
+
+    /// Remembers node `pnn` as the cause of trouble.
+    fn set_culprit_count(&mut self, pnn: u32, count: u32) {
+        if !self.nodemap.nodes.iter().any(|n| n.pnn == pnn) {
+            warn!("Unknown culprit node {pnn}");
+            return;
+        }
+        if self.node_flags & node_flags::INACTIVE != 0 {
+            warn!("This node is INACTIVE, cannot set culprit node {pnn}");
+            return;
+        }
+        let grace = Duration::from_secs(u64::from(self.tunables.recovery_grace_period));
+        let now = Instant::now();
+        let c = self.culprits.entry(pnn).or_insert(Culprit {
+            count: 0,
+            last: now,
+        });
+        if c.count > 0 && now.duration_since(c.last) > grace {
+            c.count = 0;
+        }
+        c.count += count;
+        c.last = now;
+        self.last_culprit = pnn;
+    }
+
+    fn set_culprit(&mut self, pnn: u32) {
+        self.set_culprit_count(pnn, 1);
+    }
+
+    /// Bans nodes with too many credits; returns true if this node was
+    /// among them.
+    async fn ban_misbehaving_nodes(&mut self) -> bool {
+        let limit = 2 * self.nodemap.nodes.len() as u32;
+        let bad: Vec<u32> = self
+            .culprits
+            .iter()
+            .filter(|(_, c)| c.count >= limit.max(1))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut self_ban = false;
+        for pnn in bad {
+            let count = self.culprits.get(&pnn).map_or(0, |c| c.count);
+            info!("Node {pnn} reached {count} banning credits");
+            self.ban_node(pnn).await;
+            if let Some(c) = self.culprits.get_mut(&pnn) {
+                c.count = 0;
+            }
+            if pnn == self.pnn {
+                self_ban = true;
+            }
+        }
+        self_ban
+    }
+
+    async fn ban_node(&mut self, pnn: u32) {
+        let time = self.tunables.recovery_ban_period;
+        info!("Banning node {pnn} for {time} seconds");
+        let b = ctdb_protocol::types::BanState { pnn, time };
+        if let Err(e) = self.client.set_ban_state(pnn, b).await {
+            error!("Failed to ban node {pnn}: {e}");
+        }
+    }
+
+    /// Capabilities of every connected node.
+    async fn update_capabilities(&mut self) -> bool {
+        let nodes = self.connected_nodes();
+        let mut caps = HashMap::new();
+        for (n, r) in self
+            .client
+            .control_many(&nodes, ControlRequest::GetCapabilities)
+            .await
+        {
+            match r.map(|r| r.data) {
+                Ok(Some(ctdb_protocol::ControlReply::GetCapabilities(c))) => {
+                    caps.insert(n, c);
+                }
+                Ok(_) => {
+                    error!("Failed to get node capabilities from node {n}");
+                    return false;
+                }
+                Err(e) => {
+                    error!("Failed to get node capabilities from node {n}: {e}");
+                    return false;
+                }
+            }
+        }
+        if !caps.contains_key(&self.pnn) {
+            error!("Capabilities don't include current node.");
+            return false;
+        }
+        self.caps = caps;
+        true
+    }
+
+    /// The check run every `RecoverInterval` seconds.
+    async fn main_loop(&mut self) {
+        if let Err(e) = self.main_loop_inner().await {
+            debug!("main loop: {e}");
+        }
+    }
+
+    async fn main_loop_inner(&mut self) -> Result<(), ctdb_client::ClientError> {
+        let c = self.client.clone();
+        c.control(CTDB_CURRENT_NODE, ControlRequest::RecdPing)
+            .await?;
+        if self.election_in_progress {
+            return Ok(());
+        }
+        if self.leader_timeout_at.is_none() {
+            self.leader_timeout_at = Some(Instant::now() + self.cfg.leader_timeout);
+        }
+        self.tunables = *c.get_all_tunables(CTDB_CURRENT_NODE).await?;
+        let _runstate = c.get_runstate(CTDB_CURRENT_NODE).await?;
+        self.nodemap = c.get_nodemap(self.pnn).await?;
+        self.node_flags = self
+            .nodemap
+            .nodes
+            .get(self.pnn as usize)
+            .map_or(0, |n| n.flags);
+        if self.ban_misbehaving_nodes().await {
+            info!("This node was banned, restart main_loop");
+            return Ok(());
+        }
+        let recmode = c.get_recmode(CTDB_CURRENT_NODE).await?;
+        if self.node_flags & node_flags::INACTIVE != 0 {
+            // Stopped or banned: stay out of the way, in recovery mode.
+            self.priority_time = Timeval::now();
+            if recmode == CTDB_RECOVERY_NORMAL {
+                error!(
+                    "Node is stopped or banned but recovery mode is not active. Activate recovery mode and lock databases"
+                );
+                c.set_recmode(CTDB_CURRENT_NODE, CTDB_RECOVERY_ACTIVE)
+                    .await?;
+            }
+            if !self.frozen_on_inactive {
+                c.control(CTDB_CURRENT_NODE, ControlRequest::Freeze).await?;
+                self.frozen_on_inactive = true;
+            }
+            if self.is_leader() {
+                self.leader = CTDB_UNKNOWN_PNN;
+            }
+            self.release_cluster_lock();
+            return Ok(());
+        }
+        self.frozen_on_inactive = false;
+        if !self.update_capabilities().await {
+            return Ok(());
+        }
+        if !self.is_leader() {
+            return Ok(());
+        }
+        self.leader_checks().await
+    }
+
+    /// The leader's checks; any disagreement starts a recovery.
+    async fn leader_checks(&mut self) -> Result<(), ctdb_client::ClientError> {
+        let c = self.client.clone();
+        // Remote node maps.
+        let remotes: Vec<u32> = self
+            .connected_nodes()
+            .into_iter()
+            .filter(|p| *p != self.pnn)
+            .collect();
+        let mut remote_maps: HashMap<u32, NodeMap> = HashMap::new();
+        for (n, r) in c.control_many(&remotes, ControlRequest::GetNodemap).await {
+            match r.map(|r| r.data) {
+                Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) => {
+                    remote_maps.insert(n, m);
+                }
+                _ => {
+                    error!("Failed to read remote nodemap from node {n}");
+                    self.set_culprit(n);
+                    return Ok(());
+                }
+            }
+        }
+        self.update_flags(&remote_maps).await?;
+        let vnnmap = c.get_vnnmap(self.pnn).await?;
+        if self.need_recovery {
+            self.do_recovery().await;
+            return Ok(());
+        }
+        // Every active node must be in normal mode.
+        let active = self.active_nodes();
+        let modes = futures::future::join_all(active.iter().map(|&n| {
+            let c = c.clone();
+            async move { (n, c.control_status(n, ControlRequest::GetRecmode).await) }
+        }))
+        .await;
+        for (n, r) in modes {
+            match r {
+                Ok(r) if r == CTDB_RECOVERY_NORMAL as i32 => {}
+                Ok(_) => {
+                    info!("Node {n} is in recovery mode, recovery needed");
+                    self.do_recovery().await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    error!("Failed to get recmode from node {n}: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        if self.cluster_lock_enabled() && self.lock.is_none() {
+            error!("Failed cluster lock sanity check");
+            self.set_culprit(self.pnn);
+            self.do_recovery().await;
+            return Ok(());
+        }
+        if self
+            .recoveries_disabled_until
+            .is_some_and(|t| Instant::now() < t)
+        {
+            self.takeover_run_checks();
+            return Ok(());
+        }
+        let nodemap = self.nodemap.clone();
+        for n in &nodemap.nodes {
+            if n.pnn == self.pnn || n.flags & node_flags::INACTIVE != 0 {
+                continue;
+            }
+            let Some(rm) = remote_maps.get(&n.pnn) else {
+                continue;
+            };
+            if rm.nodes.len() != nodemap.nodes.len() {
+                error!(
+                    "Remote node:{} has different node count. {} vs {} of the local node",
+                    n.pnn,
+                    rm.nodes.len(),
+                    nodemap.nodes.len()
+                );
+                self.set_culprit(n.pnn);
+                self.do_recovery().await;
+                return Ok(());
+            }
+            if rm
+                .nodes
+                .iter()
+                .zip(&nodemap.nodes)
+                .any(|(a, b)| a.pnn != b.pnn)
+            {
+                error!("Remote node:{} has different nodemap pnns", n.pnn);
+                self.set_culprit(n.pnn);
+                self.do_recovery().await;
+                return Ok(());
+            }
+        }
+        let lmasters: Vec<u32> = nodemap
+            .nodes
+            .iter()
+            .filter(|n| n.flags & node_flags::INACTIVE == 0)
+            .filter(|n| {
+                self.caps
+                    .get(&n.pnn)
+                    .is_some_and(|c| c & capabilities::LMASTER != 0)
+            })
+            .map(|n| n.pnn)
+            .collect();
+        if vnnmap.map.len() != lmasters.len() {
+            error!(
+                "The vnnmap count is different from the number of active lmaster nodes: {} vs {}",
+                vnnmap.map.len(),
+                lmasters.len()
+            );
+            self.set_culprit(self.pnn);
+            self.do_recovery().await;
+            return Ok(());
+        }
+        for p in &lmasters {
+            if *p != self.pnn && !vnnmap.map.contains(p) {
+                error!("Active LMASTER node {p} is not in the vnnmap");
+                self.set_culprit(*p);
+                self.do_recovery().await;
+                return Ok(());
+            }
+        }
+        for n in &nodemap.nodes {
+            if n.pnn == self.pnn || n.flags & node_flags::INACTIVE != 0 {
+                continue;
+            }
+            let rv = match c.get_vnnmap(n.pnn).await {
+                Ok(v) => v,
+                Err(e) => {
+                    error!("Unable to get vnnmap from remote node {}: {e}", n.pnn);
+                    return Ok(());
+                }
+            };
+            if rv.generation != vnnmap.generation {
+                error!(
+                    "Remote node {} has different generation of vnnmap. {} vs {} (ours)",
+                    n.pnn, rv.generation, vnnmap.generation
+                );
+                self.set_culprit(n.pnn);
+                self.do_recovery().await;
+                return Ok(());
+            }
+            if rv.map != vnnmap.map {
+                error!("Remote node {} has different vnnmap.", n.pnn);
+                self.set_culprit(n.pnn);
+                self.do_recovery().await;
+                return Ok(());
+            }
+        }
+        self.takeover_run_checks();
+        Ok(())
+    }
+
+    /// Answers IP takeover-run requests (there are no public addresses to
+    /// move: failover is not part of this daemon yet).
+    fn takeover_run_checks(&mut self) {
+        for r in std::mem::take(&mut self.takeover_requests) {
+            self.srvid_reply(r.pnn, r.srvid, self.pnn as i32);
+        }
+    }
+
+    /// Makes every node agree on every node's flags (the leader's view of
+    /// a node is what that node says about itself).
+    async fn update_flags(
+        &mut self,
+        remote_maps: &HashMap<u32, NodeMap>,
+    ) -> Result<(), ctdb_client::ClientError> {
+        let n = self.nodemap.nodes.len();
+        for j in 0..n {
+            let mut local = self.nodemap.nodes[j].flags;
+            let pnn = self.nodemap.nodes[j].pnn;
+            if local & node_flags::DISCONNECTED != 0 {
+                continue;
+            }
+            let mut push = false;
+            if pnn != self.pnn {
+                let Some(rm) = remote_maps.get(&pnn) else {
+                    continue;
+                };
+                let remote = rm.nodes.get(j).map_or(local, |x| x.flags);
+                if remote != local {
+                    info!(
+                        "Remote node {pnn} had flags 0x{remote:x}, local had 0x{local:x} - updating local"
+                    );
+                    self.nodemap.nodes[j].flags = remote;
+                    local = remote;
+                    push = true;
+                }
+            }
+            if !push {
+                push = remote_maps
+                    .iter()
+                    .any(|(p, rm)| *p != pnn && rm.nodes.get(j).is_some_and(|x| x.flags != local));
+            }
+            if push {
+                info!("Pushing updated flags for node {pnn} (0x{local:x})");
+                self.update_flags_on_all_nodes(pnn, local).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_flags_on_all_nodes(&mut self, pnn: u32, flags: u32) -> bool {
+        let old = self
+            .nodemap
+            .nodes
+            .iter()
+            .find(|n| n.pnn == pnn)
+            .map_or(0, |n| n.flags);
+        let change = NodeFlagChange {
+            pnn,
+            new_flags: flags,
+            old_flags: old,
+        };
+        let nodes = self.connected_nodes();
+        let mut ok = true;
+        for (n, r) in self
+            .client
+            .control_many(&nodes, ControlRequest::ModifyFlags(change))
+            .await
+        {
+            if let Err(e) = r {
+                error!("Unable to update flags on node {n}: {e}");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Tells every connected node who leads.
+    fn leader_broadcast_send(&self, leader: u32) {
+        self.send(
+            CTDB_BROADCAST_CONNECTED,
+            srvid::LEADER,
+            &leader.to_le_bytes(),
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! A recovery, run by the leader: make every node's flags agree, then run
+//! the recovery helper, which freezes, rebuilds and thaws the databases
+//! on every active node and installs a new vnn map with a new generation.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, INVALID_GENERATION};
+use ctdb_protocol::message::srvid;
+use ctdb_protocol::types::node_flags;
+use tracing::{error, info, warn};
+
+use super::Recoverd;
+
+/// The recovery helper: `CTDB_RECOVERY_HELPER`, else
+/// `ctdb_recovery_helper` in the helper directory.
+pub fn recovery_helper_path(helper_dir: &std::path::Path) -> PathBuf {
+    std::env::var_os("CTDB_RECOVERY_HELPER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| helper_dir.join("ctdb_recovery_helper"))
+}
+
+/// A new random generation (never the invalid one).
+pub fn new_generation() -> u32 {
+    let mut b = [0u8; 4];
+    loop {
+        let ok = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .is_ok();
+        let g = if ok {
+            u32::from_le_bytes(b)
+        } else {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            t.subsec_nanos() ^ std::process::id()
+        };
+        // CTDB's generations come from random(): 31 bits.
+        let g = g & 0x7fff_ffff;
+        if g != INVALID_GENERATION && g != 0 {
+            return g;
+        }
+    }
+}
+
+impl Recoverd {
+    /// Recovers the cluster; on failure the next check tries again.
+    pub(super) async fn do_recovery(&mut self) {
+        info!("Starting do_recovery");
+        if !self.is_leader() {
+            info!("Leader changed to {}, aborting recovery", self.leader);
+            return;
+        }
+        self.need_recovery = true;
+        if self.election_in_progress {
+            error!("do_recovery called while election in progress - try again later");
+            return;
+        }
+        if self.ban_misbehaving_nodes().await {
+            info!("This node was banned, aborting recovery");
+            return;
+        }
+        if self.cluster_lock_enabled() && self.lock.is_none() {
+            if !self.is_leader() {
+                self.need_recovery = false;
+                return;
+            }
+            error!("Cluster lock not held - abort recovery, ban node");
+            let pnn = self.pnn;
+            self.ban_node(pnn).await;
+            return;
+        }
+        info!(
+            "Recovery initiated due to problem with node {}",
+            self.last_culprit
+        );
+        if !self.update_capabilities().await {
+            error!("Unable to update node capabilities.");
+            return;
+        }
+        // Everyone gets the flags we have.
+        let nodes = self.nodemap.nodes.clone();
+        for n in &nodes {
+            if n.flags & node_flags::DISCONNECTED != 0 {
+                continue;
+            }
+            if !self.update_flags_on_all_nodes(n.pnn, n.flags).await {
+                if n.flags & node_flags::INACTIVE != 0 {
+                    warn!("Unable to update flags on inactive node {}", n.pnn);
+                } else {
+                    error!("Unable to update flags on all nodes for node {}", n.pnn);
+                    return;
+                }
+            }
+        }
+        info!("Recovery - updated flags");
+        let started = Instant::now();
+        if !self.run_recovery_helper().await {
+            error!("Recovery helper failed");
+            // A leader whose recoveries keep failing gets banned, so that
+            // another node takes over.
+            let pnn = self.pnn;
+            self.set_culprit(pnn);
+            return;
+        }
+        self.takeover_run_checks();
+        self.send(CTDB_BROADCAST_CONNECTED, srvid::RECONFIGURE, &[]);
+        info!(
+            "Recovery complete in {:.3} seconds",
+            started.elapsed().as_secs_f64()
+        );
+        self.need_recovery = false;
+        info!("Resetting ban count to 0 for all nodes");
+        self.culprits.clear();
+        let t = self.tunables.rerecovery_timeout;
+        info!(
+            "Just finished a recovery. New recoveries will now be suppressed for the rerecovery timeout ({t} seconds)"
+        );
+        self.recoveries_disabled_until = Some(Instant::now() + Duration::from_secs(u64::from(t)));
+    }
+
+    /// Runs `ctdb_recovery_helper <write fd> <socket> <generation>` and
+    /// reads the status it writes to that fd (nothing means failure).
+    async fn run_recovery_helper(&mut self) -> bool {
+        let prog = self.cfg.recovery_helper.clone();
+        let generation = new_generation();
+        let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("Failed to create pipe for recovery helper: {e}");
+                return false;
+            }
+        };
+        // The child must inherit the write end under its own number.
+        if let Err(e) = nix::fcntl::fcntl(
+            wr.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        ) {
+            error!("Failed to prepare pipe for recovery helper: {e}");
+            return false;
+        }
+        let mut cmd = tokio::process::Command::new(&prog);
+        cmd.arg(wr.as_raw_fd().to_string())
+            .arg(&self.cfg.socket)
+            .arg(generation.to_string())
+            .env("CTDB_DBDIR_STATE", &self.cfg.state_dir)
+            .envs(self.cfg.helper_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok()) {
+            Some(f) => {
+                if let Ok(f2) = f.try_clone() {
+                    cmd.stdout(f2);
+                }
+                cmd.stderr(f);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        info!(
+            "Running recovery helper {} with generation {generation}",
+            prog.display()
+        );
+        let child = cmd.spawn();
+        drop(wr);
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                error!("Failed to run recovery helper {}: {e}", prog.display());
+                return false;
+            }
+        };
+        let limit = Duration::from_secs(u64::from(self.tunables.recover_timeout.max(1)) * 4);
+        // Keep telling the cluster who leads while the helper works, so a
+        // long recovery does not look like a dead leader.
+        let deadline = Instant::now() + limit;
+        let waited = loop {
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            tokio::select! {
+                r = child.wait() => break Ok(r),
+                _ = tick => {
+                    if Instant::now() >= deadline {
+                        break Err(());
+                    }
+                    if self.is_leader() {
+                        self.leader_broadcast_send(self.leader);
+                    }
+                }
+            }
+        };
+        match waited {
+            Ok(Ok(st)) if st.success() => {}
+            Ok(Ok(st)) => {
+                error!("recovery helper exited with {st}");
+                return false;
+            }
+            Ok(Err(e)) => {
+                error!("waiting for recovery helper failed: {e}");
+                return false;
+            }
+            Err(()) => {
+                error!("recovery helper timed out");
+                let _ = child.kill().await;
+                return false;
+            }
+        }
+        let mut f = std::fs::File::from(rd);
+        let mut b = [0u8; 4];
+        match f.read_exact(&mut b) {
+            Ok(()) if i32::from_le_bytes(b) == 0 => true,
+            Ok(()) => {
+                error!("recovery helper reported {}", i32::from_le_bytes(b));
+                false
+            }
+            Err(_) => {
+                error!("recovery helper wrote no status");
+                false
+            }
+        }
+    }
+}

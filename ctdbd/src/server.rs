@@ -1,0 +1,1164 @@
+//! The event loop: one task owning all daemon state.
+//!
+//! Socket tasks ([`crate::clients`], [`crate::transport`]) only frame bytes
+//! into packets and hand them over as [`Event`]s on one bounded channel;
+//! everything else happens here, one event at a time, without blocking:
+//! routing controls and messages between local clients and nodes,
+//! answering controls ([`crate::control`]), keepalives, timeouts, bans and
+//! run-state changes (on a periodic tick). Work that must wait (the
+//! cluster-lock check, delayed echoes) runs in its own task and comes back
+//! as an event.
+//!
+//! The bounded channel is what keeps the loop fair: a connection's reader
+//! waits for room before handing over its next packet, and waiting readers
+//! are served in order, so one busy client cannot starve the others.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ctdb_protocol::call::ReplyError;
+use ctdb_protocol::control::CTDB_CTRL_FLAG_NOREPLY;
+use ctdb_protocol::header::{
+    CTDB_BROADCAST_ACTIVE, CTDB_BROADCAST_ALL, CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE,
+    CTDB_MULTICAST, HEADER_LEN, INVALID_GENERATION,
+};
+use ctdb_protocol::keepalive::ReqKeepalive;
+use ctdb_protocol::types::{Runstate, capabilities};
+use ctdb_protocol::{
+    Body, ControlReply, ControlRequest, Header, Opcode, Operation, Packet, ReplyControl,
+    ReqControl, ReqMessage,
+};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, trace, warn};
+
+use crate::cluster_mutex;
+use crate::control::{AsyncOp, ClientInfo, ControlCtx, Core, Outcome};
+use crate::messaging::ClientId;
+use crate::transport::{self, OutCmd};
+
+/// Largest packet accepted from a client or a node.
+pub const MAX_PACKET: usize = 128 * 1024 * 1024;
+/// Events waiting for the loop; readers wait when it is full.
+pub const EVENT_QUEUE: usize = 256;
+/// The keepalive version CTDB 4.17 sends: (major << 16) | minor.
+pub const KEEPALIVE_VERSION: u32 = (4 << 16) | 17;
+
+/// Something for the event loop to do.
+pub enum Event {
+    ClientAccepted(UnixStream),
+    ClientPacket {
+        id: ClientId,
+        pkt: BytesMut,
+    },
+    ClientClosed {
+        id: ClientId,
+        error: Option<String>,
+    },
+    NodeAccepted {
+        stream: TcpStream,
+        peer: SocketAddr,
+    },
+    NodePacket {
+        pnn: u32,
+        link: u64,
+        pkt: BytesMut,
+    },
+    NodeInClosed {
+        pnn: u32,
+        link: u64,
+        error: Option<String>,
+    },
+    NodeOutUp {
+        pnn: u32,
+    },
+    NodeOutDown {
+        pnn: u32,
+        error: String,
+    },
+    /// The cluster-lock check of a `SET_RECMODE` finished.
+    LockChecked {
+        to: ReplyTo,
+        status: u8,
+    },
+    /// Shut down (signal).
+    Terminate(&'static str),
+}
+
+/// Where a control reply goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    Client { id: ClientId, reqid: u32 },
+    Node { pnn: u32, reqid: u32 },
+    Nobody,
+}
+
+/// The sending side of a client connection.
+struct ClientConn {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    reader: JoinHandle<()>,
+}
+
+/// The links to one other node.
+#[derive(Default)]
+struct NodeLinks {
+    out: Option<mpsc::UnboundedSender<OutCmd>>,
+    out_up: bool,
+    in_link: Option<(u64, JoinHandle<()>)>,
+}
+
+/// A request this daemon sent to another node and is waiting on.
+struct Pending {
+    dest: u32,
+    deadline: Instant,
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    /// A client's control forwarded to another node.
+    Forward { id: ClientId, reqid: u32 },
+    /// `START_RECOVERY`'s question to the leader about its cluster lock.
+    ReclockCheck { to: ReplyTo },
+}
+
+/// Fixed facts the loop needs besides [`Core`].
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    pub helper_dir: PathBuf,
+    /// The daemon's log file, given to helpers as stderr.
+    pub log_file: Option<std::fs::File>,
+    pub my_addr: SocketAddr,
+    /// Environment for helpers (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`).
+    pub helper_env: Vec<(String, String)>,
+}
+
+/// The daemon.
+pub struct Server {
+    pub core: Core,
+    cfg: ServerConfig,
+    ev_tx: mpsc::Sender<Event>,
+    ev_rx: mpsc::Receiver<Event>,
+    clients: HashMap<ClientId, ClientConn>,
+    next_client: ClientId,
+    links: HashMap<u32, NodeLinks>,
+    next_link: u64,
+    pending: HashMap<u32, Pending>,
+    next_reqid: u32,
+    echoes: Vec<(Instant, ReplyTo, ctdb_protocol::types::EchoData)>,
+    next_keepalive: Instant,
+    shutdown: bool,
+}
+
+impl Server {
+    pub fn new(core: Core, cfg: ServerConfig) -> Server {
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        Server {
+            core,
+            cfg,
+            ev_tx,
+            ev_rx,
+            clients: HashMap::new(),
+            next_client: 1,
+            links: HashMap::new(),
+            next_link: 1,
+            pending: HashMap::new(),
+            next_reqid: 1,
+            echoes: Vec::new(),
+            next_keepalive: Instant::now(),
+            shutdown: false,
+        }
+    }
+
+    /// A handle for tasks that feed the loop.
+    pub fn events(&self) -> mpsc::Sender<Event> {
+        self.ev_tx.clone()
+    }
+
+    fn pnn(&self) -> u32 {
+        self.core.node.pnn
+    }
+
+    fn generation(&self) -> u32 {
+        self.core.node.vnnmap.generation
+    }
+
+    /// Starts the outgoing link to every other node.
+    pub fn start_transport(&mut self) {
+        let others: Vec<u32> = self
+            .core
+            .node
+            .nodes
+            .iter()
+            .filter(|n| !n.is_deleted() && n.pnn != self.pnn())
+            .map(|n| n.pnn)
+            .collect();
+        for pnn in others {
+            self.start_out_link(pnn);
+        }
+        self.next_keepalive = Instant::now() + self.keepalive_interval();
+        info!("Keepalive monitoring has been started");
+    }
+
+    fn start_out_link(&mut self, pnn: u32) {
+        let Some(peer) = self.core.node.node(pnn).and_then(|n| n.addr) else {
+            return;
+        };
+        let tx = transport::spawn_connector(pnn, self.cfg.my_addr.ip(), peer, self.events());
+        let l = self.links.entry(pnn).or_default();
+        l.out = Some(tx);
+        l.out_up = false;
+    }
+
+    fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.core.tunables.keepalive_interval.max(1)))
+    }
+
+    /// Runs until shut down.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.shutdown {
+            tokio::select! {
+                biased;
+                _ = tick.tick() => self.on_tick(Instant::now()),
+                ev = self.ev_rx.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Lets queued replies reach clients before the process exits.
+    async fn finish(&mut self) {
+        self.core.set_runstate(Runstate::Shutdown);
+        error!("Shutdown sequence commencing.");
+        let clients: Vec<ClientConn> = self.clients.drain().map(|(_, c)| c).collect();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for c in &clients {
+            while c.queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.reader.abort();
+        }
+        drop(clients);
+        for l in self.links.values_mut() {
+            if let Some((_, h)) = l.in_link.take() {
+                h.abort();
+            }
+            l.out = None;
+        }
+        error!("Shutdown sequence complete, exiting.");
+    }
+
+    /// Handles one event.
+    pub fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::ClientAccepted(s) => self.client_accepted(s),
+            Event::ClientPacket { id, pkt } => self.client_packet(id, pkt),
+            Event::ClientClosed { id, error } => {
+                if let Some(e) = error {
+                    warn!("client {id}: {e}; closing its connection");
+                }
+                self.drop_client(id);
+            }
+            Event::NodeAccepted { stream, peer } => self.node_accepted(stream, peer),
+            Event::NodePacket { pnn, link, pkt } => {
+                if self
+                    .links
+                    .get(&pnn)
+                    .and_then(|l| l.in_link.as_ref())
+                    .map(|x| x.0)
+                    == Some(link)
+                {
+                    self.node_packet(pnn, pkt);
+                }
+            }
+            Event::NodeInClosed { pnn, link, error } => {
+                let cur = self
+                    .links
+                    .get(&pnn)
+                    .and_then(|l| l.in_link.as_ref())
+                    .map(|x| x.0);
+                if cur == Some(link) {
+                    if let Some(e) = error {
+                        error!("incoming connection from node {pnn}: {e}");
+                    }
+                    if let Some(l) = self.links.get_mut(&pnn) {
+                        l.in_link = None;
+                    }
+                    self.node_dead(pnn, false);
+                }
+            }
+            Event::NodeOutUp { pnn } => {
+                if let Some(l) = self.links.get_mut(&pnn) {
+                    l.out_up = true;
+                }
+                self.maybe_connected(pnn);
+            }
+            Event::NodeOutDown { pnn, error } => {
+                debug!("outgoing connection to node {pnn} down: {error}");
+                let was = self.links.get(&pnn).is_some_and(|l| l.out_up);
+                if let Some(l) = self.links.get_mut(&pnn) {
+                    l.out_up = false;
+                }
+                if was {
+                    self.node_dead(pnn, false);
+                }
+            }
+            Event::LockChecked { to, status } => {
+                let r = self.core.finish_recmode_normal(status);
+                self.reply(to, r);
+            }
+            Event::Terminate(why) => {
+                info!("Received {why}, shutting down");
+                self.shutdown = true;
+            }
+        }
+        self.after_event();
+    }
+
+    /// Follow-ups a control may have asked for.
+    fn after_event(&mut self) {
+        if let Some(changed) = self.core.reloaded.take() {
+            for pnn in changed {
+                if let Some(NodeLinks {
+                    in_link: Some((_, h)),
+                    ..
+                }) = self.links.remove(&pnn)
+                {
+                    h.abort();
+                }
+                if !self.core.node.node(pnn).is_some_and(|n| n.is_deleted()) {
+                    self.start_out_link(pnn);
+                }
+            }
+            // Deleted nodes lose their links.
+            let deleted: Vec<u32> = self
+                .links
+                .keys()
+                .copied()
+                .filter(|p| self.core.node.node(*p).is_none_or(|n| n.is_deleted()))
+                .collect();
+            for p in deleted {
+                if let Some(NodeLinks {
+                    in_link: Some((_, h)),
+                    ..
+                }) = self.links.remove(&p)
+                {
+                    h.abort();
+                }
+            }
+        }
+        for (dest, id, data) in std::mem::take(&mut self.core.pending_messages) {
+            self.send_message(dest, id, &data);
+        }
+    }
+
+    // ---- clients -------------------------------------------------------
+
+    fn client_accepted(&mut self, stream: UnixStream) {
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
+        let id = self.next_client;
+        self.next_client = self.next_client.wrapping_add(1).max(1);
+        let (reader, tx, queued) = crate::clients::spawn(id, stream, self.events());
+        debug!("Connected client with pid:{pid}");
+        self.clients.insert(id, ClientConn { tx, queued, reader });
+        self.core.clients.insert(
+            id,
+            ClientInfo {
+                pid,
+                notify: Vec::new(),
+            },
+        );
+    }
+
+    /// Closes a client's connection and forgets it.
+    fn drop_client(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.remove(&id) {
+            c.reader.abort();
+        }
+        self.core.srvids.remove_client(id);
+        self.pending
+            .retain(|_, p| !matches!(p.kind, PendingKind::Forward { id: i, .. } if i == id));
+        if let Some(info) = self.core.clients.remove(&id) {
+            for n in info.notify {
+                self.send_message(CTDB_BROADCAST_CONNECTED, n.srvid, &n.data);
+            }
+        }
+    }
+
+    fn send_client(&mut self, id: ClientId, bytes: Bytes) {
+        if let Some(c) = self.clients.get(&id) {
+            c.queued.fetch_add(1, Ordering::Relaxed);
+            if c.tx.send(bytes).is_err() {
+                c.queued.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.core.stats.s.client_packets_sent += 1;
+            }
+        }
+    }
+
+    fn client_packet(&mut self, id: ClientId, mut pkt: BytesMut) {
+        self.core.stats.s.client_packets_recv += 1;
+        let hdr = match Header::pull(&pkt) {
+            Ok((h, _)) => h,
+            Err(e) => {
+                error!("client {id}: bad packet ({e}); closing its connection");
+                self.drop_client(id);
+                return;
+            }
+        };
+        match hdr.operation {
+            Operation::ReqControl => {
+                self.core.stats.s.client.req_control += 1;
+                self.client_control(id, hdr, &mut pkt)
+            }
+            Operation::ReqMessage => {
+                self.core.stats.s.client.req_message += 1;
+                self.client_message(id, hdr, &mut pkt)
+            }
+            Operation::ReqCall => {
+                self.core.stats.s.client.req_call += 1;
+                let e = ReplyError {
+                    status: -1,
+                    msg: b"record calls are not supported by this ctdbd yet\0".to_vec(),
+                };
+                let mut h = Header::new(Operation::ReplyError, 0, self.pnn(), hdr.reqid);
+                h.generation = self.generation();
+                self.send_client(id, Packet::new(h, Body::ReplyError(e)).encode().into());
+            }
+            Operation::ReqTunnel => {
+                self.core.stats.s.client.req_tunnel += 1;
+                debug!("client {id}: tunnel packet dropped (tunnels not supported)");
+            }
+            op => {
+                error!("client {id}: unexpected {op:?} packet; closing its connection");
+                self.drop_client(id);
+            }
+        }
+    }
+
+    fn client_control(&mut self, id: ClientId, hdr: Header, pkt: &mut BytesMut) {
+        let body = &pkt[HEADER_LEN..];
+        let req = match ReqControl::pull(body) {
+            Ok((r, _)) => r,
+            Err(e) => {
+                // Readable enough to answer: refuse this one control.
+                warn!("client {id}: malformed control ({e})");
+                let noreply = body.len() >= 24
+                    && u32::from_le_bytes([body[20], body[21], body[22], body[23]])
+                        & CTDB_CTRL_FLAG_NOREPLY
+                        != 0;
+                if !noreply {
+                    self.reply(
+                        ReplyTo::Client {
+                            id,
+                            reqid: hdr.reqid,
+                        },
+                        ReplyControl::error(-1, format!("malformed control: {e}")),
+                    );
+                }
+                return;
+            }
+        };
+        let dest = if hdr.destnode == CTDB_CURRENT_NODE {
+            self.pnn()
+        } else {
+            hdr.destnode
+        };
+        let noreply = req.flags & CTDB_CTRL_FLAG_NOREPLY != 0;
+        let to = if noreply {
+            ReplyTo::Nobody
+        } else {
+            ReplyTo::Client {
+                id,
+                reqid: hdr.reqid,
+            }
+        };
+        if dest == self.pnn() {
+            let ctx = ControlCtx {
+                srcnode: self.pnn(),
+                client: Some(id),
+                client_id: id,
+            };
+            self.local_control(ctx, &req, to);
+            return;
+        }
+        if matches!(
+            dest,
+            CTDB_BROADCAST_ALL | CTDB_BROADCAST_ACTIVE | CTDB_BROADCAST_CONNECTED
+        ) {
+            if !noreply {
+                self.reply(
+                    to,
+                    ReplyControl::error(-1, "broadcast control without NOREPLY"),
+                );
+                return;
+            }
+            for pnn in self.broadcast_targets(dest) {
+                if pnn == self.pnn() {
+                    let ctx = ControlCtx {
+                        srcnode: self.pnn(),
+                        client: Some(id),
+                        client_id: id,
+                    };
+                    self.local_control(ctx, &req, ReplyTo::Nobody);
+                } else {
+                    let b = self.forward_bytes(pkt, pnn, 0, Some(id));
+                    self.send_node(pnn, b);
+                }
+            }
+            return;
+        }
+        let connected = self
+            .core
+            .node
+            .node(dest)
+            .is_some_and(|n| !n.is_deleted() && n.is_connected());
+        if !connected {
+            self.reply(
+                to,
+                ReplyControl::error(-1, "ctdb_control to disconnected node"),
+            );
+            return;
+        }
+        let reqid = if noreply {
+            0
+        } else {
+            let r = self.new_reqid();
+            let deadline = Instant::now()
+                + Duration::from_secs(u64::from(self.core.tunables.control_timeout.max(1)));
+            self.pending.insert(
+                r,
+                Pending {
+                    dest,
+                    deadline,
+                    kind: PendingKind::Forward {
+                        id,
+                        reqid: hdr.reqid,
+                    },
+                },
+            );
+            r
+        };
+        let b = self.forward_bytes(pkt, dest, reqid, Some(id));
+        self.send_node(dest, b);
+    }
+
+    /// A copy of packet `pkt` re-addressed from this node to `dest`.
+    fn forward_bytes(
+        &self,
+        pkt: &BytesMut,
+        dest: u32,
+        reqid: u32,
+        client_id: Option<ClientId>,
+    ) -> Bytes {
+        let mut b = pkt.clone();
+        b[12..16].copy_from_slice(&self.generation().to_le_bytes());
+        b[20..24].copy_from_slice(&dest.to_le_bytes());
+        b[24..28].copy_from_slice(&self.pnn().to_le_bytes());
+        if reqid != 0 {
+            b[28..32].copy_from_slice(&reqid.to_le_bytes());
+        }
+        if let Some(c) = client_id
+            && b.len() >= 52
+        {
+            b[48..52].copy_from_slice(&c.to_le_bytes());
+        }
+        b.freeze()
+    }
+
+    fn new_reqid(&mut self) -> u32 {
+        loop {
+            let r = self.next_reqid;
+            self.next_reqid = self.next_reqid.wrapping_add(1);
+            if r != 0 && !self.pending.contains_key(&r) {
+                return r;
+            }
+        }
+    }
+
+    fn client_message(&mut self, id: ClientId, hdr: Header, pkt: &mut BytesMut) {
+        let (srvid, data) = match ReqMessage::raw_payload(&pkt[HEADER_LEN..]) {
+            Ok((s, d)) => (s, d.to_vec()),
+            Err(e) => {
+                error!("client {id}: malformed message ({e}); closing its connection");
+                self.drop_client(id);
+                return;
+            }
+        };
+        let dest = if hdr.destnode == CTDB_CURRENT_NODE {
+            self.pnn()
+        } else {
+            hdr.destnode
+        };
+        self.send_message(dest, srvid, &data);
+    }
+
+    // ---- messages ------------------------------------------------------
+
+    /// The nodes a broadcast to `dest` reaches (this node included).
+    fn broadcast_targets(&self, dest: u32) -> Vec<u32> {
+        let nodes = &self.core.node.nodes;
+        match dest {
+            CTDB_BROADCAST_ALL => nodes
+                .iter()
+                .filter(|n| !n.is_deleted())
+                .map(|n| n.pnn)
+                .collect(),
+            CTDB_BROADCAST_ACTIVE => {
+                let mut v: Vec<u32> = self.core.node.vnnmap.map.clone();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+            CTDB_BROADCAST_CONNECTED => nodes
+                .iter()
+                .filter(|n| !n.is_deleted() && n.is_connected())
+                .map(|n| n.pnn)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends a message to `srvid` on node `dest` (or a broadcast).
+    pub fn send_message(&mut self, dest: u32, srvid: u64, data: &[u8]) {
+        let targets = if matches!(
+            dest,
+            CTDB_BROADCAST_ALL | CTDB_BROADCAST_ACTIVE | CTDB_BROADCAST_CONNECTED
+        ) {
+            self.broadcast_targets(dest)
+        } else if dest == CTDB_MULTICAST {
+            Vec::new()
+        } else {
+            vec![dest]
+        };
+        for pnn in targets {
+            if pnn == self.pnn() {
+                self.deliver_local(srvid, data);
+            } else if self.core.node.valid_pnn(pnn) {
+                let mut h = Header::new(Operation::ReqMessage, pnn, self.pnn(), 0);
+                h.generation = self.generation();
+                let b = message_bytes(h, srvid, data);
+                self.send_node(pnn, b);
+            } else {
+                error!("Failed to send message to unknown node {pnn}");
+            }
+        }
+    }
+
+    /// Delivers a message to the local clients registered for `srvid`.
+    fn deliver_local(&mut self, srvid: u64, data: &[u8]) {
+        let recipients = self.core.srvids.recipients(srvid);
+        if recipients.is_empty() {
+            trace!("no client registered for srvid 0x{srvid:x}");
+            return;
+        }
+        let mut h = Header::new(Operation::ReqMessage, 0, self.pnn(), 0);
+        h.generation = self.generation();
+        let b = message_bytes(h, srvid, data);
+        let limit = self.core.tunables.max_queue_depth_drop_msg as usize;
+        for id in recipients {
+            let full = self
+                .clients
+                .get(&id)
+                .is_some_and(|c| limit != 0 && c.queued.load(Ordering::Relaxed) >= limit);
+            if full {
+                debug!("client {id}: queue full, dropping message for srvid 0x{srvid:x}");
+                continue;
+            }
+            self.send_client(id, b.clone());
+        }
+    }
+
+    // ---- controls --------------------------------------------------------
+
+    /// Answers a control addressed to this node.
+    fn local_control(&mut self, ctx: ControlCtx, req: &ReqControl, to: ReplyTo) {
+        match self.core.handle(&ctx, req) {
+            Outcome::Reply(r) => self.reply(to, r),
+            Outcome::Async(op) => self.start_async(op, to),
+        }
+        self.after_event();
+    }
+
+    fn start_async(&mut self, op: AsyncOp, to: ReplyTo) {
+        match op {
+            AsyncOp::Shutdown => {
+                self.reply(to, ReplyControl::ok(ControlReply::Shutdown));
+                self.shutdown = true;
+            }
+            AsyncOp::Echo { delay, data } => {
+                self.echoes.push((Instant::now() + delay, to, data));
+            }
+            AsyncOp::CheckClusterLock { lock } => {
+                let ev = self.events();
+                let dir = self.cfg.helper_dir.clone();
+                let log = self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok());
+                let env = self.cfg.helper_env.clone();
+                tokio::spawn(async move {
+                    let (st, held) = cluster_mutex::take(
+                        &lock,
+                        &dir,
+                        log.as_ref(),
+                        &env,
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                    if let Some(h) = held {
+                        h.release();
+                    }
+                    let _ = ev
+                        .send(Event::LockChecked {
+                            to,
+                            status: st.as_byte(),
+                        })
+                        .await;
+                });
+            }
+            AsyncOp::ReclockConsistency { leader } => {
+                let ok_now = leader == self.pnn()
+                    || !self
+                        .core
+                        .node
+                        .node(leader)
+                        .is_some_and(|n| n.is_connected());
+                if ok_now {
+                    self.reply(to, ReplyControl::ok(ControlReply::StartRecovery));
+                    return;
+                }
+                let reqid = self.new_reqid();
+                let deadline = Instant::now()
+                    + Duration::from_secs(u64::from(self.core.tunables.control_timeout.max(1)));
+                self.pending.insert(
+                    reqid,
+                    Pending {
+                        dest: leader,
+                        deadline,
+                        kind: PendingKind::ReclockCheck { to },
+                    },
+                );
+                let mut h = Header::new(Operation::ReqControl, leader, self.pnn(), reqid);
+                h.generation = self.generation();
+                let p = Packet::new(
+                    h,
+                    Body::ReqControl(ReqControl::new(ControlRequest::GetReclockFile)),
+                );
+                self.send_node(leader, p.encode().into());
+            }
+        }
+    }
+
+    fn reclock_checked(&mut self, to: ReplyTo, reply: Result<ReplyControl, String>) {
+        let remote = match reply {
+            Ok(r) if r.status == 0 => match r.data {
+                Some(ControlReply::GetReclockFile(s)) => s,
+                _ => None,
+            },
+            Ok(r) => {
+                error!("GET_RECLOCK failed");
+                self.reply(to, r);
+                return;
+            }
+            Err(e) => {
+                error!("GET_RECLOCK failed: {e}");
+                self.reply(to, ReplyControl::error(-1, e));
+                return;
+            }
+        };
+        if remote != self.core.cluster_lock {
+            error!(
+                "Recovery lock configuration inconsistent: recmaster has {}, this node has {}, shutting down",
+                remote.as_deref().unwrap_or("NULL"),
+                self.core.cluster_lock.as_deref().unwrap_or("NULL")
+            );
+            self.reply(to, ReplyControl::status(-1));
+            self.shutdown = true;
+            return;
+        }
+        self.reply(to, ReplyControl::ok(ControlReply::StartRecovery));
+    }
+
+    /// Sends a control reply.
+    fn reply(&mut self, to: ReplyTo, r: ReplyControl) {
+        let (dest, reqid) = match to {
+            ReplyTo::Nobody => return,
+            ReplyTo::Client { reqid, .. } => (0, reqid),
+            ReplyTo::Node { pnn, reqid } => (pnn, reqid),
+        };
+        let mut h = Header::new(Operation::ReplyControl, dest, self.pnn(), reqid);
+        h.generation = self.generation();
+        let bytes: Bytes = Packet::new(h, Body::ReplyControl(r)).encode().into();
+        match to {
+            ReplyTo::Client { id, .. } => self.send_client(id, bytes),
+            ReplyTo::Node { pnn, .. } => self.send_node(pnn, bytes),
+            ReplyTo::Nobody => {}
+        }
+    }
+
+    // ---- nodes -----------------------------------------------------------
+
+    fn node_accepted(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let Some(pnn) = self
+            .core
+            .node
+            .pnn_of(peer.ip())
+            .filter(|p| *p != self.pnn())
+        else {
+            error!("Refused connection from unknown node {}", peer.ip());
+            return;
+        };
+        let link = self.next_link;
+        self.next_link += 1;
+        let h = transport::spawn_in_reader(pnn, link, stream, self.events());
+        let l = self.links.entry(pnn).or_default();
+        if let Some((_, old)) = l.in_link.replace((link, h)) {
+            debug!("replacing incoming connection from node {pnn}");
+            old.abort();
+        }
+        self.maybe_connected(pnn);
+    }
+
+    fn maybe_connected(&mut self, pnn: u32) {
+        let up = self
+            .links
+            .get(&pnn)
+            .is_some_and(|l| l.out_up && l.in_link.is_some());
+        if up && self.core.node.node_connected(pnn) {
+            let name = self.node_name(pnn);
+            error!(
+                "connected to {name} - {} connected",
+                self.core.node.num_connected()
+            );
+        }
+    }
+
+    fn node_name(&self, pnn: u32) -> String {
+        self.core
+            .node
+            .node(pnn)
+            .and_then(|n| n.addr)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| format!("node {pnn}"))
+    }
+
+    /// Node `pnn` is gone: mark it, fail what waits on it, and tear its
+    /// links down so both sides reconnect cleanly.
+    fn node_dead(&mut self, pnn: u32, teardown_in: bool) {
+        if let Some(l) = self.links.get_mut(&pnn) {
+            if teardown_in && let Some((_, h)) = l.in_link.take() {
+                h.abort();
+            }
+            if l.out_up {
+                l.out_up = false;
+                if let Some(tx) = &l.out {
+                    let _ = tx.send(OutCmd::Restart);
+                }
+            }
+        }
+        if self.core.node.node_dead(pnn) {
+            let name = self.node_name(pnn);
+            error!(
+                "node {name} is dead: {} connected",
+                self.core.node.num_connected()
+            );
+            let failed: Vec<u32> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.dest == pnn)
+                .map(|(r, _)| *r)
+                .collect();
+            for r in failed {
+                self.fail_pending(r, "node is disconnected");
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, reqid: u32, why: &str) {
+        let Some(p) = self.pending.remove(&reqid) else {
+            return;
+        };
+        match p.kind {
+            PendingKind::Forward { id, reqid } => {
+                self.reply(ReplyTo::Client { id, reqid }, ReplyControl::error(-1, why));
+            }
+            PendingKind::ReclockCheck { to } => self.reclock_checked(to, Err(why.to_owned())),
+        }
+    }
+
+    fn send_node(&mut self, pnn: u32, bytes: Bytes) {
+        if pnn == self.pnn() {
+            // Our own packets (forwarded replies to ourselves) loop back.
+            let pkt = BytesMut::from(&bytes[..]);
+            self.node_packet(pnn, pkt);
+            return;
+        }
+        let Some(l) = self.links.get(&pnn) else {
+            debug!("no link to node {pnn}, dropping packet");
+            return;
+        };
+        if !l.out_up {
+            debug!("no outgoing connection to node {pnn}, dropping packet");
+            return;
+        }
+        if let Some(tx) = &l.out {
+            let _ = tx.send(OutCmd::Packet(bytes));
+            self.core.stats.s.node_packets_sent += 1;
+        }
+    }
+
+    fn node_packet(&mut self, pnn: u32, pkt: BytesMut) {
+        self.core.stats.s.node_packets_recv += 1;
+        if let Some(n) = self.core.node.node_mut(pnn) {
+            n.rx_cnt = n.rx_cnt.wrapping_add(1);
+        }
+        let hdr = match Header::pull(&pkt) {
+            Ok((h, _)) => h,
+            Err(e) => {
+                error!("bad packet from node {pnn} ({e}); tearing the connection down");
+                self.node_dead(pnn, true);
+                return;
+            }
+        };
+        let srcnode = if self.core.node.valid_pnn(hdr.srcnode) {
+            hdr.srcnode
+        } else {
+            pnn
+        };
+        match hdr.operation {
+            Operation::ReqControl => {
+                self.core.stats.s.node.req_control += 1;
+                let req = match ReqControl::pull(&pkt[HEADER_LEN..]) {
+                    Ok((r, _)) => r,
+                    Err(e) => {
+                        warn!("malformed control from node {pnn}: {e}");
+                        self.reply(
+                            ReplyTo::Node {
+                                pnn: srcnode,
+                                reqid: hdr.reqid,
+                            },
+                            ReplyControl::error(-1, format!("malformed control: {e}")),
+                        );
+                        return;
+                    }
+                };
+                let to = if req.flags & CTDB_CTRL_FLAG_NOREPLY != 0 {
+                    ReplyTo::Nobody
+                } else {
+                    ReplyTo::Node {
+                        pnn: srcnode,
+                        reqid: hdr.reqid,
+                    }
+                };
+                let ctx = ControlCtx {
+                    srcnode,
+                    client: None,
+                    client_id: req.client_id,
+                };
+                self.local_control(ctx, &req, to);
+            }
+            Operation::ReplyControl => {
+                self.core.stats.s.node.reply_control += 1;
+                self.node_reply(hdr, pkt);
+            }
+            Operation::ReqMessage => {
+                self.core.stats.s.node.req_message += 1;
+                match ReqMessage::raw_payload(&pkt[HEADER_LEN..]) {
+                    Ok((srvid, data)) => {
+                        let data = data.to_vec();
+                        self.deliver_local(srvid, &data);
+                    }
+                    Err(e) => warn!("malformed message from node {pnn}: {e}"),
+                }
+            }
+            Operation::ReqKeepalive => {
+                self.core.stats.s.keepalive_packets_recv += 1;
+                self.check_keepalive(pnn, &pkt);
+            }
+            Operation::ReqCall
+            | Operation::ReplyCall
+            | Operation::ReqDmaster
+            | Operation::ReplyDmaster
+            | Operation::ReplyError => {
+                debug!(
+                    "{:?} from node {pnn} dropped: no database layer",
+                    hdr.operation
+                );
+            }
+            Operation::ReqTunnel => {
+                self.core.stats.s.node.req_tunnel += 1;
+                debug!("tunnel packet from node {pnn} dropped");
+            }
+        }
+    }
+
+    fn check_keepalive(&mut self, pnn: u32, pkt: &[u8]) {
+        if self.core.tunables.allow_mixed_versions == 1 {
+            return;
+        }
+        let body = &pkt[HEADER_LEN..];
+        let Ok((k, _)) = <ReqKeepalive as ctdb_protocol::Marshal>::pull(body) else {
+            error!("Keepalive version missing from node {pnn}");
+            return;
+        };
+        if k.version != KEEPALIVE_VERSION {
+            let my_uptime = self.core.start_instant.elapsed().as_secs() as u32;
+            if k.uptime > my_uptime || (k.uptime == my_uptime && k.version > KEEPALIVE_VERSION) {
+                error!(
+                    "Keepalive version mismatch 0x{KEEPALIVE_VERSION:08x} != 0x{:08x} from node {pnn}",
+                    k.version
+                );
+                error!("CTDB Cluster with mixed versions, cannot continue");
+                self.shutdown = true;
+            }
+        }
+    }
+
+    fn node_reply(&mut self, hdr: Header, pkt: BytesMut) {
+        let Some(p) = self.pending.remove(&hdr.reqid) else {
+            debug!("reply with unknown reqid {} dropped", hdr.reqid);
+            return;
+        };
+        match p.kind {
+            PendingKind::Forward { id, reqid } => {
+                let mut b = pkt;
+                b[20..24].copy_from_slice(&0u32.to_le_bytes());
+                b[28..32].copy_from_slice(&reqid.to_le_bytes());
+                self.send_client(id, b.freeze());
+            }
+            PendingKind::ReclockCheck { to } => {
+                let r = ReplyControl::pull_for(Opcode::GetReclockFile, &pkt[HEADER_LEN..])
+                    .map(|(r, _)| r)
+                    .map_err(|e| e.to_string());
+                self.reclock_checked(to, r);
+            }
+        }
+    }
+
+    // ---- time --------------------------------------------------------------
+
+    /// Periodic work: control timeouts, echoes, bans, keepalives, and
+    /// run-state progress.
+    pub fn on_tick(&mut self, now: Instant) {
+        let expired: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in expired {
+            self.core.stats.s.timeouts.control += 1;
+            self.fail_pending(r, "ctdb_control timed out");
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.echoes)
+            .into_iter()
+            .partition(|e| e.0 <= now);
+        self.echoes = later;
+        for (_, to, data) in due {
+            self.reply(to, ReplyControl::ok(ControlReply::EchoData(data)));
+        }
+        if self.core.node.expire_ban(now) {
+            error!("Banning timed out");
+        }
+        if now >= self.next_keepalive {
+            self.next_keepalive = now + self.keepalive_interval();
+            self.keepalive_round();
+        }
+        self.runstate_progress();
+    }
+
+    fn keepalive_round(&mut self) {
+        let limit = self.core.tunables.keepalive_limit;
+        let others: Vec<u32> = self
+            .core
+            .node
+            .nodes
+            .iter()
+            .filter(|n| !n.is_deleted() && n.pnn != self.pnn())
+            .map(|n| n.pnn)
+            .collect();
+        for pnn in others {
+            let Some(n) = self.core.node.node_mut(pnn) else {
+                continue;
+            };
+            if !n.is_connected() {
+                continue;
+            }
+            if n.rx_cnt == 0 {
+                n.dead_count += 1;
+            } else {
+                n.dead_count = 0;
+            }
+            n.rx_cnt = 0;
+            if n.dead_count >= limit {
+                info!("dead count reached for node {pnn}");
+                self.node_dead(pnn, true);
+                continue;
+            }
+            self.send_keepalive(pnn);
+        }
+    }
+
+    fn send_keepalive(&mut self, pnn: u32) {
+        let mut h = Header::new(Operation::ReqKeepalive, pnn, self.pnn(), 0);
+        h.generation = self.generation();
+        let k = ReqKeepalive {
+            version: KEEPALIVE_VERSION,
+            uptime: self.core.start_instant.elapsed().as_secs() as u32,
+        };
+        let b: Bytes = Packet::new(h, Body::ReqKeepalive(Some(k))).encode().into();
+        self.core.stats.s.keepalive_packets_sent += 1;
+        self.send_node(pnn, b);
+    }
+
+    /// FIRST_RECOVERY -> (END_RECOVERY) -> STARTUP -> RUNNING: once the
+    /// first recovery is over and the cluster has settled, this node
+    /// starts up and (with no event scripts to fail) is healthy.
+    fn runstate_progress(&mut self) {
+        let n = &self.core.node;
+        if n.runstate == Runstate::Startup
+            && !n.in_recovery()
+            && n.vnnmap.generation != INVALID_GENERATION
+        {
+            self.core.set_runstate(Runstate::Running);
+            info!("startup event OK - enabling monitoring");
+            self.core.node.set_healthy(true);
+            info!("monitor event OK - node re-enabled");
+            let mut req = ReqControl::new(ControlRequest::Startup);
+            req.flags = CTDB_CTRL_FLAG_NOREPLY;
+            for pnn in self.broadcast_targets(CTDB_BROADCAST_CONNECTED) {
+                if pnn == self.pnn() {
+                    continue;
+                }
+                let mut h = Header::new(Operation::ReqControl, pnn, self.pnn(), 0);
+                h.generation = self.generation();
+                let b: Bytes = Packet::new(h, Body::ReqControl(req.clone()))
+                    .encode()
+                    .into();
+                self.send_node(pnn, b);
+            }
+        }
+    }
+
+    /// Whether this node may lead (for the recovery daemon).
+    pub fn can_lead(&self) -> bool {
+        self.core.node.capabilities & capabilities::RECMASTER != 0
+    }
+}
+
+/// Encodes a `REQ_MESSAGE` with raw payload bytes.
+fn message_bytes(h: Header, srvid: u64, data: &[u8]) -> Bytes {
+    let p = Packet::new(h, Body::ReqMessage(ReqMessage::data(srvid, data.to_vec())));
+    p.encode().into()
+}
+
+use ctdb_protocol::Marshal as _;

@@ -1,0 +1,255 @@
+//! Start-up: read the configuration, find this node, bind the sockets,
+//! then run the event loop, the transport and the recovery daemon on one
+//! current-thread runtime.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use ctdb_protocol::types::Runstate;
+use tracing::{error, info, warn};
+
+use crate::config::{self, CTDB_PORT, Config, DaemonPaths, NodeEntry};
+use crate::control::Core;
+use crate::logging;
+use crate::node::NodeState;
+use crate::recoverd::{self, RecoverdConfig};
+use crate::server::{Event, Server, ServerConfig};
+use crate::{clients, daemonize, transport, tunables};
+
+/// Command-line options (CTDB's `ctdbd` has just one).
+#[derive(Debug, clap::Parser)]
+#[command(name = "ctdbd", about = "The ctdb-rs clustered database daemon")]
+pub struct Args {
+    /// Stay in the foreground.
+    #[arg(short, long)]
+    pub interactive: bool,
+}
+
+/// Everything read before the daemon starts.
+pub struct Setup {
+    pub paths: DaemonPaths,
+    pub config: Config,
+    pub warnings: Vec<String>,
+    pub nodes: Vec<NodeEntry>,
+    pub tunables: ctdb_protocol::types::TunableList,
+}
+
+/// Reads and checks the configuration; any problem is an error.
+pub fn read_setup() -> anyhow::Result<Setup> {
+    let paths = DaemonPaths::from_env()?;
+    let (config, warnings) = Config::load(&paths.config_file(), &paths.paths.vardir, &paths.logdir)
+        .with_context(|| format!("bad configuration in {}", paths.config_file().display()))?;
+    let nodes = config::load_nodes(&paths.nodes_file()).context("bad nodes file")?;
+    let tfile = paths.tunables_file();
+    let tunables = match std::fs::read_to_string(&tfile) {
+        Ok(text) => tunables::load_file_text(&text).map_err(|errs| {
+            anyhow::anyhow!("bad tunables in {}: {}", tfile.display(), errs.join("; "))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tunables::defaults(),
+        Err(e) => bail!("cannot read {}: {e}", tfile.display()),
+    };
+    Ok(Setup {
+        paths,
+        config,
+        warnings,
+        nodes,
+        tunables,
+    })
+}
+
+/// This node's PNN and address: `[cluster] node address`, else the first
+/// node address we can listen on.
+fn find_self(setup: &Setup) -> anyhow::Result<(u32, IpAddr, tokio::net::TcpListener)> {
+    let candidates: Vec<(u32, IpAddr)> = match setup.config.node_address {
+        Some(ip) => {
+            let pnn = setup
+                .nodes
+                .iter()
+                .position(|n| n.addr == Some(ip))
+                .with_context(|| {
+                    format!("Can not determine PNN - node address {ip} is not in the nodes file")
+                })?;
+            vec![(pnn as u32, ip)]
+        }
+        None => setup
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.addr.map(|a| (i as u32, a)))
+            .collect(),
+    };
+    let mut last = None;
+    for (pnn, ip) in candidates {
+        match transport::listen(ip) {
+            Ok(l) => return Ok((pnn, ip, l)),
+            Err(e) => last = Some((ip, e)),
+        }
+    }
+    match last {
+        Some((ip, e)) => bail!("Unable to bind to {ip}:{CTDB_PORT}: {e}"),
+        None => bail!("No node addresses to bind to"),
+    }
+}
+
+/// The daemon's `main`.
+pub fn main(args: Args) -> anyhow::Result<()> {
+    let setup = read_setup()?;
+    let socket = setup.paths.socket();
+    if !args.interactive {
+        return daemonize::background(&socket);
+    }
+    let (target, logwarn) = logging::log_target(&setup.config.log_location, true);
+    let level = logging::parse_debug_level(&setup.config.log_level).unwrap_or(3);
+    let (log, log_file) = logging::init(&target, level).context("cannot open the log")?;
+    if let Some(w) = logwarn {
+        warn!("{w}");
+    }
+    for w in &setup.warnings {
+        warn!("{w}");
+    }
+    if setup.config.recovery_lock.is_some() {
+        warn!("Configuration option [cluster] -> recovery lock is deprecated");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(serve(setup, log, log_file));
+    if let Err(e) = &r {
+        error!("{e:#}");
+    }
+    // Dropping the runtime drops every task, and with them the helper
+    // processes (the cluster lock among them).
+    drop(rt);
+    r
+}
+
+async fn serve(
+    setup: Setup,
+    log: logging::LogControl,
+    log_file: Option<std::fs::File>,
+) -> anyhow::Result<()> {
+    info!(
+        "Starting CTDBD (ctdb-rs {}) as PID: {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    let (pnn, ip, tcp) = find_self(&setup)?;
+    info!("PNN is {pnn}");
+    let pidfile = setup.paths.pidfile();
+    if let Some(d) = pidfile.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&pidfile, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", pidfile.display()))?;
+    let socket = setup.paths.socket();
+    let ux = clients::bind(&socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+
+    let cfg = &setup.config;
+    let caps = NodeState::capabilities_from_config(cfg.leader_capability, cfg.lmaster_capability);
+    let mut node = NodeState::new(pnn, &setup.nodes, caps);
+    if cfg.start_as_disabled {
+        error!("This node is configured to start in DISABLED state");
+        node.disable();
+    }
+    if cfg.start_as_stopped {
+        error!("This node is configured to start in STOPPED state");
+        node.stop();
+    }
+    let lock = cfg.effective_cluster_lock().map(str::to_owned);
+    let mut core = Core::new(
+        node,
+        setup.tunables,
+        log,
+        lock.clone(),
+        setup.paths.nodes_file(),
+    );
+    core.set_runstate(Runstate::Setup);
+    for d in [
+        &cfg.volatile_db_dir,
+        &cfg.persistent_db_dir,
+        &cfg.state_db_dir,
+    ] {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let log_for_recoverd = log_file.as_ref().and_then(|f| f.try_clone().ok());
+    // Helpers log as the daemon does (CTDB passes this in the environment).
+    let helper_env = vec![
+        ("CTDB_LOGGING".to_owned(), cfg.log_location.clone()),
+        (
+            "CTDB_DEBUGLEVEL".to_owned(),
+            logging::debug_level_name(server_level(cfg)).to_owned(),
+        ),
+    ];
+    let mut server = Server::new(
+        core,
+        ServerConfig {
+            socket: socket.clone(),
+            helper_dir: setup.paths.helper_dir.clone(),
+            log_file,
+            my_addr: SocketAddr::new(ip, CTDB_PORT),
+            helper_env: helper_env.clone(),
+        },
+    );
+    let ev = server.events();
+    clients::spawn_acceptor(ux, ev.clone());
+    transport::spawn_acceptor(tcp, ev.clone());
+    server.start_transport();
+    spawn_signal_handlers(ev.clone());
+    let recovery_helper = recoverd::recovery_helper_path(&setup.paths.helper_dir);
+    if !recovery_helper.is_file() {
+        warn!(
+            "recovery helper {} not found; recoveries will fail",
+            recovery_helper.display()
+        );
+    }
+    recoverd::spawn(RecoverdConfig {
+        socket: socket.clone(),
+        pnn,
+        cluster_lock: lock,
+        leader_timeout: std::time::Duration::from_secs(u64::from(cfg.leader_timeout)),
+        helper_dir: setup.paths.helper_dir.clone(),
+        recovery_helper,
+        state_dir: cfg.state_db_dir.clone(),
+        log_file: log_for_recoverd,
+        helper_env,
+    });
+    server.core.set_runstate(Runstate::FirstRecovery);
+    server.run().await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&pidfile);
+    Ok(())
+}
+
+fn server_level(cfg: &Config) -> i32 {
+    logging::parse_debug_level(&cfg.log_level).unwrap_or(logging::DEBUG_NOTICE)
+}
+
+fn spawn_signal_handlers(ev: tokio::sync::mpsc::Sender<Event>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ] {
+        let ev = ev.clone();
+        if let Ok(mut s) = signal(kind) {
+            tokio::spawn(async move {
+                if s.recv().await.is_some() {
+                    let _ = ev.send(Event::Terminate(name)).await;
+                }
+            });
+        }
+    }
+    // SIGPIPE is ignored by the Rust runtime already; SIGHUP reopens logs
+    // in CTDB, here it is simply ignored.
+    if let Ok(mut s) = signal(SignalKind::hangup()) {
+        tokio::spawn(async move { while s.recv().await.is_some() {} });
+    }
+}
+
+/// Where the recovery helper is, for tools and tests.
+pub fn helper_dir() -> PathBuf {
+    DaemonPaths::from_env()
+        .map(|p| p.helper_dir)
+        .unwrap_or_else(|_| PathBuf::from("/usr/libexec/ctdb"))
+}
