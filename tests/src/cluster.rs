@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub log_level: String,
     /// Extra environment for the daemons.
     pub env: Vec<(String, String)>,
+    /// Tunables written to every node's `ctdb.tunables` before start.
+    pub tunables: Vec<(String, u32)>,
 }
 
 impl ClusterOptions {
@@ -41,7 +43,20 @@ impl ClusterOptions {
             recovery_helper: None,
             log_level: "NOTICE".into(),
             env: Vec::new(),
+            tunables: Vec::new(),
         }
+    }
+
+    /// Sets a tunable on every node from the start (`ctdb.tunables`).
+    pub fn tunable(mut self, name: &str, value: u32) -> Self {
+        self.tunables.push((name.to_owned(), value));
+        self
+    }
+
+    /// Uses `helper` as the recovery helper.
+    pub fn recovery_helper(mut self, helper: impl Into<PathBuf>) -> Self {
+        self.recovery_helper = Some(helper.into());
+        self
     }
 }
 
@@ -87,6 +102,18 @@ impl Cluster {
             base_ip: fresh_prefix(),
             opts,
         };
+        if !c.opts.tunables.is_empty() {
+            let text: String = c
+                .opts
+                .tunables
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect();
+            for k in 0..c.opts.nodes {
+                std::fs::create_dir_all(c.base(k)).unwrap();
+                std::fs::write(c.base(k).join("ctdb.tunables"), &text).unwrap();
+            }
+        }
         let out = c
             .script(&["start", &c.opts.nodes.to_string()])
             .output()
@@ -123,6 +150,21 @@ impl Cluster {
             "{}.{}.{}",
             self.base_ip[0], self.base_ip[1], self.base_ip[2]
         )
+    }
+
+    /// The daemon this cluster runs.
+    pub fn daemon(&self) -> &Daemon {
+        &self.opts.daemon
+    }
+
+    /// The shared cluster lock file.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.path().join("shared/cluster.lock")
+    }
+
+    /// Node `k`'s daemon log so far.
+    pub fn log_text(&self, k: usize) -> String {
+        std::fs::read_to_string(self.log(k)).unwrap_or_default()
     }
 
     /// Number of nodes.

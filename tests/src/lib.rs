@@ -8,6 +8,7 @@
 //! under test.
 
 pub mod cluster;
+pub mod output;
 
 pub use cluster::{Cluster, ClusterOptions, Daemon};
 
