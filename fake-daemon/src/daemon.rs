@@ -205,13 +205,13 @@ impl Daemon {
     }
 }
 
-/// A random generation different from `old` and from the invalid one.
+/// The next generation after `old`: never the invalid one nor `old`.
+/// Deterministic (a linear congruential step), so scripted runs print the
+/// same generations every time.
 pub fn new_generation(old: u32) -> u32 {
-    use std::hash::{BuildHasher, Hasher};
+    let mut g = old;
     loop {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(old);
-        let g = (h.finish() as u32) & 0x7fff_ffff;
+        g = g.wrapping_mul(1_103_515_245).wrapping_add(12_345) & 0x7fff_ffff;
         if g != INVALID_GENERATION && g != old {
             return g;
         }

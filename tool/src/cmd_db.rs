@@ -47,9 +47,13 @@ pub async fn db_exists(ctx: &Ctx, arg: &str) -> Option<DbRef> {
     } else {
         let mut f = None;
         for d in &m.dbs {
-            if dbname(ctx, ctx.pnn, d.db_id).await.ok()? == arg {
-                f = Some(d.clone());
-                break;
+            match dbname(ctx, ctx.pnn, d.db_id).await {
+                Ok(n) if n == arg => {
+                    f = Some(d.clone());
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
         f
@@ -78,43 +82,94 @@ pub struct Attached {
 }
 
 /// Attaches a database as CTDB's library does (attach, path, health,
-/// read-only/sticky flags on every connected node, open flags).
+/// read-only/sticky flags on every connected node, open flags), reporting
+/// failures with its messages.
 pub async fn attach_db(ctx: &Ctx, name: &str, flags: u8) -> Result<Attached, i32> {
+    use crate::ctx::CtrlError::{Status, Transport};
     let me = ctx.pnn;
-    let req = if flags & db_flags::PERSISTENT != 0 {
-        Q::DbAttachPersistent(name.to_owned())
+    let (req, what) = if flags & db_flags::PERSISTENT != 0 {
+        (
+            Q::DbAttachPersistent(name.to_owned()),
+            "DB_ATTACH_PERSISTENT",
+        )
     } else if flags & db_flags::REPLICATED != 0 {
-        Q::DbAttachReplicated(name.to_owned())
+        (
+            Q::DbAttachReplicated(name.to_owned()),
+            "DB_ATTACH_REPLICATED",
+        )
     } else {
-        Q::DbAttach(name.to_owned())
+        (Q::DbAttach(name.to_owned()), "DB_ATTACH")
     };
-    let id = match ctx.ctrl(me, req).await? {
+    // One step: a transport failure reads "<step> failed", a failed reply
+    // "<parse>".
+    let step = |r: Result<Option<R>, crate::ctx::CtrlError>, failed: String, parse: String| match r
+    {
+        Ok(d) => Ok(d),
+        Err(Transport(e)) => {
+            eprintln!("attach: {name} {failed}, ret={e}");
+            Err(e)
+        }
+        Err(Status(e)) => {
+            eprintln!("attach: {name} {parse}, ret={e}");
+            Err(e)
+        }
+    };
+    let id = match step(
+        ctx.ctrl_quiet(me, req).await,
+        format!("{what} failed"),
+        "failed to get db_id".into(),
+    )? {
         Some(R::DbAttach(id))
         | Some(R::DbAttachPersistent(id))
         | Some(R::DbAttachReplicated(id)) => id,
         _ => return Err(1),
     };
-    let path = match ctx.ctrl(me, Q::GetDbPath(id)).await? {
+    let path = match step(
+        ctx.ctrl_quiet(me, Q::GetDbPath(id)).await,
+        "GETDBPATH failed".into(),
+        "GETDBPATH parse failed".into(),
+    )? {
         Some(R::GetDbPath(p)) => p,
         _ => return Err(1),
     };
-    if let Some(R::DbGetHealth(Some(reason))) = ctx.ctrl(me, Q::DbGetHealth(id)).await? {
-        eprintln!("database {name} is unhealthy: {reason}");
+    if let Some(R::DbGetHealth(Some(reason))) = step(
+        ctx.ctrl_quiet(me, Q::DbGetHealth(id)).await,
+        "DB_GET_HEALTH failed".into(),
+        "DB_GET_HEALTH parse failed".into(),
+    )? {
+        eprintln!("attach: {name} database unhealthy ({reason})");
+        return Err(5);
     }
     if flags & (db_flags::READONLY | db_flags::STICKY) != 0 {
-        let m = match ctx.ctrl(me, Q::GetNodemap).await? {
-            Some(R::GetNodemap(m)) => m,
-            _ => return Err(1),
-        };
-        let nodes = connected_nodes(&m, CTDB_UNKNOWN_PNN);
-        if flags & db_flags::READONLY != 0 {
-            ctx.ctrl_multi(&nodes, Q::SetDbReadonly(id)).await?;
+        let r = async {
+            let m = match ctx
+                .ctrl_quiet(me, Q::GetNodemap)
+                .await
+                .map_err(|e| e.code())?
+            {
+                Some(R::GetNodemap(m)) => m,
+                _ => return Err(1),
+            };
+            let nodes = connected_nodes(&m, CTDB_UNKNOWN_PNN);
+            if flags & db_flags::READONLY != 0 {
+                ctx.ctrl_multi(&nodes, Q::SetDbReadonly(id)).await?;
+            }
+            if flags & db_flags::STICKY != 0 {
+                ctx.ctrl_multi(&nodes, Q::SetDbSticky(id)).await?;
+            }
+            Ok(())
         }
-        if flags & db_flags::STICKY != 0 {
-            ctx.ctrl_multi(&nodes, Q::SetDbSticky(id)).await?;
+        .await;
+        if let Err(e) = r {
+            eprintln!("attach: {name} set db flags 0x{flags:08x} failed");
+            return Err(e);
         }
     }
-    let tdb_flags = match ctx.ctrl(me, Q::DbOpenFlags(id)).await? {
+    let tdb_flags = match step(
+        ctx.ctrl_quiet(me, Q::DbOpenFlags(id)).await,
+        "DB_OPEN_FLAGS failed".into(),
+        "DB_OPEN_FLAGS parse failed".into(),
+    )? {
         Some(R::DbOpenFlags(f)) => f as u32,
         _ => return Err(1),
     };
@@ -255,7 +310,7 @@ pub async fn catdb(ctx: &mut Ctx, args: &[String]) -> i32 {
     let mut ret = 0;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match ctx.client.traverse(a.id, false).await {
-        Err(e) => ret = crate::ctx::report(&e, ctdb_protocol::Opcode::TraverseStartExt, ctx.pnn),
+        Err(e) => ret = traverse_error(&e),
         Ok(mut t) => {
             let mut s = String::new();
             while let Some(r) = t.next().await {
@@ -281,6 +336,21 @@ pub async fn catdb(ctx: &mut Ctx, args: &[String]) -> i32 {
     let _ = writeln!(out, "Dumped {count} records");
     let _ = out.flush();
     ret
+}
+
+/// A failed traverse, reported as CTDB's library reports it.
+fn traverse_error(e: &ctdb_client::ClientError) -> i32 {
+    match e {
+        ctdb_client::ClientError::ControlFailed { status, .. } => {
+            eprintln!("traverse: control reply failed, ret={status}");
+            *status
+        }
+        ctdb_client::ClientError::Disconnected => crate::ctx::disconnected(),
+        _ => {
+            eprintln!("traverse: control failed, ret={}", crate::ctx::ETIMEDOUT);
+            crate::ctx::ETIMEDOUT
+        }
+    }
 }
 
 /// Every record of the local copy of a database, with a header.

@@ -193,7 +193,7 @@ fn ptrans_string<'a>(p: &mut &'a [u8]) -> Result<Option<Vec<u8>>, ()> {
     match body.iter().position(|&c| c == b'"') {
         Some(n) => {
             let v = if n > 0 {
-                match format::str_to_data(&body[..n]) {
+                match format::str_to_data_in(&body[..n], body) {
                     Ok(v) => Some(v),
                     Err(msg) => {
                         eprintln!("{msg}");

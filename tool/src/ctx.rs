@@ -75,6 +75,21 @@ pub fn disconnected() -> ! {
     std::process::exit(1)
 }
 
+/// Why a quiet control failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtrlError {
+    Transport(i32),
+    Status(i32),
+}
+
+impl CtrlError {
+    pub fn code(self) -> i32 {
+        match self {
+            CtrlError::Transport(e) | CtrlError::Status(e) => e,
+        }
+    }
+}
+
 /// A tool run against a daemon.
 pub struct Ctx {
     pub opts: Options,
@@ -198,7 +213,7 @@ impl Ctx {
     ) -> Result<Vec<Option<ControlReply>>, i32> {
         let futs = nodes.iter().map(|&n| {
             let req = req.clone();
-            async move { self.ctrl(n, req).await }
+            async move { self.ctrl_quiet(n, req).await.map_err(|e| e.code()) }
         });
         let results = futures::future::join_all(futs).await;
         let mut out = Vec::new();
@@ -214,6 +229,23 @@ impl Ctx {
         match err {
             Some(e) => Err(e),
             None => Ok(out),
+        }
+    }
+
+    /// Sends a control without reporting failures: the error says whether
+    /// the control could not be sent or answered (`Transport`) or the
+    /// daemon answered with a failure status (`Status`).
+    pub async fn ctrl_quiet(
+        &self,
+        dest: u32,
+        req: ControlRequest,
+    ) -> Result<Option<ControlReply>, CtrlError> {
+        match self.client.control_raw(dest, ReqControl::new(req)).await {
+            Ok(r) if r.status == 0 => Ok(r.data),
+            Ok(r) => Err(CtrlError::Status(r.status)),
+            Err(ClientError::Timeout { .. }) => Err(CtrlError::Transport(ETIMEDOUT)),
+            Err(ClientError::Disconnected) => disconnected(),
+            Err(_) => Err(CtrlError::Transport(-1)),
         }
     }
 

@@ -151,11 +151,19 @@ pub fn atoi(s: &str) -> i64 {
 
 /// A key or value argument: `0x...` is hex, anything else the bytes.
 pub fn str_to_data(s: &[u8]) -> Result<Vec<u8>, String> {
+    str_to_data_in(s, s)
+}
+
+/// [`str_to_data`] for `s` at the start of `rest`: error messages quote
+/// from `s` to the end of `rest`, as the reference's do (it prints the
+/// rest of its C string).
+pub fn str_to_data_in(s: &[u8], rest: &[u8]) -> Result<Vec<u8>, String> {
     if let Some(hex) = s.strip_prefix(b"0x") {
+        let rest = &rest[2.min(rest.len())..];
         if hex.len() % 2 == 1 {
             return Err(format!(
                 "Key ({}) contains odd number of hex digits",
-                String::from_utf8_lossy(hex)
+                String::from_utf8_lossy(rest)
             ));
         }
         let mut out = Vec::with_capacity(hex.len() / 2);
@@ -168,7 +176,7 @@ pub fn str_to_data(s: &[u8]) -> Result<Vec<u8>, String> {
                 None => {
                     return Err(format!(
                         "Invalid hex: {}",
-                        String::from_utf8_lossy(&hex[i * 2..])
+                        String::from_utf8_lossy(&rest[(i * 2).min(rest.len())..])
                     ));
                 }
             }
