@@ -111,6 +111,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     if setup.config.recovery_lock.is_some() {
         warn!("Configuration option [cluster] -> recovery lock is deprecated");
     }
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -219,6 +220,17 @@ async fn serve(
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pidfile);
     Ok(())
+}
+
+/// Many clients mean many descriptors: use the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        warn!("cannot raise the open file limit from {soft} to {hard}: {e}");
+    }
 }
 
 fn server_level(cfg: &Config) -> i32 {

@@ -96,19 +96,25 @@ fn kill_node_then_restart(daemon: Daemon) {
     // observer's own polling).
     let limit = Duration::from_secs(u64::from(KEEPALIVE_INTERVAL * KEEPALIVE_LIMIT) + 5);
     poll_until(limit, "the killed node to be marked disconnected", || {
-        node_line(&c, 0, victim).contains("DISCONNECTED").then_some(())
+        node_line(&c, 0, victim)
+            .contains("DISCONNECTED")
+            .then_some(())
     });
     eprintln!("disconnected after {:?}", killed.elapsed());
     // The others recover without it (once the rerecovery timeout since
     // the last recovery has passed) and are healthy.
-    poll_until(Duration::from_secs(90), "a recovery without the dead node", || {
-        (0..2)
-            .all(|k| {
-                let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                s.contains("Size:2") && s.contains("Recovery mode:NORMAL")
-            })
-            .then_some(())
-    });
+    poll_until(
+        Duration::from_secs(90),
+        "a recovery without the dead node",
+        || {
+            (0..2)
+                .all(|k| {
+                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
+                    s.contains("Size:2") && s.contains("Recovery mode:NORMAL")
+                })
+                .then_some(())
+        },
+    );
     c.wait_status(Duration::from_secs(90), 2, &[victim]);
     // Restarted, it rejoins and is OK everywhere.
     c.restart(victim);
@@ -137,7 +143,12 @@ fn kill_the_leader(daemon: Daemon) {
     // the one they name once they name one).
     let new = poll_until(Duration::from_secs(90), "a new leader", || {
         let named: Vec<Option<usize>> = survivors.iter().map(|&k| leader_of(&c, k)).collect();
-        let live: Vec<usize> = named.iter().flatten().copied().filter(|l| *l != old).collect();
+        let live: Vec<usize> = named
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|l| *l != old)
+            .collect();
         if let (Some(a), Some(b)) = (live.first(), live.last()) {
             assert_eq!(a, b, "survivors name two leaders: {named:?}");
         }
@@ -148,9 +159,11 @@ fn kill_the_leader(daemon: Daemon) {
         }
     });
     assert!(survivors.contains(&new));
-    poll_until(Duration::from_secs(30), "the new leader to hold the lock", || {
-        (lock_holder_node(&c) == Some(new)).then_some(())
-    });
+    poll_until(
+        Duration::from_secs(30),
+        "the new leader to hold the lock",
+        || (lock_holder_node(&c) == Some(new)).then_some(()),
+    );
     c.wait_status(Duration::from_secs(90), 2, &[old]);
     // Still one leader, the same, after the recovery.
     for &k in &survivors {
