@@ -161,6 +161,7 @@ impl Client {
         &self,
         reqid: u32,
         rx: oneshot::Receiver<Result<T>>,
+        opcode: Option<Opcode>,
         what: impl FnOnce() -> String,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, rx).await {
@@ -168,7 +169,10 @@ impl Client {
             Ok(Err(_)) => Err(ClientError::Disconnected),
             Err(_) => {
                 self.shared.waiting.lock().unwrap().remove(&reqid);
-                Err(ClientError::Timeout { what: what() })
+                Err(ClientError::Timeout {
+                    what: what(),
+                    opcode,
+                })
             }
         }
     }
@@ -282,7 +286,8 @@ impl Client {
             self.shared.waiting.lock().unwrap().remove(&reqid);
             return Err(e);
         }
-        self.wait(reqid, rx, || "record call".to_owned()).await
+        self.wait(reqid, rx, None, || "record call".to_owned())
+            .await
     }
 
     /// Sends a message to `srvid` on node `dest` (or a broadcast address).

@@ -16,7 +16,11 @@ pub enum ClientError {
     #[error("connection to the daemon closed")]
     Disconnected,
     #[error("{what} timed out")]
-    Timeout { what: String },
+    Timeout {
+        what: String,
+        /// The control that timed out, if it was a control.
+        opcode: Option<Opcode>,
+    },
     #[error("control {} failed on node {node} with status {status}{}", opcode.name(), errmsg.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
     ControlFailed {
         opcode: Opcode,

@@ -75,6 +75,7 @@ impl Traverse {
                 self.done = true;
                 return Some(Err(ClientError::Timeout {
                     what: "traverse".into(),
+                    opcode: None,
                 }));
             }
         };

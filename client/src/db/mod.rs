@@ -97,8 +97,14 @@ impl Client {
     /// set read-only/sticky flags if asked, learn the open flags, and open
     /// the local file.
     pub async fn attach(&self, name: &str, kind: DbKind, flags: u8) -> Result<Db> {
+        let id = self.db_attach(CTDB_CURRENT_NODE, name, kind, 0).await?;
+        self.open_attached(id, name, kind, flags).await
+    }
+
+    /// Opens a database this node has already attached (by id), as
+    /// [`attach`](Client::attach) does after its `DB_ATTACH`.
+    pub async fn open_attached(&self, id: u32, name: &str, kind: DbKind, flags: u8) -> Result<Db> {
         let dest = CTDB_CURRENT_NODE;
-        let id = self.db_attach(dest, name, kind, 0).await?;
         let path = self.getdbpath(dest, id).await?;
         if let Some(reason) = self.db_get_health(dest, id).await? {
             return Err(ClientError::Other(format!(

@@ -52,6 +52,23 @@ impl Db {
         key: &[u8],
         f: impl FnOnce(&LockedRecord) -> (Update, R),
     ) -> Result<R> {
+        self.fetch_lock_mode(key, false, f).await
+    }
+
+    /// Reads a record for reading only: a read-only delegation on this node
+    /// is enough (the record is migrated here only if there is none). The
+    /// record cannot be changed through this call.
+    pub async fn fetch_readonly(&self, key: &[u8]) -> Result<LockedRecord> {
+        self.fetch_lock_mode(key, true, |r| (Update::Keep, r.clone()))
+            .await
+    }
+
+    async fn fetch_lock_mode<R>(
+        &self,
+        key: &[u8],
+        readonly: bool,
+        f: impl FnOnce(&LockedRecord) -> (Update, R),
+    ) -> Result<R> {
         if self.kind() != DbKind::Volatile {
             return Err(ClientError::Other(format!(
                 "fetch_lock on non-volatile database {}",
@@ -62,7 +79,7 @@ impl Db {
         let mut f = Some(f);
         let mut spins = 0u32;
         loop {
-            match self.try_locked(key, pnn, &mut f)? {
+            match self.try_locked(key, pnn, readonly, &mut f)? {
                 Attempt::Done(r, deleted) => {
                     if let Some(h) = deleted {
                         self.schedule_for_deletion(h, key).await?;
@@ -71,7 +88,7 @@ impl Db {
                 }
                 Attempt::Migrate => {
                     spins = 0;
-                    self.migrate(key).await?;
+                    self.migrate(key, readonly).await?;
                 }
                 Attempt::Busy => {
                     spins += 1;
@@ -90,6 +107,7 @@ impl Db {
         &self,
         key: &[u8],
         pnn: u32,
+        readonly: bool,
         f: &mut Option<impl FnOnce(&LockedRecord) -> (Update, R)>,
     ) -> Result<Attempt<R>> {
         self.file.with(|tdb| {
@@ -103,7 +121,15 @@ impl Db {
                 return Ok(Attempt::Migrate);
             };
             let (header, data) = LtdbHeader::split(&value)?;
-            if header.dmaster != pnn || header.flags & record_flags::RO_HAVE_DELEGATIONS != 0 {
+            let usable = if readonly {
+                header.dmaster == pnn
+                    || header.flags
+                        & (record_flags::RO_HAVE_READONLY | record_flags::RO_HAVE_DELEGATIONS)
+                        != 0
+            } else {
+                header.dmaster == pnn && header.flags & record_flags::RO_HAVE_DELEGATIONS == 0
+            };
+            if !usable {
                 return Ok(Attempt::Migrate);
             }
             let rec = LockedRecord {
@@ -137,11 +163,15 @@ impl Db {
     }
 
     /// Asks the local daemon to make this node the record's data master.
-    async fn migrate(&self, key: &[u8]) -> Result<()> {
+    async fn migrate(&self, key: &[u8], readonly: bool) -> Result<()> {
         self.migrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut flags = call_flags::IMMEDIATE_MIGRATION;
+        if readonly {
+            flags |= call_flags::WANT_READONLY;
+        }
         let call = ReqCall {
-            flags: call_flags::IMMEDIATE_MIGRATION,
+            flags,
             db_id: self.id,
             callid: call_id::NULL_FUNC,
             hopcount: 0,
