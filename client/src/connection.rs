@@ -196,7 +196,7 @@ impl Client {
             self.shared.waiting.lock().unwrap().remove(&reqid);
             return Err(e);
         }
-        self.wait(reqid, rx, || {
+        self.wait(reqid, rx, Some(opcode), || {
             format!("control {} to node {dest}", opcode.name())
         })
         .await
