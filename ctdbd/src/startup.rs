@@ -41,6 +41,11 @@ pub fn read_setup() -> anyhow::Result<Setup> {
     let (config, warnings) = Config::load(&paths.config_file(), &paths.paths.vardir, &paths.logdir)
         .with_context(|| format!("bad configuration in {}", paths.config_file().display()))?;
     let nodes = config::load_nodes(&paths.nodes_file()).context("bad nodes file")?;
+    if let Some(ip) = config.node_address
+        && !nodes.iter().any(|n| n.addr == Some(ip))
+    {
+        bail!("Can not determine PNN - node address {ip} is not in the nodes file");
+    }
     let tfile = paths.tunables_file();
     let tunables = match std::fs::read_to_string(&tfile) {
         Ok(text) => tunables::load_file_text(&text).map_err(|errs| {
