@@ -108,6 +108,8 @@ impl NodeList {
 /// Shared state of one recovery run.
 pub struct Ctx {
     pub client: Client,
+    /// The daemon's socket, for the pulls' own connections.
+    pub socket: PathBuf,
     pub mypnn: u32,
     pub generation: u32,
     pub tun: TunableList,
@@ -122,6 +124,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(
         client: Client,
+        socket: PathBuf,
         generation: u32,
         tun: TunableList,
         nodes: NodeList,
@@ -133,6 +136,7 @@ impl Ctx {
             mypnn: client.pnn(),
             share: opts.memory_limit / ndbs.max(1),
             client,
+            socket,
             generation,
             tun,
             nodes,

@@ -43,6 +43,7 @@ fn run(fd: i32, socket: &str, generation: u32) -> anyhow::Result<()> {
         .clamp(2, 4);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .max_blocking_threads(2 * workers)
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
@@ -51,7 +52,7 @@ fn run(fd: i32, socket: &str, generation: u32) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot connect to {socket}"))?;
         tracing::info!("Recovering to generation {generation} (ctdb-rs helper)");
-        recovery::run(client, generation, opts).await?;
+        recovery::run(client, socket.into(), generation, opts).await?;
         anyhow::Ok(())
     })?;
     // The daemon kills the helper as soon as it has read the status, so

@@ -132,7 +132,8 @@ pub async fn push(
     }
     trace_event!(
         "push-done",
-        "db=0x{db_id:08x} records={sent} chunks={buffers}"
+        "db=0x{db_id:08x} records={sent} chunks={buffers} rss_kib={}",
+        crate::trace::peak_rss_kib().unwrap_or(0)
     );
     tracing::debug!("Pushed {sent} records for db {name} in {buffers} buffers");
     Ok(sent)

@@ -74,7 +74,7 @@ pub async fn recover_db(ctx: Arc<Ctx>, db: DbEntry) -> bool {
 }
 
 /// One attempt; returns the database's name.
-async fn recover_once(ctx: &Ctx, db: &DbEntry) -> Result<String> {
+async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry) -> Result<String> {
     let db_id = db.db_id;
     let name = check_name(ctx, db).await?;
     create_missing(ctx, db, &name).await?;
@@ -121,13 +121,21 @@ async fn recover_once(ctx: &Ctx, db: &DbEntry) -> Result<String> {
             .map(|p| p.to_path_buf())
             .unwrap_or_else(std::env::temp_dir)
     });
-    let store = Mutex::new(RecordStore::new(policy, ctx.budget.clone(), ctx.share, dir));
+    let store = Arc::new(Mutex::new(RecordStore::new(
+        policy,
+        ctx.budget.clone(),
+        ctx.share,
+        dir,
+    )));
     if policy.merges() {
         collect_all(ctx, db_id, &name, &store).await?;
     } else {
         collect_highest_seqnum(ctx, db_id, &name, &store).await?;
     }
-    let store = store.into_inner().unwrap();
+    let store = Arc::into_inner(store)
+        .ok_or_else(|| Error::Other("record store still shared".into()))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     let stats = store.stats();
     if stats.spilled {
         trace_event!(

@@ -5,6 +5,7 @@
 //! [`NUM_RETRIES`]) is banned for RecoveryBanPeriod, if bans are enabled,
 //! and the recovery fails.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use crate::trace_event;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a recovery to generation `generation` through `client`.
-pub async fn run(client: Client, generation: u32, opts: Options) -> Result<()> {
+pub async fn run(client: Client, socket: PathBuf, generation: u32, opts: Options) -> Result<()> {
     let t0 = Instant::now();
     let mypnn = client.pnn();
     let client = client.with_timeout(DEFAULT_TIMEOUT);
@@ -91,6 +92,7 @@ pub async fn run(client: Client, generation: u32, opts: Options) -> Result<()> {
 
     let ctx = Arc::new(Ctx::new(
         client,
+        socket,
         generation,
         *tun,
         nodes,

@@ -1,23 +1,29 @@
 //! Where one database's pulled records wait between the pull and the push.
 //!
 //! Records arrive as the chunks (record buffers) the nodes send for
-//! `DB_PULL`. A store keeps them in one of two shapes:
+//! `DB_PULL`. While they arrive the store does as little as it can, so that
+//! it keeps up with the daemon: it validates each chunk, overwrites each
+//! record's `reqid` field with the index of the node it came from, and
+//! then either
 //!
-//! * **In memory**: the received chunks themselves, unchanged except that
-//!   each record's `reqid` field is overwritten with the index of the node
-//!   it came from. For volatile databases a hash index maps each key to the
-//!   best copy seen so far (see [`crate::merge::Rank`]); nothing is copied
-//!   per record. Persistent and replicated databases come from one node and
-//!   need no index.
-//! * **On disk**: when the shared [`Budget`] refuses a reservation, the
-//!   store writes every record it holds to anonymous (already unlinked)
-//!   spill files and frees its memory; later chunks go straight to disk.
-//!   Volatile records are spread over [`PARTITIONS`] files by a hash of the
-//!   key, so all copies of a key land in the same file. At push time each
-//!   file is read back alone, merged in memory, emitted and dropped; a file
-//!   larger than the store's share of the budget is split again by another
-//!   hash, so a database of any size is merged a bounded piece at a time.
-//!   Single-source databases spill to one file that is streamed back.
+//! * keeps the chunk in memory, if the shared [`Budget`] grants the bytes;
+//! * or appends its records to one anonymous (already unlinked) spill
+//!   file. The first refused reservation moves everything held so far to
+//!   that file and gives the reservation back.
+//!
+//! Merging happens when the records are drained for the push:
+//!
+//! * in memory, a hash index maps each key to its best copy (see
+//!   [`crate::merge::Rank`]); nothing is copied per record;
+//! * on disk, a spill file no larger than the store's share of the budget
+//!   is read back and merged in memory; a larger one is split by a hash of
+//!   the key into [`PARTITIONS`] files (all copies of a key land in the
+//!   same file), each merged in turn and split again, by another hash, if
+//!   still too large. A database of any size is merged a bounded piece at a
+//!   time.
+//!
+//! Persistent and replicated databases come from one node: nothing to
+//! merge, the records are streamed back as they came.
 //!
 //! Either way the store emits each surviving record once, as key and value
 //! (value = record header followed by the data).
@@ -41,8 +47,10 @@ const MAX_DEPTH: u32 = 4;
 const INDEX_COST: usize = 16;
 /// Fixed part of a marshalled record (length, reqid, key and data lengths).
 const REC_FIXED: usize = 16;
-/// Write buffer of each spill file.
-const SPILL_BUF: usize = 32 << 10;
+/// Write buffer of each partition file.
+const SPILL_BUF: usize = 8 << 10;
+/// The least a store may merge at once.
+const MIN_SHARE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,12 +108,10 @@ fn parse_rec(buf: &[u8]) -> Result<Rec<'_>> {
     })
 }
 
-/// Records held in memory.
+/// Records held in memory: chunks as received (records from byte `start`
+/// on), indexed by key only when they are emitted.
 struct MemTable {
-    chunks: Vec<Vec<u8>>,
-    /// Best copy of each key (merging stores only).
-    index: HashTable<Loc>,
-    hasher: DefaultHashBuilder,
+    chunks: Vec<(Vec<u8>, usize)>,
     /// Bytes reserved from the budget.
     reserved: usize,
 }
@@ -114,66 +120,19 @@ impl MemTable {
     fn new() -> MemTable {
         MemTable {
             chunks: Vec::new(),
-            index: HashTable::new(),
-            hasher: DefaultHashBuilder::default(),
             reserved: 0,
         }
     }
 
-    fn rec_at(chunks: &[Vec<u8>], loc: Loc) -> Rec<'_> {
+    fn rec_at(chunks: &[(Vec<u8>, usize)], loc: Loc) -> Rec<'_> {
         // Every stored record was validated when its chunk was added.
-        parse_rec(&chunks[loc.chunk as usize][loc.off as usize..]).expect("validated record")
-    }
-
-    /// Adds a chunk of validated records (reqid = node index), starting at
-    /// byte `start`; with a policy that merges, indexes each record.
-    fn add(&mut self, buf: Vec<u8>, start: usize, count: u32, policy: Policy) {
-        let chunk = self.chunks.len() as u32;
-        self.chunks.push(buf);
-        let Policy::Merge { mypnn } = policy else {
-            return;
-        };
-        let MemTable {
-            chunks,
-            index,
-            hasher,
-            ..
-        } = self;
-        let buf = &chunks[chunk as usize];
-        let mut off = start;
-        for _ in 0..count {
-            let rec = parse_rec(&buf[off..]).expect("validated record");
-            let loc = Loc {
-                chunk,
-                off: off as u32,
-            };
-            off += rec.raw.len();
-            let rank = Rank::of_value(rec.value, rec.reqid, mypnn).expect("validated header");
-            let h = hasher.hash_one(rec.key);
-            let found = index.find_mut(h, |l| Self::rec_at(chunks, *l).key == rec.key);
-            match found {
-                Some(best) => {
-                    let b = Self::rec_at(chunks, *best);
-                    let brank = Rank::of_value(b.value, b.reqid, mypnn).expect("validated header");
-                    if rank > brank {
-                        *best = loc;
-                    }
-                }
-                None => {
-                    index.insert_unique(h, loc, |l| hasher.hash_one(Self::rec_at(chunks, *l).key));
-                }
-            }
-        }
+        parse_rec(&chunks[loc.chunk as usize].0[loc.off as usize..]).expect("validated record")
     }
 
     /// Every record held, in chunk order (duplicates included).
-    fn for_each_raw(
-        &self,
-        mut f: impl FnMut(Rec<'_>) -> Result<()>,
-        starts: &[usize],
-    ) -> Result<()> {
-        for (buf, &start) in self.chunks.iter().zip(starts) {
-            let mut off = start;
+    fn for_each_raw(&self, mut f: impl FnMut(Rec<'_>) -> Result<()>) -> Result<()> {
+        for (buf, start) in &self.chunks {
+            let mut off = *start;
             while off < buf.len() {
                 let rec = parse_rec(&buf[off..])?;
                 off += rec.raw.len();
@@ -183,21 +142,71 @@ impl MemTable {
         Ok(())
     }
 
-    /// The surviving records (merging stores) or all of them (others).
-    fn emit(&self, policy: Policy, starts: &[usize], sink: &mut Sink<'_>) -> Result<()> {
-        if policy.merges() {
-            for loc in self.index.iter() {
-                let r = Self::rec_at(&self.chunks, *loc);
-                sink(r.key, r.value)?;
+    /// The best copy of each key, by [`Rank`].
+    fn index(&self, mypnn: u32) -> (HashTable<Loc>, DefaultHashBuilder) {
+        let hasher = DefaultHashBuilder::default();
+        let mut index: HashTable<Loc> = HashTable::new();
+        let chunks = &self.chunks;
+        for (c, (buf, start)) in chunks.iter().enumerate() {
+            let mut off = *start;
+            while off < buf.len() {
+                let rec = parse_rec(&buf[off..]).expect("validated record");
+                let loc = Loc {
+                    chunk: c as u32,
+                    off: off as u32,
+                };
+                off += rec.raw.len();
+                let rank = Rank::of_value(rec.value, rec.reqid, mypnn).expect("validated header");
+                let h = hasher.hash_one(rec.key);
+                match index.find_mut(h, |l| Self::rec_at(chunks, *l).key == rec.key) {
+                    Some(best) => {
+                        let b = Self::rec_at(chunks, *best);
+                        let brank =
+                            Rank::of_value(b.value, b.reqid, mypnn).expect("validated header");
+                        if rank > brank {
+                            *best = loc;
+                        }
+                    }
+                    None => {
+                        index.insert_unique(h, loc, |l| {
+                            hasher.hash_one(Self::rec_at(chunks, *l).key)
+                        });
+                    }
+                }
             }
-            Ok(())
-        } else {
-            self.for_each_raw(|r| sink(r.key, r.value), starts)
+        }
+        (index, hasher)
+    }
+
+    /// The surviving records (merging stores) or all of them (others).
+    fn emit(&self, policy: Policy, sink: &mut Sink<'_>) -> Result<()> {
+        match policy {
+            Policy::Merge { mypnn } => {
+                let (index, _) = self.index(mypnn);
+                for loc in index.iter() {
+                    let r = Self::rec_at(&self.chunks, *loc);
+                    sink(r.key, r.value)?;
+                }
+                Ok(())
+            }
+            Policy::Single { .. } => self.for_each_raw(|r| sink(r.key, r.value)),
         }
     }
 }
 
-/// Records written to spill files.
+/// Loads a whole file of records and emits its survivors.
+fn merge_file(mut f: File, size: u64, policy: Policy, sink: &mut Sink<'_>) -> Result<()> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut buf = Vec::with_capacity(size as usize);
+    f.read_to_end(&mut buf)?;
+    drop(f);
+    count_records(&buf)?;
+    let mut t = MemTable::new();
+    t.chunks.push((buf, 0));
+    t.emit(policy, sink)
+}
+
+/// Records partitioned by key over several files.
 struct Spill {
     parts: Vec<BufWriter<File>>,
     sizes: Vec<u64>,
@@ -206,15 +215,14 @@ struct Spill {
 }
 
 impl Spill {
-    fn create(dir: &Path, nparts: usize, depth: u32) -> Result<Spill> {
-        let mut parts = Vec::with_capacity(nparts);
-        for _ in 0..nparts {
-            let f = tempfile::tempfile_in(dir).or_else(|_| tempfile::tempfile())?;
-            parts.push(BufWriter::with_capacity(SPILL_BUF, f));
+    fn create(dir: &Path, depth: u32) -> Result<Spill> {
+        let mut parts = Vec::with_capacity(PARTITIONS);
+        for _ in 0..PARTITIONS {
+            parts.push(BufWriter::with_capacity(SPILL_BUF, spill_file(dir)?));
         }
         Ok(Spill {
             parts,
-            sizes: vec![0; nparts],
+            sizes: vec![0; PARTITIONS],
             hasher: DefaultHashBuilder::default(),
             depth,
         })
@@ -222,49 +230,55 @@ impl Spill {
 
     /// Appends one marshalled record to the file its key belongs to.
     fn write(&mut self, key: &[u8], raw: &[u8]) -> Result<()> {
-        let p = if self.parts.len() == 1 {
-            0
-        } else {
-            (self.hasher.hash_one(key) % self.parts.len() as u64) as usize
-        };
+        let p = (self.hasher.hash_one(key) % self.parts.len() as u64) as usize;
         self.parts[p].write_all(raw)?;
         self.sizes[p] += raw.len() as u64;
         Ok(())
     }
 
-    /// Emits the records of every file, merging each file in memory when
-    /// the policy merges, splitting files larger than `share` first.
+    /// Merges and emits each file in turn, splitting files larger than
+    /// `share` by another hash first.
     fn emit(self, policy: Policy, share: usize, dir: &Path, sink: &mut Sink<'_>) -> Result<()> {
         for (w, size) in self.parts.into_iter().zip(self.sizes) {
-            let mut f = w.into_inner().map_err(|e| e.into_error())?;
-            f.seek(SeekFrom::Start(0))?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
             if size == 0 {
                 continue;
             }
-            if !policy.merges() {
-                stream_file(f, |r| sink(r.key, r.value))?;
-            } else if size as usize > share && self.depth < MAX_DEPTH {
-                // Too big to merge at once: split it by another hash.
-                let mut sub = Spill::create(dir, PARTITIONS, self.depth + 1)?;
-                stream_file(f, |r| sub.write(r.key, r.raw))?;
-                sub.emit(policy, share, dir, sink)?;
-            } else {
-                let mut buf = Vec::with_capacity(size as usize);
-                f.read_to_end(&mut buf)?;
-                drop(f);
-                let count = count_records(&buf)?;
-                let mut t = MemTable::new();
-                t.add(buf, 0, count, policy);
-                t.emit(policy, &[0], sink)?;
-            }
+            split_or_merge(f, size, self.depth, policy, share, dir, sink)?;
         }
         Ok(())
     }
 }
 
-/// Reads a spill file record by record.
-fn stream_file(f: File, mut each: impl FnMut(Rec<'_>) -> Result<()>) -> Result<()> {
-    let mut r = BufReader::with_capacity(SPILL_BUF, f);
+/// Merges a file of records in memory when it is small enough, else splits
+/// it by key into [`PARTITIONS`] files and handles each of those.
+fn split_or_merge(
+    mut f: File,
+    size: u64,
+    depth: u32,
+    policy: Policy,
+    share: usize,
+    dir: &Path,
+    sink: &mut Sink<'_>,
+) -> Result<()> {
+    if size as usize <= share || depth >= MAX_DEPTH {
+        return merge_file(f, size, policy, sink);
+    }
+    let mut sub = Spill::create(dir, depth + 1)?;
+    f.seek(SeekFrom::Start(0))?;
+    stream_file(f, |r| sub.write(r.key, r.raw))?;
+    sub.emit(policy, share, dir, sink)
+}
+
+/// An anonymous file in `dir` (or the system's temporary directory).
+fn spill_file(dir: &Path) -> Result<File> {
+    Ok(tempfile::tempfile_in(dir).or_else(|_| tempfile::tempfile())?)
+}
+
+/// Reads a file of records from its start, record by record.
+fn stream_file(mut f: File, mut each: impl FnMut(Rec<'_>) -> Result<()>) -> Result<()> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut r = BufReader::with_capacity(64 << 10, f);
     let mut buf = Vec::new();
     loop {
         let mut head = [0u8; REC_FIXED];
@@ -285,8 +299,7 @@ fn stream_file(f: File, mut each: impl FnMut(Rec<'_>) -> Result<()>) -> Result<(
     }
 }
 
-/// Validates the records of a spill file read back whole; returns their
-/// number.
+/// Validates records read back whole; returns their number.
 fn count_records(buf: &[u8]) -> Result<u32> {
     let mut off = 0;
     let mut n = 0u32;
@@ -298,11 +311,15 @@ fn count_records(buf: &[u8]) -> Result<u32> {
 }
 
 enum State {
-    Memory { table: MemTable, starts: Vec<usize> },
-    Spilled(Spill),
+    Memory(MemTable),
+    /// Every record appended, as received, to one file.
+    Spilled {
+        inbox: File,
+        size: u64,
+    },
 }
 
-/// Totals about what a store received and emitted.
+/// Totals about what a store received.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreStats {
     pub chunks: u64,
@@ -322,18 +339,15 @@ pub struct RecordStore {
 }
 
 impl RecordStore {
-    /// A store whose spill files go in `dir`, which splits spill files
-    /// larger than `share` bytes before merging them.
+    /// A store whose spill files go in `dir`, which merges at most `share`
+    /// bytes of spilled records at once.
     pub fn new(policy: Policy, budget: Arc<Budget>, share: usize, dir: PathBuf) -> RecordStore {
         RecordStore {
             policy,
             budget,
-            share: share.max(1 << 20),
+            share: share.max(MIN_SHARE),
             dir,
-            state: State::Memory {
-                table: MemTable::new(),
-                starts: Vec::new(),
-            },
+            state: State::Memory(MemTable::new()),
             stats: StoreStats::default(),
         }
     }
@@ -344,11 +358,15 @@ impl RecordStore {
 
     /// Whether the records have moved to disk.
     pub fn spilled(&self) -> bool {
-        matches!(self.state, State::Spilled(_))
+        matches!(self.state, State::Spilled { .. })
     }
 
     /// Adds one `DB_PULL` chunk (a marshalled record buffer) received from
     /// the node at index `node_idx`. Returns the number of records in it.
+    ///
+    /// This is all the work done while records arrive: validating the
+    /// chunk, then keeping it, or appending it to the spill file. Merging
+    /// waits for [`drain`](RecordStore::drain).
     pub fn add_chunk(&mut self, node_idx: u32, mut buf: Vec<u8>) -> Result<u32> {
         if buf.len() < 8 {
             return Err(StoreError::Malformed(
@@ -375,69 +393,65 @@ impl RecordStore {
                 buf.len() - off
             )));
         }
-        buf.truncate(off);
         self.stats.chunks += 1;
         self.stats.records += count as u64;
         self.stats.bytes += (off - 8) as u64;
 
-        if let State::Memory { table, starts } = &mut self.state {
+        if let State::Memory(table) = &mut self.state {
             let cost = buf.capacity() + count as usize * INDEX_COST;
             if self.budget.try_reserve(cost) {
                 table.reserved += cost;
-                starts.push(8);
-                table.add(buf, 8, count, self.policy);
+                table.chunks.push((buf, 8));
                 return Ok(count);
             }
             self.spill()?;
         }
-        let State::Spilled(spill) = &mut self.state else {
+        let State::Spilled { inbox, size } = &mut self.state else {
             unreachable!("spilled above");
         };
-        let mut off = 8;
-        while off < buf.len() {
-            let r = parse_rec(&buf[off..])?;
-            off += r.raw.len();
-            spill.write(r.key, r.raw)?;
-        }
+        inbox.write_all(&buf[8..])?;
+        *size += (buf.len() - 8) as u64;
         Ok(count)
     }
 
-    /// Moves every record held in memory to spill files.
+    /// Moves every record held in memory to the spill file.
     fn spill(&mut self) -> Result<()> {
-        let nparts = if self.policy.merges() { PARTITIONS } else { 1 };
-        let mut spill = Spill::create(&self.dir, nparts, 0)?;
-        if let State::Memory { table, starts } = &self.state {
-            table.for_each_raw(|r| spill.write(r.key, r.raw), starts)?;
+        let mut inbox = spill_file(&self.dir)?;
+        let mut size = 0u64;
+        if let State::Memory(table) = &self.state {
+            for (buf, start) in &table.chunks {
+                inbox.write_all(&buf[*start..])?;
+                size += (buf.len() - start) as u64;
+            }
             self.budget.release(table.reserved);
         }
-        self.state = State::Spilled(spill);
+        self.state = State::Spilled { inbox, size };
         self.stats.spilled = true;
         Ok(())
     }
 
     /// Emits every surviving record as (key, value), consuming the store.
     pub fn drain(mut self, sink: &mut Sink<'_>) -> Result<()> {
-        let state = std::mem::replace(
-            &mut self.state,
-            State::Memory {
-                table: MemTable::new(),
-                starts: Vec::new(),
-            },
-        );
+        let state = std::mem::replace(&mut self.state, State::Memory(MemTable::new()));
         match state {
-            State::Memory { table, starts } => {
-                let r = table.emit(self.policy, &starts, sink);
+            State::Memory(table) => {
+                let r = table.emit(self.policy, sink);
                 self.budget.release(table.reserved);
                 r
             }
-            State::Spilled(spill) => spill.emit(self.policy, self.share, &self.dir, sink),
+            State::Spilled { inbox, .. } if !self.policy.merges() => {
+                stream_file(inbox, |r| sink(r.key, r.value))
+            }
+            State::Spilled { inbox, size } => {
+                split_or_merge(inbox, size, 0, self.policy, self.share, &self.dir, sink)
+            }
         }
     }
 }
 
 impl Drop for RecordStore {
     fn drop(&mut self) {
-        if let State::Memory { table, .. } = &self.state {
+        if let State::Memory(table) = &self.state {
             self.budget.release(table.reserved);
         }
     }

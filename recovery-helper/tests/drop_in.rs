@@ -1,0 +1,130 @@
+//! Our helper as a drop-in inside a cluster of reference daemons: after
+//! `ctdb recover`, a killed and restarted node, and a stopped and continued
+//! node, every database is identical on every node and no recovery failed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn kv(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i:05}"), format!("{prefix}-value-{i}")))
+        .collect()
+}
+
+/// Checks every database on `nodes` and the records each must hold.
+fn check_all(c: &ctdb_tests::Cluster, nodes: &[usize], vol_expect: &[(String, String)]) {
+    let vol = assert_identical(c, nodes, "vol1", true);
+    for (k, v) in vol_expect {
+        let held = vol
+            .get(k.as_bytes())
+            .unwrap_or_else(|| panic!("volatile record {k} lost"));
+        assert_eq!(held.data, v.as_bytes(), "volatile record {k}");
+    }
+    let pers = assert_identical(c, nodes, "pers1", false);
+    // 3000 records and the sequence number record.
+    assert_eq!(pers.len(), 3001);
+    for (k, v) in kv("pk", 3000) {
+        assert_eq!(pers[k.as_bytes()].data, v.as_bytes());
+    }
+    let repl = assert_identical(c, nodes, "repl1", false);
+    for (k, v) in kv("rk", 20) {
+        assert_eq!(repl[k.as_bytes()].data, v.as_bytes());
+    }
+}
+
+#[test]
+fn drop_in_recovers_every_kind_through_recover_kill_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let c = cluster(3, &trace, &[]);
+    assert!(
+        std::fs::read_to_string(c.log(leader(&c, 0)))
+            .unwrap()
+            .contains("(ctdb-rs helper)"),
+        "the leader did not run our helper:\n{}",
+        c.log_tails()
+    );
+
+    // Volatile records written on all three nodes, some keys on each (so
+    // they migrate), some on one node only.
+    tool(&c, 0, &["attach", "vol1"]);
+    let mut expect = Vec::new();
+    for node in 0..3 {
+        for i in 0..4 {
+            let v = format!("shared-{i}-from-{node}");
+            tool(&c, node, &["writekey", "vol1", &format!("shared{i}"), &v]);
+        }
+        let (k, v) = (format!("own{node}"), format!("only-on-{node}"));
+        tool(&c, node, &["writekey", "vol1", &k, &v]);
+        expect.push((k, v));
+    }
+    for i in 0..4 {
+        // The last write wins.
+        expect.push((format!("shared{i}"), format!("shared-{i}-from-2")));
+    }
+    // A 3000-record persistent database and a replicated database.
+    tool(&c, 0, &["attach", "pers1", "persistent"]);
+    ptrans(&c, 1, "pers1", &kv("pk", 3000));
+    tool(&c, 0, &["attach", "repl1", "replicated"]);
+    ptrans(&c, 2, "repl1", &kv("rk", 20));
+    let dbmap = tool(&c, 0, &["getdbmap"]);
+    assert!(
+        dbmap.contains("repl1") && dbmap.contains("REPLICATED"),
+        "{dbmap}"
+    );
+
+    // 1. ctdb recover.
+    let before = runs(&events(&trace)).len();
+    tool(&c, 0, &["recover"]);
+    c.wait_healthy(LIMIT);
+    let r = wait_runs(&trace, before, LIMIT);
+    assert!(r[before..].iter().all(|&(_, st)| st == 0), "runs {r:?}");
+    check_all(&c, &[0, 1, 2], &expect);
+
+    // 2. A node killed, then restarted. Records written meanwhile on a
+    // surviving node must reach it.
+    let victim = (leader(&c, 0) + 1) % 3;
+    let others: Vec<usize> = (0..3).filter(|&k| k != victim).collect();
+    c.kill(victim);
+    c.wait_status(LIMIT, 2, &[victim]);
+    tool(
+        &c,
+        others[0],
+        &["writekey", "vol1", "while-dead", "written"],
+    );
+    expect.push(("while-dead".into(), "written".into()));
+    restart(&c, victim);
+    c.wait_healthy(LIMIT);
+    check_all(&c, &[0, 1, 2], &expect);
+
+    // 3. A node stopped, then continued.
+    let stopped = (leader(&c, 0) + 2) % 3;
+    let active: Vec<usize> = (0..3).filter(|&k| k != stopped).collect();
+    tool(&c, stopped, &["stop"]);
+    c.wait_status(LIMIT, 2, &[stopped]);
+    tool(
+        &c,
+        active[0],
+        &["writekey", "vol1", "while-stopped", "written"],
+    );
+    expect.push(("while-stopped".into(), "written".into()));
+    tool(&c, stopped, &["continue"]);
+    c.wait_healthy(LIMIT);
+    check_all(&c, &[0, 1, 2], &expect);
+
+    // Every helper run succeeded, and no daemon logged a failed recovery.
+    let all = runs(&events(&trace));
+    assert!(all.len() >= before + 4, "too few recoveries: {all:?}");
+    assert!(all.iter().all(|&(_, st)| st == 0), "failed runs: {all:?}");
+    let failures = recovery_failures(&c);
+    assert!(
+        failures.is_empty(),
+        "recovery failures logged:\n{}",
+        failures.join("\n")
+    );
+}
