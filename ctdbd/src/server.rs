@@ -86,6 +86,7 @@ pub enum Event {
     LockChecked {
         to: ReplyTo,
         status: u8,
+        latency: f64,
     },
     /// Shut down (signal).
     Terminate(&'static str),
@@ -314,7 +315,14 @@ impl Server {
                     self.node_dead(pnn, false);
                 }
             }
-            Event::LockChecked { to, status } => {
+            Event::LockChecked {
+                to,
+                status,
+                latency,
+            } => {
+                if status == b'1' {
+                    self.core.stats.s.reclock_ctdbd.record(latency);
+                }
                 let r = self.core.finish_recmode_normal(status);
                 self.reply(to, r);
             }
@@ -706,6 +714,7 @@ impl Server {
                 let log = self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok());
                 let env = self.cfg.helper_env.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let (st, held) = cluster_mutex::take(
                         &lock,
                         &dir,
@@ -721,6 +730,7 @@ impl Server {
                         .send(Event::LockChecked {
                             to,
                             status: st.as_byte(),
+                            latency: started.elapsed().as_secs_f64(),
                         })
                         .await;
                 });

@@ -119,6 +119,19 @@ fn kill_node_then_restart(daemon: Daemon) {
     // Restarted, it rejoins and is OK everywhere.
     c.restart(victim);
     c.wait_healthy(Duration::from_secs(120));
+    // ...and is back in the vnn map after a recovery.
+    poll_until(
+        Duration::from_secs(90),
+        "a recovery with the node back",
+        || {
+            (0..3)
+                .all(|k| {
+                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
+                    s.contains("Size:3") && s.contains("Recovery mode:NORMAL")
+                })
+                .then_some(())
+        },
+    );
     for k in 0..3 {
         assert!(
             node_line(&c, k, victim).contains(" OK"),

@@ -161,6 +161,26 @@ fn recovery(c: &Cluster) {
     }
 }
 
+/// `ctdb reloadnodes` after a deleted node is added to every nodes file:
+/// every daemon takes the new node map without disturbing the others.
+fn reload_nodes(c: &Cluster) {
+    for k in 0..3 {
+        let p = c.base(k).join("nodes");
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str("#127.0.0.99\n");
+        std::fs::write(&p, text).unwrap();
+    }
+    run(c, &["reloadnodes"]);
+    for k in 0..3 {
+        let s = c.tool_ok(k, &["status"]);
+        assert!(
+            s.starts_with("Number of nodes:4 (including 1 deleted nodes)"),
+            "node {k} did not reload its nodes file:\n{s}"
+        );
+    }
+    c.wait_healthy(Duration::from_secs(60));
+}
+
 fn all(daemon: Daemon) {
     let c = start(daemon);
     informational(&c);
@@ -168,6 +188,7 @@ fn all(daemon: Daemon) {
     recovery(&c);
     administration(&c);
     same_as_reference(&c, &["statisticsreset"], "statreset");
+    reload_nodes(&c);
 }
 
 #[test]
