@@ -44,10 +44,10 @@ pub fn handle(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, req: &R
     }
     let reply = control(d, fx, client, h, req);
     let noreply = req.flags & ctdb_protocol::control::CTDB_CTRL_FLAG_NOREPLY != 0;
-    if let Some(r) = reply {
-        if !noreply {
-            d.reply(fx, client, h, r);
-        }
+    if let Some(r) = reply
+        && !noreply
+    {
+        d.reply(fx, client, h, r);
     }
 }
 
@@ -405,10 +405,10 @@ fn control(
         }
         Q::ReleaseIp(ip) => release_ip(d, dest, ip)?,
         Q::TakeoverIp(ip) => {
-            if let Some(t) = known_ip_mut(d, node, &ip.addr) {
-                if t.pnn != dest {
-                    t.pnn = ip.pnn;
-                }
+            if let Some(t) = known_ip_mut(d, node, &ip.addr)
+                && t.pnn != dest
+            {
+                t.pnn = ip.pnn;
             }
             ReplyControl::ok(R::TakeoverIp)
         }
@@ -596,10 +596,10 @@ fn reload_nodes(d: &mut Daemon, dest: u32) -> ReplyControl {
         return ReplyControl::error(-1, "Memory error");
     };
     for (i, f) in file.nodes.iter().enumerate() {
-        if let Some(n) = d.st.nodes.get(i) {
-            if n.addr.ip() == f.addr.ip() {
-                continue;
-            }
+        if let Some(n) = d.st.nodes.get(i)
+            && n.addr.ip() == f.addr.ip()
+        {
+            continue;
         }
         if f.flags & node_flags::DELETED != 0 {
             if let Some(n) = d.st.nodes.get_mut(i) {
@@ -608,12 +608,12 @@ fn reload_nodes(d: &mut Daemon, dest: u32) -> ReplyControl {
             }
             continue;
         }
-        if let Some(n) = d.st.nodes.get_mut(i) {
-            if n.flags & node_flags::DELETED != 0 {
-                n.flags &= !node_flags::DELETED;
-                n.addr = f.addr;
-                continue;
-            }
+        if let Some(n) = d.st.nodes.get_mut(i)
+            && n.flags & node_flags::DELETED != 0
+        {
+            n.flags &= !node_flags::DELETED;
+            n.addr = f.addr;
+            continue;
         }
         d.st.nodes.push(crate::state::Node {
             pnn: f.pnn,

@@ -81,10 +81,10 @@ impl Database {
     /// Reads a record: its header and data. A missing or headerless record
     /// is created empty (rsn 0, dmaster 0) as CTDB's fake daemon does.
     pub fn fetch(&self, key: &[u8]) -> tdb::Result<(LtdbHeader, Vec<u8>)> {
-        if let Some(v) = self.tdb.fetch(key)? {
-            if let Ok((h, d)) = LtdbHeader::split(&v) {
-                return Ok((h, d.to_vec()));
-            }
+        if let Some(v) = self.tdb.fetch(key)?
+            && let Ok((h, d)) = LtdbHeader::split(&v)
+        {
+            return Ok((h, d.to_vec()));
         }
         let h = LtdbHeader::default();
         self.store(key, &h, &[])?;
@@ -103,7 +103,7 @@ impl Database {
         match self.tdb.fetch(SEQNUM_KEY)? {
             Some(v) => match LtdbHeader::split(&v) {
                 Ok((_, d)) if d.len() >= 8 => Ok(u64::from_le_bytes(d[..8].try_into().unwrap())),
-                Ok((_, d)) if d.is_empty() => Ok(0),
+                Ok((_, [])) => Ok(0),
                 _ => Ok(0),
             },
             None => Ok(self.initial_seqnum),
@@ -119,15 +119,13 @@ impl Database {
         for rec in recs.iter() {
             let (h, data) = rec.header().map_err(|e| e.to_string())?;
             let old = self.tdb.fetch(rec.key).map_err(|e| e.to_string())?;
-            if let Some(old) = old {
-                if let Ok((oh, od)) = LtdbHeader::split(&old) {
-                    if !od.is_empty()
-                        && (oh.rsn > h.rsn || (oh.rsn == h.rsn && od.len() != data.len()))
-                    {
-                        let _ = tx.cancel();
-                        return Err("stale record".into());
-                    }
-                }
+            if let Some(old) = old
+                && let Ok((oh, od)) = LtdbHeader::split(&old)
+                && !od.is_empty()
+                && (oh.rsn > h.rsn || (oh.rsn == h.rsn && od.len() != data.len()))
+            {
+                let _ = tx.cancel();
+                return Err("stale record".into());
             }
             if let Err(e) = store_in(&self.tdb, volatile, rec.key, &h, data) {
                 let _ = tx.cancel();

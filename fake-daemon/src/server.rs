@@ -121,10 +121,10 @@ async fn later(daemon: Shared, work: Later) {
         Later::EnableRecoveries { pnn, serial, after } => {
             tokio::time::sleep(after).await;
             let mut d = daemon.lock().unwrap();
-            if let Some(n) = d.st.nodes.get_mut(pnn as usize) {
-                if n.recovery_disabled == serial {
-                    n.recovery_disabled = 0;
-                }
+            if let Some(n) = d.st.nodes.get_mut(pnn as usize)
+                && n.recovery_disabled == serial
+            {
+                n.recovery_disabled = 0;
             }
         }
     }

@@ -49,7 +49,7 @@ pub async fn db_exists(ctx: &Ctx, arg: &str) -> Option<DbRef> {
         for d in &m.dbs {
             match dbname(ctx, ctx.pnn, d.db_id).await {
                 Ok(n) if n == arg => {
-                    f = Some(d.clone());
+                    f = Some(*d);
                     break;
                 }
                 Ok(_) => {}
@@ -353,8 +353,11 @@ fn traverse_error(e: &ctdb_client::ClientError) -> i32 {
     }
 }
 
+/// A record as raw (key, value) bytes.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
 /// Every record of the local copy of a database, with a header.
-pub fn local_records(a: &Attached) -> Result<Vec<(Vec<u8>, Vec<u8>)>, i32> {
+pub fn local_records(a: &Attached) -> Result<Vec<RawRecord>, i32> {
     let file = ctdb_client::db::open_local(a.path.clone(), a.tdb_flags).map_err(|e| {
         eprintln!("{e}");
         1

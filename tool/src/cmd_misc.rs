@@ -266,7 +266,7 @@ fn print_statistics_machine(sep: &str, s: &Statistics, header: bool) {
                 out.push_str(&format!("{k}_{what}_latency{sep}"));
             }
         }
-        out.push_str("\n");
+        String::push(&mut out, '\n');
     }
     out.push_str(&format!(
         "{CTDB_PROTOCOL}{sep}{}{sep}{}{sep}",

@@ -109,10 +109,10 @@ pub fn find_node_xpnn() -> bool {
         if n.flags & node_flags::DELETED != 0 {
             continue;
         }
-        if let Some(ip) = n.addr.ip() {
-            if TcpListener::bind(SocketAddr::new(ip, 0)).is_ok() {
-                return true;
-            }
+        if let Some(ip) = n.addr.ip()
+            && TcpListener::bind(SocketAddr::new(ip, 0)).is_ok()
+        {
+            return true;
         }
     }
     eprintln!("Failed to detect PNN of the current node.");
@@ -281,7 +281,7 @@ async fn parse_nodestring(ctx: &mut Ctx, s: Option<&str>) -> Option<NodeMap> {
                 };
                 let pnn = pnn as u32;
                 match node_by_pnn(&m, pnn) {
-                    Some(n) => v.push(n.clone()),
+                    Some(n) => v.push(*n),
                     None => {
                         eprintln!("Node {pnn} does not exist");
                         return None;
@@ -540,91 +540,83 @@ pub async fn ipreallocate(ctx: &mut Ctx) -> i32 {
     ret
 }
 
-async fn flag_command(
-    ctx: &mut Ctx,
-    args: &[String],
-    name: &str,
-    desc: &str,
+/// One of the four flag-toggling commands (disable, enable, stop, continue).
+struct FlagChange {
+    /// The command's name, for its usage line.
+    name: &'static str,
+    /// How the state is described in "Node N is already ..." messages.
+    desc: &'static str,
     flag: u32,
+    /// Whether the command sets (true) or clears the flag.
     set: bool,
     req: Q,
-    fail: &str,
-) -> i32 {
+    /// Message printed, followed by the pnn, when the control fails.
+    fail: &'static str,
+}
+
+async fn flag_command(ctx: &mut Ctx, args: &[String], c: FlagChange) -> i32 {
     if !args.is_empty() {
-        usage(Some(name));
+        usage(Some(c.name));
     }
-    match already(ctx, desc, flag, set).await {
+    match already(ctx, c.desc, c.flag, c.set).await {
         None => return 1,
         Some(true) => return 0,
         Some(false) => {}
     }
-    if let Err(e) = ctx.ctrl(ctx.cmd_pnn, req).await {
-        eprintln!("{fail} {}", ctx.cmd_pnn);
+    if let Err(e) = ctx.ctrl(ctx.cmd_pnn, c.req).await {
+        eprintln!("{} {}", c.fail, ctx.cmd_pnn);
         return e;
     }
-    wait_for_flags(ctx, flag, set).await;
+    wait_for_flags(ctx, c.flag, c.set).await;
     ipreallocate(ctx).await
 }
 
 pub async fn disable(ctx: &mut Ctx, args: &[String]) -> i32 {
-    let f = node_flags::PERMANENTLY_DISABLED;
-    flag_command(
-        ctx,
-        args,
-        "disable",
-        "disabled",
-        f,
-        true,
-        Q::DisableNode,
-        "Failed to disable node",
-    )
-    .await
+    let c = FlagChange {
+        name: "disable",
+        desc: "disabled",
+        flag: node_flags::PERMANENTLY_DISABLED,
+        set: true,
+        req: Q::DisableNode,
+        fail: "Failed to disable node",
+    };
+    flag_command(ctx, args, c).await
 }
 
 pub async fn enable(ctx: &mut Ctx, args: &[String]) -> i32 {
-    let f = node_flags::PERMANENTLY_DISABLED;
-    flag_command(
-        ctx,
-        args,
-        "enable",
-        "disabled",
-        f,
-        false,
-        Q::EnableNode,
-        "Failed to enable node",
-    )
-    .await
+    let c = FlagChange {
+        name: "enable",
+        desc: "disabled",
+        flag: node_flags::PERMANENTLY_DISABLED,
+        set: false,
+        req: Q::EnableNode,
+        fail: "Failed to enable node",
+    };
+    flag_command(ctx, args, c).await
 }
 
 pub async fn stop(ctx: &mut Ctx, args: &[String]) -> i32 {
-    let f = node_flags::STOPPED;
-    flag_command(
-        ctx,
-        args,
-        "stop",
-        "stopped",
-        f,
-        true,
-        Q::StopNode,
-        "Failed to stop node",
-    )
-    .await
+    let c = FlagChange {
+        name: "stop",
+        desc: "stopped",
+        flag: node_flags::STOPPED,
+        set: true,
+        req: Q::StopNode,
+        fail: "Failed to stop node",
+    };
+    flag_command(ctx, args, c).await
 }
 
 pub async fn cont(ctx: &mut Ctx, args: &[String]) -> i32 {
-    let f = node_flags::STOPPED;
-    let fail = "Failed to continue stopped node";
-    flag_command(
-        ctx,
-        args,
-        "continue",
-        "stopped",
-        f,
-        false,
-        Q::ContinueNode,
-        fail,
-    )
-    .await
+    let c = FlagChange {
+        name: "continue",
+        desc: "stopped",
+        flag: node_flags::STOPPED,
+        set: false,
+        req: Q::ContinueNode,
+        fail: "Failed to continue stopped node",
+    };
+    flag_command(ctx, args, c).await
 }
 
 pub async fn ban(ctx: &mut Ctx, args: &[String]) -> i32 {

@@ -180,7 +180,7 @@ pub async fn pdelete(ctx: &mut Ctx, args: &[String]) -> i32 {
 }
 
 /// One quoted string of a `ptrans` line: `Ok(None)` for an empty string.
-fn ptrans_string<'a>(p: &mut &'a [u8]) -> Result<Option<Vec<u8>>, ()> {
+fn ptrans_string(p: &mut &[u8]) -> Result<Option<Vec<u8>>, ()> {
     let t = {
         let skip = p.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
         &p[skip..]

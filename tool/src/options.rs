@@ -7,7 +7,7 @@
 use std::io::Write;
 
 /// The global options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub debuglevel: Option<String>,
     /// Control timeout in seconds (`-t`).
