@@ -301,7 +301,12 @@ impl Cluster {
 
     /// Starts node `k`'s daemon again.
     pub fn restart(&self, k: usize) {
-        let mut cmd = Command::new(match &self.opts.daemon {
+        self.restart_with(k, &self.opts.daemon.clone());
+    }
+
+    /// Starts node `k` with another daemon (for mixed clusters).
+    pub fn restart_with(&self, k: usize, daemon: &Daemon) {
+        let mut cmd = Command::new(match daemon {
             Daemon::Reference => PathBuf::from("/usr/sbin/ctdbd"),
             Daemon::Ours(p) => p.clone(),
         });

@@ -1,0 +1,64 @@
+//! Mixed clusters: our daemon and the reference daemon speak the same
+//! node protocol. Our node joins a reference cluster, and a reference node
+//! joins a cluster led by ours; both become healthy with one generation.
+
+use std::time::Duration;
+
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+
+const HELPER: &str = "/usr/libexec/ctdb/ctdb_recovery_helper";
+
+fn ours() -> Daemon {
+    Daemon::Ours(our_bin("ctdbd"))
+}
+
+fn generation(c: &Cluster, k: usize) -> Option<String> {
+    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Generation:"))
+        .map(str::to_owned)
+}
+
+fn swap_node_2(first: Daemon, second: Daemon) {
+    require_reference();
+    let c = Cluster::start(ClusterOptions::new(first, 3).recovery_helper(HELPER));
+    c.kill(2);
+    c.restart_with(2, &second);
+    c.wait_healthy(Duration::from_secs(120));
+    poll_until(
+        Duration::from_secs(90),
+        "one generation with all three nodes",
+        || {
+            let g: Vec<Option<String>> = (0..3).map(|k| generation(&c, k)).collect();
+            let all_in = (0..3).all(|k| c.tool_ok(k, &["status"]).contains("Size:3"));
+            (all_in
+                && g[0].is_some()
+                && g.iter().all(|x| *x == g[0])
+                && g[0].as_deref() != Some("INVALID"))
+            .then_some(())
+        },
+    );
+    for k in 0..3 {
+        let s = c.tool_ok(k, &["status"]);
+        assert_eq!(s.matches(" OK").count(), 3, "node {k}:\n{s}");
+    }
+    // Messages and controls cross between the two kinds of daemon.
+    assert_eq!(
+        c.tool_ok(0, &["-n", "2", "getpid"]).trim(),
+        c.pid(2).unwrap().to_string()
+    );
+    assert_eq!(
+        c.tool_ok(2, &["-n", "0", "getpid"]).trim(),
+        c.pid(0).unwrap().to_string()
+    );
+}
+
+#[test]
+fn our_node_joins_a_reference_cluster() {
+    swap_node_2(Daemon::Reference, ours());
+}
+
+#[test]
+fn reference_node_joins_our_cluster() {
+    swap_node_2(ours(), Daemon::Reference);
+}
