@@ -372,11 +372,32 @@ fn alive(pid: i32) -> bool {
 }
 
 /// SIGKILLs a daemon and the helpers it forked (its process group when it
-/// leads one).
+/// leads one), and the reference's event daemon, which would otherwise
+/// outlive it by seconds and stop a restarted daemon from starting its own.
 fn kill_tree(pid: i32) {
     let p = Pid::from_raw(pid);
+    let helpers = processes_watching(pid);
     if nix::unistd::getpgid(Some(p)) == Ok(p) {
         let _ = nix::sys::signal::killpg(p, Signal::SIGKILL);
     }
     let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+    for h in helpers {
+        let _ = nix::sys::signal::kill(Pid::from_raw(h), Signal::SIGKILL);
+    }
+}
+
+/// Processes started with `-P <pid>` (CTDB's helpers that watch their
+/// parent daemon, `ctdb-eventd` among them).
+fn processes_watching(pid: i32) -> Vec<i32> {
+    let needle = format!("\0-P\0{pid}\0");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }

@@ -204,3 +204,48 @@ fn our_killed_leader_is_replaced() {
 fn reference_killed_leader_is_replaced() {
     kill_the_leader(Daemon::Reference);
 }
+
+/// Without a cluster lock the leader is chosen by election messages; when
+/// it dies the survivors elect another.
+fn elections_without_a_cluster_lock(daemon: Daemon) {
+    let c = start(daemon);
+    for k in 0..3 {
+        c.kill(k);
+    }
+    for k in 0..3 {
+        let p = c.base(k).join("ctdb.conf");
+        let conf: String = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("cluster lock"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&p, conf).unwrap();
+    }
+    for k in 0..3 {
+        c.restart(k);
+    }
+    c.wait_healthy(Duration::from_secs(120));
+    let old = poll_until(Duration::from_secs(30), "an agreed leader", || {
+        let l: Vec<Option<usize>> = (0..3).map(|k| leader_of(&c, k)).collect();
+        (l[0].is_some() && l.iter().all(|x| *x == l[0])).then(|| l[0].unwrap())
+    });
+    assert!(c.tool_ok(0, &["getreclock"]).trim().is_empty());
+    c.kill(old);
+    let survivors: Vec<usize> = (0..3).filter(|k| *k != old).collect();
+    poll_until(Duration::from_secs(90), "a new agreed leader", || {
+        let l: Vec<Option<usize>> = survivors.iter().map(|&k| leader_of(&c, k)).collect();
+        (l[0].is_some() && l[0] != Some(old) && l.iter().all(|x| *x == l[0])).then_some(())
+    });
+    c.wait_status(Duration::from_secs(90), 2, &[old]);
+}
+
+#[test]
+fn our_elections_without_a_cluster_lock() {
+    elections_without_a_cluster_lock(ours());
+}
+
+#[test]
+fn reference_elections_without_a_cluster_lock() {
+    elections_without_a_cluster_lock(Daemon::Reference);
+}
