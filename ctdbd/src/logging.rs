@@ -142,20 +142,33 @@ pub enum LogTarget {
     Stderr,
 }
 
-/// Works out the log target; syslog degrades to stderr (with a warning
-/// returned for the caller to log once logging is up).
-pub fn log_target(location: &str, interactive: bool) -> (LogTarget, Option<String>) {
+/// Works out the log target. Syslog is not supported: it degrades to
+/// stderr in the foreground and to `LOGDIR/log.ctdb` in the background
+/// (with a warning returned for the caller to log once logging is up).
+pub fn log_target(
+    location: &str,
+    foreground: bool,
+    logdir: &std::path::Path,
+) -> (LogTarget, Option<String>) {
     if let Some(p) = location.strip_prefix("file:") {
         return (LogTarget::File(p.into()), None);
     }
+    let fallback = if foreground {
+        LogTarget::Stderr
+    } else {
+        LogTarget::File(logdir.join("log.ctdb"))
+    };
     if location == "file" {
-        return (LogTarget::Stderr, None);
+        return (fallback, None);
     }
-    let _ = interactive;
+    let to = match &fallback {
+        LogTarget::Stderr => "stderr".to_owned(),
+        LogTarget::File(p) => p.display().to_string(),
+    };
     (
-        LogTarget::Stderr,
+        fallback,
         Some(format!(
-            "log location \"{location}\" (syslog) is not supported, logging to stderr"
+            "log location \"{location}\" (syslog) is not supported, logging to {to}"
         )),
     )
 }

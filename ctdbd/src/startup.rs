@@ -104,7 +104,9 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     if !args.interactive {
         return daemonize::background(&socket);
     }
-    let (target, logwarn) = logging::log_target(&setup.config.log_location, true);
+    let foreground = std::env::var_os(daemonize::CHILD_MARKER).is_none();
+    let (target, logwarn) =
+        logging::log_target(&setup.config.log_location, foreground, &setup.paths.logdir);
     let level = logging::parse_debug_level(&setup.config.log_level).unwrap_or(3);
     let (log, log_file) = logging::init(&target, level).context("cannot open the log")?;
     if let Some(w) = logwarn {

@@ -249,3 +249,110 @@ fn our_elections_without_a_cluster_lock() {
 fn reference_elections_without_a_cluster_lock() {
     elections_without_a_cluster_lock(Daemon::Reference);
 }
+
+/// Rewrites every node's `ctdb.conf` with `edit` and restarts the cluster.
+fn restart_with_conf(c: &Cluster, edit: impl Fn(&str) -> String) {
+    for k in 0..c.len() {
+        c.kill(k);
+    }
+    for k in 0..c.len() {
+        let p = c.base(k).join("ctdb.conf");
+        let conf = edit(&std::fs::read_to_string(&p).unwrap());
+        std::fs::write(&p, conf).unwrap();
+    }
+    for k in 0..c.len() {
+        c.restart(k);
+    }
+    c.wait_healthy(Duration::from_secs(120));
+}
+
+/// The cluster lock as a `!helper args` command (here the fcntl helper
+/// named explicitly): the leader holds it through that helper.
+fn helper_command_lock(daemon: Daemon) {
+    let c = start(daemon);
+    let lock = c.lock_file();
+    let setting = format!(
+        "!/usr/libexec/ctdb/ctdb_mutex_fcntl_helper {}",
+        lock.display()
+    );
+    restart_with_conf(&c, |conf| {
+        conf.lines()
+            .map(|l| {
+                if l.contains("cluster lock") {
+                    format!("\tcluster lock = {setting}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    });
+    assert_eq!(c.tool_ok(1, &["getreclock"]).trim(), setting);
+    let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    poll_until(
+        Duration::from_secs(30),
+        "the leader to hold the lock",
+        || (lock_holder_node(&c) == Some(leader)).then_some(()),
+    );
+}
+
+#[test]
+fn our_cluster_lock_through_a_helper_command() {
+    helper_command_lock(ours());
+}
+
+#[test]
+fn reference_cluster_lock_through_a_helper_command() {
+    helper_command_lock(Daemon::Reference);
+}
+
+/// A leader whose recoveries keep failing is banned and another node
+/// takes over and recovers; the cluster is never left with every node
+/// banned.
+#[test]
+fn our_leader_failing_recoveries_is_banned() {
+    let tools = tempfile::tempdir().unwrap();
+    let bad = tools.path().join("bad_node");
+    let helper = tools.path().join("failing_helper");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n# Fails the recovery when run by the node named in {bad}.\nb=$(cat {bad} 2>/dev/null)\ncase \"$2\" in */node.$b/*) exit 1;; esac\nexec {HELPER} \"$@\"\n",
+            bad = bad.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    require_reference();
+    let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(&helper));
+    let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    std::fs::write(&bad, leader.to_string()).unwrap();
+    c.tool_ok((leader + 1) % 3, &["setvar", "RerecoveryTimeout", "0"]);
+    let observer = (leader + 1) % 3;
+    // Force a recovery: the leader's helper fails until it is banned.
+    let _ = c.tool(observer, &["recover"]);
+    poll_until(
+        Duration::from_secs(120),
+        "the failing leader to be banned",
+        || {
+            node_line(&c, observer, leader)
+                .contains("BANNED")
+                .then_some(())
+        },
+    );
+    let new = poll_until(Duration::from_secs(90), "a new leader", || {
+        leader_of(&c, observer).filter(|l| *l != leader)
+    });
+    assert_ne!(new, leader);
+    c.wait_status(Duration::from_secs(90), 2, &[leader]);
+    let s = c.tool_ok(observer, &["status"]);
+    assert!(
+        s.contains("Size:2"),
+        "no recovery without the banned node:\n{s}"
+    );
+    assert!(
+        c.log_text(leader).contains("Banning node"),
+        "{}",
+        c.log_tails()
+    );
+}

@@ -403,6 +403,20 @@ impl Recoverd {
         for pnn in bad {
             let count = self.culprits.get(&pnn).map_or(0, |c| c.count);
             info!("Node {pnn} reached {count} banning credits");
+            // Banning the last active node helps nobody: a cluster where
+            // every node is banned serves nothing.
+            let others_active = self
+                .nodemap
+                .nodes
+                .iter()
+                .any(|n| n.pnn != pnn && n.flags & node_flags::INACTIVE == 0);
+            if !others_active {
+                warn!("Not banning node {pnn}: it is the last active node");
+                if let Some(c) = self.culprits.get_mut(&pnn) {
+                    c.count = 0;
+                }
+                continue;
+            }
             self.ban_node(pnn).await;
             if let Some(c) = self.culprits.get_mut(&pnn) {
                 c.count = 0;
