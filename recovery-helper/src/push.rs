@@ -27,16 +27,17 @@ use crate::trace_event;
 /// Record buffers sent but not yet known to be read by the local daemon.
 pub const WINDOW: usize = 2;
 
-/// Pushes the records of `store` for database `db_id` to every active
-/// node; returns the number of records pushed.
+/// Pushes the records of `store` for database `db_id` to `nodes`; returns
+/// the number of records pushed.
 pub async fn push(
     ctx: &Ctx,
+    nodes: &[u32],
     db_id: u32,
     name: &str,
     store: RecordStore,
     policy: Policy,
 ) -> Result<u32> {
-    let nodes = ctx.nodes.pnns.clone();
+    let nodes = nodes.to_vec();
     let srvid = ctx.srvid();
     let start = PullDbExt {
         db_id,
@@ -45,7 +46,11 @@ pub async fn push(
     };
     ctx.all(&nodes, "DB_PUSH_START", ControlRequest::DbPushStart(start))
         .await?;
-    trace_event!("push-start", "db=0x{db_id:08x} name={name}");
+    trace_event!(
+        "push-start",
+        "db=0x{db_id:08x} name={name} nodes={}",
+        nodes.len()
+    );
 
     let limit = (ctx.tun.rec_buffer_size_limit as usize).max(1);
     let persistent = matches!(policy, Policy::Single { persistent: true });

@@ -37,16 +37,19 @@ use crate::trace_event;
 /// Attempts per database before the recovery fails (CTDB's value).
 pub const NUM_RETRIES: u32 = 3;
 
-/// Recovers `db`, retrying; returns whether it was recovered.
-pub async fn recover_db(ctx: Arc<Ctx>, db: DbEntry) -> bool {
+/// Recovers `db`, retrying. On failure, says which database failed last
+/// and, if known, on which node.
+pub async fn recover_db(ctx: Arc<Ctx>, db: DbEntry) -> std::result::Result<(), String> {
     tracing::info!("recover database 0x{:08x}", db.db_id);
+    let mut name = None;
+    let mut last = String::new();
     for attempt in 1..=NUM_RETRIES {
         if attempt > 1 {
             tracing::info!("recover database 0x{:08x}, attempt {attempt}", db.db_id);
         }
         trace_event!("db-start", "db=0x{:08x} attempt={attempt}", db.db_id);
         let t = Instant::now();
-        match recover_once(&ctx, &db).await {
+        match recover_once(&ctx, &db, &mut name).await {
             Ok(name) => {
                 trace_event!("db-done", "db=0x{:08x} name={name}", db.db_id);
                 tracing::debug!(
@@ -54,29 +57,36 @@ pub async fn recover_db(ctx: Arc<Ctx>, db: DbEntry) -> bool {
                     db.db_id,
                     t.elapsed()
                 );
-                return true;
+                return Ok(());
             }
             Err(e) => {
                 let node = e.node().map(|n| n.to_string()).unwrap_or("-".into());
+                last = format!(
+                    "{} (0x{:08x}, node {node})",
+                    name.as_deref().unwrap_or("?"),
+                    db.db_id
+                );
                 trace_event!(
                     "db-failed",
                     "db=0x{:08x} attempt={attempt} node={node}",
                     db.db_id
                 );
                 tracing::error!(
-                    "recovery of database 0x{:08x} failed (attempt {attempt} of {NUM_RETRIES}): {e}",
+                    "recovery of database {} (0x{:08x}) failed (attempt {attempt} of {NUM_RETRIES}): {e}",
+                    name.as_deref().unwrap_or("?"),
                     db.db_id
                 );
             }
         }
     }
-    false
+    Err(last)
 }
 
 /// One attempt; returns the database's name.
-async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry) -> Result<String> {
+async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) -> Result<String> {
     let db_id = db.db_id;
     let name = check_name(ctx, db).await?;
+    *known = Some(name.clone());
     create_missing(ctx, db, &name).await?;
 
     let path = ctx
@@ -127,11 +137,12 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry) -> Result<String> {
         ctx.share,
         dir,
     )));
-    if policy.merges() {
+    let source = if policy.merges() {
         collect_all(ctx, db_id, &name, &store).await?;
+        None
     } else {
-        collect_highest_seqnum(ctx, db_id, &name, &store).await?;
-    }
+        Some(collect_highest_seqnum(ctx, db_id, &name, &store).await?)
+    };
     let store = Arc::into_inner(store)
         .ok_or_else(|| Error::Other("record store still shared".into()))?
         .into_inner()
@@ -150,13 +161,23 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry) -> Result<String> {
         );
     }
 
+    // A persistent database's records are the source node's, unchanged,
+    // less its deleted (empty) records: when it has none, and the pull
+    // brought records (so they were valid), the source already holds
+    // exactly what a push would write, and is left alone.
+    let targets: Vec<u32> = match source {
+        Some(src) if db.persistent() && stats.records > 0 && stats.empty == 0 => {
+            nodes.iter().copied().filter(|&p| p != src).collect()
+        }
+        _ => nodes.clone(),
+    };
     ctx.all(
-        nodes,
+        &targets,
         "WIPE_DATABASE",
         ControlRequest::WipeDatabase(transdb),
     )
     .await?;
-    push(ctx, db_id, &name, store, policy).await?;
+    push(ctx, &targets, db_id, &name, store, policy).await?;
     ctx.all(
         nodes,
         "DB_TRANSACTION_COMMIT",
@@ -266,7 +287,7 @@ async fn collect_highest_seqnum(
     db_id: u32,
     name: &str,
     store: &Mutex<RecordStore>,
-) -> Result<()> {
+) -> Result<u32> {
     let nodes = &ctx.nodes.pnns;
     let replies = ctx
         .all(
@@ -295,5 +316,5 @@ async fn collect_highest_seqnum(
             .ban_credit(pnn, &format!("failed to pull db {name}"));
         return Err(e);
     }
-    Ok(())
+    Ok(pnn)
 }

@@ -105,9 +105,12 @@ pub async fn run(client: Client, socket: PathBuf, generation: u32, opts: Options
         .map(|db| tokio::spawn(recover_db(ctx.clone(), db)))
         .collect();
     let mut recovered = 0;
+    let mut failed = Vec::new();
     for t in tasks {
-        if matches!(t.await, Ok(true)) {
-            recovered += 1;
+        match t.await {
+            Ok(Ok(())) => recovered += 1,
+            Ok(Err(what)) => failed.push(what),
+            Err(e) => failed.push(format!("task: {e}")),
         }
     }
     tracing::info!("{recovered} of {total} databases recovered");
@@ -122,8 +125,9 @@ pub async fn run(client: Client, socket: PathBuf, generation: u32, opts: Options
             tracing::error!("failed to ban node: {e}");
         }
         return Err(Error::Other(format!(
-            "{} of {total} databases could not be recovered",
-            total - recovered
+            "{} of {total} databases could not be recovered: {}",
+            total - recovered,
+            failed.join(", ")
         )));
     }
 

@@ -324,6 +324,8 @@ enum State {
 pub struct StoreStats {
     pub chunks: u64,
     pub records: u64,
+    /// Records with a header and no data (deleted records).
+    pub empty: u64,
     pub bytes: u64,
     pub spilled: bool,
 }
@@ -383,6 +385,9 @@ impl RecordStore {
             };
             if vlen < ctdb_protocol::types::LtdbHeader::WIRE_SIZE {
                 return Err(StoreError::NoHeader(vlen));
+            }
+            if vlen == ctdb_protocol::types::LtdbHeader::WIRE_SIZE {
+                self.stats.empty += 1;
             }
             buf[off + 4..off + 8].copy_from_slice(&node_idx.to_le_bytes());
             off += len;

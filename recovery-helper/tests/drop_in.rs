@@ -26,11 +26,12 @@ fn check_all(c: &ctdb_tests::Cluster, nodes: &[usize], vol_expect: &[(String, St
         assert_eq!(held.data, v.as_bytes(), "volatile record {k}");
     }
     let pers = assert_identical(c, nodes, "pers1", false);
-    // 3000 records and the sequence number record.
-    assert_eq!(pers.len(), 3001);
-    for (k, v) in kv("pk", 3000) {
+    // 2999 records (one was deleted) and the sequence number record.
+    assert_eq!(pers.len(), 3000);
+    for (k, v) in kv("pk", 3000).into_iter().skip(1) {
         assert_eq!(pers[k.as_bytes()].data, v.as_bytes());
     }
+    assert!(!pers.contains_key(b"pk00000".as_slice()));
     let repl = assert_identical(c, nodes, "repl1", false);
     for (k, v) in kv("rk", 20) {
         assert_eq!(repl[k.as_bytes()].data, v.as_bytes());
@@ -70,6 +71,9 @@ fn drop_in_recovers_every_kind_through_recover_kill_and_stop() {
     // A 3000-record persistent database and a replicated database.
     tool(&c, 0, &["attach", "pers1", "persistent"]);
     ptrans(&c, 1, "pers1", &kv("pk", 3000));
+    // A deleted record stays as a header without data until a recovery
+    // drops it (and makes the helper push to every node).
+    tool(&c, 0, &["pdelete", "pers1", "pk00000"]);
     tool(&c, 0, &["attach", "repl1", "replicated"]);
     ptrans(&c, 2, "repl1", &kv("rk", 20));
     let dbmap = tool(&c, 0, &["getdbmap"]);
@@ -116,6 +120,17 @@ fn drop_in_recovers_every_kind_through_recover_kill_and_stop() {
     tool(&c, stopped, &["continue"]);
     c.wait_healthy(LIMIT);
     check_all(&c, &[0, 1, 2], &expect);
+
+    // The first recovery pushed the persistent database to every node (its
+    // source had a deleted record to drop); later ones left the source
+    // alone, as it already held exactly the records to push.
+    let pushes: Vec<u64> = events(&trace)
+        .iter()
+        .filter(|e| e.ev == "push-start" && e.get("name") == "pers1")
+        .map(|e| e.num("nodes"))
+        .collect();
+    assert_eq!(pushes.first(), Some(&3), "{pushes:?}");
+    assert!(pushes.contains(&2), "{pushes:?}");
 
     // Every helper run succeeded, and no daemon logged a failed recovery.
     let all = runs(&events(&trace));
