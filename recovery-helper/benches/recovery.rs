@@ -47,7 +47,7 @@ fn wrap(args: &[String]) -> ! {
     let wall = t.elapsed();
     let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .expect("getrusage");
-    let tv_us = |t: nix::sys::time::TimeVal| t.tv_sec() as i64 * 1_000_000 + t.tv_usec() as i64;
+    let tv_us = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
     let line = format!(
         "{target} {} {} {} {}\n",
         wall.as_micros(),
