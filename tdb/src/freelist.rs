@@ -203,6 +203,7 @@ impl Inner {
         }
         let length = length as u32;
 
+        let mut expansions = 0;
         for _attempt in 0..16 {
             let mut merge_created_candidate = false;
             let mut last = FREELIST_TOP;
@@ -252,6 +253,12 @@ impl Inner {
             if merge_created_candidate {
                 continue;
             }
+            // One expansion always makes room in a sound file; if the new
+            // space cannot be found after that, the freelist is damaged.
+            if expansions == 2 {
+                break;
+            }
+            expansions += 1;
             self.expand(length + REC_SIZE)?;
         }
         Err(Error::corrupt(

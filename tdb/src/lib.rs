@@ -132,10 +132,80 @@ pub fn tdbdump_record(key: &[u8], data: &[u8]) -> String {
     s
 }
 
-/// Hooks for crash testing. Not part of the stable API.
+/// Hooks for crash testing and fuzzing. Not part of the stable API.
 #[doc(hidden)]
 pub mod testing {
+    use std::ops::ControlFlow;
+    use std::path::Path;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    use crate::{OpenOptions, StoreMode};
+
+    /// Open the (possibly damaged) file at `path` in several ways and run
+    /// every kind of operation on it, ignoring errors. Used by the fuzz
+    /// target and the hostile-file tests: it must never panic, hang or touch
+    /// memory outside the file.
+    pub fn exercise(path: &Path) {
+        for variant in 0..3 {
+            let mut o = OpenOptions::new();
+            o.no_sync(true);
+            match variant {
+                0 => o.read_only(true),
+                1 => o.max_dead(2),
+                _ => o.no_mmap(true),
+            };
+            let Ok(db) = o.open(path) else { continue };
+            let _ = db.check();
+            let mut keys = Vec::new();
+            let _ = db.traverse_read(|k, _| {
+                if keys.len() < 16 {
+                    keys.push(k.to_vec());
+                }
+                ControlFlow::Continue(())
+            });
+            for k in &keys {
+                let _ = db.fetch(k);
+                let _ = db.exists(k);
+            }
+            let _ = db.fetch(b"missing key");
+            for item in db.iter().take(64) {
+                if item.is_err() {
+                    break;
+                }
+            }
+            if variant == 0 {
+                continue;
+            }
+            let _ = db.store(b"fuzz", b"value", StoreMode::Replace);
+            let _ = db.store(b"fuzz", &[7u8; 300], StoreMode::Replace);
+            for k in keys.iter().take(4) {
+                let _ = db.store(k, b"new", StoreMode::Modify);
+                let _ = db.delete(k);
+            }
+            let mut n = 0;
+            let _ = db.traverse(|k, _| {
+                let _ = db.delete(k);
+                n += 1;
+                if n > 64 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if let Ok(tx) = db.transaction_start() {
+                let _ = tx.store(b"in tx", &[1u8; 100], StoreMode::Replace);
+                let _ = tx.delete(b"fuzz");
+                let _ = tx.commit();
+            }
+            if let Ok(g) = db.chainlock_nonblock(b"fuzz") {
+                let _ = g.fetch(b"fuzz");
+                let _ = g.store(b"fuzz", b"x", StoreMode::Replace);
+            }
+            let _ = db.freelist_size();
+            let _ = db.record_count();
+            let _ = db.check();
+        }
+    }
 
     static CRASH_AT: AtomicU32 = AtomicU32::new(0);
 

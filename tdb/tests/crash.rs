@@ -33,7 +33,10 @@ fn state(t: u64) -> State {
     s.insert(b"counter".to_vec(), t.to_string().into_bytes());
     for x in t.saturating_sub(9)..=t {
         if x > 0 && x % 2 == 0 {
-            s.insert(format!("e{x}").into_bytes(), vec![x as u8; (x % 97) as usize * 40]);
+            s.insert(
+                format!("e{x}").into_bytes(),
+                vec![x as u8; (x % 97) as usize * 40],
+            );
         }
     }
     s
@@ -48,7 +51,7 @@ fn apply(db: &Tdb, t: u64) {
     }
     tx.store(b"counter", t.to_string().as_bytes(), StoreMode::Replace)
         .unwrap();
-    if t % 2 == 0 {
+    if t.is_multiple_of(2) {
         tx.store(
             format!("e{t}").as_bytes(),
             &vec![t as u8; (t % 97) as usize * 40],
@@ -56,7 +59,7 @@ fn apply(db: &Tdb, t: u64) {
         )
         .unwrap();
     }
-    if t > 10 && t % 2 == 0 {
+    if t > 10 && t.is_multiple_of(2) {
         tx.delete(format!("e{}", t - 10).as_bytes()).unwrap();
     }
     tx.commit().unwrap();
@@ -137,7 +140,10 @@ fn current(db: &Tdb) -> u64 {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(got == state(t), "database is not the state of a whole transaction (counter {t})");
+    assert!(
+        got == state(t),
+        "database is not the state of a whole transaction (counter {t})"
+    );
     t
 }
 
@@ -148,7 +154,10 @@ fn verify_with_libtdb(path: &Path, mode: Mode) -> u64 {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(got == state(t), "libtdb sees a partial transaction (counter {t})");
+    assert!(
+        got == state(t),
+        "libtdb sees a partial transaction (counter {t})"
+    );
     lib.store(b"libtdb was here", b"1");
     assert!(lib.delete(b"libtdb was here"));
     lib.close();
@@ -185,9 +194,19 @@ fn one_round(dir: &Path, path: &Path, mode: Mode, rng: &mut Rng, round: u32) -> 
     };
     // Either a crash point chosen at random inside the commit code (each
     // commit passes several), or a SIGKILL at a random moment.
-    let by_point = round % 2 == 0;
-    let point = if by_point { 1 + rng.below(40) as u32 } else { 0 };
-    let spec = format!("{}|{}|{}|{}", path.display(), mode.name(), before + 1, point);
+    let by_point = round.is_multiple_of(2);
+    let point = if by_point {
+        1 + rng.below(40) as u32
+    } else {
+        0
+    };
+    let spec = format!(
+        "{}|{}|{}|{}",
+        path.display(),
+        mode.name(),
+        before + 1,
+        point
+    );
     let mut child = spawn_child("crash_child", &[(CHILD_ENV, spec)]);
     let mut lines = ChildLines::new(&mut child);
     assert_eq!(lines.next_line().as_deref(), Some("open"));
@@ -236,7 +255,10 @@ fn one_round(dir: &Path, path: &Path, mode: Mode, rng: &mut Rng, round: u32) -> 
         ours == acked || ours == acked + 1,
         "round {round}: acked {acked}, found {ours}"
     );
-    assert_eq!(ours, theirs, "round {round}: engines disagree after recovery");
+    assert_eq!(
+        ours, theirs,
+        "round {round}: engines disagree after recovery"
+    );
     rolled_back
 }
 
@@ -262,7 +284,10 @@ fn crash_rounds(mode: Mode, rounds: u32, seed: u64) {
     eprintln!("{mode:?}: {rounds} kills, {recoveries} left an interrupted commit to roll back");
     // The crash points guarantee some kills land between setting and
     // clearing the recovery magic.
-    assert!(recoveries >= rounds / 8, "only {recoveries} rollbacks in {rounds} rounds");
+    assert!(
+        recoveries >= rounds / 8,
+        "only {recoveries} rollbacks in {rounds} rounds"
+    );
 }
 
 #[test]
@@ -300,7 +325,13 @@ fn crash_while_another_process_has_it_open() {
     for round in 0..10 {
         let before = current(&db);
         let point = 2 + rng.below(12) as u32;
-        let spec = format!("{}|{}|{}|{}", path.display(), mode.name(), before + 1, point);
+        let spec = format!(
+            "{}|{}|{}|{}",
+            path.display(),
+            mode.name(),
+            before + 1,
+            point
+        );
         let mut child = spawn_child("crash_child", &[(CHILD_ENV, spec)]);
         let mut lines = ChildLines::new(&mut child);
         let mut acked = before;
@@ -313,7 +344,10 @@ fn crash_while_another_process_has_it_open() {
         let t0 = Instant::now();
         let now = current(&db);
         assert!(t0.elapsed() < Duration::from_secs(10));
-        assert!(now == acked || now == acked + 1, "round {round}: acked {acked}, found {now}");
+        assert!(
+            now == acked || now == acked + 1,
+            "round {round}: acked {acked}, found {now}"
+        );
         db.check().unwrap();
     }
 }

@@ -31,7 +31,9 @@ fn holder_child() {
     let _all;
     if what.starts_with("chain") {
         _chain = db.chainlock(b"contended").unwrap();
-        _chain.store(b"contended", b"half-done", StoreMode::Replace).unwrap();
+        _chain
+            .store(b"contended", b"half-done", StoreMode::Replace)
+            .unwrap();
     } else {
         _all = db.lockall().unwrap();
     }
@@ -48,17 +50,26 @@ fn dies_holding(what: &str, mutex: bool) {
     assert_eq!(db.uses_mutexes(), mutex);
     db.store(b"other", b"x", StoreMode::Replace).unwrap();
     let kind = format!("{what}-{}", if mutex { "mutex" } else { "fcntl" });
-    let mut child = spawn_child("holder_child", &[(CHILD_ENV, format!("{}|{kind}", path.display()))]);
+    let mut child = spawn_child(
+        "holder_child",
+        &[(CHILD_ENV, format!("{}|{kind}", path.display()))],
+    );
     let mut lines = ChildLines::new(&mut child);
     assert_eq!(lines.next_line().as_deref(), Some("locked"));
 
-    assert!(matches!(db.chainlock_nonblock(b"contended"), Err(Error::WouldBlock)));
+    assert!(matches!(
+        db.chainlock_nonblock(b"contended"),
+        Err(Error::WouldBlock)
+    ));
     sigkill(&child);
     child.wait().unwrap();
 
     // The next locker gets it, without blocking.
-    let g = db.chainlock_nonblock(b"contended").expect("lock of a dead holder is free");
-    g.store(b"contended", b"recovered", StoreMode::Replace).unwrap();
+    let g = db
+        .chainlock_nonblock(b"contended")
+        .expect("lock of a dead holder is free");
+    g.store(b"contended", b"recovered", StoreMode::Replace)
+        .unwrap();
     drop(g);
     assert_eq!(db.fetch(b"contended").unwrap().unwrap(), b"recovered");
     drop(db.lockall_nonblock().expect("all-record lock free too"));
@@ -71,7 +82,10 @@ fn dies_holding(what: &str, mutex: bool) {
         0
     };
     let mut lib = LibTdb::open(&path, 0, f);
-    assert_eq!(lib.cmd(&format!("chainlock_nonblock {}", hex(b"contended"))), "ok");
+    assert_eq!(
+        lib.cmd(&format!("chainlock_nonblock {}", hex(b"contended"))),
+        "ok"
+    );
     assert_eq!(lib.cmd(&format!("chainunlock {}", hex(b"contended"))), "ok");
     assert_eq!(lib.fetch(b"contended").unwrap(), b"recovered");
     lib.close();
@@ -105,12 +119,17 @@ fn dead_libtdb_holder() {
     let mut lib = LibTdb::open(&path, 0, flags::MUTEX_LOCKING | flags::INCOMPATIBLE_HASH);
     assert_eq!(lib.cmd(&format!("chainlock {}", hex(b"k"))), "ok");
     let pid: i32 = lib.cmd("pid").parse().unwrap();
-    assert!(matches!(db.chainlock_nonblock(b"k"), Err(Error::WouldBlock)));
+    assert!(matches!(
+        db.chainlock_nonblock(b"k"),
+        Err(Error::WouldBlock)
+    ));
     // SAFETY: killing the python helper we started.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
     drop(lib);
-    let g = db.chainlock_nonblock(b"k").expect("dead libtdb holder's mutex is ours");
+    let g = db
+        .chainlock_nonblock(b"k")
+        .expect("dead libtdb holder's mutex is ours");
     g.store(b"k", b"v", StoreMode::Insert).unwrap();
 }
