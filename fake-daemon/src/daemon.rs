@@ -1,5 +1,5 @@
-//! The fake daemon's state and what changes it: the scripted cluster plus
-//! what clients did to it (attached databases, tunables, flags, srvids).
+//! The fake daemon's state: the script, the cluster of daemon cores built
+//! from it, databases, clients and tickles.
 //!
 //! Handlers never touch sockets: they queue outgoing packets and delayed
 //! work in an [`Effects`] that the connection task carries out after
@@ -10,26 +10,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ctdb_protocol::header::{CTDB_UNKNOWN_PNN, INVALID_GENERATION};
-use ctdb_protocol::types::{Connection, Timeval};
-use ctdb_protocol::{Body, ControlReply, Header, Operation, Packet, ReplyControl, ReqMessage};
+use ctdb_protocol::types::{Connection, EchoData, Timeval};
+use ctdb_protocol::{Body, Header, Operation, Packet, ReplyControl, ReqMessage};
+use ctdbd::messaging::ClientId;
 
+use crate::cluster::Cluster;
 use crate::db::Database;
 use crate::state::ClusterState;
-use crate::tunables::Tunables;
-
-/// A connected client.
-pub struct ClientInfo {
-    /// The client's process id (from the socket's peer credentials).
-    pub pid: i32,
-    /// Where to queue packets for it.
-    pub tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
-}
 
 /// Work to do after a packet has been handled.
 #[derive(Default)]
 pub struct Effects {
     /// Encoded packets for clients, by client id.
-    pub send: Vec<(u64, Vec<u8>)>,
+    pub send: Vec<(ClientId, Vec<u8>)>,
     /// Delayed work.
     pub later: Vec<Later>,
     /// Stop the daemon.
@@ -40,73 +33,69 @@ pub struct Effects {
 pub enum Later {
     /// Finish a recovery (`SET_RECMODE` active), then reply to the client
     /// that asked.
-    Recovery { client: u64, reply_to: Header },
-    /// Lift a ban of node `pnn` after `after`, if it is still ban `serial`.
-    Unban {
-        pnn: u32,
-        serial: u64,
-        after: Duration,
-    },
+    Recovery { client: ClientId, reply_to: Header },
+    /// Lift node `pnn`'s ban if it has run out by then.
+    ExpireBan { pnn: u32, after: Duration },
     /// Re-enable recoveries on node `pnn` after `after`, if still `serial`.
     EnableRecoveries {
         pnn: u32,
         serial: u64,
         after: Duration,
     },
+    /// `ECHO_DATA`: reply after the delay the client asked for.
+    Echo {
+        client: ClientId,
+        reply_to: Header,
+        delay: Duration,
+        data: EchoData,
+    },
 }
 
 /// Everything the fake daemon knows.
 pub struct Daemon {
+    /// The script (control failures, interfaces, public addresses, ...).
     pub st: ClusterState,
+    /// The nodes, each a daemon core.
+    pub cluster: Cluster,
     pub dbdir: PathBuf,
     pub dbs: Vec<Database>,
-    pub tunables: Tunables,
-    pub log_level: u32,
-    pub recmode: u32,
-    pub start_time: Timeval,
-    pub recovery_start: Timeval,
-    pub recovery_end: Timeval,
-    pub clients: HashMap<u64, ClientInfo>,
-    /// Registered srvids: srvid -> client ids.
-    pub srvids: HashMap<u64, Vec<u64>>,
+    /// Where to queue packets for each connected client.
+    pub clients: HashMap<ClientId, tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     /// Tickle lists, by (node, public address).
     pub tickles: HashMap<(u32, String), Vec<Connection>>,
-    /// Ban serials per node, so an expired timer never lifts a newer ban.
-    pub ban_serial: HashMap<u32, u64>,
     pub serial: u64,
 }
 
 impl Daemon {
     /// A daemon for `st`, with its databases' files under `dbdir`.
-    pub fn new(mut st: ClusterState, dbdir: PathBuf) -> anyhow::Result<Daemon> {
-        let now = Timeval::now();
-        if st.generation == INVALID_GENERATION {
-            st.generation = new_generation(st.generation);
-        }
+    pub fn new(st: ClusterState, dbdir: PathBuf) -> anyhow::Result<Daemon> {
+        let generation = if st.generation == INVALID_GENERATION {
+            new_generation(st.generation)
+        } else {
+            st.generation
+        };
         let mut dbs = Vec::new();
         for d in &st.dbs {
             dbs.push(Database::open(&dbdir, d.id, &d.name, d.flags, d.seqnum)?);
         }
         Ok(Daemon {
+            cluster: Cluster::new(&st, generation),
             st,
             dbdir,
             dbs,
-            tunables: Tunables::default(),
-            log_level: 0,
-            recmode: 0,
-            start_time: now,
-            recovery_start: now,
-            recovery_end: now,
             clients: HashMap::new(),
-            srvids: HashMap::new(),
             tickles: HashMap::new(),
-            ban_serial: HashMap::new(),
             serial: 0,
         })
     }
 
-    pub fn num_clients(&self) -> usize {
-        self.clients.len()
+    /// The current node (the one clients are connected to).
+    pub fn pnn(&self) -> u32 {
+        self.cluster.view.pnn
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.cluster.vnnmap.generation
     }
 
     pub fn db(&self, id: u32) -> Option<&Database> {
@@ -122,15 +111,35 @@ impl Daemon {
         self.serial
     }
 
+    /// A client connected.
+    pub fn add_client(
+        &mut self,
+        id: ClientId,
+        pid: i32,
+        tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) {
+        self.clients.insert(id, tx);
+        self.cluster.add_client(id, pid);
+    }
+
+    /// A client went away: forgets it and its srvids, and sends the
+    /// messages it registered for that moment.
+    pub fn remove_client(&mut self, fx: &mut Effects, id: ClientId) {
+        self.clients.remove(&id);
+        for n in self.cluster.remove_client(id) {
+            self.dispatch(fx, self.pnn(), n.srvid, &n.data);
+        }
+    }
+
     /// A header for a packet this daemon sends in answer to `req`.
     pub fn answer_header(&self, op: Operation, req: &Header) -> Header {
         let mut h = Header::new(op, req.srcnode, req.destnode, req.reqid);
-        h.generation = self.st.generation;
+        h.generation = self.generation();
         h
     }
 
     /// Queues a control reply to `client`.
-    pub fn reply(&self, fx: &mut Effects, client: u64, req: &Header, reply: ReplyControl) {
+    pub fn reply(&self, fx: &mut Effects, client: ClientId, req: &Header, reply: ReplyControl) {
         let h = self.answer_header(Operation::ReplyControl, req);
         fx.send
             .push((client, Packet::new(h, Body::ReplyControl(reply)).encode()));
@@ -140,7 +149,7 @@ impl Daemon {
     pub fn message_to(
         &self,
         fx: &mut Effects,
-        client: u64,
+        client: ClientId,
         req: &Header,
         srvid: u64,
         data: Vec<u8>,
@@ -156,12 +165,9 @@ impl Daemon {
     /// Queues `data` for every client that registered `srvid`, as sent by
     /// node `src`.
     pub fn dispatch(&self, fx: &mut Effects, src: u32, srvid: u64, data: &[u8]) {
-        let Some(ids) = self.srvids.get(&srvid) else {
-            return;
-        };
-        for &id in ids {
-            let mut h = Header::new(Operation::ReqMessage, self.st.pnn, src, 0);
-            h.generation = self.st.generation;
+        for id in self.cluster.recipients(srvid) {
+            let mut h = Header::new(Operation::ReqMessage, self.pnn(), src, 0);
+            h.generation = self.generation();
             fx.send.push((
                 id,
                 Packet::new(h, Body::ReqMessage(ReqMessage::data(srvid, data.to_vec()))).encode(),
@@ -169,25 +175,17 @@ impl Daemon {
         }
     }
 
+    /// Starts a recovery.
+    pub fn start_recovery(&mut self) {
+        self.cluster.recovery_started = Timeval::now();
+    }
+
     /// Ends a recovery: normal mode, a new generation.
     pub fn finish_recovery(&mut self) {
-        self.recmode = 0;
-        self.recovery_end = Timeval::now();
-        self.st.generation = new_generation(self.st.generation);
-    }
-
-    /// Whether some node has recoveries disabled.
-    pub fn recoveries_disabled(&self) -> bool {
-        self.st.nodes.iter().any(|n| n.recovery_disabled != 0)
-    }
-
-    /// Forgets a client and its srvids.
-    pub fn remove_client(&mut self, id: u64) {
-        self.clients.remove(&id);
-        for ids in self.srvids.values_mut() {
-            ids.retain(|c| *c != id);
-        }
-        self.srvids.retain(|_, ids| !ids.is_empty());
+        let c = &mut self.cluster;
+        c.recmode = ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
+        c.recovery_finished = Timeval::now();
+        c.vnnmap.generation = new_generation(c.vnnmap.generation);
     }
 
     /// The leader broadcast: the leader's pnn to every `LEADER` listener.
@@ -216,9 +214,4 @@ pub fn new_generation(old: u32) -> u32 {
             return g;
         }
     }
-}
-
-/// A successful reply with no data for `op`'s empty reply variant.
-pub fn ok_empty(data: ControlReply) -> ReplyControl {
-    ReplyControl::ok(data)
 }

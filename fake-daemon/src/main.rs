@@ -5,12 +5,13 @@
 //! served, with the server's pid in PIDFILE. SIGTERM (or a client's
 //! `SHUTDOWN` control) stops it and removes SOCKET and PIDFILE.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::exit;
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
 
 use fake_ctdbd::daemon::Daemon;
 use fake_ctdbd::state::ClusterState;
@@ -215,7 +216,8 @@ fn run_server(
             return 1;
         }
     };
-    let code = rt.block_on(async move {
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(&rt, async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -227,7 +229,7 @@ fn run_server(
             return 1;
         }
         drop(f);
-        let shared = Arc::new(Mutex::new(daemon));
+        let shared = Rc::new(RefCell::new(daemon));
         tokio::select! {
             r = fake_ctdbd::server::serve(listener, shared) => {
                 if let Err(e) = r {

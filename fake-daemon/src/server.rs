@@ -1,8 +1,9 @@
 //! The socket side: accepting clients, reading their packets, routing each
 //! to the node(s) it is addressed to, and writing replies and messages.
 
+use std::cell::RefCell;
 use std::os::unix::net::UnixListener as StdListener;
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
 use std::time::Duration;
 
 use ctdb_protocol::call::{ReplyCall, ReqCall};
@@ -23,26 +24,29 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 
 use crate::controls;
-use crate::daemon::{ClientInfo, Daemon, Effects, Later};
+use ctdbd::messaging::ClientId;
 
-/// The daemon shared by every connection.
-pub type Shared = Arc<Mutex<Daemon>>;
+use crate::daemon::{Daemon, Effects, Later};
+
+/// The daemon shared by every connection. Everything runs on one thread
+/// (a `LocalSet`): the daemon cores are not `Send`.
+pub type Shared = Rc<RefCell<Daemon>>;
 
 /// Serves clients on `listener` until a client asks for shutdown; then
 /// returns.
 pub async fn serve(listener: StdListener, daemon: Shared) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
-    let stop = Arc::new(Notify::new());
-    tokio::spawn(leader_broadcasts(Arc::clone(&daemon)));
-    let mut next_id = 1u64;
+    let stop = Rc::new(Notify::new());
+    tokio::task::spawn_local(leader_broadcasts(Rc::clone(&daemon)));
+    let mut next_id: ClientId = 1;
     loop {
         tokio::select! {
             r = listener.accept() => {
                 let (stream, _) = r?;
                 let id = next_id;
                 next_id += 1;
-                tokio::spawn(client(id, stream, Arc::clone(&daemon), Arc::clone(&stop)));
+                tokio::task::spawn_local(client(id, stream, Rc::clone(&daemon), Rc::clone(&stop)));
             }
             _ = stop.notified() => return Ok(()),
         }
@@ -54,7 +58,7 @@ pub async fn serve(listener: StdListener, daemon: Shared) -> std::io::Result<()>
 async fn leader_broadcasts(daemon: Shared) {
     loop {
         {
-            let d = daemon.lock().unwrap();
+            let d = daemon.borrow_mut();
             let mut fx = Effects::default();
             d.leader_broadcast(&mut fx);
             deliver(&d, fx.send);
@@ -64,19 +68,19 @@ async fn leader_broadcasts(daemon: Shared) {
 }
 
 /// Queues packets on their clients' connections.
-fn deliver(d: &Daemon, send: Vec<(u64, Vec<u8>)>) {
+fn deliver(d: &Daemon, send: Vec<(ClientId, Vec<u8>)>) {
     for (id, pkt) in send {
-        if let Some(c) = d.clients.get(&id) {
-            let _ = c.tx.send(pkt);
+        if let Some(tx) = d.clients.get(&id) {
+            let _ = tx.send(pkt);
         }
     }
 }
 
 /// Carries out handlers' effects: packets now, delayed work later.
-fn apply(daemon: &Shared, d: &Daemon, fx: Effects, stop: &Arc<Notify>) {
+fn apply(daemon: &Shared, d: &Daemon, fx: Effects, stop: &Rc<Notify>) {
     deliver(d, fx.send);
     for l in fx.later {
-        tokio::spawn(later(Arc::clone(daemon), l));
+        tokio::task::spawn_local(later(Rc::clone(daemon), l));
     }
     if fx.shutdown {
         stop.notify_one();
@@ -90,14 +94,14 @@ async fn later(daemon: Shared, work: Later) {
             // for a second.
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let mut d = daemon.lock().unwrap();
-                if !d.recoveries_disabled() {
-                    d.recovery_start = ctdb_protocol::types::Timeval::now();
+                let mut d = daemon.borrow_mut();
+                if !d.cluster.recoveries_disabled() {
+                    d.start_recovery();
                     break;
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut d = daemon.lock().unwrap();
+            let mut d = daemon.borrow_mut();
             d.finish_recovery();
             let mut fx = Effects::default();
             d.reply(
@@ -108,41 +112,47 @@ async fn later(daemon: Shared, work: Later) {
             );
             deliver(&d, fx.send);
         }
-        Later::Unban { pnn, serial, after } => {
+        Later::ExpireBan { pnn, after } => {
             tokio::time::sleep(after).await;
-            let mut d = daemon.lock().unwrap();
-            if d.ban_serial.get(&pnn) == Some(&serial) {
-                d.ban_serial.remove(&pnn);
-                if let Some(n) = d.st.nodes.get_mut(pnn as usize) {
-                    n.flags &= !node_flags::BANNED;
-                }
+            let mut d = daemon.borrow_mut();
+            if let Some(c) = d.cluster.cores.get_mut(pnn as usize) {
+                c.node.expire_ban(std::time::Instant::now());
             }
         }
         Later::EnableRecoveries { pnn, serial, after } => {
             tokio::time::sleep(after).await;
-            let mut d = daemon.lock().unwrap();
-            if let Some(n) = d.st.nodes.get_mut(pnn as usize)
-                && n.recovery_disabled == serial
+            let mut d = daemon.borrow_mut();
+            if let Some(s) = d.cluster.recovery_disabled.get_mut(pnn as usize)
+                && *s == serial
             {
-                n.recovery_disabled = 0;
+                *s = 0;
             }
+        }
+        Later::Echo {
+            client,
+            reply_to,
+            delay,
+            data,
+        } => {
+            tokio::time::sleep(delay).await;
+            let d = daemon.borrow_mut();
+            let mut fx = Effects::default();
+            let r = ReplyControl::ok(ctdb_protocol::ControlReply::EchoData(data));
+            d.reply(&mut fx, client, &reply_to, r);
+            deliver(&d, fx.send);
         }
     }
 }
 
 /// One client connection.
-async fn client(id: u64, stream: tokio::net::UnixStream, daemon: Shared, stop: Arc<Notify>) {
+async fn client(id: ClientId, stream: tokio::net::UnixStream, daemon: Shared, stop: Rc<Notify>) {
     let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(-1);
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    daemon
-        .lock()
-        .unwrap()
-        .clients
-        .insert(id, ClientInfo { pid, tx });
+    daemon.borrow_mut().add_client(id, pid, tx);
     tracing::info!("New client id={id} pid={pid}");
 
-    let writer = tokio::spawn(async move {
+    let writer = tokio::task::spawn_local(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = first;
             while let Ok(more) = rx.try_recv() {
@@ -160,25 +170,30 @@ async fn client(id: u64, stream: tokio::net::UnixStream, daemon: Shared, stop: A
     let mut frames = FramedRead::new(rd, PacketCodec::default());
     while let Some(frame) = frames.next().await {
         let Ok(frame) = frame else { break };
-        let mut d = daemon.lock().unwrap();
+        let mut d = daemon.borrow_mut();
         let mut fx = Effects::default();
         packet(&mut d, &mut fx, id, &frame);
         apply(&daemon, &d, fx, &stop);
     }
-    daemon.lock().unwrap().remove_client(id);
+    {
+        let mut d = daemon.borrow_mut();
+        let mut fx = Effects::default();
+        d.remove_client(&mut fx, id);
+        deliver(&d, fx.send);
+    }
     writer.abort();
     tracing::info!("Client done id={id}");
 }
 
 /// Routes one packet to the node(s) it is for.
-pub fn packet(d: &mut Daemon, fx: &mut Effects, client: u64, buf: &[u8]) {
+pub fn packet(d: &mut Daemon, fx: &mut Effects, client: ClientId, buf: &[u8]) {
     let Ok((mut h, _)) = Header::pull(buf) else {
         return;
     };
     if h.length as usize != buf.len() {
         return;
     }
-    let me = d.st.pnn;
+    let me = d.pnn();
     if h.srcnode == CTDB_CURRENT_NODE {
         h.srcnode = me;
     }
@@ -186,20 +201,21 @@ pub fn packet(d: &mut Daemon, fx: &mut Effects, client: u64, buf: &[u8]) {
         h.destnode = me;
     }
     let body = &buf[HEADER_LEN..];
-    let n = d.st.nodes.len() as u32;
+    let n = d.cluster.len();
+    let flags = |i: u32| d.cluster.flags(i);
     let targets: Vec<u32> = match h.destnode {
         CTDB_BROADCAST_ALL => (0..n).collect(),
         CTDB_BROADCAST_CONNECTED => (0..n)
-            .filter(|&i| d.st.nodes[i as usize].flags & node_flags::DISCONNECTED == 0)
+            .filter(|&i| flags(i) & node_flags::DISCONNECTED == 0)
             .collect(),
         CTDB_BROADCAST_ACTIVE => (0..n)
-            .filter(|&i| d.st.nodes[i as usize].flags & node_flags::INACTIVE == 0)
+            .filter(|&i| flags(i) & node_flags::INACTIVE == 0)
             .collect(),
         dest if dest > n => {
             eprintln!("Invalid destination pnn 0x{dest:x}");
             return;
         }
-        dest if dest < n && d.st.nodes[dest as usize].flags & node_flags::DISCONNECTED != 0 => {
+        dest if dest < n && flags(dest) & node_flags::DISCONNECTED != 0 => {
             eprintln!("Packet for disconnected node pnn {dest}");
             return;
         }
@@ -217,7 +233,7 @@ pub fn packet(d: &mut Daemon, fx: &mut Effects, client: u64, buf: &[u8]) {
     }
 }
 
-fn control(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8]) {
+fn control(d: &mut Daemon, fx: &mut Effects, client: ClientId, h: &Header, body: &[u8]) {
     let req = match ReqControl::pull(body) {
         Ok((r, _)) => r,
         Err(e) => {
@@ -226,7 +242,7 @@ fn control(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8
                 .get(20..24)
                 .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()));
             tracing::debug!("control {opcode} not understood: {e}");
-            if h.destnode < d.st.nodes.len() as u32 {
+            if h.destnode < d.cluster.len() {
                 controls::unknown(d, fx, client, h, opcode, flags);
             } else {
                 d.reply(fx, client, h, ReplyControl::error(-1, "Invalid node"));
@@ -234,7 +250,7 @@ fn control(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8
             return;
         }
     };
-    if h.destnode >= d.st.nodes.len() as u32 {
+    if h.destnode >= d.cluster.len() {
         d.reply(fx, client, h, ReplyControl::error(-1, "Invalid node"));
         return;
     }
@@ -246,12 +262,12 @@ fn control(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8
     controls::handle(d, fx, client, h, &req);
 }
 
-fn reply_int(d: &Daemon, fx: &mut Effects, client: u64, h: &Header, srvid: u64, v: i32) {
+fn reply_int(d: &Daemon, fx: &mut Effects, client: ClientId, h: &Header, srvid: u64, v: i32) {
     d.message_to(fx, client, h, srvid, v.to_le_bytes().to_vec());
 }
 
-fn message(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8]) {
-    if h.destnode >= d.st.nodes.len() as u32 {
+fn message(d: &mut Daemon, fx: &mut Effects, client: ClientId, h: &Header, body: &[u8]) {
+    if h.destnode >= d.cluster.len() {
         eprintln!("Invalid node {}", h.destnode);
         return;
     }
@@ -265,11 +281,13 @@ fn message(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8
                 return;
             };
             let serial = d.next_serial();
-            let node = &mut d.st.nodes[dest as usize];
+            let Some(slot) = d.cluster.recovery_disabled.get_mut(dest as usize) else {
+                return;
+            };
             if m.timeout == 0 {
-                node.recovery_disabled = 0;
+                *slot = 0;
             } else {
-                node.recovery_disabled = serial;
+                *slot = serial;
                 fx.later.push(Later::EnableRecoveries {
                     pnn: dest,
                     serial,
@@ -322,7 +340,7 @@ fn push_records(d: &mut Daemon, i: usize, dest: u32, payload: &[u8]) {
     let Ok((rb, _)) = RecBuffer::pull(payload) else {
         return;
     };
-    let me = d.st.pnn;
+    let me = d.pnn();
     let db = &mut d.dbs[i];
     if dest == me {
         for rec in rb.iter() {
@@ -336,9 +354,9 @@ fn push_records(d: &mut Daemon, i: usize, dest: u32, payload: &[u8]) {
     }
 }
 
-fn call(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8]) {
+fn call(d: &mut Daemon, fx: &mut Effects, client: ClientId, h: &Header, body: &[u8]) {
     let status = match ReqCall::pull(body) {
-        Ok((c, _)) if h.destnode < d.st.nodes.len() as u32 => migrate(d, &c),
+        Ok((c, _)) if h.destnode < d.cluster.len() => migrate(d, &c),
         _ => -1,
     };
     let rh = d.answer_header(Operation::ReplyCall, h);
@@ -354,7 +372,7 @@ fn call(d: &mut Daemon, fx: &mut Effects, client: u64, h: &Header, body: &[u8]) 
 
 /// A record call: the record "migrates" to this node.
 fn migrate(d: &mut Daemon, c: &ReqCall) -> i32 {
-    let me = d.st.pnn;
+    let me = d.pnn();
     let Some(db) = d.db(c.db_id) else {
         return -1;
     };

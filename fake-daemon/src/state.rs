@@ -35,9 +35,6 @@ pub struct Node {
     /// Node flags (with [`NODE_FLAGS_FAKE_TIMEOUT`] possibly set).
     pub flags: u32,
     pub capabilities: u32,
-    /// Recoveries are disabled on this node until this generation of the
-    /// "disable" timer expires (0 = not disabled).
-    pub recovery_disabled: u64,
 }
 
 /// One network interface.
@@ -82,7 +79,9 @@ pub struct ControlFail {
     pub comment: String,
 }
 
-/// The whole scripted state.
+/// The whole scripted state. The nodes, vnn map and generation are where
+/// the daemon starts from: once it runs, [`crate::cluster::Cluster`] holds
+/// them.
 #[derive(Debug, Clone)]
 pub struct ClusterState {
     pub nodes: Vec<Node>,
@@ -248,7 +247,6 @@ impl ClusterState {
                 addr,
                 flags,
                 capabilities: caps,
-                recovery_disabled: 0,
             });
         }
         if self.nodes.is_empty() {

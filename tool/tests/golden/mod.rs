@@ -232,6 +232,8 @@ impl FakeDaemon {
             .arg(&pidfile)
             .arg("-D")
             .arg(&db)
+            // Nodes files are read from here, as CTDB's fake daemon does.
+            .env("CTDB_BASE", dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
