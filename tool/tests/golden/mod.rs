@@ -251,6 +251,18 @@ impl FakeDaemon {
     }
 }
 
+/// Whether process `pid` has exited (gone, or a zombie: the daemon puts
+/// itself in the background, so its parent is init, which may be slow to
+/// reap it).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
 impl Drop for FakeDaemon {
     fn drop(&mut self) {
         use nix::sys::signal::{Signal, kill};
@@ -261,15 +273,14 @@ impl Drop for FakeDaemon {
         else {
             return;
         };
-        let pid = Pid::from_raw(pid);
-        let _ = kill(pid, Signal::SIGTERM);
-        for _ in 0..100 {
-            if kill(pid, None).is_err() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        for _ in 0..500 {
+            if exited(pid) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
-        let _ = kill(pid, Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -309,6 +320,15 @@ pub fn mask(s: &str) -> String {
 
 /// Runs every step of `case` with `tool`; returns the steps as they ran.
 pub fn run_case(case: &Case, tool: &Path) -> Vec<Step> {
+    let t0 = std::time::Instant::now();
+    let r = run_case_inner(case, tool);
+    if std::env::var_os("CTDB_CASE_TIMES").is_some() {
+        eprintln!("TIME {:.2} {}", t0.elapsed().as_secs_f64(), case.name());
+    }
+    r
+}
+
+fn run_case_inner(case: &Case, tool: &Path) -> Vec<Step> {
     let dir = tempfile::Builder::new()
         .prefix("ctdb-case-")
         .tempdir()
@@ -398,15 +418,31 @@ pub fn differences(case: &Case, got: &[Step]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Runs `f` over the cases on a few threads.
+/// Runs `f` over the cases on several threads (the cases mostly wait on
+/// timers and sockets, so more threads than cores pay off), each thread
+/// taking the next case from a shared queue; results come in case order.
 pub fn parallel<T: Send>(cases: &[Case], f: impl Fn(&Case) -> T + Sync) -> Vec<T> {
-    let n = 4;
-    let chunks: Vec<&[Case]> = cases.chunks(cases.len().div_ceil(n).max(1)).collect();
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = 12.min(cases.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..cases.len()).map(|_| None).collect());
     std::thread::scope(|s| {
-        let hs: Vec<_> = chunks
-            .iter()
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<T>>()))
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    })
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = cases.get(i) else { break };
+                    let r = f(c);
+                    results.lock().unwrap()[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every case ran"))
+        .collect()
 }
