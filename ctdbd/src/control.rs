@@ -72,12 +72,21 @@ impl Outcome {
 }
 
 /// The database layer, as the control dispatcher sees it.
+///
+/// The databases issue implements this and installs it in
+/// [`Core::db`]. Every control reaches [`DbLayer::control`] first (with the
+/// node state, for the generation, recovery mode and PNN), so the layer
+/// can also take over controls that touch databases indirectly
+/// (`FREEZE`, `SET_RECMODE` checks of database generations...). Record
+/// traffic (`REQ_CALL` from clients, calls and dmaster packets between
+/// nodes) is routed by the event loop in [`crate::server`]; those are the
+/// other two places the database layer plugs in.
 pub trait DbLayer {
     /// `GET_DBMAP`.
     fn dbmap(&self) -> DbidMap;
     /// Any database control (attach, records, transactions, recovery of
-    /// databases...). `None` means "not a database control".
-    fn control(&mut self, ctx: &ControlCtx, req: &ReqControl) -> Option<Outcome>;
+    /// databases...). `None` means "not mine".
+    fn control(&mut self, ctx: &ControlCtx, req: &ReqControl, node: &NodeState) -> Option<Outcome>;
 }
 
 /// No database layer yet: an empty map, and a clear refusal of database
@@ -133,7 +142,16 @@ impl DbLayer for NoDatabases {
     fn dbmap(&self) -> DbidMap {
         DbidMap::default()
     }
-    fn control(&mut self, _ctx: &ControlCtx, req: &ReqControl) -> Option<Outcome> {
+    fn control(
+        &mut self,
+        _ctx: &ControlCtx,
+        req: &ReqControl,
+        _node: &NodeState,
+    ) -> Option<Outcome> {
+        if req.opcode() == Opcode::Freeze {
+            // Freezing every database of none is done at once.
+            return Some(Outcome::ok(ControlReply::Freeze));
+        }
         if is_db_control(req.opcode()) {
             Some(Outcome::fail(format!(
                 "{}: databases are not supported by this ctdbd yet",
@@ -206,7 +224,7 @@ impl Core {
     /// Answers a control addressed to this node.
     pub fn handle(&mut self, ctx: &ControlCtx, req: &ReqControl) -> Outcome {
         use ControlRequest as Rq;
-        if let Some(o) = self.db.control(ctx, req) {
+        if let Some(o) = self.db.control(ctx, req, &self.node) {
             return o;
         }
         let pnn = self.node.pnn;
@@ -259,7 +277,7 @@ impl Core {
                     .len()
             ))),
             Rq::GetPid => Outcome::status(std::process::id() as i32),
-            Rq::Freeze => Outcome::ok(ControlReply::Freeze),
+            Rq::Freeze => Outcome::fail("FREEZE not handled by the database layer"),
             Rq::GetPnn => Outcome::status(pnn as i32),
             Rq::Shutdown => {
                 info!("Received SHUTDOWN command.");
