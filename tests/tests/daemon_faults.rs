@@ -356,3 +356,48 @@ fn our_leader_failing_recoveries_is_banned() {
         c.log_tails()
     );
 }
+
+/// A hung node (SIGSTOP: its sockets stay open) is found by keepalives:
+/// marked disconnected within the keepalive limit, and back when it
+/// resumes.
+fn hung_node(daemon: Daemon) {
+    let c = start(daemon);
+    let victim = 2;
+    let pid = nix::unistd::Pid::from_raw(c.pid(victim).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let limit = Duration::from_secs(u64::from(KEEPALIVE_INTERVAL * KEEPALIVE_LIMIT) + 15);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_until(limit, "the hung node to be marked disconnected", || {
+            node_line(&c, 0, victim)
+                .contains("DISCONNECTED")
+                .then_some(())
+        })
+    }));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    if r.is_err() {
+        panic!("hung node never marked disconnected:\n{}", c.log_tails());
+    }
+    c.wait_healthy(Duration::from_secs(120));
+    poll_until(
+        Duration::from_secs(90),
+        "the node back in the vnn map",
+        || {
+            (0..3)
+                .all(|k| {
+                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
+                    s.contains("Size:3") && s.contains("Recovery mode:NORMAL")
+                })
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn our_hung_node_is_found_by_keepalives() {
+    hung_node(ours());
+}
+
+#[test]
+fn reference_hung_node_is_found_by_keepalives() {
+    hung_node(Daemon::Reference);
+}
