@@ -229,6 +229,8 @@ pub(crate) struct Inner {
     pub(crate) io: Io,
     pub(crate) tx: Option<Box<Tx>>,
     pub(crate) hash_size: u32,
+    /// `u64::MAX / hash_size + 1`, for [`Inner::bucket`].
+    pub(crate) mod_m: u64,
     pub(crate) hash: HashKind,
     pub(crate) features: u32,
     pub(crate) mutexes: Option<MutexArea>,
@@ -312,6 +314,9 @@ impl Inner {
 
     #[inline]
     pub(crate) fn read_u32(&mut self, off: u32) -> Result<u32> {
+        if self.tx.is_none() {
+            return self.io.read_u32(off);
+        }
         let mut b = [0u8; 4];
         self.read(off, &mut b)?;
         Ok(u32::from_ne_bytes(b))
@@ -351,6 +356,9 @@ impl Inner {
     /// Read a record header without any validation.
     #[inline]
     pub(crate) fn read_rec_raw(&mut self, off: u32) -> Result<Record> {
+        if self.tx.is_none() {
+            return self.io.read_record(off);
+        }
         let mut b = [0u8; REC_SIZE as usize];
         self.read(off, &mut b)?;
         Ok(Record::from_bytes(&b))
@@ -456,9 +464,12 @@ impl Inner {
 
     // ----- hashing -----
 
+    /// `hash % hash_size`, without a division (Lemire's fastmod with a
+    /// precomputed multiplier; exact for all 32-bit operands).
     #[inline]
     pub(crate) fn bucket(&self, hash: u32) -> u32 {
-        hash % self.hash_size
+        let low = self.mod_m.wrapping_mul(hash as u64);
+        ((low as u128 * self.hash_size as u128) >> 64) as u32
     }
 
     // ----- record lookup and update (chain must be locked) -----
@@ -1295,6 +1306,7 @@ fn open_inner(file: File, path: &Path, o: &OpenOptions) -> Result<Inner> {
         io,
         tx: None,
         hash_size: 0,
+        mod_m: 0,
         hash: default_kind,
         features: 0,
         mutexes: None,
@@ -1370,6 +1382,7 @@ fn open_inner(file: File, path: &Path, o: &OpenOptions) -> Result<Inner> {
         )));
     }
     inner.hash_size = hdr.hash_size;
+    inner.mod_m = (u64::MAX / hdr.hash_size as u64).wrapping_add(1);
     inner.features = features;
 
     let mut hdr_ofs = 0u64;
@@ -1525,6 +1538,38 @@ fn new_database(inner: &mut Inner, hash_size: u32, kind: HashKind, mutexed: bool
         file.write_all_at(&buf, mutex_size)?;
     }
     inner.hash_size = hash_size;
+    inner.mod_m = (u64::MAX / hash_size as u64).wrapping_add(1);
     inner.features = hdr.feature_flags;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fastmod_is_exact() {
+        for d in [
+            1u32,
+            2,
+            3,
+            7,
+            131,
+            10007,
+            100_001,
+            1 << 20,
+            u32::MAX / 4 - 50,
+        ] {
+            let m = (u64::MAX / d as u64).wrapping_add(1);
+            let f = |a: u32| ((m.wrapping_mul(a as u64) as u128 * d as u128) >> 64) as u32;
+            let mut x = 0x1234_5678u32;
+            for a in [0, 1, d - 1, d, d.wrapping_add(1), u32::MAX, u32::MAX - 1] {
+                assert_eq!(f(a), a % d, "{a} % {d}");
+            }
+            for _ in 0..10_000 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                assert_eq!(f(x), x % d, "{x} % {d}");
+            }
+        }
+    }
 }
