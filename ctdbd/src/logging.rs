@@ -1,6 +1,7 @@
 //! Logging: CTDB's level names and numbers on top of `tracing`, written to
-//! the configured location in CTDB's line format
-//! (`YYYY/MM/DD HH:MM:SS.uuuuuu ctdbd[PID]: message`).
+//! the configured location in the line format Debian's CTDB writes
+//! (`2026-11-25T20:48:22.276095+00:00 HOST ctdbd[PID]: message`, HOST
+//! being `basename $CTDB_BASE` in test mode, as CTDB fakes it).
 //!
 //! CTDB's levels map onto `tracing` as: ERROR → `error!`, WARNING →
 //! `warn!`, NOTICE → `info!`, INFO → `debug!`, DEBUG → `trace!`. The level
@@ -105,6 +106,26 @@ impl LogControl {
 /// CTDB's line format.
 struct CtdbFormat {
     pid: u32,
+    host: String,
+}
+
+/// The host name log lines carry: in test mode the last component of
+/// `CTDB_BASE` (so each local node has its own), else the machine's.
+pub fn log_hostname() -> String {
+    if std::env::var_os("CTDB_TEST_MODE").is_some()
+        && let Some(base) = std::env::var_os("CTDB_BASE")
+    {
+        let base = base.to_string_lossy().into_owned();
+        let last = base.rsplit('/').next().unwrap_or("");
+        return if last.is_empty() {
+            "unknown".into()
+        } else {
+            last.into()
+        };
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 impl<S, N> FormatEvent<S, N> for CtdbFormat
@@ -126,8 +147,9 @@ where
         };
         write!(
             w,
-            "{} {}[{}]: ",
-            now.format("%Y/%m/%d %H:%M:%S%.6f"),
+            "{} {} {}[{}]: ",
+            now.format("%Y-%m-%dT%H:%M:%S%.6f%:z"),
+            self.host,
             prog,
             self.pid
         )?;
@@ -183,6 +205,7 @@ pub fn init(
     let fmt_layer = tracing_subscriber::fmt::layer()
         .event_format(CtdbFormat {
             pid: std::process::id(),
+            host: log_hostname(),
         })
         .with_ansi(false);
     let file = match target {

@@ -1040,8 +1040,11 @@ impl Server {
         };
         match p.kind {
             PendingKind::Forward { id, reqid } => {
+                // Relayed as this daemon's own reply, as CTDB does.
                 let mut b = pkt;
+                b[12..16].copy_from_slice(&self.generation().to_le_bytes());
                 b[20..24].copy_from_slice(&0u32.to_le_bytes());
+                b[24..28].copy_from_slice(&self.pnn().to_le_bytes());
                 b[28..32].copy_from_slice(&reqid.to_le_bytes());
                 self.send_client(id, b.freeze());
             }
