@@ -51,7 +51,9 @@
 //! budget is split again by another hash before merging (see [`store`]).
 //! So a database many times larger than the budget is merged a bounded
 //! piece at a time. The push keeps at most two record buffers waiting in
-//! its channel and two more in flight to the daemon ([`push::WINDOW`]).
+//! its channel, and pulls and pushes use connections of their own that are
+//! read and written only as fast as records are taken in or produced
+//! ([`conn`]).
 //! Spill files go to `CTDB_DBDIR_STATE` (set by the reference daemon for
 //! its helper), else to the database's own directory.
 //!
@@ -64,6 +66,7 @@
 //!   pulling, so a test can break a node at a known point.
 
 pub mod budget;
+pub mod conn;
 pub mod ctx;
 pub mod dbs;
 pub mod error;

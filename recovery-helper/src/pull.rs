@@ -8,30 +8,20 @@
 //! is in, every chunk has arrived; the count in the reply must match the
 //! records received.
 //!
-//! Each pull has a connection to the local daemon of its own, read only as
-//! fast as the records are taken in: when the helper falls behind, the
-//! chunks wait in the socket and in the daemon, not in the helper's memory.
-//! (The shared [`ctdb_client::Client`] delivers messages through unbounded
-//! channels, which would let a fast daemon fill the helper's memory with a
-//! whole database.) The connection speaks just what a pull needs:
-//! `REGISTER_SRVID`, `DB_PULL` and the messages; closing it drops the
-//! srvid registration.
+//! Each pull has a connection to the local daemon of its own
+//! ([`DirectConn`]), read only as fast as the records are taken in: when
+//! the helper falls behind, the chunks wait in the socket and in the
+//! daemon, not in the helper's memory. Closing it drops the srvid
+//! registration.
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use ctdb_client::ClientError;
-use ctdb_protocol::framing::PacketCodec;
-use ctdb_protocol::header::{CTDB_CURRENT_NODE, HEADER_LEN};
+use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_protocol::types::{CTDB_LMASTER_ANY, PullDbExt};
-use ctdb_protocol::{
-    Body, ControlReply, ControlRequest, Header, Marshal, Opcode, Operation, Packet, ReplyControl,
-    ReqControl, ReqMessage,
-};
-use futures::{SinkExt, StreamExt};
-use tokio::net::UnixStream;
-use tokio_util::codec::Framed;
+use ctdb_protocol::{ControlReply, ControlRequest, Opcode, ReqControl};
 
+use crate::conn::{DirectConn, Incoming, check};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::store::RecordStore;
@@ -42,98 +32,6 @@ use crate::trace_event;
 pub struct Pulled {
     pub records: u32,
     pub chunks: u32,
-}
-
-/// A private connection for one pull.
-struct PullConn {
-    io: Framed<UnixStream, PacketCodec>,
-    mypnn: u32,
-    reqid: u32,
-}
-
-impl PullConn {
-    async fn connect(socket: &Path, mypnn: u32) -> std::io::Result<PullConn> {
-        let s = UnixStream::connect(socket).await?;
-        Ok(PullConn {
-            io: Framed::new(s, PacketCodec::default()),
-            mypnn,
-            reqid: 0,
-        })
-    }
-
-    /// Sends a control; returns its reqid.
-    async fn send(&mut self, dest: u32, req: ReqControl) -> std::io::Result<u32> {
-        self.reqid += 1;
-        let pkt = Packet::new(
-            Header::new(Operation::ReqControl, dest, self.mypnn, self.reqid),
-            Body::ReqControl(req),
-        );
-        self.io.send(&pkt).await.map_err(std::io::Error::other)?;
-        Ok(self.reqid)
-    }
-
-    /// Reads the next packet: a message for us (its data), or the reply to
-    /// control `reqid` of opcode `op`.
-    async fn next(&mut self, reqid: u32, op: Opcode) -> std::result::Result<Incoming, ClientError> {
-        loop {
-            let frame = match self.io.next().await {
-                Some(Ok(f)) => f,
-                Some(Err(e)) => return Err(ClientError::Other(e.to_string())),
-                None => return Err(ClientError::Disconnected),
-            };
-            let (header, _) = Header::pull(&frame)?;
-            match header.operation {
-                Operation::ReqMessage => {
-                    let (srvid, data) = ReqMessage::raw_payload(&frame[HEADER_LEN..])?;
-                    return Ok(Incoming::Message(srvid, data.to_vec()));
-                }
-                Operation::ReplyControl if header.reqid == reqid => {
-                    let pkt = Packet::decode(&frame, |_| Some(op))?;
-                    let Body::ReplyControl(r) = pkt.body else {
-                        return Err(ClientError::UnexpectedReply(op));
-                    };
-                    return Ok(Incoming::Reply(r));
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    /// Sends a control and waits for its reply, keeping no messages.
-    async fn control(
-        &mut self,
-        dest: u32,
-        req: ReqControl,
-    ) -> std::result::Result<ReplyControl, ClientError> {
-        let op = req.opcode();
-        let id = self.send(dest, req).await?;
-        loop {
-            if let Incoming::Reply(r) = self.next(id, op).await? {
-                return check(r, op, dest);
-            }
-        }
-    }
-}
-
-enum Incoming {
-    Message(u64, Vec<u8>),
-    Reply(ReplyControl),
-}
-
-fn check(
-    r: ReplyControl,
-    opcode: Opcode,
-    node: u32,
-) -> std::result::Result<ReplyControl, ClientError> {
-    if r.status != 0 {
-        return Err(ClientError::ControlFailed {
-            opcode,
-            node,
-            status: r.status,
-            errmsg: r.errmsg,
-        });
-    }
-    Ok(r)
 }
 
 /// Pulls database `db_id` (named `name`) from node `pnn`, found at
@@ -170,9 +68,9 @@ async fn pull_inner(
         pnn: ctx.mypnn,
         source: e,
     };
-    let mut conn = PullConn::connect(&ctx.socket, ctx.mypnn)
+    let mut conn = DirectConn::connect(&ctx.socket, ctx.mypnn, ctx.timeout())
         .await
-        .map_err(|e| local(ClientError::Io(e)))?;
+        .map_err(local)?;
     let srvid = ctx.srvid();
     let mut reg = ReqControl::new(ControlRequest::RegisterSrvid);
     reg.srvid = srvid;
@@ -189,10 +87,7 @@ async fn pull_inner(
         pnn,
         source,
     };
-    let id = conn
-        .send(pnn, req)
-        .await
-        .map_err(|e| failed(ClientError::Io(e)))?;
+    let id = conn.send_control(pnn, req).await.map_err(failed)?;
     let mut got = Pulled::default();
     let mut bad: Option<Error> = None;
     let reply = loop {

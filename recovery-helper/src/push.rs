@@ -4,28 +4,22 @@
 //! A blocking thread drains the [`RecordStore`] and cuts the surviving
 //! records into record buffers of at most RecBufferSizeLimit bytes (a
 //! single larger record gets a buffer of its own), handing them over a
-//! channel of two. The async side sends each buffer to every node on the
-//! push srvid. To keep the helper's own send queue short, it follows each
-//! buffer with a `PING` to the local daemon and never has more than
-//! [`WINDOW`] of those outstanding: a ping's reply means the daemon has
-//! read everything sent before it. Finally each node confirms how many
+//! channel of two. The async side encodes each buffer once and writes it
+//! to every node on a connection of its own ([`DirectConn`]): a write
+//! completes only when the daemon has room for it, so the helper never
+//! holds more than a few buffers. Finally each node confirms how many
 //! records it received, which must be how many were sent.
 
-use std::collections::VecDeque;
-
-use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_protocol::types::{CTDB_LMASTER_ANY, LtdbHeader, PullDbExt, RecBuffer};
 use ctdb_protocol::{ControlReply, ControlRequest, Marshal};
 use tokio::sync::mpsc;
 
+use crate::conn::DirectConn;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::merge::{Policy, pushed_header};
 use crate::store::{RecordStore, StoreError};
 use crate::trace_event;
-
-/// Record buffers sent but not yet known to be read by the local daemon.
-pub const WINDOW: usize = 2;
 
 /// Pushes the records of `store` for database `db_id` to `nodes`; returns
 /// the number of records pushed.
@@ -38,14 +32,26 @@ pub async fn push(
     policy: Policy,
 ) -> Result<u32> {
     let nodes = nodes.to_vec();
+    let local = |op: &'static str| {
+        let pnn = ctx.mypnn;
+        move |source| Error::Node { op, pnn, source }
+    };
+    let mut conn = DirectConn::connect(&ctx.socket, ctx.mypnn, ctx.timeout())
+        .await
+        .map_err(local("DB_PUSH_START"))?;
     let srvid = ctx.srvid();
     let start = PullDbExt {
         db_id,
         lmaster: CTDB_LMASTER_ANY,
         srvid,
     };
-    ctx.all(&nodes, "DB_PUSH_START", ControlRequest::DbPushStart(start))
-        .await?;
+    let replies = conn
+        .control_all(&nodes, ControlRequest::DbPushStart(start))
+        .await
+        .map_err(local("DB_PUSH_START"))?;
+    for (pnn, r) in replies {
+        r.map_err(Error::node_err("DB_PUSH_START", pnn))?;
+    }
     trace_event!(
         "push-start",
         "db=0x{db_id:08x} name={name} nodes={}",
@@ -55,27 +61,21 @@ pub async fn push(
     let limit = (ctx.tun.rec_buffer_size_limit as usize).max(1);
     let persistent = matches!(policy, Policy::Single { persistent: true });
     let mypnn = ctx.mypnn;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+    let (tx, mut rx) = mpsc::channel::<RecBuffer>(2);
     let producer = tokio::task::spawn_blocking(move || {
         cut_buffers(store, db_id, limit, persistent, mypnn, tx)
     });
 
     let mut sent: u32 = 0;
     let mut buffers: u32 = 0;
-    let mut inflight = VecDeque::new();
     let mut failure: Option<Error> = None;
-    while let Some(buf) = rx.recv().await {
-        let count = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-        if let Some(pnn) = nodes
-            .iter()
-            .copied()
-            .find(|&pnn| ctx.client.send_message(pnn, srvid, &buf).is_err())
-        {
+    while let Some(rb) = rx.recv().await {
+        let count = rb.count();
+        let bytes = rb.len();
+        if let Err(e) = conn.send_records(&nodes, srvid, rb).await {
             failure = Some(Error::Bad {
-                pnn,
-                msg: format!(
-                    "Sending recovery records failed for {name}: connection to the daemon closed"
-                ),
+                pnn: ctx.mypnn,
+                msg: format!("Sending recovery records failed for {name}: {e}"),
             });
             break;
         }
@@ -83,21 +83,8 @@ pub async fn push(
         buffers += 1;
         trace_event!(
             "push-chunk",
-            "db=0x{db_id:08x} records={count} bytes={}",
-            buf.len()
+            "db=0x{db_id:08x} records={count} bytes={bytes}"
         );
-        drop(buf);
-        let c = ctx.client.clone();
-        inflight.push_back(tokio::spawn(async move { c.ping(CTDB_CURRENT_NODE).await }));
-        while inflight.len() > WINDOW {
-            if let Err(e) = wait_ping(inflight.pop_front(), ctx.mypnn).await {
-                failure = Some(e);
-                break;
-            }
-        }
-        if failure.is_some() {
-            break;
-        }
     }
     drop(rx);
     let produced = producer
@@ -107,18 +94,13 @@ pub async fn push(
         return Err(e);
     }
     produced?;
-    for p in inflight {
-        wait_ping(Some(p), ctx.mypnn).await?;
-    }
 
-    let replies = ctx
-        .all(
-            &nodes,
-            "DB_PUSH_CONFIRM",
-            ControlRequest::DbPushConfirm(db_id),
-        )
-        .await?;
-    for (&pnn, reply) in nodes.iter().zip(replies) {
+    let replies = conn
+        .control_all(&nodes, ControlRequest::DbPushConfirm(db_id))
+        .await
+        .map_err(local("DB_PUSH_CONFIRM"))?;
+    for (pnn, reply) in replies {
+        let reply = reply.map_err(Error::node_err("DB_PUSH_CONFIRM", pnn))?;
         match reply.data {
             Some(ControlReply::DbPushConfirm(n)) if n == sent => {}
             Some(ControlReply::DbPushConfirm(n)) => {
@@ -144,18 +126,6 @@ pub async fn push(
     Ok(sent)
 }
 
-async fn wait_ping(
-    p: Option<tokio::task::JoinHandle<ctdb_client::Result<u32>>>,
-    mypnn: u32,
-) -> Result<()> {
-    let Some(p) = p else { return Ok(()) };
-    match p.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Error::node_err("PING", mypnn)(e)),
-        Err(e) => Err(Error::Other(format!("ping task: {e}"))),
-    }
-}
-
 /// Drains `store` into record buffers of at most `limit` bytes and sends
 /// them down `tx`; the last buffer is sent even when empty, as CTDB does.
 fn cut_buffers(
@@ -164,7 +134,7 @@ fn cut_buffers(
     limit: usize,
     persistent: bool,
     mypnn: u32,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<RecBuffer>,
 ) -> std::result::Result<(), StoreError> {
     let gone = || StoreError::Io(std::io::Error::other("push aborted"));
     let mut rb = RecBuffer::new(db_id);
@@ -174,13 +144,13 @@ fn cut_buffers(
         };
         let rec_len = 16 + key.len() + value.len();
         if rb.count() > 0 && 8 + rb.records_len() + rec_len > limit {
-            tx.blocking_send(rb.to_bytes()).map_err(|_| gone())?;
-            rb.clear();
+            let full = std::mem::replace(&mut rb, RecBuffer::new(db_id));
+            tx.blocking_send(full).map_err(|_| gone())?;
         }
         rb.add(0, Some(&h), key, &value[LtdbHeader::WIRE_SIZE..]);
         Ok(())
     })?;
-    tx.blocking_send(rb.to_bytes()).map_err(|_| gone())
+    tx.blocking_send(rb).map_err(|_| gone())
 }
 
 #[cfg(test)]
@@ -215,9 +185,8 @@ mod tests {
         cut_buffers(store, 7, 1000, false, 3, tx).unwrap();
         let mut total = 0;
         let mut n = 0;
-        while let Ok(buf) = rx.try_recv() {
-            assert!(buf.len() <= 1000, "buffer of {} bytes", buf.len());
-            let (rb, _) = RecBuffer::pull(&buf).unwrap();
+        while let Ok(rb) = rx.try_recv() {
+            assert!(rb.len() <= 1000, "buffer of {} bytes", rb.len());
             assert_eq!(rb.db_id, 7);
             for r in rb.iter() {
                 let (h, d) = r.header().unwrap();
@@ -243,8 +212,8 @@ mod tests {
         );
         let (tx, mut rx) = mpsc::channel(10);
         cut_buffers(store, 9, 1000, true, 0, tx).unwrap();
-        let buf = rx.try_recv().unwrap();
-        assert_eq!(buf, RecBuffer::new(9).to_bytes());
+        let rb = rx.try_recv().unwrap();
+        assert_eq!(rb, RecBuffer::new(9));
         assert!(rx.try_recv().is_err());
     }
 }

@@ -1,0 +1,251 @@
+//! A private, flow-controlled connection to the local daemon, for moving
+//! records.
+//!
+//! The shared [`ctdb_client::Client`] hands incoming messages over
+//! unbounded channels and queues outgoing packets without limit, which is
+//! right for controls but would let a fast daemon (pull) or a fast merge
+//! (push) pile a whole database up in the helper's memory. Each pull and
+//! each push therefore gets a connection of its own, driven by exactly one
+//! task: packets are read only when the task wants the next one, and a
+//! packet is written only when the previous one has left, so a slow side
+//! holds the other back through the socket. Only what record transfer
+//! needs is spoken here: controls with replies, and messages.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ctdb_client::ClientError;
+use ctdb_protocol::framing::PacketCodec;
+use ctdb_protocol::header::HEADER_LEN;
+use ctdb_protocol::types::RecBuffer;
+use ctdb_protocol::{
+    Body, ControlRequest, Header, Marshal, MessageData, Opcode, Operation, Packet, ReplyControl,
+    ReqControl, ReqMessage,
+};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedRead;
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// Byte offset of the destination node in a packet header.
+const DESTNODE_OFFSET: usize = 20;
+
+/// What arrived on the connection.
+pub enum Incoming {
+    /// A message: its srvid and data.
+    Message(u64, Vec<u8>),
+    /// The reply awaited.
+    Reply(ReplyControl),
+}
+
+pub struct DirectConn {
+    rd: FramedRead<OwnedReadHalf, PacketCodec>,
+    wr: OwnedWriteHalf,
+    mypnn: u32,
+    reqid: u32,
+    timeout: Duration,
+}
+
+impl DirectConn {
+    /// Connects to the daemon at `socket`; every wait is bounded by
+    /// `timeout`.
+    pub async fn connect(socket: &Path, mypnn: u32, timeout: Duration) -> Result<DirectConn> {
+        let s = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
+        let (rd, wr) = s.into_split();
+        Ok(DirectConn {
+            rd: FramedRead::new(rd, PacketCodec::default()),
+            wr,
+            mypnn,
+            reqid: 0,
+            timeout,
+        })
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.wr.write_all(bytes)).await {
+            Ok(r) => r.map_err(ClientError::Io),
+            Err(_) => Err(ClientError::Timeout {
+                what: "writing to the daemon".into(),
+                opcode: None,
+            }),
+        }
+    }
+
+    /// Sends a control to `dest`; returns its reqid.
+    pub async fn send_control(&mut self, dest: u32, req: ReqControl) -> Result<u32> {
+        self.reqid += 1;
+        let pkt = Packet::new(
+            Header::new(Operation::ReqControl, dest, self.mypnn, self.reqid),
+            Body::ReqControl(req),
+        );
+        self.write(&pkt.encode()).await?;
+        Ok(self.reqid)
+    }
+
+    /// Reads the next packet: a message, or the reply to control `reqid`
+    /// of opcode `op` (replies to other controls are skipped).
+    pub async fn next(&mut self, reqid: u32, op: Opcode) -> Result<Incoming> {
+        loop {
+            let frame = match tokio::time::timeout(self.timeout, self.rd.next()).await {
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        what: format!("control {}", op.name()),
+                        opcode: Some(op),
+                    });
+                }
+                Ok(Some(Ok(f))) => f,
+                Ok(Some(Err(e))) => return Err(ClientError::Other(e.to_string())),
+                Ok(None) => return Err(ClientError::Disconnected),
+            };
+            let (header, _) = Header::pull(&frame)?;
+            match header.operation {
+                Operation::ReqMessage => {
+                    let (srvid, data) = ReqMessage::raw_payload(&frame[HEADER_LEN..])?;
+                    return Ok(Incoming::Message(srvid, data.to_vec()));
+                }
+                Operation::ReplyControl if header.reqid == reqid => {
+                    let pkt = Packet::decode(&frame, |_| Some(op))?;
+                    let Body::ReplyControl(r) = pkt.body else {
+                        return Err(ClientError::UnexpectedReply(op));
+                    };
+                    return Ok(Incoming::Reply(r));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a control and waits for its reply (which must have status 0),
+    /// dropping any message that arrives meanwhile.
+    pub async fn control(&mut self, dest: u32, req: ReqControl) -> Result<ReplyControl> {
+        let op = req.opcode();
+        let id = self.send_control(dest, req).await?;
+        loop {
+            if let Incoming::Reply(r) = self.next(id, op).await? {
+                return check(r, op, dest);
+            }
+        }
+    }
+
+    /// Sends the same control to every node of `dests`, then collects the
+    /// replies; one result per node, in order.
+    pub async fn control_all(
+        &mut self,
+        dests: &[u32],
+        data: ControlRequest,
+    ) -> Result<Vec<(u32, Result<ReplyControl>)>> {
+        let op = data.opcode();
+        let mut ids = Vec::with_capacity(dests.len());
+        for &d in dests {
+            ids.push(self.send_control(d, ReqControl::new(data.clone())).await?);
+        }
+        let mut out = Vec::with_capacity(dests.len());
+        // The daemon may answer in any order; keep early replies.
+        let mut early: Vec<(u32, ReplyControl)> = Vec::new();
+        for (&d, &id) in dests.iter().zip(&ids) {
+            if let Some(i) = early.iter().position(|(r, _)| *r == id) {
+                let (_, r) = early.swap_remove(i);
+                out.push((d, check(r, op, d)));
+                continue;
+            }
+            loop {
+                let frame = self.next_reply(op).await?;
+                if frame.0 == id {
+                    out.push((d, check(frame.1, op, d)));
+                    break;
+                }
+                early.push(frame);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next control reply of any reqid (messages are dropped).
+    async fn next_reply(&mut self, op: Opcode) -> Result<(u32, ReplyControl)> {
+        loop {
+            let frame = match tokio::time::timeout(self.timeout, self.rd.next()).await {
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        what: format!("control {}", op.name()),
+                        opcode: Some(op),
+                    });
+                }
+                Ok(Some(Ok(f))) => f,
+                Ok(Some(Err(e))) => return Err(ClientError::Other(e.to_string())),
+                Ok(None) => return Err(ClientError::Disconnected),
+            };
+            let (header, _) = Header::pull(&frame)?;
+            if header.operation == Operation::ReplyControl {
+                let pkt = Packet::decode(&frame, |_| Some(op))?;
+                if let Body::ReplyControl(r) = pkt.body {
+                    return Ok((header.reqid, r));
+                }
+            }
+        }
+    }
+
+    /// Sends a record buffer as a message to `srvid` on each of `dests`,
+    /// encoding it once.
+    pub async fn send_records(&mut self, dests: &[u32], srvid: u64, rb: RecBuffer) -> Result<()> {
+        let msg = ReqMessage {
+            srvid,
+            data: MessageData::RecoveryRecords(rb),
+        };
+        let mut pkt = Packet::new(
+            Header::new(Operation::ReqMessage, 0, self.mypnn, 0),
+            Body::ReqMessage(msg),
+        )
+        .encode();
+        for &d in dests {
+            pkt[DESTNODE_OFFSET..DESTNODE_OFFSET + 4].copy_from_slice(&d.to_le_bytes());
+            self.write(&pkt).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails a reply whose status is not 0.
+pub fn check(r: ReplyControl, opcode: Opcode, node: u32) -> Result<ReplyControl> {
+    if r.status != 0 {
+        return Err(ClientError::ControlFailed {
+            opcode,
+            node,
+            status: r.status,
+            errmsg: r.errmsg,
+        });
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_patch_hits_the_header_field() {
+        let rb = RecBuffer::new(5);
+        let pkt = Packet::new(
+            Header::new(Operation::ReqMessage, 0x1234_5678, 9, 0),
+            Body::ReqMessage(ReqMessage {
+                srvid: 1,
+                data: MessageData::RecoveryRecords(rb),
+            }),
+        )
+        .encode();
+        assert_eq!(
+            &pkt[DESTNODE_OFFSET..DESTNODE_OFFSET + 4],
+            &0x1234_5678u32.to_le_bytes()
+        );
+        let (h, _) = Header::pull(&pkt).unwrap();
+        assert_eq!(h.destnode, 0x1234_5678);
+        assert_eq!(h.srcnode, 9);
+    }
+}
