@@ -10,11 +10,11 @@
 //! db.store(b"key", b"value", StoreMode::Replace)?;
 //! assert_eq!(db.fetch(b"key")?.as_deref(), Some(&b"value"[..]));
 //!
-//! // The CTDB fast path: lock a record's chain without blocking, then read
-//! // and write it under that one lock.
-//! let rec = db.chainlock_nonblock(b"key")?;
-//! let old = rec.fetch(b"key")?;
-//! rec.store(b"key", b"new value", StoreMode::Replace)?;
+//! // The CTDB fast path: lock a record without blocking, then read and
+//! // write it under that one lock.
+//! let rec = db.lock_record_nonblock(b"key")?;
+//! let old = rec.fetch()?;
+//! rec.store(b"new value", StoreMode::Replace)?;
 //! drop(rec);
 //!
 //! let tx = db.transaction_start()?;
@@ -104,7 +104,7 @@ pub mod traverse;
 
 pub use check::CheckReport;
 pub(crate) use db::Inner;
-pub use db::{AllLock, ChainLock, OpenOptions, StoreMode, Tdb, flags};
+pub use db::{AllLock, ChainLock, OpenOptions, RecordLock, StoreMode, Tdb, flags};
 pub use error::{Error, Result};
 pub use format::DEAD_MAGIC;
 pub use hash::HashKind;

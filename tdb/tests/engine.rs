@@ -428,3 +428,40 @@ fn clear_if_first_wipes_only_when_alone() {
     assert_eq!(db.record_count().unwrap(), 0);
     db.store(b"k", b"v", StoreMode::Insert).unwrap();
 }
+
+#[test]
+fn record_lock_api() {
+    let dir = tempfile::tempdir().unwrap();
+    for mutex in [false, true] {
+        let db = OpenOptions::new()
+            .create(true)
+            .hash_size(13)
+            .mutex_locking(mutex)
+            .open(dir.path().join(format!("r{mutex}.tdb")))
+            .unwrap();
+        let r = db.lock_record_nonblock(b"rec").unwrap();
+        assert_eq!(r.key(), b"rec");
+        assert_eq!(r.fetch().unwrap(), None);
+        assert!(!r.exists().unwrap());
+        assert!(matches!(
+            r.store(b"x", StoreMode::Modify),
+            Err(Error::NotFound)
+        ));
+        r.storev(&[b"head", b"body"], StoreMode::Insert).unwrap();
+        let mut buf = Vec::new();
+        assert!(r.fetch_into(&mut buf).unwrap());
+        assert_eq!(buf, b"headbody");
+        assert_eq!(r.parse(|d| d.len()).unwrap(), Some(8));
+        r.store(b"a longer value than before", StoreMode::Replace)
+            .unwrap();
+        assert_eq!(r.fetch().unwrap().unwrap(), b"a longer value than before");
+        r.chain()
+            .store(b"neighbour", b"n", StoreMode::Replace)
+            .unwrap();
+        r.delete().unwrap();
+        assert!(matches!(r.delete(), Err(Error::NotFound)));
+        r.unlock().unwrap();
+        assert_eq!(db.fetch(b"neighbour").unwrap().unwrap(), b"n");
+        db.check().unwrap();
+    }
+}
