@@ -347,7 +347,7 @@ impl Core {
             }
             Rq::RecdPing => Outcome::ok(ControlReply::RecdPing),
             Rq::RecdReclockLatency(l) => {
-                self.stats.s.reclock_recd.record(*l);
+                self.stats.bump(|s| s.reclock_recd.record(*l));
                 Outcome::ok(ControlReply::RecdReclockLatency)
             }
             Rq::GetReclockFile => {
@@ -410,9 +410,7 @@ impl Core {
             },
             Rq::GetPublicIps => Outcome::ok(ControlReply::GetPublicIps(PublicIpList::default())),
             Rq::GetIfaces => Outcome::ok(ControlReply::GetIfaces(IfaceList::default())),
-            Rq::GetStatHistory => Outcome::ok(ControlReply::GetStatHistory(StatisticsList {
-                stats: Vec::new(),
-            })),
+            Rq::GetStatHistory => Outcome::ok(ControlReply::GetStatHistory(self.stats.history())),
             Rq::GetRunstate => Outcome::ok(ControlReply::GetRunstate(self.node.runstate)),
             Rq::GetNodesFile => match crate::config::load_nodes(&self.nodes_file) {
                 Ok(entries) => {
@@ -568,7 +566,7 @@ impl Core {
     }
 
     fn end_recovery(&mut self) {
-        self.stats.s.num_recoveries += 1;
+        self.stats.bump(|s| s.num_recoveries += 1);
         self.node.last_recovery_finished = Timeval::now();
         if self.node.runstate == Runstate::FirstRecovery {
             self.set_runstate(Runstate::Startup);

@@ -154,6 +154,7 @@ pub struct Server {
     next_reqid: u32,
     echoes: Vec<(Instant, ReplyTo, ctdb_protocol::types::EchoData)>,
     next_keepalive: Instant,
+    next_stat_rotation: Instant,
     shutdown: bool,
 }
 
@@ -173,6 +174,7 @@ impl Server {
             next_reqid: 1,
             echoes: Vec::new(),
             next_keepalive: Instant::now(),
+            next_stat_rotation: Instant::now(),
             shutdown: false,
         }
     }
@@ -321,7 +323,7 @@ impl Server {
                 latency,
             } => {
                 if status == b'1' {
-                    self.core.stats.s.reclock_ctdbd.record(latency);
+                    self.core.stats.bump(|s| s.reclock_ctdbd.record(latency));
                 }
                 let r = self.core.finish_recmode_normal(status);
                 self.reply(to, r);
@@ -410,13 +412,13 @@ impl Server {
             if c.tx.send(bytes).is_err() {
                 c.queued.fetch_sub(1, Ordering::Relaxed);
             } else {
-                self.core.stats.s.client_packets_sent += 1;
+                self.core.stats.bump(|s| s.client_packets_sent += 1);
             }
         }
     }
 
     fn client_packet(&mut self, id: ClientId, mut pkt: BytesMut) {
-        self.core.stats.s.client_packets_recv += 1;
+        self.core.stats.bump(|s| s.client_packets_recv += 1);
         let hdr = match Header::pull(&pkt) {
             Ok((h, _)) => h,
             Err(e) => {
@@ -427,15 +429,15 @@ impl Server {
         };
         match hdr.operation {
             Operation::ReqControl => {
-                self.core.stats.s.client.req_control += 1;
+                self.core.stats.bump(|s| s.client.req_control += 1);
                 self.client_control(id, hdr, &mut pkt)
             }
             Operation::ReqMessage => {
-                self.core.stats.s.client.req_message += 1;
+                self.core.stats.bump(|s| s.client.req_message += 1);
                 self.client_message(id, hdr, &mut pkt)
             }
             Operation::ReqCall => {
-                self.core.stats.s.client.req_call += 1;
+                self.core.stats.bump(|s| s.client.req_call += 1);
                 let e = ReplyError {
                     status: -1,
                     msg: b"record calls are not supported by this ctdbd yet\0".to_vec(),
@@ -445,7 +447,7 @@ impl Server {
                 self.send_client(id, Packet::new(h, Body::ReplyError(e)).encode().into());
             }
             Operation::ReqTunnel => {
-                self.core.stats.s.client.req_tunnel += 1;
+                self.core.stats.bump(|s| s.client.req_tunnel += 1);
                 debug!("client {id}: tunnel packet dropped (tunnels not supported)");
             }
             op => {
@@ -922,12 +924,12 @@ impl Server {
         }
         if let Some(tx) = &l.out {
             let _ = tx.send(OutCmd::Packet(bytes));
-            self.core.stats.s.node_packets_sent += 1;
+            self.core.stats.bump(|s| s.node_packets_sent += 1);
         }
     }
 
     fn node_packet(&mut self, pnn: u32, pkt: BytesMut) {
-        self.core.stats.s.node_packets_recv += 1;
+        self.core.stats.bump(|s| s.node_packets_recv += 1);
         if let Some(n) = self.core.node.node_mut(pnn) {
             n.rx_cnt = n.rx_cnt.wrapping_add(1);
         }
@@ -946,7 +948,7 @@ impl Server {
         };
         match hdr.operation {
             Operation::ReqControl => {
-                self.core.stats.s.node.req_control += 1;
+                self.core.stats.bump(|s| s.node.req_control += 1);
                 let req = match ReqControl::pull(&pkt[HEADER_LEN..]) {
                     Ok((r, _)) => r,
                     Err(e) => {
@@ -977,11 +979,11 @@ impl Server {
                 self.local_control(ctx, &req, to);
             }
             Operation::ReplyControl => {
-                self.core.stats.s.node.reply_control += 1;
+                self.core.stats.bump(|s| s.node.reply_control += 1);
                 self.node_reply(hdr, pkt);
             }
             Operation::ReqMessage => {
-                self.core.stats.s.node.req_message += 1;
+                self.core.stats.bump(|s| s.node.req_message += 1);
                 match ReqMessage::raw_payload(&pkt[HEADER_LEN..]) {
                     Ok((srvid, data)) => {
                         let data = data.to_vec();
@@ -991,7 +993,7 @@ impl Server {
                 }
             }
             Operation::ReqKeepalive => {
-                self.core.stats.s.keepalive_packets_recv += 1;
+                self.core.stats.bump(|s| s.keepalive_packets_recv += 1);
                 self.check_keepalive(pnn, &pkt);
             }
             Operation::ReqCall
@@ -1005,7 +1007,7 @@ impl Server {
                 );
             }
             Operation::ReqTunnel => {
-                self.core.stats.s.node.req_tunnel += 1;
+                self.core.stats.bump(|s| s.node.req_tunnel += 1);
                 debug!("tunnel packet from node {pnn} dropped");
             }
         }
@@ -1069,7 +1071,7 @@ impl Server {
             .map(|(r, _)| *r)
             .collect();
         for r in expired {
-            self.core.stats.s.timeouts.control += 1;
+            self.core.stats.bump(|s| s.timeouts.control += 1);
             self.fail_pending(r, "ctdb_control timed out");
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.echoes)
@@ -1081,6 +1083,11 @@ impl Server {
         }
         if self.core.node.expire_ban(now) {
             error!("Banning timed out");
+        }
+        if now >= self.next_stat_rotation {
+            let every = u64::from(self.core.tunables.stat_history_interval.max(1));
+            self.next_stat_rotation = now + Duration::from_secs(every);
+            self.core.stats.rotate();
         }
         if now >= self.next_keepalive {
             self.next_keepalive = now + self.keepalive_interval();
@@ -1129,7 +1136,7 @@ impl Server {
             uptime: self.core.start_instant.elapsed().as_secs() as u32,
         };
         let b: Bytes = Packet::new(h, Body::ReqKeepalive(Some(k))).encode().into();
-        self.core.stats.s.keepalive_packets_sent += 1;
+        self.core.stats.bump(|s| s.keepalive_packets_sent += 1);
         self.send_node(pnn, b);
     }
 

@@ -1,11 +1,20 @@
-//! The daemon's statistics (`STATISTICS`, `STATISTICS_RESET`) and uptime.
+//! The daemon's statistics (`STATISTICS`, `STATISTICS_RESET`) and their
+//! history (`GET_STAT_HISTORY`: one entry per `StatHistoryInterval`, the
+//! newest first, as CTDB keeps them).
 
-use ctdb_protocol::types::{Statistics, Timeval};
+use ctdb_protocol::types::{Statistics, StatisticsList, Timeval};
+
+/// Entries of history kept, as in CTDB.
+pub const MAX_STAT_HISTORY: usize = 100;
 
 /// Counters kept by the event loop.
 #[derive(Debug, Clone)]
 pub struct Stats {
+    /// Since start (or the last reset).
     pub s: Statistics,
+    /// Since the last history interval.
+    current: Statistics,
+    history: Vec<Statistics>,
 }
 
 impl Default for Stats {
@@ -16,17 +25,50 @@ impl Default for Stats {
 
 impl Stats {
     pub fn new() -> Self {
+        let fresh = Statistics {
+            statistics_start_time: Timeval::now(),
+            ..Default::default()
+        };
         Stats {
-            s: Statistics {
-                statistics_start_time: Timeval::now(),
-                ..Default::default()
-            },
+            s: fresh,
+            current: fresh,
+            history: Vec::new(),
         }
     }
 
-    /// `STATISTICS_RESET`: zero everything, restart the collection time.
+    /// Counts something, in the totals and in the current interval.
+    pub fn bump(&mut self, f: impl Fn(&mut Statistics)) {
+        f(&mut self.s);
+        f(&mut self.current);
+    }
+
+    /// `STATISTICS_RESET`: zero the totals, restart their collection time.
     pub fn reset(&mut self) {
-        *self = Stats::new();
+        self.s = Statistics {
+            statistics_start_time: Timeval::now(),
+            ..Default::default()
+        };
+    }
+
+    /// Ends a history interval: the current counters become the newest
+    /// history entry.
+    pub fn rotate(&mut self) {
+        let mut done = self.current;
+        done.statistics_current_time = Timeval::now();
+        self.history.insert(0, done);
+        self.history.truncate(MAX_STAT_HISTORY);
+        self.current = Statistics {
+            statistics_start_time: Timeval::now(),
+            ..Default::default()
+        };
+    }
+
+    /// `GET_STAT_HISTORY`: always [`MAX_STAT_HISTORY`] entries, unused
+    /// ones zero.
+    pub fn history(&self) -> StatisticsList {
+        let mut stats = self.history.clone();
+        stats.resize(MAX_STAT_HISTORY, Statistics::default());
+        StatisticsList { stats }
     }
 
     /// A snapshot for `STATISTICS`, with the live values filled in.
