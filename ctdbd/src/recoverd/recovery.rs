@@ -208,6 +208,12 @@ impl Recoverd {
                 return false;
             }
         }
+        // Whatever the helper wrote is in the pipe by now; never wait on
+        // a write end some stray grandchild might still hold.
+        let _ = nix::fcntl::fcntl(
+            rd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
         let mut f = std::fs::File::from(rd);
         let mut b = [0u8; 4];
         match f.read_exact(&mut b) {
