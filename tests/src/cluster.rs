@@ -20,6 +20,13 @@ pub enum Daemon {
     Ours(PathBuf),
 }
 
+impl Daemon {
+    /// This workspace's `ctdbd`, from the same build profile as the test.
+    pub fn ours() -> Daemon {
+        Daemon::Ours(crate::our_bin("ctdbd"))
+    }
+}
+
 /// How to start a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

@@ -90,11 +90,32 @@ pub struct Recoverd {
     frozen_on_inactive: bool,
 }
 
-/// Starts the recovery daemon task.
+impl RecoverdConfig {
+    fn try_clone(&self) -> RecoverdConfig {
+        RecoverdConfig {
+            socket: self.socket.clone(),
+            pnn: self.pnn,
+            cluster_lock: self.cluster_lock.clone(),
+            leader_timeout: self.leader_timeout,
+            helper_dir: self.helper_dir.clone(),
+            recovery_helper: self.recovery_helper.clone(),
+            state_dir: self.state_dir.clone(),
+            log_file: self.log_file.as_ref().and_then(|f| f.try_clone().ok()),
+            helper_env: self.helper_env.clone(),
+        }
+    }
+}
+
+/// Starts the recovery daemon task; if it ever stops (its connection to
+/// the daemon broke), it is started again, as CTDB restarts its recovery
+/// daemon. Whatever it held (the cluster lock) is released when it stops.
 pub fn spawn(cfg: RecoverdConfig) -> JoinHandle<()> {
     tokio::spawn(async move {
-        if let Err(e) = run(cfg).await {
-            error!("recovery daemon stopped: {e}");
+        loop {
+            if let Err(e) = run(cfg.try_clone()).await {
+                error!("recovery daemon stopped: {e}; restarting it");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
 }
