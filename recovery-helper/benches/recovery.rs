@@ -227,7 +227,7 @@ fn main() {
         for (label, path) in &order {
             std::fs::write(&target, path.display().to_string()).unwrap();
             let before = stats_lines(&stats).len();
-            let cpu0: Duration = (0..3).map(|k| daemon_cpu(&c, k)).sum();
+            let cpu0: Vec<Duration> = (0..3).map(|k| daemon_cpu(&c, k)).collect();
             let t = Instant::now();
             c.tool_ok(0, &["recover"]);
             c.wait_healthy(Duration::from_secs(300));
@@ -236,7 +236,12 @@ fn main() {
                 (l.len() > before).then_some(l)
             });
             let tool = t.elapsed();
-            let daemons_cpu = (0..3).map(|k| daemon_cpu(&c, k)).sum::<Duration>() - cpu0;
+            let per_node: Vec<Duration> = (0..3).map(|k| daemon_cpu(&c, k) - cpu0[k]).collect();
+            let daemons_cpu: Duration = per_node.iter().sum();
+            eprintln!(
+                "  daemons' cpu per node (ms): {:?}",
+                per_node.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+            );
             // The recovery this `ctdb recover` caused is the last one.
             let f: Vec<&str> = lines.last().unwrap().split_whitespace().collect();
             assert_eq!(f[0], path.display().to_string(), "wrong helper ran");

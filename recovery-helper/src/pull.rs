@@ -24,6 +24,7 @@ use ctdb_protocol::{ControlReply, ControlRequest, Opcode, ReqControl};
 use crate::conn::{DirectConn, Incoming, check};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::push::{Pusher, rewrite_chunk};
 use crate::store::RecordStore;
 use crate::trace_event;
 
@@ -34,9 +35,15 @@ pub struct Pulled {
     pub chunks: u32,
 }
 
+/// Where pulled records are also sent on to, as they arrive.
+pub struct Forward<'a> {
+    pub pusher: &'a mut Pusher,
+    pub persistent: bool,
+}
+
 /// Pulls database `db_id` (named `name`) from node `pnn`, found at
-/// `node_idx` in the node list, into `store`. Waits at most RecoverTimeout
-/// in all.
+/// `node_idx` in the node list, into `store`, and with `forward`, pushes
+/// each chunk on at once. Waits at most RecoverTimeout in all.
 pub async fn pull(
     ctx: &Ctx,
     db_id: u32,
@@ -44,9 +51,11 @@ pub async fn pull(
     pnn: u32,
     node_idx: u32,
     store: &Mutex<RecordStore>,
+    forward: Option<Forward<'_>>,
 ) -> Result<Pulled> {
     let t = ctx.timeout();
-    match tokio::time::timeout(t, pull_inner(ctx, db_id, name, pnn, node_idx, store)).await {
+    let inner = pull_inner(ctx, db_id, name, pnn, node_idx, store, forward);
+    match tokio::time::timeout(t, inner).await {
         Ok(r) => r,
         Err(_) => Err(Error::node_err("DB_PULL", pnn)(ClientError::Timeout {
             what: format!("pulling db {name} from node {pnn}"),
@@ -62,6 +71,7 @@ async fn pull_inner(
     pnn: u32,
     node_idx: u32,
     store: &Mutex<RecordStore>,
+    mut forward: Option<Forward<'_>>,
 ) -> Result<Pulled> {
     let local = |e: ClientError| Error::Node {
         op: "REGISTER_SRVID",
@@ -112,7 +122,20 @@ async fn pull_inner(
                     continue;
                 }
                 let bytes = data.len();
-                match store.lock().unwrap().add_chunk(node_idx, data) {
+                if let Some(f) = forward.as_mut() {
+                    match rewrite_chunk(&data, db_id, f.persistent, ctx.mypnn) {
+                        Ok(rb) => f.pusher.send(rb, name).await?,
+                        Err(e) => {
+                            bad = Some(Error::Bad {
+                                pnn,
+                                msg: format!("bad records pulled for {name}: {e}"),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                let added = store.lock().unwrap().add_chunk(node_idx, data);
+                match added {
                     Ok(n) => {
                         got.records += n;
                         got.chunks += 1;

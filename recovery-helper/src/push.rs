@@ -21,6 +21,125 @@ use crate::merge::{Policy, pushed_header};
 use crate::store::{RecordStore, StoreError};
 use crate::trace_event;
 
+/// One push under way: `DB_PUSH_START` sent to its nodes, record buffers
+/// going out on the push srvid, `DB_PUSH_CONFIRM` to finish.
+pub struct Pusher {
+    conn: DirectConn,
+    nodes: Vec<u32>,
+    srvid: u64,
+    db_id: u32,
+    mypnn: u32,
+    sent: u32,
+    buffers: u32,
+}
+
+impl Pusher {
+    /// Starts pushing database `db_id` to `nodes`.
+    pub async fn start(ctx: &Ctx, nodes: &[u32], db_id: u32, name: &str) -> Result<Pusher> {
+        let local = |source| Error::Node {
+            op: "DB_PUSH_START",
+            pnn: ctx.mypnn,
+            source,
+        };
+        let mut conn = DirectConn::connect(&ctx.socket, ctx.mypnn, ctx.timeout())
+            .await
+            .map_err(local)?;
+        let srvid = ctx.srvid();
+        let start = PullDbExt {
+            db_id,
+            lmaster: CTDB_LMASTER_ANY,
+            srvid,
+        };
+        let replies = conn
+            .control_all(nodes, ControlRequest::DbPushStart(start))
+            .await
+            .map_err(local)?;
+        for (pnn, r) in replies {
+            r.map_err(Error::node_err("DB_PUSH_START", pnn))?;
+        }
+        trace_event!(
+            "push-start",
+            "db=0x{db_id:08x} name={name} nodes={}",
+            nodes.len()
+        );
+        Ok(Pusher {
+            conn,
+            nodes: nodes.to_vec(),
+            srvid,
+            db_id,
+            mypnn: ctx.mypnn,
+            sent: 0,
+            buffers: 0,
+        })
+    }
+
+    /// Sends one record buffer to every node of the push.
+    pub async fn send(&mut self, rb: RecBuffer, name: &str) -> Result<()> {
+        let count = rb.count();
+        let bytes = rb.len();
+        self.conn
+            .send_records(&self.nodes, self.srvid, rb)
+            .await
+            .map_err(|e| Error::Bad {
+                pnn: self.mypnn,
+                msg: format!("Sending recovery records failed for {name}: {e}"),
+            })?;
+        self.sent += count;
+        self.buffers += 1;
+        trace_event!(
+            "push-chunk",
+            "db=0x{:08x} records={count} bytes={bytes}",
+            self.db_id
+        );
+        Ok(())
+    }
+
+    /// Asks every node how many records it received, which must be how
+    /// many were sent; returns that number.
+    pub async fn finish(mut self, name: &str) -> Result<u32> {
+        let sent = self.sent;
+        let replies = self
+            .conn
+            .control_all(&self.nodes, ControlRequest::DbPushConfirm(self.db_id))
+            .await
+            .map_err(|source| Error::Node {
+                op: "DB_PUSH_CONFIRM",
+                pnn: self.mypnn,
+                source,
+            })?;
+        for (pnn, reply) in replies {
+            let reply = reply.map_err(Error::node_err("DB_PUSH_CONFIRM", pnn))?;
+            match reply.data {
+                Some(ControlReply::DbPushConfirm(n)) if n == sent => {}
+                Some(ControlReply::DbPushConfirm(n)) => {
+                    return Err(Error::Bad {
+                        pnn,
+                        msg: format!("Node {pnn} received {n} of {sent} records for {name}"),
+                    });
+                }
+                _ => {
+                    return Err(Error::Bad {
+                        pnn,
+                        msg: format!("bad DB_PUSH_CONFIRM reply for {name}"),
+                    });
+                }
+            }
+        }
+        trace_event!(
+            "push-done",
+            "db=0x{:08x} records={sent} chunks={} rss_kib={}",
+            self.db_id,
+            self.buffers,
+            crate::trace::peak_rss_kib().unwrap_or(0)
+        );
+        tracing::debug!(
+            "Pushed {sent} records for db {name} in {} buffers",
+            self.buffers
+        );
+        Ok(sent)
+    }
+}
+
 /// Pushes the records of `store` for database `db_id` to `nodes`; returns
 /// the number of records pushed.
 pub async fn push(
@@ -31,33 +150,7 @@ pub async fn push(
     store: RecordStore,
     policy: Policy,
 ) -> Result<u32> {
-    let nodes = nodes.to_vec();
-    let local = |op: &'static str| {
-        let pnn = ctx.mypnn;
-        move |source| Error::Node { op, pnn, source }
-    };
-    let mut conn = DirectConn::connect(&ctx.socket, ctx.mypnn, ctx.timeout())
-        .await
-        .map_err(local("DB_PUSH_START"))?;
-    let srvid = ctx.srvid();
-    let start = PullDbExt {
-        db_id,
-        lmaster: CTDB_LMASTER_ANY,
-        srvid,
-    };
-    let replies = conn
-        .control_all(&nodes, ControlRequest::DbPushStart(start))
-        .await
-        .map_err(local("DB_PUSH_START"))?;
-    for (pnn, r) in replies {
-        r.map_err(Error::node_err("DB_PUSH_START", pnn))?;
-    }
-    trace_event!(
-        "push-start",
-        "db=0x{db_id:08x} name={name} nodes={}",
-        nodes.len()
-    );
-
+    let mut pusher = Pusher::start(ctx, nodes, db_id, name).await?;
     let limit = (ctx.tun.rec_buffer_size_limit as usize).max(1);
     let persistent = matches!(policy, Policy::Single { persistent: true });
     let mypnn = ctx.mypnn;
@@ -65,26 +158,12 @@ pub async fn push(
     let producer = tokio::task::spawn_blocking(move || {
         cut_buffers(store, db_id, limit, persistent, mypnn, tx)
     });
-
-    let mut sent: u32 = 0;
-    let mut buffers: u32 = 0;
-    let mut failure: Option<Error> = None;
+    let mut failure = None;
     while let Some(rb) = rx.recv().await {
-        let count = rb.count();
-        let bytes = rb.len();
-        if let Err(e) = conn.send_records(&nodes, srvid, rb).await {
-            failure = Some(Error::Bad {
-                pnn: ctx.mypnn,
-                msg: format!("Sending recovery records failed for {name}: {e}"),
-            });
+        if let Err(e) = pusher.send(rb, name).await {
+            failure = Some(e);
             break;
         }
-        sent += count;
-        buffers += 1;
-        trace_event!(
-            "push-chunk",
-            "db=0x{db_id:08x} records={count} bytes={bytes}"
-        );
     }
     drop(rx);
     let produced = producer
@@ -94,36 +173,26 @@ pub async fn push(
         return Err(e);
     }
     produced?;
+    pusher.finish(name).await
+}
 
-    let replies = conn
-        .control_all(&nodes, ControlRequest::DbPushConfirm(db_id))
-        .await
-        .map_err(local("DB_PUSH_CONFIRM"))?;
-    for (pnn, reply) in replies {
-        let reply = reply.map_err(Error::node_err("DB_PUSH_CONFIRM", pnn))?;
-        match reply.data {
-            Some(ControlReply::DbPushConfirm(n)) if n == sent => {}
-            Some(ControlReply::DbPushConfirm(n)) => {
-                return Err(Error::Bad {
-                    pnn,
-                    msg: format!("Node {pnn} received {n} of {sent} records for {name}"),
-                });
-            }
-            _ => {
-                return Err(Error::Bad {
-                    pnn,
-                    msg: format!("bad DB_PUSH_CONFIRM reply for {name}"),
-                });
-            }
+/// A pulled chunk (a marshalled record buffer) as it is to be pushed:
+/// deleted records left out, headers rewritten as [`pushed_header`] says.
+pub fn rewrite_chunk(
+    data: &[u8],
+    db_id: u32,
+    persistent: bool,
+    mypnn: u32,
+) -> std::result::Result<RecBuffer, StoreError> {
+    let bad = |e: ctdb_protocol::Error| StoreError::Malformed(e.to_string());
+    let (chunk, _) = RecBuffer::pull(data).map_err(bad)?;
+    let mut rb = RecBuffer::new(db_id);
+    for r in chunk.iter() {
+        if let Some(h) = pushed_header(r.data, persistent, mypnn) {
+            rb.add(0, Some(&h), r.key, &r.data[LtdbHeader::WIRE_SIZE..]);
         }
     }
-    trace_event!(
-        "push-done",
-        "db=0x{db_id:08x} records={sent} chunks={buffers} rss_kib={}",
-        crate::trace::peak_rss_kib().unwrap_or(0)
-    );
-    tracing::debug!("Pushed {sent} records for db {name} in {buffers} buffers");
-    Ok(sent)
+    Ok(rb)
 }
 
 /// Drains `store` into record buffers of at most `limit` bytes and sends

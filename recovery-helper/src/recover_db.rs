@@ -29,8 +29,8 @@ use crate::ctx::Ctx;
 use crate::dbs::DbEntry;
 use crate::error::{Error, Result};
 use crate::merge::Policy;
-use crate::pull::pull;
-use crate::push::push;
+use crate::pull::{Forward, pull};
+use crate::push::{Pusher, push};
 use crate::store::RecordStore;
 use crate::trace_event;
 
@@ -137,16 +137,40 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         ctx.share,
         dir,
     )));
-    let source = if policy.merges() {
+    if policy.merges() {
         collect_all(ctx, db_id, &name, &store).await?;
-        None
+        let store = unshare(store)?;
+        log_spill(&store, db_id, &name);
+        ctx.all(
+            nodes,
+            "WIPE_DATABASE",
+            ControlRequest::WipeDatabase(transdb),
+        )
+        .await?;
+        push(ctx, nodes, db_id, &name, store, policy).await?;
     } else {
-        Some(collect_highest_seqnum(ctx, db_id, &name, &store).await?)
-    };
-    let store = Arc::into_inner(store)
+        recover_single(ctx, db, &name, transdb, store, policy).await?;
+    }
+    ctx.all(
+        nodes,
+        "DB_TRANSACTION_COMMIT",
+        ControlRequest::DbTransactionCommit(transdb),
+    )
+    .await?;
+    ctx.all(nodes, "DB_THAW", ControlRequest::DbThaw(db_id))
+        .await?;
+    Ok(name)
+}
+
+/// The store, once no pull holds it any more.
+fn unshare(store: Arc<Mutex<RecordStore>>) -> Result<RecordStore> {
+    Ok(Arc::into_inner(store)
         .ok_or_else(|| Error::Other("record store still shared".into()))?
         .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
+        .unwrap_or_else(|e| e.into_inner()))
+}
+
+fn log_spill(store: &RecordStore, db_id: u32, name: &str) {
     let stats = store.stats();
     if stats.spilled {
         trace_event!(
@@ -160,33 +184,70 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
             stats.bytes
         );
     }
+}
 
-    // A persistent database's records are the source node's, unchanged,
-    // less its deleted (empty) records: when it has none, and the pull
-    // brought records (so they were valid), the source already holds
-    // exactly what a push would write, and is left alone.
-    let targets: Vec<u32> = match source {
-        Some(src) if db.persistent() && stats.records > 0 && stats.empty == 0 => {
-            nodes.iter().copied().filter(|&p| p != src).collect()
-        }
-        _ => nodes.clone(),
-    };
+/// Persistent and replicated databases: the records of the node with the
+/// highest sequence number, streamed on to the other nodes as they are
+/// pulled (their copies were wiped first), then pushed to the source node
+/// itself, unless it already holds exactly them: a persistent database
+/// whose pull brought records (so they were valid) and no deleted (empty)
+/// ones is left as it is.
+async fn recover_single(
+    ctx: &Arc<Ctx>,
+    db: &DbEntry,
+    name: &str,
+    transdb: TransDb,
+    store: Arc<Mutex<RecordStore>>,
+    policy: Policy,
+) -> Result<()> {
+    let db_id = db.db_id;
+    let src = highest_seqnum(ctx, db_id, name).await?;
+    let others: Vec<u32> = ctx
+        .nodes
+        .pnns
+        .iter()
+        .copied()
+        .filter(|&p| p != src)
+        .collect();
+    let mut pusher = None;
+    if !others.is_empty() {
+        ctx.all(
+            &others,
+            "WIPE_DATABASE",
+            ControlRequest::WipeDatabase(transdb),
+        )
+        .await?;
+        pusher = Some(Pusher::start(ctx, &others, db_id, name).await?);
+    }
+    let idx = ctx.nodes.index(src).unwrap_or(0) as u32;
+    let forward = pusher.as_mut().map(|pusher| Forward {
+        pusher,
+        persistent: db.persistent(),
+    });
+    if let Err(e) = pull(ctx, db_id, name, src, idx, &store, forward).await {
+        let blame = e.node().unwrap_or(src);
+        ctx.nodes
+            .ban_credit(blame, &format!("failed to pull db {name}"));
+        return Err(e);
+    }
+    if let Some(p) = pusher {
+        p.finish(name).await?;
+    }
+    let store = unshare(store)?;
+    log_spill(&store, db_id, name);
+    let stats = store.stats();
+    if db.persistent() && stats.records > 0 && stats.empty == 0 {
+        trace_event!("source-kept", "db=0x{db_id:08x} node={src}");
+        return Ok(());
+    }
     ctx.all(
-        &targets,
+        &[src],
         "WIPE_DATABASE",
         ControlRequest::WipeDatabase(transdb),
     )
     .await?;
-    push(ctx, &targets, db_id, &name, store, policy).await?;
-    ctx.all(
-        nodes,
-        "DB_TRANSACTION_COMMIT",
-        ControlRequest::DbTransactionCommit(transdb),
-    )
-    .await?;
-    ctx.all(nodes, "DB_THAW", ControlRequest::DbThaw(db_id))
-        .await?;
-    Ok(name)
+    push(ctx, &[src], db_id, name, store, policy).await?;
+    Ok(())
 }
 
 /// The database's name, which every node having it must agree on.
@@ -260,15 +321,35 @@ async fn hold(ctx: &Ctx, db_id: u32) {
     }
 }
 
-/// Pulls every active node at once into the store.
-async fn collect_all(ctx: &Ctx, db_id: u32, name: &str, store: &Mutex<RecordStore>) -> Result<()> {
-    let pulls = ctx
-        .nodes
-        .pnns
-        .iter()
-        .enumerate()
-        .map(|(i, &pnn)| async move { (pnn, pull(ctx, db_id, name, pnn, i as u32, store).await) });
-    let results = futures::future::join_all(pulls).await;
+/// Pulls every active node at once into the store, each pull a task of
+/// its own so that chunks from different nodes are taken in on every
+/// worker thread.
+async fn collect_all(
+    ctx: &Arc<Ctx>,
+    db_id: u32,
+    name: &str,
+    store: &Arc<Mutex<RecordStore>>,
+) -> Result<()> {
+    let tasks: Vec<_> =
+        ctx.nodes
+            .pnns
+            .iter()
+            .enumerate()
+            .map(|(i, &pnn)| {
+                let (ctx, store, name) = (ctx.clone(), store.clone(), name.to_owned());
+                let task = tokio::spawn(async move {
+                    pull(&ctx, db_id, &name, pnn, i as u32, &store, None).await
+                });
+                (pnn, task)
+            })
+            .collect();
+    let mut results = Vec::new();
+    for (pnn, task) in tasks {
+        let r = task
+            .await
+            .unwrap_or_else(|e| Err(Error::Other(format!("pull task: {e}"))));
+        results.push((pnn, r));
+    }
     // Blame the first failing node in node order, as a sequential pull
     // would have.
     for (pnn, r) in results {
@@ -281,13 +362,8 @@ async fn collect_all(ctx: &Ctx, db_id: u32, name: &str, store: &Mutex<RecordStor
     Ok(())
 }
 
-/// Pulls the node with the highest sequence number.
-async fn collect_highest_seqnum(
-    ctx: &Ctx,
-    db_id: u32,
-    name: &str,
-    store: &Mutex<RecordStore>,
-) -> Result<u32> {
+/// The first node with the highest sequence number of the database.
+async fn highest_seqnum(ctx: &Ctx, db_id: u32, name: &str) -> Result<u32> {
     let nodes = &ctx.nodes.pnns;
     let replies = ctx
         .all(
@@ -310,11 +386,5 @@ async fn collect_highest_seqnum(
     }
     let (pnn, seq) = best;
     tracing::debug!("Pull persistent db {name} from node {pnn} with seqnum 0x{seq:x}");
-    let idx = ctx.nodes.index(pnn).unwrap_or(0) as u32;
-    if let Err(e) = pull(ctx, db_id, name, pnn, idx, store).await {
-        ctx.nodes
-            .ban_credit(pnn, &format!("failed to pull db {name}"));
-        return Err(e);
-    }
     Ok(pnn)
 }
