@@ -814,9 +814,11 @@ impl Tdb {
     /// Open (or create) a database.
     pub fn open(path: impl AsRef<Path>, o: &OpenOptions) -> Result<Tdb> {
         let path = path.as_ref();
-        let mut reg = OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = || OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        // Refuse before opening a descriptor: closing a second descriptor of
+        // an open file would drop the first handle's fcntl locks.
         if let Ok(md) = std::fs::metadata(path)
-            && reg.contains(&dev_ino(&md))
+            && registry().contains(&dev_ino(&md))
         {
             return Err(Error::AlreadyOpen);
         }
@@ -828,18 +830,25 @@ impl Tdb {
             .mode(o.mode)
             .open(path)?;
         let id = dev_ino(&file.metadata()?);
-        if reg.contains(&id) {
-            // The path changed under us to a file we already have open.
-            // Closing this descriptor would drop that handle's locks.
-            std::mem::forget(file);
-            return Err(Error::AlreadyOpen);
+        {
+            let mut reg = registry();
+            if reg.contains(&id) {
+                // Lost a race with another open of the same file (or the
+                // path changed under us). Leak the descriptor rather than
+                // close it and drop the other handle's locks.
+                std::mem::forget(file);
+                return Err(Error::AlreadyOpen);
+            }
+            reg.push(id);
         }
+        // From here on the registration is undone on every exit, after the
+        // descriptor is closed. The registry is not held while we wait for
+        // the file's open lock.
+        let reg = Registration(id);
         let inner = open_inner(file, path, o)?;
-        reg.push(id);
-        drop(reg);
         Ok(Tdb {
             inner: RefCell::new(inner),
-            _reg: Registration(id),
+            _reg: reg,
         })
     }
 

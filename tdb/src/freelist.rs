@@ -11,7 +11,7 @@
 //! page-aligned, and the new space is freed into the list.
 //!
 //! Deleted records first become *dead* (still linked in their chain, magic
-//! [`DEAD_MAGIC`]); they are moved to the freelist right away unless a
+//! [`DEAD_MAGIC`](crate::format::DEAD_MAGIC)); they are moved to the freelist right away unless a
 //! traversal sits on them or the database keeps some dead records for
 //! reuse (`max_dead`, CTDB's volatile databases).
 

@@ -38,9 +38,10 @@ pub(crate) struct Io {
 
 impl Io {
     pub fn new(file: File, hdr_ofs: u64, read_only: bool, use_mmap: bool, no_sync: bool) -> Io {
-        // SAFETY: sysconf has no preconditions.
-        let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page_size = if ps <= 0 { 0x2000 } else { ps as u32 };
+        let page_size = match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+            Ok(Some(ps)) if ps > 0 && ps <= 1 << 30 => ps as u32,
+            _ => 0x2000,
+        };
         Io {
             file,
             map: None,

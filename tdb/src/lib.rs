@@ -26,11 +26,11 @@
 //! # File layout
 //!
 //! All integers are 32-bit, in the creating machine's byte order; offsets
-//! are relative to the TDB header. ([`format`] has the constants.)
+//! are relative to the TDB header. ([`mod@format`] has the constants.)
 //!
 //! ```text
 //! [ mutex area ]      only with the mutex feature; mutex_size bytes, page
-//!                     aligned, see `mutex`
+//!                     aligned, see the mutex module
 //! 0    header         168 bytes:
 //!        0  magic_food      "TDB file\n\0", zero padded to 32 bytes
 //!       32  version         0x2601196d
@@ -61,11 +61,11 @@
 //!
 //! # Modules by concern
 //!
-//! * [`format`]: header/record layout and constants.
+//! * [`mod@format`]: header/record layout and constants.
 //! * [`hash`]: the default and the Jenkins hash.
-//! * `io`: the memory map, bounds checks, file growth.
+//! * [`io`]: the memory map, bounds checks, file growth.
 //! * [`lock`]: fcntl and robust-mutex locking, nesting, recovery trigger.
-//! * `mutex`: the robust mutex area.
+//! * [`mutex`]: the robust mutex area.
 //! * [`freelist`]: allocation and freeing.
 //! * [`transaction`]: transactions, the recovery area, crash recovery.
 //! * [`traverse`]: traversals that tolerate deletion.
@@ -91,8 +91,9 @@
 
 mod db;
 mod error;
-mod io;
-mod mutex;
+
+pub mod io;
+pub mod mutex;
 
 pub mod check;
 pub mod format;
@@ -222,11 +223,8 @@ pub mod testing {
             return;
         }
         if v == 1 {
-            // SAFETY: raising a signal on ourselves has no memory-safety
-            // implications; SIGKILL cannot be caught, so it never returns.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
         }
         CRASH_AT.store(v - 1, Ordering::Relaxed);
     }

@@ -123,10 +123,7 @@ fn dead_libtdb_holder() {
         db.chainlock_nonblock(b"k"),
         Err(Error::WouldBlock)
     ));
-    // SAFETY: killing the python helper we started.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    kill_pid(pid);
     drop(lib);
     let g = db
         .chainlock_nonblock(b"k")
