@@ -315,6 +315,10 @@ pub async fn catdb(ctx: &mut Ctx, args: &[String]) -> i32 {
             let mut s = String::new();
             while let Some(r) = t.next().await {
                 match r {
+                    // CTDB's client library drops records with no data
+                    // (deleted persistent records) whatever the daemon
+                    // sends.
+                    Ok(rec) if rec.data.is_empty() => {}
                     Ok(rec) => {
                         count += 1;
                         s.clear();
