@@ -10,7 +10,7 @@
 //! exists, [`NoDatabases`] reports an empty database map and refuses
 //! every database control with a clear error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -183,13 +183,13 @@ pub struct Core {
     pub cluster_lock: Option<String>,
     pub nodes_file: PathBuf,
     pub db: Box<dyn DbLayer>,
-    /// Reclock latencies reported by the recovery daemon.
+    /// When the daemon started (keepalive uptime).
     pub start_instant: Instant,
     /// Set when a nodes-file reload changed nodes: the PNNs to connect to.
     pub reloaded: Option<Vec<u32>>,
-    /// Runstate changes waiting for the event loop (e.g. shut down).
+    /// Messages a control asked to send, `(dest, srvid, data)`, sent by
+    /// the event loop once the control is answered.
     pub pending_messages: Vec<(u32, u64, Vec<u8>)>,
-    pub stat_history: HashMap<u32, Statistics>,
 }
 
 impl Core {
@@ -213,7 +213,6 @@ impl Core {
             start_instant: Instant::now(),
             reloaded: None,
             pending_messages: Vec::new(),
-            stat_history: HashMap::new(),
         }
     }
 
