@@ -90,6 +90,19 @@ fn backup(path: &Path, name: &str, flags: u8, n: usize) {
             chunks.push(BackupChunk(std::mem::replace(&mut rb, RecBuffer::new(0))));
         }
     }
+    let mut n = n;
+    if flags & db_flags::PERSISTENT != 0 {
+        // Persistent databases written through transactions carry their
+        // sequence number in this record.
+        let h = LtdbHeader::default();
+        rb.add(
+            0,
+            Some(&h),
+            b"__db_sequence_number__\0",
+            &1u64.to_le_bytes(),
+        );
+        n += 1;
+    }
     if rb.count() > 0 {
         chunks.push(BackupChunk(rb));
     }
@@ -147,6 +160,9 @@ fn stats_lines(path: &Path) -> Vec<String> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
     if n % 2 == 1 {
         v[n / 2]
     } else {
@@ -195,6 +211,9 @@ fn main() {
 
     let mut opts = ClusterOptions::new(Daemon::Reference, 3);
     opts.recovery_helper = Some(script.clone());
+    if let Ok(m) = std::env::var("RECOVERY_BENCH_MEMORY") {
+        opts.env.push(("CTDB_RECOVERY_HELPER_MEMORY".into(), m));
+    }
     if let Ok(t) = std::env::var("RECOVERY_BENCH_TRACE") {
         opts.env.push(("CTDB_RECOVERY_HELPER_TRACE".into(), t));
     }

@@ -240,6 +240,12 @@ async fn recover_single(
         trace_event!("source-kept", "db=0x{db_id:08x} node={src}");
         return Ok(());
     }
+    trace_event!(
+        "source-pushed",
+        "db=0x{db_id:08x} node={src} records={} empty={}",
+        stats.records,
+        stats.empty
+    );
     ctx.all(
         &[src],
         "WIPE_DATABASE",
