@@ -38,7 +38,21 @@
 //! * records are not copied into a scratch TDB and then into a scratch file
 //!   before being pushed: they stay in the chunks they arrived in, indexed
 //!   by key, and the push cuts its buffers straight from there, on a
-//!   separate thread, while earlier buffers are being sent.
+//!   separate thread, while earlier buffers are being sent; each buffer is
+//!   encoded once for all nodes;
+//! * a persistent or replicated database is wiped on the nodes other than
+//!   the source (the node with the highest sequence number) before the
+//!   pull, and each pulled chunk is pushed on to them at once, so they
+//!   store while the source is still being read. The source itself gets
+//!   the push afterwards, unless (persistent databases only) it already
+//!   holds exactly what would be pushed: records were pulled and none of
+//!   them was a deleted (empty) record, which a push would drop. The
+//!   result on every node is the one CTDB's helper produces; only the
+//!   source's needless wipe and rewrite are saved.
+//!
+//! Limits: only `file:` logging is honoured (anything else, such as
+//! `syslog`, goes to standard error); the ban credits of a failed recovery
+//! lead to a ban only when a node reaches three, as with CTDB.
 //!
 //! # Memory
 //!

@@ -299,12 +299,17 @@ fn stream_file(mut f: File, mut each: impl FnMut(Rec<'_>) -> Result<()>) -> Resu
     }
 }
 
-/// Validates records read back whole; returns their number.
+/// Validates records read back whole (framing and record header); returns
+/// their number.
 fn count_records(buf: &[u8]) -> Result<u32> {
     let mut off = 0;
     let mut n = 0u32;
     while off < buf.len() {
-        off += parse_rec(&buf[off..])?.raw.len();
+        let r = parse_rec(&buf[off..])?;
+        if r.value.len() < ctdb_protocol::types::LtdbHeader::WIRE_SIZE {
+            return Err(StoreError::NoHeader(r.value.len()));
+        }
+        off += r.raw.len();
         n += 1;
     }
     Ok(n)
