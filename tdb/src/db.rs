@@ -1091,6 +1091,18 @@ impl Tdb {
         self.chainlock_impl(key, LockType::Read, false)
     }
 
+    /// Take the freelist lock without waiting (tests of lock interop only).
+    #[doc(hidden)]
+    pub fn testing_freelist_lock_nonblock(&self) -> Result<()> {
+        self.inner()?.lock_list(List::Free, LockType::Write, false)
+    }
+
+    /// Release the lock taken by [`Self::testing_freelist_lock_nonblock`].
+    #[doc(hidden)]
+    pub fn testing_freelist_unlock(&self) -> Result<()> {
+        self.inner()?.unlock_list(List::Free, LockType::Write)
+    }
+
     // ----- all-record locks -----
 
     fn lockall_impl(&self, lt: LockType, wait: bool) -> Result<AllLock<'_>> {

@@ -64,6 +64,25 @@ fn chain_locks_exclude_each_other(path: &Path, ours: &OpenOptions, lflags: u32) 
     assert_eq!(lib.cmd(&format!("chainlock_nonblock {}", hex(&b))), "ok");
     assert_eq!(lib.cmd(&format!("chainunlock {}", hex(&b))), "ok");
 
+    // The freelist lock, both ways.
+    assert_eq!(lib.cmd("freelist_lock_nonblock"), "ok");
+    assert!(matches!(
+        db.testing_freelist_lock_nonblock(),
+        Err(Error::WouldBlock)
+    ));
+    drop(
+        db.chainlock_nonblock(&a)
+            .expect("chains are independent of the freelist"),
+    );
+    assert_eq!(lib.cmd("freelist_unlock"), "ok");
+    db.testing_freelist_lock_nonblock().unwrap();
+    assert_eq!(lib.cmd("freelist_lock_nonblock"), "fail");
+    assert_eq!(lib.cmd(&format!("chainlock_nonblock {}", hex(&a))), "ok");
+    assert_eq!(lib.cmd(&format!("chainunlock {}", hex(&a))), "ok");
+    db.testing_freelist_unlock().unwrap();
+    assert_eq!(lib.cmd("freelist_lock_nonblock"), "ok");
+    assert_eq!(lib.cmd("freelist_unlock"), "ok");
+
     // Transactions exclude each other.
     assert_eq!(lib.cmd("transaction_start"), "ok");
     assert!(matches!(

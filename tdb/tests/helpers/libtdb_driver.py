@@ -30,6 +30,11 @@ for name in ("tdb_lockall", "tdb_lockall_nonblock", "tdb_unlockall", "tdb_lockal
     getattr(lib, name).argtypes = [ctypes.c_void_p]
     getattr(lib, name).restype = ctypes.c_int
 lib.tdb_check.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+lib.tdb_lock_nonblock.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+lib.tdb_lock_nonblock.restype = ctypes.c_int
+lib.tdb_unlock.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+lib.tdb_unlock.restype = ctypes.c_int
+F_WRLCK = 1
 lib.tdb_store.argtypes = [ctypes.c_void_p, TDB_DATA, TDB_DATA, ctypes.c_int]
 lib.tdb_store.restype = ctypes.c_int
 lib.tdb_fetch.argtypes = [ctypes.c_void_p, TDB_DATA]
@@ -90,6 +95,11 @@ def main():
                         "transaction_start_nonblock"):
                 rc = getattr(lib, "tdb_" + op)(t)
                 r = "ok" if rc == 0 else "fail"
+            elif op == "freelist_lock_nonblock":
+                # list -1 is the freelist
+                r = "ok" if lib.tdb_lock_nonblock(t, -1, F_WRLCK) == 0 else "fail"
+            elif op == "freelist_unlock":
+                r = "ok" if lib.tdb_unlock(t, -1, F_WRLCK) == 0 else "fail"
             elif op == "check":
                 rc = lib.tdb_check(t, None, None)
                 r = "ok" if rc == 0 else "fail"
