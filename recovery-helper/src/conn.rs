@@ -228,6 +228,84 @@ pub fn check(r: ReplyControl, opcode: Opcode, node: u32) -> Result<ReplyControl>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ctdb_protocol::ControlReply;
+    use tokio::io::AsyncReadExt;
+
+    /// A daemon stand-in: reads `n` control requests, then answers them in
+    /// reverse order with their destination node as the reply data, after
+    /// a stray message.
+    async fn fake_daemon(listener: tokio::net::UnixListener, n: usize) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut reqs = Vec::new();
+        for _ in 0..n {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut pkt = vec![0u8; u32::from_le_bytes(len) as usize];
+            pkt[..4].copy_from_slice(&len);
+            s.read_exact(&mut pkt[4..]).await.unwrap();
+            let (h, _) = Header::pull(&pkt).unwrap();
+            reqs.push(h);
+        }
+        let stray = Packet::new(
+            Header::new(Operation::ReqMessage, 0, 0, 0),
+            Body::ReqMessage(ReqMessage {
+                srvid: 42,
+                data: MessageData::Data(vec![1, 2, 3]),
+            }),
+        );
+        s.write_all(&stray.encode()).await.unwrap();
+        for h in reqs.iter().rev() {
+            let reply = Packet::new(
+                Header::new(Operation::ReplyControl, h.srcnode, h.destnode, h.reqid),
+                Body::ReplyControl(ReplyControl::ok(ControlReply::DbPushConfirm(h.destnode))),
+            );
+            s.write_all(&reply.encode()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_matched_to_their_nodes_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(fake_daemon(listener, 3));
+        let mut c = DirectConn::connect(&path, 0, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let r = c
+            .control_all(&[5, 6, 7], ControlRequest::DbPushConfirm(1))
+            .await
+            .unwrap();
+        server.await.unwrap();
+        let got: Vec<(u32, u32)> = r
+            .into_iter()
+            .map(|(d, r)| match r.unwrap().data {
+                Some(ControlReply::DbPushConfirm(n)) => (d, n),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![(5, 5), (6, 6), (7, 7)]);
+    }
+
+    #[tokio::test]
+    async fn a_silent_daemon_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            // Hold the connection open without ever answering.
+            let (_s, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let mut c = DirectConn::connect(&path, 0, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let r = c
+            .control(1, ReqControl::new(ControlRequest::DbThaw(1)))
+            .await;
+        assert!(matches!(r, Err(ClientError::Timeout { .. })), "{r:?}");
+        server.abort();
+    }
 
     #[test]
     fn destination_patch_hits_the_header_field() {

@@ -175,7 +175,14 @@ pub async fn all(
     op: &'static str,
     req: ControlRequest,
 ) -> Result<Vec<ReplyControl>> {
+    let t = std::time::Instant::now();
     let results = client.control_many(nodes, req).await;
+    crate::trace_event!(
+        "control",
+        "op={op} nodes={} us={}",
+        nodes.len(),
+        t.elapsed().as_micros()
+    );
     let mut replies = Vec::with_capacity(results.len());
     for (pnn, r) in results {
         replies.push(r.map_err(Error::node_err(op, pnn))?);
