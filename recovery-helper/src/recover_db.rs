@@ -10,7 +10,9 @@
 //!   [`crate::merge::Rank`];
 //! * persistent and replicated: every node reports its sequence number
 //!   (`GET_DB_SEQNUM`) and only the first node with the highest one is
-//!   pulled, as CTDB 4.17 does for both.
+//!   pulled, as CTDB 4.17 does for both. The other nodes are wiped first
+//!   and get each chunk as it arrives; the source is pushed to last, or
+//!   left alone when it already holds the result (see `recover_single`).
 //!
 //! A failed attempt is retried up to [`NUM_RETRIES`] times in all. The node
 //! that made a freeze, an attach, a name check or a pull fail earns a ban
