@@ -43,11 +43,19 @@ async fn open_db(ctx: &Ctx, arg: &str, persistent: bool) -> Result<(DbRef, Db), 
 }
 
 async fn attach_client(ctx: &Ctx, db: DbRef) -> Result<(DbRef, Db), i32> {
-    if let Err(e) = attach_db(ctx, &db.name, db.flags).await {
-        eprintln!("Failed to attach to DB {}", db.name);
-        return Err(e);
-    }
-    match ctx.client.attach(&db.name, cmd_db::kind(db.flags), 0).await {
+    let a = match attach_db(ctx, &db.name, db.flags).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Failed to attach to DB {}", db.name);
+            return Err(e);
+        }
+    };
+    // Attached already: open it without a second DB_ATTACH.
+    match ctx
+        .client
+        .open_attached(a.id, &db.name, cmd_db::kind(db.flags), 0)
+        .await
+    {
         Ok(h) => Ok((db, h)),
         Err(e) => {
             eprintln!("Failed to attach to DB {}", db.name);
@@ -397,7 +405,13 @@ pub async fn readkey(ctx: &mut Ctx, args: &[String]) -> i32 {
         Ok(k) => k,
         Err(e) => return e,
     };
-    match h.fetch(&key).await {
+    // `readonly`: a read-only delegation is enough, no migration.
+    let r = if args.len() == 3 {
+        h.fetch_readonly(&key).await
+    } else {
+        h.fetch(&key).await
+    };
+    match r {
         Ok(r) => {
             let mut out = std::io::stdout().lock();
             let _ = write!(out, "Data: size:{} ptr:[", r.data.len());
@@ -511,6 +525,10 @@ pub async fn backupdb(ctx: &mut Ctx, args: &[String]) -> i32 {
     let mut write_failed = false;
     let mut progress = Progress::new("backupdb");
     let r = local.with(|t| {
+        // One shared lock on every record for the whole walk: a consistent
+        // snapshot, and no lock calls per chain and record (the reference
+        // spends most of its time in those).
+        let _all = t.lockall_read();
         t.traverse_read(|k, v| {
             rb.add(0, None, k, v);
             if rb.len() >= BACKUP_MAX_REC_BUFFER_SIZE {

@@ -303,7 +303,20 @@ pub fn plan() -> Vec<Step> {
         extra("tstore", &["tstore", "cap_vol.tdb", "tk", "tv"]),
         extra("tfetch", &["tfetch", "cap_vol.tdb", "tk"]),
         extra("deletekey", &["deletekey", "cap_vol.tdb", "tk"]),
+        extra(
+            "readkey readonly, plain database",
+            &["readkey", "cap_vol.tdb", "kv", "readonly"],
+        ),
         cmd("setdbreadonly"),
+        setup("a record whose dmaster is node 0", |c| {
+            let out = c.tool(0, &["writekey", "cap_vol.tdb", "k0", "v0"]);
+            assert!(out.status.success(), "{out:?}");
+        }),
+        extra(
+            "readkey readonly, remote record",
+            &["readkey", "cap_vol.tdb", "k0", "readonly"],
+        ),
+        extra("readkey, remote record", &["readkey", "cap_vol.tdb", "k0"]),
         cmd("setdbsticky"),
         extra("getdbmap -X", &["-X", "getdbmap"]),
         cmd("wipedb"),
