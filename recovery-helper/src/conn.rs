@@ -112,11 +112,7 @@ impl DirectConn {
                     return Ok(Incoming::Message(srvid, data.to_vec()));
                 }
                 Operation::ReplyControl if header.reqid == reqid => {
-                    let pkt = Packet::decode(&frame, |_| Some(op))?;
-                    let Body::ReplyControl(r) = pkt.body else {
-                        return Err(ClientError::UnexpectedReply(op));
-                    };
-                    return Ok(Incoming::Reply(r));
+                    return Ok(Incoming::Reply(decode_reply(&frame, op)?));
                 }
                 _ => continue,
             }
@@ -184,10 +180,7 @@ impl DirectConn {
             };
             let (header, _) = Header::pull(&frame)?;
             if header.operation == Operation::ReplyControl {
-                let pkt = Packet::decode(&frame, |_| Some(op))?;
-                if let Body::ReplyControl(r) = pkt.body {
-                    return Ok((header.reqid, r));
-                }
+                return Ok((header.reqid, decode_reply(&frame, op)?));
             }
         }
     }
@@ -209,6 +202,43 @@ impl DirectConn {
             self.write(&pkt).await?;
         }
         Ok(())
+    }
+}
+
+/// Decodes a control reply. CTDB's daemon sends error messages without a
+/// terminating NUL, which the protocol crate refuses; a failed reply that
+/// does not decode is rebuilt from its status and raw message, so the
+/// reason is not lost.
+fn decode_reply(frame: &[u8], op: Opcode) -> Result<ReplyControl> {
+    match Packet::decode(frame, |_| Some(op)) {
+        Ok(Packet {
+            body: Body::ReplyControl(r),
+            ..
+        }) => Ok(r),
+        Ok(_) => Err(ClientError::UnexpectedReply(op)),
+        Err(e) => {
+            let word = |i: usize| {
+                frame
+                    .get(HEADER_LEN + i..HEADER_LEN + i + 4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            };
+            let (Some(status), Some(dlen), Some(elen)) = (word(0), word(4), word(8)) else {
+                return Err(e.into());
+            };
+            let start = HEADER_LEN + 12 + dlen as usize;
+            match frame.get(start..start + elen as usize) {
+                Some(msg) if status != 0 => Ok(ReplyControl {
+                    status: status as i32,
+                    data: None,
+                    errmsg: Some(
+                        String::from_utf8_lossy(msg)
+                            .trim_end_matches('\0')
+                            .to_owned(),
+                    ),
+                }),
+                _ => Err(e.into()),
+            }
+        }
     }
 }
 
@@ -285,6 +315,32 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec![(5, 5), (6, 6), (7, 7)]);
+    }
+
+    #[test]
+    fn error_messages_without_nul_are_kept() {
+        // A failed reply as CTDB's daemon builds it: status -1, no data,
+        // the message's bytes without a terminating NUL.
+        let msg = b"ctdb_control to disconnected node";
+        let mut frame = Vec::new();
+        let len = HEADER_LEN + 12 + msg.len();
+        let h = Header::new(Operation::ReplyControl, 0, 1, 7);
+        let mut hb = vec![0u8; HEADER_LEN];
+        h.push(&mut hb);
+        hb[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        frame.extend_from_slice(&hb);
+        frame.extend_from_slice(&(-1i32).to_le_bytes());
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+        frame.extend_from_slice(msg);
+        let r = decode_reply(&frame, Opcode::DbFreeze).unwrap();
+        assert_eq!(r.status, -1);
+        assert_eq!(
+            r.errmsg.as_deref(),
+            Some("ctdb_control to disconnected node")
+        );
+        let e = check(r, Opcode::DbFreeze, 2).unwrap_err();
+        assert!(e.to_string().contains("disconnected node"), "{e}");
     }
 
     #[tokio::test]
