@@ -6,7 +6,7 @@
 //! opcode, so decoding one needs the opcode of the request it answers.
 
 use crate::error::{Error, Result};
-use crate::marshal::{Marshal, Reader, Writer, cstr_len, cstrn_len, wire_u32};
+use crate::marshal::{Marshal, Reader, Writer, cstrn_len, wire_u32};
 use crate::types::*;
 
 /// Control flag: the sender wants no reply.
@@ -407,6 +407,28 @@ impl Marshal for ReqControl {
     }
 }
 
+/// Bytes of an error message on the wire: CTDB's daemon sends the text
+/// without a terminating NUL (its length is `strlen`), and so do we.
+fn errmsg_len(m: &Option<String>) -> usize {
+    m.as_ref().map_or(0, String::len)
+}
+
+/// An error message is read up to a NUL or the end of its region, so both
+/// the daemon's unterminated form and the client library's terminated one
+/// are understood.
+fn errmsg_pull(b: &[u8]) -> Result<Option<String>> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end])
+        .map(|s| Some(s.to_owned()))
+        .map_err(|_| Error::Invalid {
+            what: "reply errmsg",
+            why: "not UTF-8",
+        })
+}
+
 /// `ctdb_reply_control`: the body of a `REPLY_CONTROL` packet.
 ///
 /// On the wire: status, data length, error-message length, data, error
@@ -465,15 +487,7 @@ impl ReplyControl {
         } else {
             None
         };
-        let start = r.pos();
-        let errmsg = r.cstr(elen, "reply errmsg")?;
-        if r.pos() - start != elen {
-            return Err(Error::Inconsistent {
-                what: "reply errmsg",
-                declared: elen,
-                actual: r.pos() - start,
-            });
-        }
+        let errmsg = errmsg_pull(r.bytes(elen, "reply errmsg")?)?;
         Ok((
             ReplyControl {
                 status,
@@ -488,7 +502,7 @@ impl ReplyControl {
     pub fn len(&self) -> usize {
         REPLY_CONTROL_FIXED
             + self.data.as_ref().map_or(0, ControlReply::data_len)
-            + cstr_len(self.errmsg.as_deref())
+            + errmsg_len(&self.errmsg)
     }
 
     /// Never true: a reply has at least its fixed fields.
@@ -502,14 +516,16 @@ impl ReplyControl {
         let mut w = Writer::new(buf);
         w.i32(self.status);
         w.u32(wire_u32(dlen));
-        w.u32(wire_u32(cstr_len(self.errmsg.as_deref())));
+        w.u32(wire_u32(errmsg_len(&self.errmsg)));
         let pos = w.pos();
         let n = match &self.data {
             Some(d) => d.push_data(&mut buf[pos..]),
             None => 0,
         };
         let mut w = Writer::new(&mut buf[pos + n..]);
-        w.cstr(self.errmsg.as_deref());
+        if let Some(m) = &self.errmsg {
+            w.bytes(m.as_bytes());
+        }
         pos + n + w.pos()
     }
 }

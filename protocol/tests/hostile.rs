@@ -135,3 +135,25 @@ fn dmaster_without_record_flags_decodes_stably() {
     let again = Packet::decode_request(&p.encode()).unwrap();
     assert_eq!(again.body, p.body);
 }
+
+/// CTDB's daemon sends control error messages without a terminating NUL;
+/// its client library sends them with one. Both read as the same text.
+#[test]
+fn reply_error_messages_with_and_without_nul() {
+    use ctdb_protocol::ReplyControl;
+    for msg in [&b"no such db"[..], &b"no such db\0"[..]] {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(-1i32).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+        b.extend_from_slice(msg);
+        let (r, n) = ReplyControl::pull_for(Opcode::GetDbName, &b).unwrap();
+        assert_eq!(n, b.len());
+        assert_eq!(r.errmsg.as_deref(), Some("no such db"));
+    }
+    // We send the daemon's form.
+    let r = ReplyControl::error(-1, "no such db");
+    let mut b = vec![0u8; r.len()];
+    r.push(&mut b);
+    assert_eq!(&b[12..], b"no such db");
+}
