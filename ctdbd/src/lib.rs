@@ -10,6 +10,8 @@
 //! * [`messaging`]: srvid registrations;
 //! * [`control`]: answering controls ([`control::Core`], reusable without
 //!   sockets), and the [`control::DbLayer`] hook for databases;
+//! * [`db`]: the databases: attach, record calls and migration,
+//!   persistent transactions, traverses, recovery of databases;
 //! * [`server`]: the single-threaded event loop that owns all state and
 //!   routes packets between clients and nodes;
 //! * [`clients`]: the unix socket; [`transport`]: TCP links to nodes;
@@ -23,6 +25,7 @@ pub mod cluster_mutex;
 pub mod config;
 pub mod control;
 pub mod daemonize;
+pub mod db;
 pub mod logging;
 pub mod messaging;
 pub mod node;

@@ -13,22 +13,24 @@
 //! waits for room before handing over its next packet, and waiting readers
 //! are served in order, so one busy client cannot starve the others.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ctdb_protocol::call::ReplyError;
+use ctdb_protocol::call::{ReplyError, ReqCall};
 use ctdb_protocol::control::CTDB_CTRL_FLAG_NOREPLY;
 use ctdb_protocol::header::{
     CTDB_BROADCAST_ACTIVE, CTDB_BROADCAST_ALL, CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE,
     CTDB_MULTICAST, HEADER_LEN, INVALID_GENERATION,
 };
 use ctdb_protocol::keepalive::ReqKeepalive;
-use ctdb_protocol::types::{Runstate, capabilities};
+use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, Runstate, capabilities};
 use ctdb_protocol::{
     Body, ControlReply, ControlRequest, Header, Opcode, Operation, Packet, ReplyControl,
     ReqControl, ReqMessage,
@@ -40,6 +42,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::cluster_mutex;
 use crate::control::{AsyncOp, ClientInfo, ControlCtx, Core, Outcome};
+use crate::db::{Databases, DbEvent, Effect, Env};
 use crate::messaging::ClientId;
 use crate::transport::{self, OutCmd};
 
@@ -127,6 +130,8 @@ enum PendingKind {
     Forward { id: ClientId, reqid: u32 },
     /// `START_RECOVERY`'s question to the leader about its cluster lock.
     ReclockCheck { to: ReplyTo },
+    /// A control the database layer sent; its reply goes back there.
+    Db { tag: u64, opcode: Opcode },
 }
 
 /// Fixed facts the loop needs besides [`Core`].
@@ -156,6 +161,11 @@ pub struct Server {
     next_keepalive: Instant,
     next_stat_rotation: Instant,
     shutdown: bool,
+    /// The database layer (also installed in `core.db` for `GET_DBMAP`).
+    dbs: Option<Rc<RefCell<Databases>>>,
+    db_rx: Option<mpsc::UnboundedReceiver<DbEvent>>,
+    /// The recovery mode the database layer last saw.
+    db_recmode: u32,
 }
 
 impl Server {
@@ -176,6 +186,133 @@ impl Server {
             next_keepalive: Instant::now(),
             next_stat_rotation: Instant::now(),
             shutdown: false,
+            dbs: None,
+            db_rx: None,
+            db_recmode: CTDB_RECOVERY_ACTIVE,
+        }
+    }
+
+    /// Installs the database layer: record calls, database controls and
+    /// recovery of databases go to it.
+    pub fn install_databases(
+        &mut self,
+        dbs: Rc<RefCell<Databases>>,
+        rx: mpsc::UnboundedReceiver<DbEvent>,
+    ) {
+        self.core.db = Box::new(crate::db::DbHandle(Rc::clone(&dbs)));
+        self.dbs = Some(dbs);
+        self.db_rx = Some(rx);
+    }
+
+    /// Runs `f` on the database layer, then carries out what it asked for.
+    fn with_dbs<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> Option<R> {
+        let dbs = self.dbs.clone()?;
+        let r = {
+            let env = Env {
+                node: &self.core.node,
+                tunables: &self.core.tunables,
+                clients: &self.core.clients,
+            };
+            let mut d = dbs.borrow_mut();
+            f(&mut d, &env)
+        };
+        self.run_db_effects();
+        Some(r)
+    }
+
+    /// Carries out the database layer's effects (which may produce more).
+    fn run_db_effects(&mut self) {
+        let Some(dbs) = self.dbs.clone() else {
+            return;
+        };
+        loop {
+            let effects = {
+                let mut d = dbs.borrow_mut();
+                if d.has_ready() {
+                    let env = Env {
+                        node: &self.core.node,
+                        tunables: &self.core.tunables,
+                        clients: &self.core.clients,
+                    };
+                    d.run_ready(&env);
+                }
+                d.take_effects()
+            };
+            if effects.is_empty() {
+                break;
+            }
+            for e in effects {
+                self.db_effect(e);
+            }
+        }
+    }
+
+    fn db_effect(&mut self, e: Effect) {
+        match e {
+            Effect::ToNode(pnn, b) => self.send_node(pnn, b),
+            Effect::ToClient(id, b) => self.send_client(id, b),
+            Effect::Message { dest, srvid, data } => self.send_message(dest, srvid, &data),
+            Effect::Reply(to, r) => self.reply(to, r),
+            Effect::Control { dest, req, tag } => self.db_control(dest, req, tag),
+            Effect::RecoveryActive(why) => {
+                if !self.core.node.in_recovery() {
+                    error!("{why}: setting recovery mode to ACTIVE");
+                    self.core.node.recovery_mode = CTDB_RECOVERY_ACTIVE;
+                }
+            }
+        }
+    }
+
+    /// Sends a control for the database layer.
+    fn db_control(&mut self, dest: u32, req: ReqControl, tag: Option<u64>) {
+        let connected = dest == self.pnn()
+            || self
+                .core
+                .node
+                .node(dest)
+                .is_some_and(|n| !n.is_deleted() && n.is_connected());
+        if !connected {
+            if let Some(tag) = tag {
+                self.with_dbs(|d, env| {
+                    d.control_reply(env, tag, Err("node is disconnected".to_owned()))
+                });
+            }
+            return;
+        }
+        let reqid = match tag {
+            Some(tag) => {
+                let r = self.new_reqid();
+                let deadline = Instant::now()
+                    + Duration::from_secs(u64::from(self.core.tunables.control_timeout.max(1)));
+                self.pending.insert(
+                    r,
+                    Pending {
+                        dest,
+                        deadline,
+                        kind: PendingKind::Db {
+                            tag,
+                            opcode: req.opcode(),
+                        },
+                    },
+                );
+                r
+            }
+            None => 0,
+        };
+        let mut h = Header::new(Operation::ReqControl, dest, self.pnn(), reqid);
+        h.generation = self.generation();
+        let b: Bytes = Packet::new(h, Body::ReqControl(req)).encode().into();
+        self.send_node(dest, b);
+    }
+
+    /// The database layer learns about recovery mode changes.
+    fn db_recmode_check(&mut self) {
+        let now = self.core.node.recovery_mode;
+        if now != self.db_recmode {
+            self.db_recmode = now;
+            if !self.core.node.in_recovery() {
+                self.with_dbs(|d, env| d.recmode_normal(env));
+            }
         }
     }
 
@@ -228,13 +365,23 @@ impl Server {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.shutdown {
+            let wake = self.dbs.as_ref().and_then(|d| d.borrow().next_wakeup());
             tokio::select! {
                 biased;
                 _ = tick.tick() => self.on_tick(Instant::now()),
+                Some(ev) = recv_db(&mut self.db_rx) => {
+                    self.with_dbs(|d, env| d.event(env, ev));
+                    self.after_event();
+                }
                 ev = self.ev_rx.recv() => match ev {
                     Some(ev) => self.on_event(ev),
                     None => break,
                 },
+                _ = sleep_until(wake), if wake.is_some() => {
+                    let now = Instant::now();
+                    self.with_dbs(|d, env| d.tick(env, now));
+                    self.after_event();
+                }
             }
         }
         self.finish().await;
@@ -338,6 +485,7 @@ impl Server {
 
     /// Follow-ups a control may have asked for.
     fn after_event(&mut self) {
+        self.db_recmode_check();
         if let Some(changed) = self.core.reloaded.take() {
             for pnn in changed {
                 if let Some(NodeLinks {
@@ -399,6 +547,7 @@ impl Server {
         self.core.srvids.remove_client(id);
         self.pending
             .retain(|_, p| !matches!(p.kind, PendingKind::Forward { id: i, .. } if i == id));
+        self.with_dbs(|d, env| d.client_gone(env, id));
         if let Some(info) = self.core.clients.remove(&id) {
             for n in info.notify {
                 self.send_message(CTDB_BROADCAST_CONNECTED, n.srvid, &n.data);
@@ -435,6 +584,24 @@ impl Server {
             Operation::ReqMessage => {
                 self.core.stats.bump(|s| s.client.req_message += 1);
                 self.client_message(id, hdr, &mut pkt)
+            }
+            Operation::ReqCall if self.dbs.is_some() => {
+                self.core.stats.bump(|s| s.client.req_call += 1);
+                match ReqCall::pull(&pkt[HEADER_LEN..]) {
+                    Ok((c, _)) => {
+                        self.with_dbs(|d, env| d.client_call(env, id, hdr.reqid, c));
+                    }
+                    Err(e) => {
+                        warn!("client {id}: malformed REQ_CALL ({e})");
+                        let e = ReplyError {
+                            status: -1,
+                            msg: format!("malformed call: {e}\0").into_bytes(),
+                        };
+                        let mut h = Header::new(Operation::ReplyError, 0, self.pnn(), hdr.reqid);
+                        h.generation = self.generation();
+                        self.send_client(id, Packet::new(h, Body::ReplyError(e)).encode().into());
+                    }
+                }
             }
             Operation::ReqCall => {
                 self.core.stats.bump(|s| s.client.req_call += 1);
@@ -666,8 +833,12 @@ impl Server {
         }
     }
 
-    /// Delivers a message to the local clients registered for `srvid`.
+    /// Delivers a message to the local clients registered for `srvid`
+    /// (or to the database layer, for the srvids it listens on).
     fn deliver_local(&mut self, srvid: u64, data: &[u8]) {
+        if self.dbs.is_some() && self.with_dbs(|d, env| d.message(env, srvid, data)) == Some(true) {
+            return;
+        }
         let recipients = self.core.srvids.recipients(srvid);
         if recipients.is_empty() {
             trace!("no client registered for srvid 0x{srvid:x}");
@@ -694,9 +865,27 @@ impl Server {
 
     /// Answers a control addressed to this node.
     fn local_control(&mut self, ctx: ControlCtx, req: &ReqControl, to: ReplyTo) {
+        let op = req.opcode();
+        if self.dbs.is_some() && crate::db::controls::handles(op) {
+            self.with_dbs(|d, env| d.control(env, ctx, req, to));
+            self.after_event();
+            return;
+        }
+        if let ControlRequest::SetRecmode(m) = &req.data
+            && *m == ctdb_protocol::types::CTDB_RECOVERY_NORMAL
+            && self.core.node.in_recovery()
+            && let Some(Err(e)) = self.with_dbs(|d, env| d.check_generations(env))
+        {
+            self.reply(to, ReplyControl::error(-1, e));
+            return;
+        }
         match self.core.handle(&ctx, req) {
             Outcome::Reply(r) => self.reply(to, r),
             Outcome::Async(op) => self.start_async(op, to),
+        }
+        if op == Opcode::EndRecovery {
+            self.db_recmode_check();
+            self.with_dbs(|d, env| d.end_recovery(env));
         }
         self.after_event();
     }
@@ -904,6 +1093,9 @@ impl Server {
                 self.reply(ReplyTo::Client { id, reqid }, ReplyControl::error(-1, why));
             }
             PendingKind::ReclockCheck { to } => self.reclock_checked(to, Err(why.to_owned())),
+            PendingKind::Db { tag, .. } => {
+                self.with_dbs(|d, env| d.control_reply(env, tag, Err(why.to_owned())));
+            }
         }
     }
 
@@ -1000,6 +1192,23 @@ impl Server {
             | Operation::ReplyCall
             | Operation::ReqDmaster
             | Operation::ReplyDmaster
+            | Operation::ReplyError
+                if self.dbs.is_some() =>
+            {
+                self.core.stats.bump(|s| match hdr.operation {
+                    Operation::ReqCall => s.node.req_call += 1,
+                    Operation::ReplyCall => s.node.reply_call += 1,
+                    Operation::ReqDmaster => s.node.req_dmaster += 1,
+                    Operation::ReplyDmaster => s.node.reply_dmaster += 1,
+                    _ => s.node.reply_error += 1,
+                });
+                let b = pkt.freeze();
+                self.with_dbs(|d, env| d.node_packet(env, b));
+            }
+            Operation::ReqCall
+            | Operation::ReplyCall
+            | Operation::ReqDmaster
+            | Operation::ReplyDmaster
             | Operation::ReplyError => {
                 debug!(
                     "{:?} from node {pnn} dropped: no database layer",
@@ -1056,6 +1265,12 @@ impl Server {
                     .map_err(|e| e.to_string());
                 self.reclock_checked(to, r);
             }
+            PendingKind::Db { tag, opcode } => {
+                let r = ReplyControl::pull_for(opcode, &pkt[HEADER_LEN..])
+                    .map(|(r, _)| r)
+                    .map_err(|e| e.to_string());
+                self.with_dbs(|d, env| d.control_reply(env, tag, r));
+            }
         }
     }
 
@@ -1094,6 +1309,8 @@ impl Server {
             self.keepalive_round();
         }
         self.runstate_progress();
+        self.with_dbs(|d, env| d.tick(env, now));
+        self.db_recmode_check();
     }
 
     fn keepalive_round(&mut self) {
@@ -1172,6 +1389,23 @@ impl Server {
     /// Whether this node may lead (for the recovery daemon).
     pub fn can_lead(&self) -> bool {
         self.core.node.capabilities & capabilities::RECMASTER != 0
+    }
+}
+
+/// The next event of the database layer's background work (never, when
+/// there is no database layer).
+async fn recv_db(rx: &mut Option<mpsc::UnboundedReceiver<DbEvent>>) -> Option<DbEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `t` (forever for `None`).
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 

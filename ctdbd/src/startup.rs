@@ -11,6 +11,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, CTDB_PORT, Config, DaemonPaths, NodeEntry};
 use crate::control::Core;
+use crate::db::file::persistent_names;
+use crate::db::{Databases, DbConfig, Env};
 use crate::logging;
 use crate::node::NodeState;
 use crate::recoverd::{self, RecoverdConfig};
@@ -199,6 +201,7 @@ async fn serve(
             helper_env: helper_env.clone(),
         },
     );
+    install_databases(&mut server, cfg);
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());
     transport::spawn_acceptor(tcp, ev.clone());
@@ -227,6 +230,35 @@ async fn serve(
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pidfile);
     Ok(())
+}
+
+/// Creates the database layer and attaches the persistent databases
+/// found on disk, as CTDB does at start-up.
+fn install_databases(server: &mut Server, cfg: &Config) {
+    let mutexes = cfg.tdb_mutexes && server.core.tunables.mutex_enabled != 0;
+    let (dbs, rx) = Databases::new(DbConfig {
+        volatile_dir: cfg.volatile_db_dir.clone(),
+        persistent_dir: cfg.persistent_db_dir.clone(),
+        state_dir: cfg.state_db_dir.clone(),
+        mutexes,
+        traverse_helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ctdbd")),
+    });
+    let dbs = std::rc::Rc::new(std::cell::RefCell::new(dbs));
+    {
+        let core = &server.core;
+        let env = Env {
+            node: &core.node,
+            tunables: &core.tunables,
+            clients: &core.clients,
+        };
+        let mut d = dbs.borrow_mut();
+        for name in persistent_names(&cfg.persistent_db_dir, core.node.pnn) {
+            if let Err(e) = d.attach_existing(&env, &name) {
+                error!("Failed to attach to persistent database '{name}': {e}");
+            }
+        }
+    }
+    server.install_databases(dbs, rx);
 }
 
 /// Many clients mean many descriptors: use the hard limit.

@@ -1,0 +1,870 @@
+//! The database side of recovery: freezing, pulling, wiping, pushing,
+//! committing, thawing.
+//!
+//! Freezing a database starts a *freeze session*: a thread that takes the
+//! database handle and locks all its records, trying without blocking
+//! until it succeeds or the freeze times out (a client holding a record
+//! lock delays a freeze, it cannot hang the daemon, and a freeze that
+//! cannot get its locks fails with a clear reason instead of leaving the
+//! recovery waiting forever). While frozen, the session serves the
+//! recovery controls in order: `DB_PULL` (records streamed as messages in
+//! chunks of `RecBufferSizeLimit`), `DB_TRANSACTION_START`,
+//! `WIPE_DATABASE`, `DB_PUSH_START` / pushed record messages /
+//! `DB_PUSH_CONFIRM`, `DB_TRANSACTION_COMMIT`, `GET_DB_SEQNUM`. `DB_THAW`
+//! ends the session and the handle comes home.
+//!
+//! A persistent (or replicated) database's recovery transaction is a tdb
+//! transaction: the session swaps its all-record lock for the
+//! transaction's (only the daemon writes these databases), so the wipe and
+//! the pushed records reach the file atomically and durably at commit, or
+//! not at all. A volatile database keeps its all-record lock; its
+//! transaction is kept in memory and applied under that lock at commit,
+//! with CTDB's store rules (volatile files are wiped at start anyway).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc as smpsc;
+use std::time::{Duration, Instant};
+
+use ctdb_protocol::types::{PullDbExt, RecBuffer, TransDb, VnnMap};
+use ctdb_protocol::{ControlReply, ControlRequest, Marshal, ReplyControl, ReqControl};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use super::persistent::{read_seqnum, strip_ro};
+use super::{Databases, DbEvent, Env, Work, ltdb};
+use crate::control::ControlCtx;
+use crate::server::ReplyTo;
+
+/// A database's freeze state.
+#[derive(Debug, Default)]
+pub enum Freeze {
+    #[default]
+    None,
+    /// The session is trying to lock the records.
+    Pending(smpsc::Sender<Cmd>),
+    Frozen(smpsc::Sender<Cmd>),
+}
+
+/// What the node needs to know to store recovered volatile records.
+#[derive(Debug, Clone)]
+pub struct StoreInfo {
+    pub pnn: u32,
+    pub vnnmap: VnnMap,
+}
+
+/// A request to a freeze session.
+#[derive(Debug)]
+pub enum Cmd {
+    Pull {
+        tag: u64,
+        dest: u32,
+        srvid: u64,
+        limit: usize,
+        invalid: bool,
+    },
+    Seqnum {
+        tag: u64,
+    },
+    TxStart {
+        tag: u64,
+    },
+    TxCancel,
+    Wipe {
+        tag: u64,
+    },
+    PushStart,
+    Push {
+        data: Vec<u8>,
+        info: StoreInfo,
+    },
+    PushConfirm {
+        tag: u64,
+    },
+    Commit {
+        tag: u64,
+        tid: u32,
+        info: StoreInfo,
+    },
+    Thaw,
+}
+
+/// `FREEZE` (all databases) in progress.
+#[derive(Debug, Default)]
+struct FreezeAll {
+    tags: Vec<u64>,
+    waiting: HashSet<u32>,
+    failed: bool,
+}
+
+/// Recovery bookkeeping across databases.
+#[derive(Debug, Default)]
+pub struct RecoveryState {
+    /// Tags of `DB_FREEZE` controls waiting, by database.
+    waiters: HashMap<u32, Vec<u64>>,
+    all: Option<FreezeAll>,
+    /// `FREEZE` froze everything (this node went inactive).
+    frozen_all: bool,
+    /// Push srvids, to their database.
+    pushes: HashMap<u64, u32>,
+}
+
+impl Databases {
+    fn freeze_timeout(env: &Env) -> Duration {
+        Duration::from_secs(u64::from((env.tunables.recover_timeout / 3).max(1)))
+    }
+
+    /// Sends a request to database `id`'s session.
+    fn session_send(&mut self, id: u32, cmd: Cmd) -> bool {
+        let Some(db) = self.dbs.get(&id) else {
+            return false;
+        };
+        match &db.freeze {
+            Freeze::Frozen(tx) | Freeze::Pending(tx) => tx.send(cmd).is_ok(),
+            Freeze::None => false,
+        }
+    }
+
+    pub(crate) fn session_seqnum(&mut self, id: u32, to: ReplyTo) -> Option<ReplyControl> {
+        let tag = self.park(to);
+        if !self.session_send(id, Cmd::Seqnum { tag }) {
+            self.parked_fail(tag, "freeze session gone");
+        }
+        None
+    }
+
+    fn parked_fail(&mut self, tag: u64, why: &str) {
+        self.complete(tag, ReplyControl::error(-1, why));
+    }
+
+    /// Starts freezing database `id` (its handle must be here).
+    fn start_freeze(&mut self, env: &Env, id: u32) {
+        let timeout = Self::freeze_timeout(env);
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        let Some(tdb) = db.tdb.take() else {
+            return;
+        };
+        error!("Freeze db: {}", db.name);
+        let (tx, rx) = smpsc::channel();
+        let ev = self.ev_tx.clone();
+        let volatile = db.volatile();
+        let name = db.name.clone();
+        db.freeze = Freeze::Pending(tx);
+        let spawned = std::thread::Builder::new()
+            .name(format!("freeze-{id:08x}"))
+            .spawn(move || session(id, name, tdb, volatile, rx, ev, timeout));
+        if let Err(e) = spawned {
+            // The handle went with the closure; it cannot come back.
+            error!("cannot start a freeze session: {e}");
+        }
+    }
+
+    pub(crate) fn db_freeze(
+        &mut self,
+        env: &Env,
+        ctx: &ControlCtx,
+        req: &ReqControl,
+        to: ReplyTo,
+        id: u32,
+    ) -> Option<ReplyControl> {
+        let Some(db) = self.dbs.get_mut(&id) else {
+            error!("Freeze db for unknown dbid 0x{id:08x}");
+            return Some(ReplyControl::status(-1));
+        };
+        match db.freeze {
+            Freeze::Frozen(_) => {
+                error!("Freeze db: {} frozen", db.name);
+                return Some(ReplyControl::ok(ControlReply::DbFreeze));
+            }
+            Freeze::Pending(_) => {}
+            Freeze::None => {
+                if db.tdb.is_none() {
+                    db.deferred.push_back(Work::Control {
+                        ctx: *ctx,
+                        req: req.clone(),
+                        to,
+                    });
+                    return None;
+                }
+                self.start_freeze(env, id);
+            }
+        }
+        let tag = self.park(to);
+        self.recovery.waiters.entry(id).or_default().push(tag);
+        None
+    }
+
+    /// `FREEZE`: every database (this node became inactive; volatile
+    /// records here are no longer authoritative).
+    pub(crate) fn freeze_all(&mut self, env: &Env, to: ReplyTo) -> Option<ReplyControl> {
+        self.recovery.frozen_all = true;
+        let ids: Vec<u32> = self.order.clone();
+        let mut waiting = HashSet::new();
+        for id in ids {
+            let Some(db) = self.dbs.get_mut(&id) else {
+                continue;
+            };
+            if db.volatile() {
+                db.invalid_records = true;
+            }
+            match db.freeze {
+                Freeze::Frozen(_) => {}
+                Freeze::Pending(_) => {
+                    waiting.insert(id);
+                }
+                Freeze::None => {
+                    waiting.insert(id);
+                    if db.tdb.is_some() {
+                        self.start_freeze(env, id);
+                    } else {
+                        let req = ReqControl::new(ControlRequest::DbFreeze(id));
+                        let ctx = ControlCtx {
+                            srcnode: env.pnn(),
+                            client: None,
+                            client_id: 0,
+                        };
+                        db.deferred.push_back(Work::Control {
+                            ctx,
+                            req,
+                            to: ReplyTo::Nobody,
+                        });
+                    }
+                }
+            }
+        }
+        if waiting.is_empty() {
+            error!("Freeze all: frozen");
+            return Some(ReplyControl::ok(ControlReply::Freeze));
+        }
+        error!("Freeze all");
+        let tag = self.park(to);
+        let all = self.recovery.all.get_or_insert_with(FreezeAll::default);
+        all.tags.push(tag);
+        all.waiting.extend(waiting);
+        None
+    }
+
+    /// A session reported its freeze.
+    pub(crate) fn frozen(&mut self, env: &Env, id: u32, result: Result<(), String>) {
+        let _ = env;
+        let waiters = self.recovery.waiters.remove(&id).unwrap_or_default();
+        let ok = result.is_ok();
+        if let Some(db) = self.dbs.get_mut(&id) {
+            match result {
+                Ok(()) => {
+                    if let Freeze::Pending(tx) = std::mem::take(&mut db.freeze) {
+                        db.freeze = Freeze::Frozen(tx);
+                    }
+                }
+                Err(why) => {
+                    error!("Failed to get db lock for {}: {why}", db.name);
+                    db.freeze = Freeze::None;
+                }
+            }
+        }
+        let reply = if ok {
+            ReplyControl::ok(ControlReply::DbFreeze)
+        } else {
+            ReplyControl::error(-1, "database freeze failed: could not lock all records")
+        };
+        for t in waiters {
+            self.complete(t, reply.clone());
+        }
+        if let Some(all) = &mut self.recovery.all
+            && all.waiting.remove(&id)
+        {
+            all.failed |= !ok;
+            if all.waiting.is_empty()
+                && let Some(all) = self.recovery.all.take()
+            {
+                let r = if all.failed {
+                    ReplyControl::error(-1, "Failed to get locks in ctdb_freeze_child")
+                } else {
+                    ReplyControl::ok(ControlReply::Freeze)
+                };
+                for t in all.tags {
+                    self.complete(t, r.clone());
+                }
+            }
+        }
+    }
+
+    /// `DB_THAW`.
+    pub(crate) fn db_thaw(&mut self, env: &Env, id: u32) -> Option<ReplyControl> {
+        let Some(db) = self.dbs.get_mut(&id) else {
+            error!("Thaw db for unknown dbid 0x{id:08x}");
+            return Some(ReplyControl::status(-1));
+        };
+        error!("Thaw db: {} generation {}", db.name, db.generation);
+        self.thaw_one(env, id);
+        Some(ReplyControl::ok(ControlReply::DbThaw))
+    }
+
+    fn thaw_one(&mut self, env: &Env, id: u32) {
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        db.txn = None;
+        db.invalid_records = false;
+        if let Some(s) = db.push.take() {
+            self.recovery.pushes.remove(&s);
+        }
+        let db = self.dbs.get_mut(&id).expect("present");
+        match std::mem::take(&mut db.freeze) {
+            Freeze::Pending(tx) | Freeze::Frozen(tx) => {
+                let _ = tx.send(Cmd::Thaw);
+                // Calls are resent when the handle is back.
+                db.thawing = true;
+            }
+            Freeze::None => {
+                if db.tdb.is_some() {
+                    self.resend_calls(env, id);
+                } else {
+                    db.thawing = true;
+                }
+            }
+        }
+    }
+
+    /// `SET_RECMODE` went to NORMAL: databases frozen by `FREEZE` thaw.
+    pub fn recmode_normal(&mut self, env: &Env) {
+        if std::mem::take(&mut self.recovery.frozen_all) {
+            error!("Thawing all");
+            for id in self.order.clone() {
+                self.thaw_one(env, id);
+            }
+        }
+        self.run_deferred_attaches(env);
+    }
+
+    /// Every database must have been recovered in the current generation
+    /// before the node leaves recovery.
+    pub fn check_generations(&self, env: &Env) -> Result<(), String> {
+        for id in &self.order {
+            if let Some(db) = self.dbs.get(id)
+                && db.generation != env.generation()
+            {
+                error!(
+                    "Inconsistent DB generation {} for {}",
+                    db.generation, db.name
+                );
+                return Err(format!(
+                    "Inconsistent DB generation {} for {}",
+                    db.generation, db.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn frozen_db(&self, id: u32, what: &str) -> Result<(), ReplyControl> {
+        match self.dbs.get(&id) {
+            None => {
+                error!("{what} for unknown dbid 0x{id:08x}");
+                Err(ReplyControl::status(-1))
+            }
+            Some(db) if !db.frozen() => {
+                error!("Database {} not frozen, cannot {what}", db.name);
+                Err(ReplyControl::error(
+                    -1,
+                    format!("database {} is not frozen", db.name),
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn db_transaction_start(
+        &mut self,
+        to: ReplyTo,
+        t: &TransDb,
+    ) -> Option<ReplyControl> {
+        if let Err(r) = self.frozen_db(t.db_id, "start transaction") {
+            return Some(r);
+        }
+        let tag = self.park(to);
+        if self.session_send(t.db_id, Cmd::TxStart { tag }) {
+            if let Some(db) = self.dbs.get_mut(&t.db_id) {
+                db.txn = Some(t.tid);
+            }
+        } else {
+            self.parked_fail(tag, "freeze session gone");
+        }
+        None
+    }
+
+    pub(crate) fn db_transaction_cancel(&mut self, id: u32) -> Option<ReplyControl> {
+        let Some(db) = self.dbs.get_mut(&id) else {
+            error!("Transaction cancel for unknown dbid 0x{id:08x}");
+            return Some(ReplyControl::status(-1));
+        };
+        error!("Recovery db transaction cancelled for {}", db.name);
+        db.txn = None;
+        self.session_send(id, Cmd::TxCancel);
+        Some(ReplyControl::ok(ControlReply::DbTransactionCancel))
+    }
+
+    pub(crate) fn db_transaction_commit(
+        &mut self,
+        env: &Env,
+        to: ReplyTo,
+        t: &TransDb,
+    ) -> Option<ReplyControl> {
+        if let Err(r) = self.frozen_db(t.db_id, "commit transaction") {
+            return Some(r);
+        }
+        let db = self.dbs.get(&t.db_id).expect("checked");
+        match db.txn {
+            None => {
+                error!("Transaction not started on {}", db.name);
+                return Some(ReplyControl::error(-1, "transaction not started"));
+            }
+            Some(tid) if tid != t.tid => {
+                error!(
+                    "Incorrect transaction commit id 0x{:08x} for {}",
+                    t.tid, db.name
+                );
+                return Some(ReplyControl::error(-1, "incorrect transaction id"));
+            }
+            Some(_) => {}
+        }
+        let tag = self.park(to);
+        let info = StoreInfo {
+            pnn: env.pnn(),
+            vnnmap: env.node.vnnmap.clone(),
+        };
+        if !self.session_send(
+            t.db_id,
+            Cmd::Commit {
+                tag,
+                tid: t.tid,
+                info,
+            },
+        ) {
+            self.parked_fail(tag, "freeze session gone");
+        }
+        None
+    }
+
+    /// A session committed a recovery transaction.
+    pub(crate) fn committed(&mut self, id: u32, tid: u32, tag: u64, result: Result<(), String>) {
+        let reply = match result {
+            Ok(()) => {
+                if let Some(db) = self.dbs.get_mut(&id) {
+                    db.txn = None;
+                    db.generation = tid;
+                }
+                ReplyControl::ok(ControlReply::DbTransactionCommit)
+            }
+            Err(e) => {
+                error!("Failed to commit transaction for db 0x{id:08x}: {e}");
+                ReplyControl::error(-1, e)
+            }
+        };
+        self.complete(tag, reply);
+    }
+
+    pub(crate) fn wipe_database(&mut self, to: ReplyTo, t: &TransDb) -> Option<ReplyControl> {
+        if let Err(r) = self.frozen_db(t.db_id, "wipe") {
+            return Some(r);
+        }
+        let db = self.dbs.get(&t.db_id).expect("checked");
+        if db.txn != Some(t.tid) {
+            error!("transaction not started or incorrect id 0x{:x}", t.tid);
+            return Some(ReplyControl::error(-1, "transaction not started"));
+        }
+        let tag = self.park(to);
+        if !self.session_send(t.db_id, Cmd::Wipe { tag }) {
+            self.parked_fail(tag, "freeze session gone");
+        }
+        None
+    }
+
+    pub(crate) fn db_pull(
+        &mut self,
+        env: &Env,
+        ctx: &ControlCtx,
+        to: ReplyTo,
+        p: &PullDbExt,
+    ) -> Option<ReplyControl> {
+        if let Err(r) = self.frozen_db(p.db_id, "pull") {
+            return Some(r);
+        }
+        let invalid = self.dbs.get(&p.db_id).is_some_and(|d| d.invalid_records);
+        let tag = self.park(to);
+        let cmd = Cmd::Pull {
+            tag,
+            dest: ctx.srcnode,
+            srvid: p.srvid,
+            limit: env.tunables.rec_buffer_size_limit.max(1) as usize,
+            invalid,
+        };
+        if !self.session_send(p.db_id, cmd) {
+            self.parked_fail(tag, "freeze session gone");
+        }
+        None
+    }
+
+    pub(crate) fn db_push_start(&mut self, p: &PullDbExt) -> Option<ReplyControl> {
+        if let Err(r) = self.frozen_db(p.db_id, "push") {
+            return Some(r);
+        }
+        let db = self.dbs.get_mut(&p.db_id).expect("checked");
+        if let Some(old) = db.push.replace(p.srvid) {
+            warn!("DB push already started for {}", db.name);
+            self.recovery.pushes.remove(&old);
+        }
+        self.recovery.pushes.insert(p.srvid, p.db_id);
+        self.session_send(p.db_id, Cmd::PushStart);
+        Some(ReplyControl::ok(ControlReply::DbPushStart))
+    }
+
+    pub(crate) fn db_push_confirm(&mut self, to: ReplyTo, id: u32) -> Option<ReplyControl> {
+        if let Err(r) = self.frozen_db(id, "confirm push") {
+            return Some(r);
+        }
+        let db = self.dbs.get_mut(&id).expect("checked");
+        let Some(srvid) = db.push.take() else {
+            error!("DB push not started");
+            return Some(ReplyControl::error(-1, "DB push not started"));
+        };
+        self.recovery.pushes.remove(&srvid);
+        let tag = self.park(to);
+        if !self.session_send(id, Cmd::PushConfirm { tag }) {
+            self.parked_fail(tag, "freeze session gone");
+        }
+        None
+    }
+
+    /// A message for a srvid this layer listens on (pushed records).
+    /// Returns false if the srvid is not ours.
+    pub fn message(&mut self, env: &Env, srvid: u64, data: &[u8]) -> bool {
+        let Some(&id) = self.recovery.pushes.get(&srvid) else {
+            return false;
+        };
+        let info = StoreInfo {
+            pnn: env.pnn(),
+            vnnmap: env.node.vnnmap.clone(),
+        };
+        self.session_send(
+            id,
+            Cmd::Push {
+                data: data.to_vec(),
+                info,
+            },
+        );
+        true
+    }
+}
+
+// ---- the session thread ------------------------------------------------
+
+fn send_reply(ev: &mpsc::UnboundedSender<DbEvent>, tag: u64, r: Result<ControlReply, String>) {
+    let reply = match r {
+        Ok(d) => ReplyControl::ok(d),
+        Err(e) => ReplyControl::error(-1, e),
+    };
+    let _ = ev.send(DbEvent::Reply { tag, reply });
+}
+
+/// Recovery records of a volatile database, applied at commit.
+#[derive(Default)]
+struct Buffered {
+    wipe: bool,
+    recs: Vec<RecBuffer>,
+}
+
+/// A freeze session: lock everything, serve recovery requests, thaw, and
+/// send the handle home.
+fn session(
+    db: u32,
+    name: String,
+    tdb: tdb::Tdb,
+    volatile: bool,
+    rx: smpsc::Receiver<Cmd>,
+    ev: mpsc::UnboundedSender<DbEvent>,
+    timeout: Duration,
+) {
+    serve(db, &name, &tdb, volatile, rx, &ev, timeout);
+    info!("Release freeze handle for db {name}");
+    let _ = ev.send(DbEvent::Returned {
+        db,
+        tdb: Box::new(tdb),
+        done: None,
+    });
+}
+
+/// Takes every record lock, trying without blocking until `timeout`; a
+/// thaw cancels the attempt. Requests that arrived meanwhile are returned.
+fn lock_all<'a>(
+    tdb: &'a tdb::Tdb,
+    rx: &smpsc::Receiver<Cmd>,
+    timeout: Duration,
+) -> Result<(tdb::AllLock<'a>, Vec<Cmd>), String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    let mut early = Vec::new();
+    loop {
+        match tdb.lockall_nonblock() {
+            Ok(g) => return Ok((g, early)),
+            Err(tdb::Error::WouldBlock) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match rx.try_recv() {
+            Ok(Cmd::Thaw) | Err(smpsc::TryRecvError::Disconnected) => {
+                return Err("freeze cancelled".to_owned());
+            }
+            Ok(other) => early.push(other),
+            Err(smpsc::TryRecvError::Empty) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "a client has held a record lock for more than {} s",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+fn serve(
+    db: u32,
+    name: &str,
+    tdb: &tdb::Tdb,
+    volatile: bool,
+    rx: smpsc::Receiver<Cmd>,
+    ev: &mpsc::UnboundedSender<DbEvent>,
+    timeout: Duration,
+) {
+    let (lock, early) = match lock_all(tdb, &rx, timeout) {
+        Ok(x) => x,
+        Err(why) => {
+            error!("Freeze of database {name} failed: {why}");
+            let _ = ev.send(DbEvent::Frozen {
+                db,
+                result: Err(why),
+            });
+            return;
+        }
+    };
+    let _ = ev.send(DbEvent::Frozen { db, result: Ok(()) });
+    let mut all = Some(lock);
+    let mut tx: Option<tdb::Transaction<'_>> = None;
+    let mut buf: Option<Buffered> = None;
+    let mut pushed: u32 = 0;
+    let mut push_failed = false;
+    let cmds = early
+        .into_iter()
+        .map(Ok)
+        .chain(std::iter::from_fn(|| Some(rx.recv())));
+    for cmd in cmds {
+        let Ok(cmd) = cmd else {
+            break;
+        };
+        match cmd {
+            Cmd::Thaw => break,
+            Cmd::Pull {
+                tag,
+                dest,
+                srvid,
+                limit,
+                invalid,
+            } => {
+                let r = if invalid {
+                    Ok(0)
+                } else {
+                    pull(tdb, db, dest, srvid, limit, ev)
+                };
+                send_reply(ev, tag, r.map(ControlReply::DbPull));
+            }
+            Cmd::Seqnum { tag } => {
+                let r = read_seqnum(tdb).map_err(|e| e.to_string());
+                send_reply(ev, tag, r.map(ControlReply::GetDbSeqnum));
+            }
+            Cmd::TxStart { tag } => {
+                let r = if volatile {
+                    buf = Some(Buffered::default());
+                    Ok(())
+                } else {
+                    // Only this daemon writes persistent databases: the
+                    // transaction's own locks replace the freeze's.
+                    tx = None;
+                    all = None;
+                    match tdb.transaction_start() {
+                        Ok(t) => {
+                            tx = Some(t);
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("Failed to start transaction for db {name}: {e}")),
+                    }
+                };
+                send_reply(ev, tag, r.map(|()| ControlReply::DbTransactionStart));
+            }
+            Cmd::TxCancel => {
+                tx = None;
+                buf = None;
+            }
+            Cmd::Wipe { tag } => {
+                let r = if volatile {
+                    match &mut buf {
+                        Some(b) => {
+                            b.wipe = true;
+                            b.recs.clear();
+                            Ok(())
+                        }
+                        None => Err("transaction not started".to_owned()),
+                    }
+                } else if tx.is_some() {
+                    tdb.wipe_all().map_err(|e| e.to_string())
+                } else {
+                    Err("transaction not started".to_owned())
+                };
+                if let Err(e) = &r {
+                    error!("Failed to wipe database for db '{name}': {e}");
+                }
+                send_reply(ev, tag, r.map(|()| ControlReply::WipeDatabase));
+            }
+            Cmd::PushStart => {
+                pushed = 0;
+                push_failed = false;
+            }
+            Cmd::Push { data, info } => {
+                if push_failed {
+                    continue;
+                }
+                // CTDB ignores the buffer's database id (restoredb sends
+                // whatever its backup file holds), and so do we.
+                let r = match RecBuffer::pull(&data) {
+                    Ok((rb, _)) => {
+                        let n = rb.count();
+                        let r = if volatile {
+                            match &mut buf {
+                                Some(b) => {
+                                    b.recs.push(rb);
+                                    Ok(())
+                                }
+                                None => store_volatile(tdb, &rb, &info),
+                            }
+                        } else {
+                            store_plain(tdb, &rb)
+                        };
+                        r.map(|()| n)
+                    }
+                    Err(e) => Err(format!("bad pushed records: {e}")),
+                };
+                match r {
+                    Ok(n) => pushed += n,
+                    Err(e) => {
+                        error!("{name}: push failed: {e}");
+                        push_failed = true;
+                    }
+                }
+            }
+            Cmd::PushConfirm { tag } => {
+                send_reply(ev, tag, Ok(ControlReply::DbPushConfirm(pushed)));
+                pushed = 0;
+            }
+            Cmd::Commit { tag, tid, info } => {
+                let result = if volatile {
+                    match buf.take() {
+                        Some(b) => apply_buffered(tdb, b, &info),
+                        None => Err("transaction not started".to_owned()),
+                    }
+                } else {
+                    match tx.take() {
+                        Some(t) => t.commit().map_err(|e| e.to_string()),
+                        None => Err("transaction not started".to_owned()),
+                    }
+                };
+                let _ = ev.send(DbEvent::Committed {
+                    db,
+                    tid,
+                    tag,
+                    result,
+                });
+            }
+        }
+    }
+    drop(tx);
+    drop(all);
+}
+
+/// Streams every record (header included) to `srvid` on `dest` in chunks
+/// of about `limit` bytes; returns the number of records.
+fn pull(
+    tdb: &tdb::Tdb,
+    db: u32,
+    dest: u32,
+    srvid: u64,
+    limit: usize,
+    ev: &mpsc::UnboundedSender<DbEvent>,
+) -> Result<u32, String> {
+    let mut rb = RecBuffer::new(db);
+    let mut total = 0u32;
+    let flush = |rb: &mut RecBuffer, total: &mut u32| {
+        *total += rb.count();
+        let mut data = vec![0u8; rb.len()];
+        rb.push(&mut data);
+        let _ = ev.send(DbEvent::Message { dest, srvid, data });
+        rb.clear();
+    };
+    tdb.traverse_read(|k, v| {
+        rb.add(0, None, k, v);
+        if rb.len() >= limit {
+            flush(&mut rb, &mut total);
+        }
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|e| format!("Failed to traverse db: {e}"))?;
+    if rb.count() > 0 {
+        flush(&mut rb, &mut total);
+    }
+    Ok(total)
+}
+
+/// Pushed records of a persistent database, stored as they are (in the
+/// recovery transaction when one runs).
+fn store_plain(tdb: &tdb::Tdb, rb: &RecBuffer) -> Result<(), String> {
+    for rec in rb.iter() {
+        let (mut h, data) = rec.header().map_err(|e| format!("bad ltdb record: {e}"))?;
+        strip_ro(&mut h);
+        tdb.storev(
+            rec.key,
+            &[&ltdb::header_bytes(&h), data],
+            tdb::StoreMode::Replace,
+        )
+        .map_err(|e| format!("Unable to store record: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Pushed records of a volatile database, stored with CTDB's rules.
+fn store_volatile(tdb: &tdb::Tdb, rb: &RecBuffer, info: &StoreInfo) -> Result<(), String> {
+    for rec in rb.iter() {
+        let (mut h, data) = rec.header().map_err(|e| format!("bad ltdb record: {e}"))?;
+        strip_ro(&mut h);
+        let ctx = ltdb::StoreCtx {
+            pnn: info.pnn,
+            lmaster: ltdb::lmaster(&info.vnnmap, rec.key),
+            volatile: true,
+        };
+        let lock = tdb
+            .lock_record(rec.key)
+            .map_err(|e| format!("Unable to lock record: {e}"))?;
+        ltdb::store(&ctx, &lock, &mut h, data)
+            .map_err(|e| format!("Unable to store record: {e}"))?;
+    }
+    Ok(())
+}
+
+fn apply_buffered(tdb: &tdb::Tdb, b: Buffered, info: &StoreInfo) -> Result<(), String> {
+    if b.wipe {
+        tdb.wipe_all().map_err(|e| e.to_string())?;
+    }
+    for rb in &b.recs {
+        store_volatile(tdb, rb, info)?;
+    }
+    Ok(())
+}
