@@ -330,6 +330,11 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("TDB_BENCH_QUICK").is_some();
+    // TDB_BENCH_ONLY=lock1|lock2|keys and TDB_BENCH_MODE=fcntl|mutex restrict
+    // the run to some rows.
+    let only = std::env::var("TDB_BENCH_ONLY").ok();
+    let want = |w: &str| only.as_deref().is_none_or(|o| o == w);
+    let mode_only = std::env::var("TDB_BENCH_MODE").ok();
     let (n1, n2, nk, reps) = if quick {
         (100_000, 50_000, 100_000, 1)
     } else {
@@ -343,6 +348,9 @@ fn main() {
     println!("|---|---|---:|---:|---:|");
     for mutex in [false, true] {
         let mode = if mutex { "mutex" } else { "fcntl" };
+        if mode_only.as_deref().is_some_and(|m| m != mode) {
+            continue;
+        }
         let row = |name: &str, theirs: f64, ours: f64| {
             println!(
                 "| {name} | {mode} | {:.0} | {:.0} | {:.2} |",
@@ -351,14 +359,21 @@ fn main() {
                 ours / theirs
             );
         };
-        let theirs = best(reps, || run_c(&exe, "lock1", &p, n1, mutex)[0]);
-        let ours = best(reps, || ours_lock1(&p, n1, mutex, false));
-        row("lock+fetch+store+unlock, 1 process", theirs, ours);
-        let ours = best(reps, || ours_lock1(&p, n1, mutex, true));
-        row("the same, tdb-rs record-lock API", theirs, ours);
-        let theirs = best(reps, || run_c(&exe, "lock2", &p, n2, mutex)[0]);
-        let ours = best(reps, || ours_lock2(&p, n2, mutex));
-        row("same record, 2 processes (total)", theirs, ours);
+        if want("lock1") {
+            let theirs = best(reps, || run_c(&exe, "lock1", &p, n1, mutex)[0]);
+            let ours = best(reps, || ours_lock1(&p, n1, mutex, false));
+            row("lock+fetch+store+unlock, 1 process", theirs, ours);
+            let ours = best(reps, || ours_lock1(&p, n1, mutex, true));
+            row("the same, tdb-rs record-lock API", theirs, ours);
+        }
+        if want("lock2") {
+            let theirs = best(reps, || run_c(&exe, "lock2", &p, n2, mutex)[0]);
+            let ours = best(reps, || ours_lock2(&p, n2, mutex));
+            row("same record, 2 processes (total)", theirs, ours);
+        }
+        if !want("keys") {
+            continue;
+        }
         let mut ts = (0.0f64, 0.0f64);
         let mut os = (0.0f64, 0.0f64);
         for _ in 0..reps {

@@ -11,7 +11,7 @@ use crate::Inner;
 use crate::db::{LoopCheck, Tdb};
 use crate::error::{Error, Result};
 use crate::format::{
-    DEAD_MAGIC, FREE_MAGIC, FREELIST_TOP, Header, MAGIC, OFF_RECOVERY_START, REC_SIZE,
+    DEAD_MAGIC, FREE_MAGIC, FREELIST_TOP, Header, MAGIC, OFF_RECOVERY_START, PAD_U32, REC_SIZE,
     RECOVERY_INVALID_MAGIC, RECOVERY_MAGIC, VERSION, data_start, hash_top,
 };
 use crate::lock::LockType;
@@ -119,12 +119,17 @@ impl Inner {
                 ));
             }
             let r = self.read_rec_raw(head)?;
-            if r.magic != RECOVERY_MAGIC && r.magic != RECOVERY_INVALID_MAGIC {
-                return Err(Error::corrupt(head, "bad magic on recovery area"));
+            match r.magic {
+                RECOVERY_MAGIC | RECOVERY_INVALID_MAGIC => {
+                    self.check_extent(head, r.rec_len)?;
+                    rep.recovery_bytes = REC_SIZE as u64 + r.rec_len as u64;
+                    spans.push((head as u64, head as u64 + rep.recovery_bytes));
+                }
+                // A commit died after pointing the header at a freshly added
+                // area and before writing it: still pad bytes, unused.
+                PAD_U32 => {}
+                _ => return Err(Error::corrupt(head, "bad magic on recovery area")),
             }
-            self.check_extent(head, r.rec_len)?;
-            rep.recovery_bytes = REC_SIZE as u64 + r.rec_len as u64;
-            spans.push((head as u64, head as u64 + rep.recovery_bytes));
         }
 
         spans.sort_unstable();

@@ -247,6 +247,7 @@ pub(crate) struct Inner {
     /// Set while a transaction takes its locks (the transaction lock then
     /// does not count as an "extra" lock).
     pub(crate) starting_tx: bool,
+    pub(crate) chain_hint: Option<ChainHint>,
     pub(crate) path: PathBuf,
 }
 
@@ -284,6 +285,15 @@ impl LoopCheck {
         }
         Ok(())
     }
+}
+
+/// What the last complete walk of a chain found, valid only while the
+/// store that made it runs (the chain stays locked and unchanged): lets the
+/// allocator skip a second walk looking for dead records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChainHint {
+    bucket: u32,
+    dead: bool,
 }
 
 /// Result of trying to update a record without moving it.
@@ -477,8 +487,10 @@ impl Inner {
     /// Find the live record for `key` in its chain.
     pub(crate) fn find(&mut self, key: &[u8], hash: u32) -> Result<Option<(u32, Record)>> {
         let bucket = self.bucket(hash);
+        self.chain_hint = None;
         let mut ptr = self.read_u32(hash_top(bucket))?;
         let mut lc = LoopCheck::new(ptr);
+        let mut dead = false;
         while ptr != 0 {
             let r = self.read_rec(ptr)?;
             if r.magic == MAGIC
@@ -488,10 +500,20 @@ impl Inner {
             {
                 return Ok(Some((ptr, r)));
             }
+            dead |= r.magic == DEAD_MAGIC;
             ptr = r.next;
             lc.step(ptr)?;
         }
+        // The whole chain was seen: remember whether it holds dead records.
+        self.chain_hint = Some(ChainHint { bucket, dead });
         Ok(None)
+    }
+
+    /// Is chain `bucket` known (from a complete walk under the lock we still
+    /// hold, with no change since) to contain no dead records?
+    #[inline]
+    pub(crate) fn chain_known_clean(&self, bucket: u32) -> bool {
+        matches!(self.chain_hint, Some(h) if h.bucket == bucket && !h.dead)
     }
 
     pub(crate) fn bump_seqnum(&mut self) -> Result<()> {
@@ -543,6 +565,23 @@ impl Inner {
             .filter(|&x| x <= u32::MAX / 2)
             .ok_or(Error::Invalid("record too large"))?;
 
+        self.chain_hint = None;
+        let r = self.store_new(key, hash, parts, mode, klen, dlen, rec_len);
+        self.chain_hint = None;
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store_new(
+        &mut self,
+        key: &[u8],
+        hash: u32,
+        parts: &[&[u8]],
+        mode: StoreMode,
+        klen: u32,
+        dlen: u32,
+        rec_len: u32,
+    ) -> Result<()> {
         if mode == StoreMode::Insert {
             if self.find(key, hash)?.is_some() {
                 return Err(Error::Exists);
@@ -551,17 +590,20 @@ impl Inner {
             match self.update_in_place(key, hash, parts, dlen)? {
                 InPlace::Done => return self.bump_seqnum(),
                 InPlace::Missing if mode == StoreMode::Modify => return Err(Error::NotFound),
-                _ => {}
-            }
-            // Drop the old copy first: less fragmentation, and no merging
-            // with a block that is about to be rewritten.
-            match self.delete_locked(key, hash) {
-                Ok(()) | Err(Error::NotFound) => {}
-                Err(e) => return Err(e),
+                InPlace::Missing => {}
+                InPlace::TooSmall => {
+                    // Drop the old copy first: less fragmentation, and no
+                    // merging with a block that is about to be rewritten.
+                    match self.delete_locked(key, hash) {
+                        Ok(()) | Err(Error::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
 
         let (off, mut rec) = self.allocate(hash, rec_len)?;
+        self.chain_hint = None;
         let bucket = self.bucket(hash);
         rec.next = self.read_u32(hash_top(bucket))?;
         rec.key_len = klen;
@@ -630,6 +672,7 @@ impl Inner {
         let Some((off, mut rec)) = self.find(key, hash)? else {
             return Err(Error::NotFound);
         };
+        self.chain_hint = None;
         rec.magic = DEAD_MAGIC;
         self.rec_write(off, &rec)?;
         self.bump_seqnum()?;
@@ -639,6 +682,9 @@ impl Inner {
     /// Free the dead records of a chain beyond the first `keep`. Records a
     /// traversal sits on stay (dead) in the chain.
     pub(crate) fn trim_dead(&mut self, hash: u32, keep: u32) -> Result<()> {
+        if self.chain_known_clean(self.bucket(hash)) {
+            return Ok(());
+        }
         let mut last = hash_top(self.bucket(hash));
         let mut ptr = self.read_u32(last)?;
         let mut lc = LoopCheck::new(last);
@@ -710,17 +756,31 @@ impl Inner {
     /// Empty the database: every chain and the freelist are reset and all
     /// space except the recovery area goes to the freelist.
     pub(crate) fn wipe_all_locked(&mut self) -> Result<()> {
-        let head = self.read_u32(format::OFF_RECOVERY_START)?;
+        let start = data_start(self.hash_size);
+        let size = self.size() as u64;
+        // Keep a usable recovery area where it is (only the commit code may
+        // move it); forget one that is not usable.
+        let mut head = self.read_u32(format::OFF_RECOVERY_START)?;
         let mut rec_size = 0u64;
         if head != 0 {
-            let r = self.read_rec_raw(head)?;
-            rec_size = REC_SIZE as u64 + r.rec_len as u64;
+            let usable = head >= start
+                && match self.read_rec_raw(head) {
+                    Ok(r) => {
+                        rec_size = REC_SIZE as u64 + r.rec_len as u64;
+                        (r.magic == format::RECOVERY_MAGIC
+                            || r.magic == format::RECOVERY_INVALID_MAGIC)
+                            && head as u64 + rec_size <= size
+                    }
+                    Err(_) => false,
+                };
+            if !usable {
+                self.write_u32(format::OFF_RECOVERY_START, 0)?;
+                head = 0;
+            }
         }
         let zeros = vec![0u8; 4 * (self.hash_size as usize + 1)];
         self.write(FREELIST_TOP, &zeros)?;
-        let start = data_start(self.hash_size);
-        let size = self.size() as u64;
-        if head == 0 || (head as u64) < start as u64 || head as u64 + rec_size > size {
+        if head == 0 {
             self.free_region(start, size - start as u64)?;
         } else {
             self.free_region(start, head as u64 - start as u64)?;
@@ -1452,6 +1512,7 @@ fn open_inner(file: File, path: &Path, o: &OpenOptions) -> Result<Inner> {
         allow_nesting: o.allow_nesting,
         max_dead: o.max_dead,
         starting_tx: false,
+        chain_hint: None,
         path: path.to_path_buf(),
     };
 

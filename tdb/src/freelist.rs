@@ -181,6 +181,9 @@ impl Inner {
 
     /// Take a dead record of chain `bucket` big enough for `length`.
     fn alloc_dead(&mut self, bucket: u32, length: u32) -> Result<Option<(u32, Record)>> {
+        if self.chain_known_clean(bucket) {
+            return Ok(None);
+        }
         let Some((off, rec, last)) = self.find_dead(bucket, length)? else {
             return Ok(None);
         };

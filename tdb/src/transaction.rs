@@ -474,8 +474,10 @@ impl Inner {
                 if (cur as u64) < end {
                     self.io.expand_file(cur, end as u32 - cur)?;
                 }
+                crate::testing::crash_point();
                 // Safe to point at it now: its magic is not valid yet.
                 self.io.write_u32(OFF_RECOVERY_START, head)?;
+                crate::testing::crash_point();
                 self.tx_ref()?
                     .write_existing(OFF_RECOVERY_START, &head.to_ne_bytes());
                 (head, max)
@@ -508,6 +510,7 @@ impl Inner {
 
         self.io.write(head, &blob)?;
         self.tx_ref()?.write_existing(head, &blob);
+        crate::testing::crash_point();
         self.io.sync(head, blob.len() as u32)?;
 
         let mo = head + REC_OFF_MAGIC;

@@ -246,8 +246,12 @@ fn one_round(dir: &Path, path: &Path, mode: Mode, rng: &mut Rng, round: u32) -> 
     std::fs::copy(path, &b).unwrap();
     let rolled_back = needs_recovery_raw(&a);
     let ours = {
-        let db = mode.options().open(&a).unwrap();
-        db.check().unwrap();
+        let db = mode
+            .options()
+            .open(&a)
+            .unwrap_or_else(|e| panic!("round {round}: open after the crash: {e}"));
+        db.check()
+            .unwrap_or_else(|e| panic!("round {round}: check after the crash: {e}"));
         current(&db)
     };
     let theirs = verify_with_libtdb(&b, mode);
@@ -288,6 +292,47 @@ fn crash_rounds(mode: Mode, rounds: u32, seed: u64) {
         recoveries >= rounds / 8,
         "only {recoveries} rollbacks in {rounds} rounds"
     );
+}
+
+/// Every crash point of a database's first commit (the one that has to
+/// create the recovery area), deterministically, in both locking modes.
+#[test]
+fn crash_at_each_point_of_first_commit() {
+    require_python_tdb();
+    for mode in [Mode::Fcntl, Mode::Mutex] {
+        for point in 1..=14 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("first.tdb");
+            {
+                // No transaction yet: no recovery area.
+                let db = mode.options().create(true).open(&path).unwrap();
+                for (k, v) in state(0) {
+                    db.store(&k, &v, StoreMode::Insert).unwrap();
+                }
+            }
+            let spec = format!("{}|{}|1|{point}", path.display(), mode.name());
+            let mut child = spawn_child("crash_child", &[(CHILD_ENV, spec)]);
+            let mut lines = ChildLines::new(&mut child);
+            let mut acked = 0;
+            while let Some(l) = lines.next_line() {
+                if let Some(t) = l.strip_prefix("committed ") {
+                    acked = t.parse().unwrap();
+                }
+            }
+            assert!(!child.wait().unwrap().success());
+            let b = dir.path().join("copy.tdb");
+            std::fs::copy(&path, &b).unwrap();
+            let ours = {
+                let db = mode.options().open(&path).unwrap();
+                db.check()
+                    .unwrap_or_else(|e| panic!("{mode:?} point {point}: check: {e}"));
+                current(&db)
+            };
+            let theirs = verify_with_libtdb(&b, mode);
+            assert!(ours == acked || ours == acked + 1, "{mode:?} point {point}");
+            assert_eq!(ours, theirs, "{mode:?} point {point}");
+        }
+    }
 }
 
 #[test]
