@@ -187,8 +187,15 @@ fn run_server(
     ready: OwnedFd,
     filter: &str,
 ) -> i32 {
+    // The daemon cores log what a real node would ("Stopping node", ...)
+    // at error level; from a fake that is noise except when debugging.
+    let directives = if filter == "debug" {
+        filter.to_owned()
+    } else {
+        format!("{filter},ctdbd=off")
+    };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
