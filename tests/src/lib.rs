@@ -83,3 +83,62 @@ pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The id CTDB gives database `name` (the Jenkins hash of the name and its
+/// terminating NUL).
+pub fn db_id(name: &str) -> u32 {
+    let mut v = name.as_bytes().to_vec();
+    v.push(0);
+    tdb::hash::jenkins_hash(&v)
+}
+
+/// Sends one control with hand-made `data` (possibly malformed) on a fresh
+/// connection to `socket` and returns the daemon's reply, decoded for
+/// `opcode`'s reply (status and error message are what tests look at).
+pub fn raw_control(socket: &Path, opcode: u32, data: &[u8]) -> ctdb_protocol::ReplyControl {
+    use std::io::{Read, Write};
+    let mut body = Vec::new();
+    for x in [opcode, 0] {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    body.extend_from_slice(&0u64.to_le_bytes()); // srvid
+    for x in [0u32, 0, data.len() as u32] {
+        body.extend_from_slice(&x.to_le_bytes()); // client id, flags, length
+    }
+    body.extend_from_slice(data);
+    let len = 32 + body.len();
+    let padded = len.div_ceil(8) * 8;
+    let mut pkt = Vec::with_capacity(padded);
+    for x in [
+        padded as u32,
+        0x4354_4442,
+        1,
+        0,
+        7, // REQ_CONTROL
+        ctdb_protocol::header::CTDB_CURRENT_NODE,
+        0,
+        4242,
+    ] {
+        pkt.extend_from_slice(&x.to_le_bytes());
+    }
+    pkt.extend_from_slice(&body);
+    pkt.resize(padded, 0);
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&pkt).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let n = u32::from_le_bytes(len) as usize;
+    let mut rest = vec![0u8; n - 4];
+    s.read_exact(&mut rest).unwrap();
+    let mut whole = len.to_vec();
+    whole.extend_from_slice(&rest);
+    let op = ctdb_protocol::Opcode::from_u32(opcode).unwrap();
+    match ctdb_protocol::Packet::decode(&whole, |_| Some(op))
+        .unwrap()
+        .body
+    {
+        ctdb_protocol::Body::ReplyControl(r) => r,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}

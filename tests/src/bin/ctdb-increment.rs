@@ -1,0 +1,140 @@
+//! `ctdb-increment`: a small CTDB client for the cluster tests.
+//!
+//! ```text
+//! ctdb-increment SOCKET volatile|persistent DB KEY COUNT
+//!     increment the u64 in KEY COUNT times (fetch-lock, or a persistent
+//!     transaction each time); print "done N" when finished
+//! ctdb-increment SOCKET hold-lock DB KEY
+//!     lock KEY's record chain in the local file, print "locked", and
+//!     hold it until killed
+//! ctdb-increment SOCKET hold-transaction DB KEY
+//!     start a transaction, change KEY and 100 other records, print
+//!     "in transaction", and wait until killed without committing
+//! ```
+//!
+//! Exit status 0 on success; errors go to stderr.
+
+use std::io::Write;
+use std::time::Duration;
+
+use ctdb_client::{Client, DbKind, Update};
+
+fn get_u64(d: &[u8]) -> u64 {
+    d.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+fn say(s: &str) {
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "{s}");
+    let _ = o.flush();
+}
+
+async fn run(args: &[String]) -> Result<(), String> {
+    let usage = "usage: ctdb-increment SOCKET MODE DB KEY [COUNT]";
+    let [socket, mode, db, key, rest @ ..] = args else {
+        return Err(usage.into());
+    };
+    let key = key.as_bytes();
+    let c = Client::connect(socket)
+        .await
+        .map_err(|e| format!("connect: {e}"))?
+        .with_timeout(Duration::from_secs(60));
+    let count = || -> Result<u64, String> {
+        rest.first()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| usage.to_owned())
+    };
+    match mode.as_str() {
+        "volatile" => {
+            let n = count()?;
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            for _ in 0..n {
+                db.fetch_lock(key, |r| {
+                    (
+                        Update::Store((get_u64(&r.data) + 1).to_le_bytes().to_vec()),
+                        (),
+                    )
+                })
+                .await
+                .map_err(|e| format!("fetch_lock: {e}"))?;
+            }
+            say(&format!("done {n}"));
+        }
+        "persistent" => {
+            let n = count()?;
+            let db = c
+                .attach(db, DbKind::Persistent, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            for _ in 0..n {
+                let mut t = db
+                    .transaction_start(false)
+                    .await
+                    .map_err(|e| format!("transaction_start: {e}"))?;
+                let v = t
+                    .fetch(key)
+                    .map_err(|e| format!("fetch: {e}"))?
+                    .map_or(0, |v| get_u64(&v));
+                t.store(key, &(v + 1).to_le_bytes())
+                    .map_err(|e| format!("store: {e}"))?;
+                t.commit().await.map_err(|e| format!("commit: {e}"))?;
+            }
+            say(&format!("done {n}"));
+        }
+        "hold-lock" => {
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            // Make this node the record's data master first.
+            db.fetch_lock(key, |_| (Update::Keep, ()))
+                .await
+                .map_err(|e| format!("fetch_lock: {e}"))?;
+            db.local().with(|t| -> Result<(), String> {
+                let _held = t.chainlock(key).map_err(|e| format!("chainlock: {e}"))?;
+                say("locked");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            })?;
+        }
+        "hold-transaction" => {
+            let db = c
+                .attach(db, DbKind::Persistent, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            let mut t = db
+                .transaction_start(false)
+                .await
+                .map_err(|e| format!("transaction_start: {e}"))?;
+            t.store(key, &u64::MAX.to_le_bytes())
+                .map_err(|e| format!("store: {e}"))?;
+            for i in 0..100 {
+                t.store(format!("partial{i}").as_bytes(), b"x")
+                    .map_err(|e| format!("store: {e}"))?;
+            }
+            say("in transaction");
+            std::future::pending::<()>().await;
+        }
+        other => return Err(format!("unknown mode {other}; {usage}")),
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(&args)) {
+        eprintln!("ctdb-increment: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,210 @@
+//! No lost updates: 3 nodes x 4 client processes each increment one shared
+//! record, through fetch-lock (volatile) and through persistent
+//! transactions; the final value is exact. A client killed with SIGKILL
+//! while holding a record lock, or inside a persistent transaction, holds
+//! nobody up and leaves nothing partial behind. Against our daemon and
+//! the reference, with our client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ctdb_client::{Client, DbKind};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+
+/// Increments per process: fetch-lock, and persistent transactions.
+const VOLATILE_PER_CLIENT: u64 = 1000;
+const PERSISTENT_PER_CLIENT: u64 = 100;
+const CLIENTS_PER_NODE: usize = 4;
+
+fn spawn(c: &Cluster, node: usize, args: &[&str]) -> Child {
+    Command::new(our_bin("ctdb-increment"))
+        .arg(c.socket(node))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child's first line of output.
+fn first_line(child: &mut Child) -> String {
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+fn finish(mut child: Child, what: &str) {
+    let o = child.wait_with_output_timeout();
+    assert!(
+        o.0,
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&o.1),
+        String::from_utf8_lossy(&o.2)
+    );
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(&mut self) -> (bool, Vec<u8>, Vec<u8>);
+}
+
+impl WaitTimeout for Child {
+    /// Waits (at most 10 minutes, then kills) and collects the output.
+    fn wait_with_output_timeout(&mut self) -> (bool, Vec<u8>, Vec<u8>) {
+        let st = poll_until(Duration::from_secs(600), "a client to finish", || {
+            self.try_wait().unwrap()
+        });
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        use std::io::Read;
+        if let Some(mut o) = self.stdout.take() {
+            let _ = o.read_to_end(&mut out);
+        }
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_end(&mut err);
+        }
+        (st.success(), out, err)
+    }
+}
+
+fn value(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|d| {
+        d.get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    })
+    .unwrap_or(0)
+}
+
+/// Runs `per` increments of `key` from 4 processes on each node at once.
+fn hammer(c: &Cluster, mode: &str, db: &str, key: &str, per: u64) {
+    let n = per.to_string();
+    let children: Vec<Child> = (0..3 * CLIENTS_PER_NODE)
+        .map(|i| spawn(c, i % 3, &[mode, db, key, &n]))
+        .collect();
+    for (i, ch) in children.into_iter().enumerate() {
+        finish(ch, &format!("{mode} client {i}"));
+    }
+}
+
+fn read_volatile(c: &Cluster, db: &str, key: &[u8]) -> u64 {
+    let rt = rt();
+    rt.block_on(async {
+        let cl = Client::connect(c.socket(0)).await.unwrap();
+        let d = cl.attach(db, DbKind::Volatile, 0).await.unwrap();
+        value(Some(d.fetch(key).await.unwrap().data))
+    })
+}
+
+/// The persistent value on every node (they must agree).
+fn read_persistent(c: &Cluster, db: &str, key: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let rt = rt();
+    rt.block_on(async {
+        let mut v = Vec::new();
+        for k in 0..3 {
+            let cl = Client::connect(c.socket(k)).await.unwrap();
+            let d = cl.attach(db, DbKind::Persistent, 0).await.unwrap();
+            v.push(
+                d.fetch_local(key)
+                    .unwrap()
+                    .map(|(_, d)| d)
+                    .filter(|d| !d.is_empty()),
+            );
+        }
+        v
+    })
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+}
+
+fn no_lost_updates_and_dead_clients(daemon: Daemon) {
+    require_reference();
+    let c = Cluster::start(ClusterOptions::new(daemon, 3));
+
+    // Fetch-lock increments of one volatile record from every node.
+    hammer(&c, "volatile", "counter.tdb", "hot", VOLATILE_PER_CLIENT);
+    let total = 3 * CLIENTS_PER_NODE as u64 * VOLATILE_PER_CLIENT;
+    assert_eq!(read_volatile(&c, "counter.tdb", b"hot"), total);
+
+    // Persistent transactions incrementing one key.
+    hammer(
+        &c,
+        "persistent",
+        "pcounter.tdb",
+        "hot",
+        PERSISTENT_PER_CLIENT,
+    );
+    let total = 3 * CLIENTS_PER_NODE as u64 * PERSISTENT_PER_CLIENT;
+    for v in read_persistent(&c, "pcounter.tdb", b"hot") {
+        assert_eq!(value(v), total);
+    }
+
+    // A client killed while it holds a record lock: the others proceed.
+    let mut holder = spawn(&c, 1, &["hold-lock", "counter.tdb", "locked-key"]);
+    assert_eq!(first_line(&mut holder), "locked");
+    let mut waiters: Vec<Child> = [0, 2]
+        .iter()
+        .map(|&k| spawn(&c, k, &["volatile", "counter.tdb", "locked-key", "50"]))
+        .collect();
+    // They cannot finish while the lock is held.
+    std::thread::sleep(Duration::from_millis(500));
+    for w in &mut waiters {
+        assert!(w.try_wait().unwrap().is_none(), "finished despite the lock");
+    }
+    kill9(&mut holder);
+    for (i, w) in waiters.into_iter().enumerate() {
+        finish(w, &format!("lock waiter {i}"));
+    }
+    assert_eq!(read_volatile(&c, "counter.tdb", b"locked-key"), 100);
+
+    // A client killed inside a persistent transaction: its g_lock goes to
+    // the next client, and none of its changes is visible anywhere.
+    let mut holder = spawn(&c, 2, &["hold-transaction", "pcounter.tdb", "tkey"]);
+    assert_eq!(first_line(&mut holder), "in transaction");
+    let mut waiters: Vec<Child> = [0, 1]
+        .iter()
+        .map(|&k| spawn(&c, k, &["persistent", "pcounter.tdb", "tkey", "20"]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for w in &mut waiters {
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "finished despite the g_lock"
+        );
+    }
+    kill9(&mut holder);
+    for (i, w) in waiters.into_iter().enumerate() {
+        finish(w, &format!("transaction waiter {i}"));
+    }
+    for v in read_persistent(&c, "pcounter.tdb", b"tkey") {
+        assert_eq!(value(v), 40);
+    }
+    for v in read_persistent(&c, "pcounter.tdb", b"partial7") {
+        assert!(v.is_none(), "a dead client's change is visible: {v:?}");
+    }
+}
+
+#[test]
+fn no_lost_updates_ours() {
+    no_lost_updates_and_dead_clients(Daemon::ours());
+}
+
+#[test]
+fn no_lost_updates_reference() {
+    no_lost_updates_and_dead_clients(Daemon::Reference);
+}
