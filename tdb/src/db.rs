@@ -986,7 +986,9 @@ impl Tdb {
     pub fn fetch_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
         let mut i = self.inner()?;
         let hash = i.hash.hash(key);
-        let list = List::Chain(i.bucket(hash));
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
         i.lock_list(list, LockType::Read, true)?;
         let r = fetch_locked(&mut i, key, hash, out);
         let u = i.unlock_list(list, LockType::Read);
@@ -1000,7 +1002,9 @@ impl Tdb {
     pub fn parse<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
         let mut i = self.inner()?;
         let hash = i.hash.hash(key);
-        let list = List::Chain(i.bucket(hash));
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
         i.lock_list(list, LockType::Read, true)?;
         let r = parse_locked(&mut i, key, hash, f);
         let u = i.unlock_list(list, LockType::Read);
@@ -1013,7 +1017,9 @@ impl Tdb {
     pub fn exists(&self, key: &[u8]) -> Result<bool> {
         let mut i = self.inner()?;
         let hash = i.hash.hash(key);
-        let list = List::Chain(i.bucket(hash));
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
         i.lock_list(list, LockType::Read, true)?;
         let r = i.find(key, hash).map(|x| x.is_some());
         let u = i.unlock_list(list, LockType::Read);
@@ -1034,7 +1040,9 @@ impl Tdb {
             return Err(Error::ReadOnly);
         }
         let hash = i.hash.hash(key);
-        let list = List::Chain(i.bucket(hash));
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
         i.lock_list(list, LockType::Write, true)?;
         let r = i.store_locked(key, hash, parts, mode);
         let u = i.unlock_list(list, LockType::Write);
@@ -1049,7 +1057,9 @@ impl Tdb {
             return Err(Error::ReadOnly);
         }
         let hash = i.hash.hash(key);
-        let list = List::Chain(i.bucket(hash));
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
         i.lock_list(list, LockType::Write, true)?;
         let r = (|| {
             let mut old = Vec::new();
@@ -1068,7 +1078,9 @@ impl Tdb {
             return Err(Error::ReadOnly);
         }
         let hash = i.hash.hash(key);
-        let list = List::Chain(i.bucket(hash));
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
         i.lock_list(list, LockType::Write, true)?;
         let r = i.delete_locked(key, hash);
         let u = i.unlock_list(list, LockType::Write);
@@ -1101,6 +1113,7 @@ impl Tdb {
         let mut i = self.inner()?;
         let hash = i.hash.hash(key);
         let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
         i.lock_list(List::Chain(bucket), lt, wait)?;
         Ok((
             ChainLock {

@@ -149,6 +149,26 @@ impl Io {
         Ok(u32::from_ne_bytes(b))
     }
 
+    /// Ask the CPU to start loading the cache line at `off` of the mapping
+    /// (a hint; nothing happens when unmapped or out of range). Used to
+    /// overlap the chain-head miss with the lock acquisition.
+    #[inline]
+    pub fn prefetch(&self, off: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if !self.ptr.is_null() && (off as u64) < self.size as u64 {
+            // SAFETY: the address lies inside our mapping (checked above),
+            // and a prefetch is only a hint that cannot fault or change
+            // memory; SSE, which provides it, is part of the x86_64 baseline.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    self.ptr.add(off as usize) as *const i8,
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
+
     /// Read the six words of a record header at `off` (hot path: straight
     /// from the map, no intermediate buffer).
     #[inline]
