@@ -1,15 +1,18 @@
-//! No lost updates: 3 nodes x 4 client processes each increment one shared
-//! record, through fetch-lock (volatile) and through persistent
-//! transactions; the final value is exact. A client killed with SIGKILL
-//! while holding a record lock, or inside a persistent transaction, holds
-//! nobody up and leaves nothing partial behind. Against our daemon and
-//! the reference, with our client.
+//! Our client library against a 3-node cluster: record operations,
+//! traverses with and without empty records, persistent and replicated
+//! transactions. No lost updates: 3 nodes x 4 client processes each
+//! increment one shared record, through fetch-lock (volatile) and through
+//! persistent transactions; the final value is exact. A client killed with
+//! SIGKILL while holding a record lock, or inside a persistent
+//! transaction, holds nobody up and leaves nothing partial behind. Against
+//! our daemon and the reference.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ctdb_client::{Client, DbKind};
+use ctdb_protocol::{ControlRequest, ReqControl};
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 
 /// Increments per process: fetch-lock, and persistent transactions.
@@ -132,9 +135,103 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn no_lost_updates_and_dead_clients(daemon: Daemon) {
+/// The client library's operations.
+async fn client_api(c: &Cluster) {
+    let c0 = Client::connect(c.socket(0)).await.unwrap();
+    let c2 = Client::connect(c.socket(2)).await.unwrap();
+    // Volatile records: store, delete, fetch on another node (migrates).
+    let v0 = c0.attach("api_vol.tdb", DbKind::Volatile, 0).await.unwrap();
+    v0.store(b"a", b"one").await.unwrap();
+    v0.store(b"b", b"two").await.unwrap();
+    v0.delete(b"b").await.unwrap();
+    let v2 = c2.attach("api_vol.tdb", DbKind::Volatile, 0).await.unwrap();
+    let r = v2.fetch(b"a").await.unwrap();
+    assert_eq!((r.data.as_slice(), r.header.dmaster), (&b"one"[..], 2));
+    assert!(v2.fetch(b"b").await.unwrap().data.is_empty());
+    let r = v0.fetch_readonly(b"a").await.unwrap();
+    assert_eq!(r.data, b"one");
+    // Traverses: records with data, then empty ones too.
+    let keys = |recs: Vec<ctdb_client::TraverseRecord>| {
+        let mut k: Vec<Vec<u8>> = recs.into_iter().map(|r| r.key).collect();
+        k.sort();
+        k
+    };
+    let full = keys(
+        c2.traverse(v0.id(), false)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(full, vec![b"a".to_vec()]);
+    let all = keys(
+        c2.traverse(v0.id(), true)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        all.contains(&b"a".to_vec()) && all.contains(&b"b".to_vec()),
+        "{all:?}"
+    );
+    // Persistent: commit, cancel, sequence number.
+    let p0 = c0
+        .attach("api_pers.tdb", DbKind::Persistent, 0)
+        .await
+        .unwrap();
+    let mut t = p0.transaction_start(false).await.unwrap();
+    t.store(b"k", b"v").unwrap();
+    t.commit().await.unwrap();
+    let mut t = p0.transaction_start(false).await.unwrap();
+    t.store(b"cancelled", b"x").unwrap();
+    t.cancel().await.unwrap();
+    let p2 = c2
+        .attach("api_pers.tdb", DbKind::Persistent, 0)
+        .await
+        .unwrap();
+    assert_eq!(p2.fetch_local(b"k").unwrap().unwrap().1, b"v");
+    assert!(p2.fetch_local(b"cancelled").unwrap().is_none());
+    assert_eq!(c2.get_db_seqnum(2, p2.id()).await.unwrap(), 1);
+    let recs = c0
+        .traverse(p0.id(), false)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(recs.iter().any(|r| r.key == b"k" && r.data == b"v"));
+    // Replicated: transactions reach every node.
+    let r0 = c0
+        .attach("api_repl.tdb", DbKind::Replicated, 0)
+        .await
+        .unwrap();
+    let mut t = r0.transaction_start(false).await.unwrap();
+    for i in 0..10 {
+        t.store(format!("r{i}").as_bytes(), b"replicated").unwrap();
+    }
+    t.commit().await.unwrap();
+    let r2 = c2
+        .attach("api_repl.tdb", DbKind::Replicated, 0)
+        .await
+        .unwrap();
+    assert_eq!(r2.fetch_local(b"r7").unwrap().unwrap().1, b"replicated");
+    let mut t = r2.transaction_start(false).await.unwrap();
+    t.delete(b"r7").unwrap();
+    t.commit().await.unwrap();
+    assert!(
+        r0.fetch_local(b"r7")
+            .unwrap()
+            .is_none_or(|(_, v)| v.is_empty())
+    );
+}
+
+fn no_lost_updates_and_dead_clients(daemon: Daemon) -> Cluster {
     require_reference();
     let c = Cluster::start(ClusterOptions::new(daemon, 3));
+    rt().block_on(client_api(&c));
 
     // Fetch-lock increments of one volatile record from every node.
     hammer(&c, "volatile", "counter.tdb", "hot", VOLATILE_PER_CLIENT);
@@ -197,11 +294,55 @@ fn no_lost_updates_and_dead_clients(daemon: Daemon) {
     for v in read_persistent(&c, "pcounter.tdb", b"partial7") {
         assert!(v.is_none(), "a dead client's change is visible: {v:?}");
     }
+    c
+}
+
+/// A freeze that cannot get the record locks a client holds fails with an
+/// error (and a log line) instead of hanging; the daemon serves meanwhile;
+/// once the client is gone the database freezes and thaws.
+fn freeze_gives_up(c: &Cluster) {
+    c.tool_ok(1, &["setvar", "RecoverTimeout", "6"]);
+    let mut holder = spawn(c, 1, &["hold-lock", "counter.tdb", "frozen-key"]);
+    assert_eq!(first_line(&mut holder), "locked");
+    let id = ctdb_tests::db_id("counter.tdb");
+    rt().block_on(async {
+        let cl = Client::connect(c.socket(1))
+            .await
+            .unwrap()
+            .with_timeout(Duration::from_secs(60));
+        let freeze = cl.control_raw(1, ReqControl::new(ControlRequest::DbFreeze(id)));
+        let ping = async {
+            // Answered while the freeze waits for the lock.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cl.ping(1).await
+        };
+        let (f, p) = tokio::join!(freeze, ping);
+        p.unwrap();
+        assert_ne!(f.unwrap().status, 0, "froze while a client held a lock");
+        kill9(&mut holder);
+        let r = cl
+            .control_raw(1, ReqControl::new(ControlRequest::DbFreeze(id)))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 0, "{:?}", r.errmsg);
+        cl.control(1, ControlRequest::DbThaw(id)).await.unwrap();
+    });
+    assert!(
+        c.log_text(1)
+            .contains("Freeze of database counter.tdb failed"),
+        "{}",
+        c.log_tails()
+    );
+    c.tool_ok(1, &["setvar", "RecoverTimeout", "30"]);
+    // The database works as before.
+    let one = spawn(c, 1, &["volatile", "counter.tdb", "frozen-key", "5"]);
+    finish(one, "increment after the freeze");
 }
 
 #[test]
 fn no_lost_updates_ours() {
-    no_lost_updates_and_dead_clients(Daemon::ours());
+    let c = no_lost_updates_and_dead_clients(Daemon::ours());
+    freeze_gives_up(&c);
 }
 
 #[test]
