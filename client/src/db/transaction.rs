@@ -152,6 +152,9 @@ impl Transaction {
             buf.add(0, Some(h), key, v);
         }
         let client = self.db.client.clone();
+        // A commit refused during a recovery is tried again once the
+        // recovery had time to finish, not in a tight loop.
+        let mut pause = std::time::Duration::from_millis(5);
         loop {
             let reply = client
                 .control_raw(
@@ -172,6 +175,8 @@ impl Transaction {
                     "transaction commit on {} interrupted, retrying",
                     self.db.name
                 );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
                 continue;
             }
             if now != old + 1 {

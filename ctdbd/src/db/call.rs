@@ -477,8 +477,11 @@ impl Databases {
                 return;
             }
         };
-        let bucket = (32 - c.hopcount.leading_zeros()) as usize;
-        db.stats.hop_count_bucket[bucket.min(MAX_COUNT_BUCKETS - 1)] += 1;
+        if !matches!(step, NodeStep::Redirect(_)) {
+            // Hops the call took to find the record.
+            let bucket = (32 - c.hopcount.leading_zeros()) as usize;
+            db.stats.hop_count_bucket[bucket.min(MAX_COUNT_BUCKETS - 1)] += 1;
+        }
         match step {
             NodeStep::Redirect(dest) => {
                 let hop = c.hopcount + 1;
