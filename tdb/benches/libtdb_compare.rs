@@ -10,7 +10,8 @@
 //! * `lock2`: the same with two processes hammering the same record (total
 //!   rate from "go" until both are done; the record holds a counter that must
 //!   end at exactly the number of cycles, proving mutual exclusion);
-//! * `store1M` / `fetch1M`: one million distinct keys stored, then fetched.
+//! * `store1M` / `fetch1M`: one million distinct keys stored, then fetched
+//!   (three fetch passes, the best counts).
 //!
 //! Each in fcntl mode and in mutex mode (robust mutexes, as CTDB opens
 //! volatile databases). Hash size 100001, CTDB's default. Not a test: it
@@ -127,16 +128,20 @@ int main(int argc, char **argv) {
             TDB_DATA key = { (unsigned char *)k, l }, val = { v, sizeof(v) };
             if (tdb_store(t, key, val, TDB_INSERT) != 0) { fprintf(stderr, "store\n"); return 1; }
         }
-        double t1 = now();
-        for (long i = 0; i < n; i++) {
-            int l = snprintf(k, sizeof(k), "key-%08ld", i);
-            TDB_DATA key = { (unsigned char *)k, l };
-            TDB_DATA d = tdb_fetch(t, key);
-            if (!d.dptr) { fprintf(stderr, "fetch\n"); return 1; }
-            free(d.dptr);
+        double t1 = now(), best = 0;
+        for (int pass = 0; pass < 3; pass++) {
+            double p0 = now();
+            for (long i = 0; i < n; i++) {
+                int l = snprintf(k, sizeof(k), "key-%08ld", i);
+                TDB_DATA key = { (unsigned char *)k, l };
+                TDB_DATA d = tdb_fetch(t, key);
+                if (!d.dptr) { fprintf(stderr, "fetch\n"); return 1; }
+                free(d.dptr);
+            }
+            double r = n / (now() - p0);
+            if (r > best) best = r;
         }
-        double t2 = now();
-        printf("%f %f\n", n / (t1 - t0), n / (t2 - t1));
+        printf("%f %f\n", n / (t1 - t0), best);
     }
     tdb_close(t);
     return 0;
@@ -268,16 +273,18 @@ fn ours_keys(path: &Path, n: u64, mutex: bool) -> (f64, f64) {
         db.store(&k, &v, StoreMode::Insert).unwrap();
     }
     let t1 = Instant::now();
-    for i in 0..n {
-        k.clear();
-        write!(k, "key-{i:08}").unwrap();
-        db.fetch(&k).unwrap().expect("key");
+    // Fetch everything three times, keep the best pass (as the C side).
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let p0 = Instant::now();
+        for i in 0..n {
+            k.clear();
+            write!(k, "key-{i:08}").unwrap();
+            db.fetch(&k).unwrap().expect("key");
+        }
+        best = best.max(n as f64 / p0.elapsed().as_secs_f64());
     }
-    let t2 = Instant::now();
-    (
-        n as f64 / (t1 - t0).as_secs_f64(),
-        n as f64 / (t2 - t1).as_secs_f64(),
-    )
+    (n as f64 / (t1 - t0).as_secs_f64(), best)
 }
 
 fn build_c(dir: &Path) -> PathBuf {
