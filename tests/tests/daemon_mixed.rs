@@ -1,6 +1,8 @@
 //! Mixed clusters: our daemon and the reference daemon speak the same
 //! node protocol. Our node joins a reference cluster, and a reference node
-//! joins a cluster led by ours; both become healthy with one generation.
+//! joins a cluster led by ours; both become healthy with one generation,
+//! and records migrate and persistent transactions commit across the two
+//! kinds of daemon, also through a recovery.
 
 use std::time::Duration;
 
@@ -51,6 +53,30 @@ fn swap_node_2(first: Daemon, second: Daemon) {
         c.tool_ok(2, &["-n", "0", "getpid"]).trim(),
         c.pid(0).unwrap().to_string()
     );
+    databases(&c);
+}
+
+/// Node 2 runs the other daemon: records move between the two kinds.
+fn databases(c: &Cluster) {
+    c.tool_ok(0, &["attach", "mixed.tdb"]);
+    c.tool_ok(1, &["attach", "mixedp.tdb", "persistent"]);
+    for (w, r, v) in [(0, 2, "a"), (2, 1, "b"), (1, 2, "c"), (2, 0, "d")] {
+        c.tool_ok(w, &["writekey", "mixed.tdb", "k", v]);
+        let out = c.tool_ok(r, &["readkey", "mixed.tdb", "k"]);
+        assert_eq!(out.trim(), format!("Data: size:1 ptr:[{v}]"), "{w} -> {r}");
+    }
+    c.tool_ok(2, &["pstore", "mixedp.tdb", "p", "from2"]);
+    c.tool_ok(0, &["pstore", "mixedp.tdb", "q", "from0"]);
+    for k in 0..3 {
+        assert_eq!(c.tool_ok(k, &["pfetch", "mixedp.tdb", "p"]).trim(), "from2");
+        assert_eq!(c.tool_ok(k, &["getdbseqnum", "mixedp.tdb"]).trim(), "0x2");
+    }
+    c.tool_ok(1, &["recover"]);
+    for k in 0..3 {
+        let out = c.tool_ok(k, &["readkey", "mixed.tdb", "k"]);
+        assert_eq!(out.trim(), "Data: size:1 ptr:[d]", "node {k}");
+        assert_eq!(c.tool_ok(k, &["pfetch", "mixedp.tdb", "q"]).trim(), "from0");
+    }
 }
 
 #[test]
