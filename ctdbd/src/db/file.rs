@@ -288,6 +288,37 @@ mod tests {
         assert!(check_name("locking.tdb").is_ok());
     }
 
+    fn cfg(d: &tempfile::TempDir) -> DbConfig {
+        DbConfig {
+            volatile_dir: d.path().join("volatile"),
+            persistent_dir: d.path().join("persistent"),
+            state_dir: d.path().join("state"),
+            mutexes: true,
+            traverse_helper: PathBuf::from("ctdbd"),
+        }
+    }
+
+    /// Volatile databases start empty; persistent ones keep their records.
+    #[test]
+    fn volatile_wiped_persistent_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg(&d);
+        for (flags, kept) in [(0, false), (db_flags::PERSISTENT, true)] {
+            let db = open(&cfg, "t.tdb", flags, 3, 1031, 5, 7).unwrap();
+            assert_eq!(db.id, super::super::ltdb::db_id("t.tdb"));
+            assert_eq!(db.generation, 7);
+            let dir = if kept { "persistent" } else { "volatile" };
+            assert_eq!(db.path, d.path().join(dir).join("t.tdb.3"));
+            let tdb = db.tdb.unwrap();
+            tdb.store(b"k", &[0u8; 30], tdb::StoreMode::Replace)
+                .unwrap();
+            drop(tdb);
+            let db = open(&cfg, "t.tdb", flags, 3, 1031, 5, 7).unwrap();
+            let n = db.tdb.as_ref().unwrap().record_count().unwrap();
+            assert_eq!(n, usize::from(kept), "flags {flags}");
+        }
+    }
+
     #[test]
     fn finds_persistent_files() {
         let d = tempfile::tempdir().unwrap();
