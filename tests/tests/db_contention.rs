@@ -4,8 +4,9 @@
 //! increment one shared record, through fetch-lock (volatile) and through
 //! persistent transactions; the final value is exact. A client killed with
 //! SIGKILL while holding a record lock, or inside a persistent
-//! transaction, holds nobody up and leaves nothing partial behind. Against
-//! our daemon and the reference.
+//! transaction, holds nobody up and leaves nothing partial behind; nor do
+//! recoveries in the middle of it all. Against our daemon and the
+//! reference.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -249,6 +250,21 @@ fn no_lost_updates_and_dead_clients(daemon: Daemon) -> Cluster {
     let total = 3 * CLIENTS_PER_NODE as u64 * PERSISTENT_PER_CLIENT;
     for v in read_persistent(&c, "pcounter.tdb", b"hot") {
         assert_eq!(value(v), total);
+    }
+
+    // Recoveries while clients are at it lose nothing either.
+    let mut running: Vec<Child> = (0..6)
+        .map(|i| spawn(&c, i % 3, &["volatile", "counter.tdb", "busy", "1000"]))
+        .collect();
+    running.extend((0..3).map(|k| spawn(&c, k, &["persistent", "pcounter.tdb", "busy", "50"])));
+    c.tool_ok(0, &["recover"]);
+    c.tool_ok(1, &["recover"]);
+    for (i, ch) in running.into_iter().enumerate() {
+        finish(ch, &format!("client {i} during recoveries"));
+    }
+    assert_eq!(read_volatile(&c, "counter.tdb", b"busy"), 6000);
+    for v in read_persistent(&c, "pcounter.tdb", b"busy") {
+        assert_eq!(value(v), 150);
     }
 
     // A client killed while it holds a record lock: the others proceed.
