@@ -309,23 +309,39 @@ impl Databases {
             });
             return None;
         };
-        Some(match read_seqnum(tdb) {
+        // Like every record access on the event loop: without waiting.
+        let r = match tdb.lock_record_nonblock(SEQNUM_KEY) {
+            Ok(rec) => rec.parse(parse_seqnum).map(|v| v.flatten().unwrap_or(0)),
+            Err(e) => Err(e),
+        };
+        Some(match r {
             Ok(n) => ReplyControl::ok(ControlReply::GetDbSeqnum(n)),
+            Err(tdb::Error::WouldBlock) => {
+                db.wait_for_lock(
+                    SEQNUM_KEY.to_vec(),
+                    Work::Control {
+                        ctx: *ctx,
+                        req: req.clone(),
+                        to,
+                    },
+                );
+                return None;
+            }
             Err(e) => ReplyControl::error(-1, e.to_string()),
         })
     }
 }
 
+/// The sequence number in a stored `__db_sequence_number__` value.
+fn parse_seqnum(v: &[u8]) -> Option<u64> {
+    ltdb::split(v)
+        .and_then(|(_, d)| <[u8; 8]>::try_from(d).ok())
+        .map(u64::from_le_bytes)
+}
+
 /// The database sequence number (0 if absent or malformed).
 pub fn read_seqnum(tdb: &tdb::Tdb) -> tdb::Result<u64> {
-    Ok(tdb
-        .parse(SEQNUM_KEY, |v| {
-            ltdb::split(v)
-                .and_then(|(_, d)| <[u8; 8]>::try_from(d).ok())
-                .map(u64::from_le_bytes)
-        })?
-        .flatten()
-        .unwrap_or(0))
+    Ok(tdb.parse(SEQNUM_KEY, parse_seqnum)?.flatten().unwrap_or(0))
 }
 
 /// Applies an update buffer in one transaction. A record whose rsn is not
