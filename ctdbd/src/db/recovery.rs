@@ -250,6 +250,7 @@ impl Databases {
         let _ = env;
         let waiters = self.recovery.waiters.remove(&id).unwrap_or_default();
         let ok = result.is_ok();
+        let mut reply = ReplyControl::ok(ControlReply::DbFreeze);
         if let Some(db) = self.dbs.get_mut(&id) {
             match result {
                 Ok(()) => {
@@ -260,14 +261,12 @@ impl Databases {
                 Err(why) => {
                     error!("Failed to get db lock for {}: {why}", db.name);
                     db.freeze = Freeze::None;
+                    reply = ReplyControl::error(-1, format!("freeze of {} failed: {why}", db.name));
                 }
             }
+        } else if !ok {
+            reply = ReplyControl::error(-1, "database detached during freeze");
         }
-        let reply = if ok {
-            ReplyControl::ok(ControlReply::DbFreeze)
-        } else {
-            ReplyControl::error(-1, "database freeze failed: could not lock all records")
-        };
         for t in waiters {
             self.complete(t, reply.clone());
         }
