@@ -93,6 +93,10 @@ impl Db {
                 Attempt::Busy => {
                     spins += 1;
                     if spins < 64 {
+                        // The holder is another process (record locks are
+                        // held for microseconds): let it run, then let this
+                        // runtime's other tasks run, then try again.
+                        std::thread::yield_now();
                         tokio::task::yield_now().await;
                     } else {
                         tokio::time::sleep(std::time::Duration::from_micros(200)).await;
