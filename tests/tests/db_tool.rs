@@ -3,7 +3,8 @@
 //! (attach of all three kinds, getdbmap, getdbstatus, a record written on
 //! node 0 and read on node 2 with the dmaster and rsn catdb shows,
 //! pstore/pfetch/pdelete, ptrans of 3000 records, catdb, cattdb,
-//! getdbseqnum, wipedb, backupdb, restoredb of the reference backup);
+//! getdbseqnum, wipedb, backupdb, restoredb of the reference backup,
+//! detach);
 //! then `ctdb recover` with volatile records written on all three nodes
 //! and the 3000-record persistent database, through the reference
 //! recovery helper; on our cluster, bad input too.
@@ -16,7 +17,7 @@ use ctdb_client::Client;
 use ctdb_protocol::call::{ReqCall, call_id};
 use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_protocol::{ControlRequest, ReqControl};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, reference_dir, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, reference_dir, require_reference};
 
 /// One tool run: what was asked, exit status, stdout and stderr.
 #[derive(Debug)]
@@ -179,6 +180,25 @@ fn session(c: &Cluster) -> Vec<Run> {
             .contains("Dumped 0 records")
     );
     s.tool_ok(1, &["getdbmap"]);
+
+    // Detach: refused while clients may attach, then done on every node.
+    s.tool_ok(0, &["attach", "gone.tdb"]);
+    s.tool(1, &["detach", "gone.tdb"]);
+    assert!(!s.runs.last().unwrap().ok);
+    for k in 0..3 {
+        s.tool_ok(k, &["setvar", "AllowClientDBAttach", "0"]);
+    }
+    s.tool(1, &["detach", "pers.tdb"]);
+    assert!(!s.runs.last().unwrap().ok);
+    s.tool_ok(1, &["detach", "gone.tdb"]);
+    for k in 0..3 {
+        poll_until(Duration::from_secs(30), "the detach everywhere", || {
+            let map = c.tool_ok(k, &["getdbmap"]);
+            (!map.contains("gone.tdb")).then_some(())
+        });
+        s.tool_ok(k, &["setvar", "AllowClientDBAttach", "1"]);
+    }
+    s.tool_ok(2, &["getdbmap"]);
     s.runs
 }
 
