@@ -73,14 +73,13 @@ impl Outcome {
 
 /// The database layer, as the control dispatcher sees it.
 ///
-/// The databases issue implements this and installs it in
-/// [`Core::db`]. Every control reaches [`DbLayer::control`] first (with the
-/// node state, for the generation, recovery mode and PNN), so the layer
-/// can also take over controls that touch databases indirectly
-/// (`FREEZE`, `SET_RECMODE` checks of database generations...). Record
-/// traffic (`REQ_CALL` from clients, calls and dmaster packets between
-/// nodes) is routed by the event loop in [`crate::server`]; those are the
-/// other two places the database layer plugs in.
+/// Every control reaches [`DbLayer::control`] first (with the node state,
+/// for the generation, recovery mode and PNN). The daemon installs
+/// [`crate::db::DbHandle`] here, which answers `GET_DBMAP`; the event loop
+/// hands database controls (which may need to answer later) and record
+/// traffic straight to [`crate::db::Databases`], so they do not reach
+/// [`Core::handle`] in the daemon. Embedders without databases keep
+/// [`NoDatabases`].
 pub trait DbLayer {
     /// `GET_DBMAP`.
     fn dbmap(&self) -> DbidMap;
