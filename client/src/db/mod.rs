@@ -89,6 +89,8 @@ pub struct Db {
     file: Arc<LocalFile>,
     /// Record migrations this handle (and its clones) asked for.
     migrations: Arc<std::sync::atomic::AtomicU64>,
+    /// `g_lock.tdb`, attached by the first transaction and kept.
+    glock: Arc<tokio::sync::OnceCell<Db>>,
 }
 
 impl Client {
@@ -131,6 +133,7 @@ impl Client {
             flags: kind_flags | flags,
             file,
             migrations: Arc::default(),
+            glock: Arc::default(),
         })
     }
 }
@@ -195,17 +198,26 @@ impl Db {
         Ok(out)
     }
 
-    /// Asks the daemon to delete a record whose local copy was emptied.
+    /// Tells the daemon that a record's local copy was emptied, so that
+    /// vacuuming may delete it. A hint: nothing waits for the answer.
     async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
         let kd = ctdb_protocol::types::KeyData {
             db_id: self.id,
             header,
             key: key.to_vec(),
         };
-        self.client
-            .control(CTDB_CURRENT_NODE, ControlRequest::ScheduleForDeletion(kd))
+        self.client.control_noreply(
+            CTDB_CURRENT_NODE,
+            ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(kd)),
+        )
+    }
+
+    /// `g_lock.tdb` for this database's transactions (attached once).
+    pub(crate) async fn glock_db(&self) -> Result<Db> {
+        self.glock
+            .get_or_try_init(|| self.client.g_lock_db())
             .await
-            .map(drop)
+            .cloned()
     }
 }
 

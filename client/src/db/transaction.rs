@@ -48,7 +48,7 @@ impl Db {
                 self.name
             )));
         }
-        let glock = self.client.g_lock_db().await?;
+        let glock = self.glock_db().await?;
         let mut lock_name = format!("transaction_db_0x{:08x}", self.id).into_bytes();
         lock_name.push(0);
         let me = glock::server_id(self.client.pnn(), self.id);
