@@ -1,6 +1,7 @@
-//! Our helper as a drop-in inside a cluster of reference daemons: after
-//! `ctdb recover`, a killed and restarted node, and a stopped and continued
-//! node, every database is identical on every node and no recovery failed.
+//! Our helper as a drop-in, in a cluster of reference daemons and in one of
+//! our own daemons: after `ctdb recover`, a killed and restarted node, and
+//! a stopped and continued node, every database is identical on every node
+//! and no recovery failed.
 
 mod common;
 
@@ -39,17 +40,20 @@ fn check_all(c: &ctdb_tests::Cluster, nodes: &[usize], vol_expect: &[(String, St
 }
 
 #[test]
-fn drop_in_recovers_every_kind_through_recover_kill_and_stop() {
+fn drop_in_reference_daemon() {
+    drop_in(On::Reference);
+}
+
+#[test]
+fn drop_in_our_daemon() {
+    drop_in(On::Ours);
+}
+
+/// The scenario, on a cluster of `on`'s daemons running our helper.
+fn drop_in(on: On) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let c = cluster(3, &trace, &[]);
-    assert!(
-        std::fs::read_to_string(c.log(leader(&c, 0)))
-            .unwrap()
-            .contains("(ctdb-rs helper)"),
-        "the leader did not run our helper:\n{}",
-        c.log_tails()
-    );
+    let c = cluster(on, 3, &trace, &[]);
 
     // Volatile records written on all three nodes, some keys on each (so
     // they migrate), some on one node only.

@@ -12,11 +12,22 @@ use ctdb_protocol::types::LtdbHeader;
 const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
-fn node_killed_mid_recovery_fails_cleanly_then_recovers() {
+fn node_failure_reference_daemon() {
+    node_failure(On::Reference);
+}
+
+#[test]
+fn node_failure_our_daemon() {
+    node_failure(On::Ours);
+}
+
+/// The scenario, on a cluster of `on`'s daemons running our helper.
+fn node_failure(on: On) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
     let hold = dir.path().join("hold");
     let c = cluster(
+        on,
         3,
         &trace,
         &[("CTDB_RECOVERY_HELPER_HOLD", hold.to_str().unwrap())],

@@ -49,10 +49,20 @@ fn max_parallel_pulls(evs: &[Event]) -> usize {
 }
 
 #[test]
-fn parallel_pulls_many_chunks_and_bounded_memory() {
+fn parallel_chunked_reference_daemon() {
+    parallel_chunked(On::Reference);
+}
+
+#[test]
+fn parallel_chunked_our_daemon() {
+    parallel_chunked(On::Ours);
+}
+
+/// The scenario, on a cluster of `on`'s daemons running our helper.
+fn parallel_chunked(on: On) {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let c = cluster(3, &trace, &[("CTDB_RECOVERY_HELPER_MEMORY", "4M")]);
+    let c = cluster(on, 3, &trace, &[("CTDB_RECOVERY_HELPER_MEMORY", "4M")]);
     setvar_all(&c, "RecBufferSizeLimit", CHUNK_LIMIT);
 
     // Ten volatile databases with records on every node.

@@ -18,11 +18,31 @@ pub fn helper() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ctdb_recovery_helper"))
 }
 
-/// A reference cluster whose daemons run our helper, writing trace events
-/// to `trace`, with extra environment.
-pub fn cluster(n: usize, trace: &Path, env: &[(&str, &str)]) -> Cluster {
+/// The daemon a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// CTDB 4.17's `ctdbd`.
+    Reference,
+    /// This workspace's `ctdbd`.
+    Ours,
+}
+
+impl On {
+    pub fn daemon(self) -> Daemon {
+        match self {
+            On::Reference => Daemon::Reference,
+            On::Ours => Daemon::ours(),
+        }
+    }
+}
+
+/// A cluster of `on`'s daemons running our helper, writing trace events
+/// to `trace`, with extra environment. Checks that the daemons' leader
+/// ran our helper for the first recovery.
+pub fn cluster(on: On, n: usize, trace: &Path, env: &[(&str, &str)]) -> Cluster {
+    // The reference tool drives every scenario, on both daemons.
     require_reference();
-    let mut opts = ClusterOptions::new(Daemon::Reference, n);
+    let mut opts = ClusterOptions::new(on.daemon(), n);
     opts.recovery_helper = Some(helper());
     opts.env.push((
         "CTDB_RECOVERY_HELPER_TRACE".into(),
@@ -31,7 +51,23 @@ pub fn cluster(n: usize, trace: &Path, env: &[(&str, &str)]) -> Cluster {
     for (k, v) in env {
         opts.env.push((k.to_string(), v.to_string()));
     }
-    Cluster::start(opts)
+    let c = Cluster::start(opts);
+    assert_our_helper_ran(&c, on);
+    c
+}
+
+/// Checks that the leader's log shows our helper at work: its own first
+/// log line, and on our daemon, the daemon's line naming the helper it
+/// started (the reference daemon does not log that).
+pub fn assert_our_helper_ran(c: &Cluster, on: On) {
+    let boss = leader(c, 0);
+    let log = c.log_text(boss);
+    let started = format!("Running recovery helper {} ", helper().display());
+    assert!(
+        log.contains("(ctdb-rs helper)") && (on == On::Reference || log.contains(&started)),
+        "the leader (node {boss}) did not run our helper:\n{}",
+        c.log_tails()
+    );
 }
 
 /// Runs the reference tool on node `k`, panicking on failure.
