@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
+use ctdb_protocol::{ControlReply, Opcode};
 use ctdb_tests::output::{mask, reference_output};
 use ctdb_tests::{Cluster, ClusterOptions, Daemon};
 
@@ -111,8 +113,12 @@ pub fn wait_node1(c: &Cluster, flags: &str) {
     });
 }
 
-/// Waits until every node is OK and the cluster is out of recovery.
-fn healthy(c: &Cluster) {
+/// Waits until the cluster has settled: node 0 sees every node OK, and
+/// every node is out of recovery with the same generation (so no recovery
+/// is under way or about to start for a generation some node missed).
+/// Recovery mode and generation are asked of each daemon directly, which
+/// takes milliseconds (`ctdb status` waits up to a second for the leader).
+fn settled(c: &Cluster) {
     wait_nodestatus(c, "all nodes OK", &["nodestatus", "all"], |out| {
         let oks = out
             .lines()
@@ -120,7 +126,88 @@ fn healthy(c: &Cluster) {
             .count();
         oks == 3
     });
-    c.wait_healthy(Duration::from_secs(60));
+    let mut last = Vec::new();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctdb_tests::poll_until(Duration::from_secs(60), "a settled cluster", || {
+            last = (0..c.len()).map(|k| recovery_state(c, k)).collect();
+            let first = last[0];
+            last.iter()
+                .all(|&(mode, generation)| mode == CTDB_RECOVERY_NORMAL && generation == first.1)
+                .then_some(())
+        })
+    }));
+    if r.is_err() {
+        panic!(
+            "cluster never settled; (recovery mode, generation) by node: {last:?}\n{}",
+            c.log_tails()
+        );
+    }
+}
+
+/// Node `k`'s recovery mode and vnn map generation.
+fn recovery_state(c: &Cluster, k: usize) -> (u32, u32) {
+    let mode = ctdb_tests::raw_control(&c.socket(k), Opcode::GetRecmode as u32, &[]).status;
+    let map = ctdb_tests::raw_control(&c.socket(k), Opcode::GetVnnMap as u32, &[]);
+    let generation = match map.data {
+        Some(ControlReply::GetVnnMap(m)) => m.generation,
+        _ => panic!("node {k}: bad GETVNNMAP reply {map:?}"),
+    };
+    (mode as u32, generation)
+}
+
+/// What one tool's run of a step leaves to the step's `after` hook.
+pub struct Done<'a> {
+    /// `reference` or `ours`.
+    pub tag: &'a str,
+    pub args: &'a [String],
+    pub run: &'a Run,
+    /// How long the tool took.
+    pub took: Duration,
+    /// Where each node's log ended when the tool started.
+    pub log_marks: Vec<usize>,
+}
+
+impl Done<'_> {
+    /// Fails, showing what the tool printed, unless it succeeded: a step
+    /// that changes the cluster must have changed it before its effect is
+    /// waited for.
+    fn assert_ok(&self, c: &Cluster) {
+        assert_eq!(
+            self.run.rc,
+            0,
+            "ctdb {} with the {} tool failed after {:.2?}:\n{}\n{}",
+            self.args.join(" "),
+            self.tag,
+            self.took,
+            self.run,
+            c.log_tails()
+        );
+    }
+
+    /// Waits until node `k` has logged a line containing `needle` since
+    /// the tool started.
+    fn wait_logged(&self, c: &Cluster, k: usize, needle: &str) {
+        let mark = self.log_marks[k];
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctdb_tests::poll_until(Duration::from_secs(30), needle, || {
+                let log = c.log_text(k);
+                log.get(mark..)
+                    .is_some_and(|l| l.contains(needle))
+                    .then_some(())
+            })
+        }));
+        if r.is_err() {
+            let log = c.log_text(k);
+            panic!(
+                "node {k} never logged {needle:?}; its log since the tool started:\n{}",
+                log.get(self.log_marks[k]..).unwrap_or("")
+            );
+        }
+    }
+}
+
+fn log_marks(c: &Cluster) -> Vec<usize> {
+    (0..c.len()).map(|k| c.log_text(k).len()).collect()
 }
 
 /// Which file a `FILE` argument names.
@@ -157,12 +244,14 @@ pub struct Step {
     /// tool's run).
     pub before: fn(&Cluster),
     /// Waits for the command's effect and undoes it (after each run).
-    pub after: fn(&Cluster),
+    pub after: fn(&Cluster, &Done),
     /// Not a command: run once, before the next command.
     pub setup: Option<fn(&Cluster)>,
 }
 
 fn nothing(_: &Cluster) {}
+
+fn no_effect(_: &Cluster, _: &Done) {}
 
 /// The command line recorded for `name` (`captures/<name>.jsonl`),
 /// without the leading `ctdb`.
@@ -205,7 +294,7 @@ fn cmd(name: &'static str) -> Step {
         volatile: Volatile::Nothing,
         recorded: true,
         before: nothing,
-        after: nothing,
+        after: no_effect,
         setup: None,
     }
 }
@@ -227,7 +316,7 @@ fn cmd_unrecorded(name: &'static str) -> Step {
         volatile: Volatile::Nothing,
         recorded: false,
         before: nothing,
-        after: nothing,
+        after: no_effect,
         setup: None,
     }
 }
@@ -248,7 +337,7 @@ impl Step {
         self.file = Some(f);
         self
     }
-    fn hooks(mut self, before: fn(&Cluster), after: fn(&Cluster)) -> Step {
+    fn hooks(mut self, before: fn(&Cluster), after: fn(&Cluster, &Done)) -> Step {
         self.before = before;
         self.after = after;
         self
@@ -283,7 +372,7 @@ pub fn plan() -> Vec<Step> {
         cmd("pfetch"),
         cmd("pdelete").hooks(
             |c| reference(c, &["pstore", "cap_pers.tdb", "k1", "v1"]),
-            nothing,
+            no_effect,
         ),
         setup("records of the recorded catdb", |c| {
             reference(c, &["pstore", "cap_pers.tdb", "a", "1"]);
@@ -348,43 +437,68 @@ pub fn plan() -> Vec<Step> {
         extra("no such database", &["catdb", "nosuch.tdb"]),
         extra("no such key", &["pfetch", "cap_pers.tdb", "nokey"]),
         extra("bad command", &["nosuchcommand"]),
-        cmd("ban").hooks(nothing, |c| {
-            wait_node1(c, "BANNED|INACTIVE");
+        // Every command that changes the cluster starts from a settled
+        // one (not while a recovery caused by the step before is still
+        // going on) and must succeed.
+        cmd("ban").hooks(settled, |c, d| {
+            d.assert_ok(c);
+            // The recorded command bans for 5 seconds, which a slow tool
+            // run (it waits for the leader's takeover run) can outlast: the
+            // daemon's log line shows the ban took effect, whether or not
+            // it is still in force.
+            d.wait_logged(c, 1, "Banning this node for 5 seconds");
             reference(c, &["unban"]);
-            healthy(c);
+            settled(c);
         }),
         cmd("unban").hooks(
             |c| {
+                settled(c);
                 reference(c, &["ban", "100"]);
                 wait_node1(c, "BANNED|INACTIVE");
             },
-            healthy,
+            |c, d| {
+                d.assert_ok(c);
+                settled(c);
+            },
         ),
-        cmd("disable").hooks(nothing, |c| {
+        cmd("disable").hooks(settled, |c, d| {
+            d.assert_ok(c);
             wait_node1(c, "DISABLED");
             reference(c, &["enable"]);
-            healthy(c);
+            settled(c);
         }),
         cmd("enable").hooks(
             |c| {
+                settled(c);
                 reference(c, &["disable"]);
                 wait_node1(c, "DISABLED");
             },
-            healthy,
+            |c, d| {
+                d.assert_ok(c);
+                settled(c);
+            },
         ),
-        cmd("stop").hooks(nothing, |c| {
+        cmd("stop").hooks(settled, |c, d| {
+            d.assert_ok(c);
             wait_node1(c, "STOPPED|INACTIVE");
             reference(c, &["continue"]);
-            healthy(c);
+            settled(c);
         }),
         cmd("continue").hooks(
             |c| {
+                settled(c);
                 reference(c, &["stop"]);
                 wait_node1(c, "STOPPED|INACTIVE");
             },
-            healthy,
+            |c, d| {
+                d.assert_ok(c);
+                settled(c);
+            },
         ),
-        cmd("recover").hooks(nothing, healthy),
+        cmd("recover").hooks(settled, |c, d| {
+            d.assert_ok(c);
+            settled(c);
+        }),
     ]
 }
 
@@ -426,12 +540,36 @@ fn args_for(step: &Step, c: &Cluster, tool_tag: &str) -> (Vec<String>, Option<Pa
     (args, file)
 }
 
-/// Runs one tool for a step; the file path (if any) shows as `FILE`.
+/// Runs one tool for a step; the file path (if any) shows as `FILE`. A
+/// failing `after` hook (a wait that timed out) says which tool's run it
+/// followed and what that run printed.
 fn run_step(tool: &Path, tag: &str, c: &Cluster, step: &Step) -> Run {
     (step.before)(c);
     let (args, file) = args_for(step, c, tag);
+    let log_marks = log_marks(c);
+    let t = std::time::Instant::now();
     let mut r = run(tool, c, NODE, &args, step.stdin);
-    (step.after)(c);
+    let took = t.elapsed();
+    let done = Done {
+        tag,
+        args: &args,
+        run: &r,
+        took,
+        log_marks,
+    };
+    let hook = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (step.after)(c, &done)));
+    if let Err(e) = hook {
+        let why = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        panic!(
+            "after `ctdb {}` with the {tag} tool (rc {}, took {took:.2?}):\n{why}\n--- what the tool printed:\n{r}",
+            args.join(" "),
+            r.rc,
+        );
+    }
     if let Some(f) = file {
         let f = f.display().to_string();
         r.stdout = r.stdout.replace(&f, "FILE");
