@@ -1,15 +1,23 @@
 //! One connection to a daemon: where requests leave and replies and messages
 //! come back.
 //!
-//! A [`Client`] is a cheap handle (clone it freely) on a connection served
-//! by two background tasks: a writer that drains queued packets to the
-//! socket in batches, and a reader that routes each incoming packet: a
+//! A [`Client`] is a cheap handle (clone it freely) on a connection. A
+//! request is written to the socket by the caller itself (one `sendmsg`,
+//! never blocking); a background reader routes each incoming packet: a
 //! control or call reply to the request waiting for it (by reqid), a
 //! message to the handler registered for its srvid. When the socket closes,
 //! every waiting request fails with [`ClientError::Disconnected`] and every
 //! message handler's channel ends.
+//!
+//! The socket is registered with the runtime for readability only: one
+//! registered for writability as well is signalled every time the daemon
+//! reads a request, which wakes this process for nothing. Only if the
+//! socket is full (the daemon is not reading) does a writer task wait for
+//! it to drain, on a duplicate descriptor registered for that alone, and
+//! write the backlog; requests sent meanwhile queue behind in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,20 +25,19 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ctdb_protocol::call::{ReplyCall, ReqCall};
-use ctdb_protocol::framing::PacketCodec;
+use ctdb_protocol::framing::DEFAULT_MAX_PACKET;
 use ctdb_protocol::header::{CTDB_CURRENT_NODE, CTDB_UNKNOWN_PNN};
 use ctdb_protocol::{
     Body, ControlRequest, Header, Marshal, Opcode, Operation, Packet, ReplyControl, ReqControl,
     ReqMessage,
 };
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{ClientError, Result};
+use crate::unix_io::{PacketReader, Socket, register, send_vectored, watch_writable};
 
 /// Control timeout used when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +54,20 @@ enum Waiter {
     Call(oneshot::Sender<Result<ReplyCall>>),
 }
 
+/// The sending side: requests are written straight to the socket unless a
+/// backlog is waiting for it to drain.
+struct Out {
+    sock: Option<Arc<AsyncFd<Socket>>>,
+    /// Unwritten bytes, in order (the first may be partly written).
+    backlog: VecDeque<Vec<u8>>,
+    /// The writer task owns the backlog until it is empty.
+    blocked: bool,
+}
+
 struct Shared {
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: Mutex<Out>,
+    /// Wakes the writer task when a backlog forms (or the connection ends).
+    writer: Notify,
     waiting: Mutex<HashMap<u32, Waiter>>,
     handlers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
     next_reqid: AtomicU32,
@@ -94,18 +113,33 @@ impl Client {
 
     /// Serves an already connected socket (node number unknown until asked).
     pub fn from_stream(stream: UnixStream) -> Client {
-        let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let sock = stream
+            .into_std()
+            .and_then(|s| register(s, Interest::READABLE))
+            .map(Arc::new);
         let shared = Arc::new(Shared {
-            out: tx,
+            out: Mutex::new(Out {
+                sock: sock.as_ref().ok().cloned(),
+                backlog: VecDeque::new(),
+                blocked: false,
+            }),
+            writer: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
             next_reqid: AtomicU32::new(1),
             pnn: AtomicU32::new(CTDB_UNKNOWN_PNN),
             closed: AtomicBool::new(false),
         });
-        tokio::spawn(write_loop(wr, rx));
-        tokio::spawn(read_loop(rd, Arc::clone(&shared)));
+        match sock {
+            Ok(sock) => {
+                tokio::spawn(write_loop(Arc::clone(&shared)));
+                tokio::spawn(read_loop(sock, Arc::clone(&shared)));
+            }
+            Err(e) => {
+                tracing::warn!("cannot serve the connection to the daemon: {e}");
+                shared.closed.store(true, Ordering::Relaxed);
+            }
+        }
         Client {
             shared,
             timeout: DEFAULT_TIMEOUT,
@@ -151,10 +185,7 @@ impl Client {
         if self.is_closed() {
             return Err(ClientError::Disconnected);
         }
-        self.shared
-            .out
-            .send(pkt.encode())
-            .map_err(|_| ClientError::Disconnected)
+        self.shared.send(pkt.encode())
     }
 
     async fn wait<T>(
@@ -353,38 +384,132 @@ impl Client {
     }
 }
 
-/// Writes queued packets, several per system call when they pile up.
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+impl Shared {
+    /// Writes a packet now, or queues it behind a backlog.
+    fn send(&self, bytes: Vec<u8>) -> Result<()> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sock) = out.sock.clone() else {
+            return Err(ClientError::Disconnected);
+        };
+        if out.blocked {
+            out.backlog.push_back(bytes);
+            return Ok(());
+        }
+        match send_vectored(sock.get_ref(), &[IoSlice::new(&bytes)]) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(n) => {
+                out.backlog.push_back(bytes[n..].to_vec());
+                out.blocked = true;
+                self.writer.notify_one();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                out.backlog.push_back(bytes);
+                out.blocked = true;
+                self.writer.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!("write to the daemon failed: {e}");
+                out.sock = None;
+                out.backlog.clear();
+                self.closed.store(true, Ordering::Relaxed);
+                let _ = sock.get_ref().shutdown(std::net::Shutdown::Both);
+                Err(ClientError::Disconnected)
             }
         }
-        if let Err(e) = wr.write_all(&batch).await {
-            tracing::debug!("client write failed: {e}");
-            return;
+    }
+
+    /// For the writer: writes the backlog until it is empty (`Ok(true)`),
+    /// the socket is full (`Ok(false)`) or the connection fails.
+    fn drain(&self, sock: &Socket) -> io::Result<bool> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(front) = out.backlog.front_mut() {
+            match send_vectored(sock, &[IoSlice::new(front)]) {
+                Ok(n) if n == front.len() => {
+                    out.backlog.pop_front();
+                }
+                Ok(n) => {
+                    front.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        out.blocked = false;
+        Ok(true)
+    }
+
+    /// The connection is over: nothing more is written.
+    fn close_out(&self) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = out.sock.take() {
+            let _ = s.get_ref().shutdown(std::net::Shutdown::Both);
+        }
+        out.backlog.clear();
+        out.blocked = false;
+        drop(out);
+        self.writer.notify_one();
+    }
+}
+
+/// Writes backlogs: idle until a request finds the socket full, then waits
+/// for it to drain (watching a duplicate descriptor for writability only
+/// while the backlog lasts).
+async fn write_loop(shared: Arc<Shared>) {
+    loop {
+        shared.writer.notified().await;
+        let sock = {
+            let out = shared.out.lock().unwrap_or_else(|e| e.into_inner());
+            if !out.blocked {
+                if out.sock.is_none() {
+                    return;
+                }
+                continue;
+            }
+            match out.sock.clone() {
+                Some(s) => s,
+                None => return,
+            }
+        };
+        let dup = match watch_writable(sock.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("cannot wait for the daemon's socket to drain: {e}");
+                shared.close_out();
+                return;
+            }
+        };
+        loop {
+            let mut guard = match dup.writable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::debug!("daemon socket: {e}");
+                    shared.close_out();
+                    return;
+                }
+            };
+            match shared.drain(dup.get_ref()) {
+                Ok(true) => break,
+                Ok(false) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::debug!("write to the daemon failed: {e}");
+                    shared.close_out();
+                    return;
+                }
+            }
         }
     }
 }
 
 /// Routes every incoming packet; on end of stream fails everything waiting.
-async fn read_loop(rd: OwnedReadHalf, shared: Arc<Shared>) {
-    let mut frames = FramedRead::new(rd, PacketCodec::default());
-    while let Some(frame) = frames.next().await {
-        match frame {
-            Ok(frame) => dispatch(&shared, frame),
-            Err(e) => {
-                tracing::warn!("dropping connection to daemon: {e}");
-                break;
-            }
-        }
+async fn read_loop(sock: Arc<AsyncFd<Socket>>, shared: Arc<Shared>) {
+    if let Some(e) = read_packets(&sock, &shared).await {
+        tracing::warn!("dropping connection to daemon: {e}");
     }
     shared.closed.store(true, Ordering::Relaxed);
+    shared.close_out();
+    drop(sock);
     let waiting: Vec<Waiter> = shared
         .waiting
         .lock()
@@ -399,6 +524,18 @@ async fn read_loop(rd: OwnedReadHalf, shared: Arc<Shared>) {
         }
     }
     shared.handlers.lock().unwrap().clear();
+}
+
+/// Reads and dispatches packets until end of file (`None`) or an error.
+async fn read_packets(sock: &AsyncFd<Socket>, shared: &Shared) -> Option<String> {
+    let mut reader = PacketReader::new(DEFAULT_MAX_PACKET);
+    loop {
+        match reader.next(sock).await {
+            Ok(Some(frame)) => dispatch(shared, frame),
+            Ok(None) => return None,
+            Err(e) => return Some(e.to_string()),
+        }
+    }
 }
 
 fn dispatch(shared: &Shared, frame: BytesMut) {

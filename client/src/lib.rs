@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod paths;
 pub mod traverse;
+pub mod unix_io;
 
 pub use connection::{Client, DEFAULT_TIMEOUT, Message};
 pub use db::{Db, LockedRecord, Transaction, Update};

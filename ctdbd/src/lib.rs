@@ -29,6 +29,7 @@ pub mod db;
 pub mod logging;
 pub mod messaging;
 pub mod node;
+pub mod outbox;
 pub mod recoverd;
 pub mod server;
 pub mod startup;

@@ -18,8 +18,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -40,16 +38,20 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, trace, warn};
 
+use crate::clients::ClientSocket;
 use crate::cluster_mutex;
 use crate::control::{AsyncOp, ClientInfo, ControlCtx, Core, Outcome};
 use crate::db::{Databases, DbEvent, Effect, Env};
 use crate::messaging::ClientId;
-use crate::transport::{self, OutCmd};
+use crate::transport::{self, OutCmd, OutLink};
 
 /// Largest packet accepted from a client or a node.
 pub const MAX_PACKET: usize = 128 * 1024 * 1024;
 /// Events waiting for the loop; readers wait when it is full.
 pub const EVENT_QUEUE: usize = 256;
+/// Most events handled in one turn of the loop before its output is
+/// written out.
+const TURN_EVENTS: usize = 64;
 /// The keepalive version CTDB 4.17 sends: (major << 16) | minor.
 pub const KEEPALIVE_VERSION: u32 = (4 << 16) | 17;
 
@@ -80,6 +82,7 @@ pub enum Event {
     },
     NodeOutUp {
         pnn: u32,
+        link: OutLink,
     },
     NodeOutDown {
         pnn: u32,
@@ -103,19 +106,24 @@ pub enum ReplyTo {
     Nobody,
 }
 
-/// The sending side of a client connection.
-struct ClientConn {
-    tx: mpsc::UnboundedSender<Bytes>,
-    queued: Arc<AtomicUsize>,
-    reader: JoinHandle<()>,
-}
-
 /// The links to one other node.
 #[derive(Default)]
 struct NodeLinks {
+    /// The connector's command queue.
     out: Option<mpsc::UnboundedSender<OutCmd>>,
     out_up: bool,
+    /// The outgoing connection, while up.
+    link: Option<OutLink>,
     in_link: Option<(u64, JoinHandle<()>)>,
+}
+
+impl NodeLinks {
+    /// Forgets the outgoing connection (shutting it down).
+    fn drop_link(&mut self) {
+        if let Some(l) = self.link.take() {
+            l.close();
+        }
+    }
 }
 
 /// A request this daemon sent to another node and is waiting on.
@@ -151,7 +159,10 @@ pub struct Server {
     cfg: ServerConfig,
     ev_tx: mpsc::Sender<Event>,
     ev_rx: mpsc::Receiver<Event>,
-    clients: HashMap<ClientId, ClientConn>,
+    clients: HashMap<ClientId, ClientSocket>,
+    /// Connections with packets queued since the last flush.
+    dirty_clients: Vec<ClientId>,
+    dirty_nodes: Vec<u32>,
     next_client: ClientId,
     links: HashMap<u32, NodeLinks>,
     next_link: u64,
@@ -177,6 +188,8 @@ impl Server {
             ev_tx,
             ev_rx,
             clients: HashMap::new(),
+            dirty_clients: Vec::new(),
+            dirty_nodes: Vec::new(),
             next_client: 1,
             links: HashMap::new(),
             next_link: 1,
@@ -361,7 +374,24 @@ impl Server {
     }
 
     /// Runs until shut down.
-    pub async fn run(mut self) {
+    ///
+    /// The loop and the socket readers feeding it are tasks of one
+    /// `LocalSet`: a reader handing over a packet then just queues the
+    /// loop behind it, and both run in the same pass, instead of waking
+    /// the runtime's main future (which costs the runtime an extra poll of
+    /// the kernel's event queue on every wake-up).
+    pub async fn run(self) {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async move {
+                if let Err(e) = tokio::task::spawn_local(self.run_loop()).await {
+                    error!("event loop failed: {e}");
+                }
+            })
+            .await;
+    }
+
+    async fn run_loop(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.shutdown {
@@ -374,7 +404,17 @@ impl Server {
                     self.after_event();
                 }
                 ev = self.ev_rx.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
+                    Some(ev) => {
+                        self.on_event(ev);
+                        // Whatever else has arrived is handled in the same
+                        // turn, so its output leaves in the same writes.
+                        for _ in 0..TURN_EVENTS {
+                            match self.ev_rx.try_recv() {
+                                Ok(ev) => self.on_event(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep_until(wake), if wake.is_some() => {
@@ -383,27 +423,49 @@ impl Server {
                     self.after_event();
                 }
             }
+            self.flush();
         }
         self.finish().await;
+    }
+
+    /// Writes out what this turn queued for clients and nodes.
+    fn flush(&mut self) {
+        for id in std::mem::take(&mut self.dirty_clients) {
+            if let Some(c) = self.clients.get(&id)
+                && !c.flush()
+            {
+                // The reader sees the end of the connection and reports it.
+                debug!("client {id}: write failed");
+            }
+        }
+        for pnn in std::mem::take(&mut self.dirty_nodes) {
+            if let Some(l) = self.links.get(&pnn).and_then(|l| l.link.as_ref())
+                && !l.flush()
+            {
+                debug!("node {pnn}: write failed");
+            }
+        }
     }
 
     /// Lets queued replies reach clients before the process exits.
     async fn finish(&mut self) {
         self.core.set_runstate(Runstate::Shutdown);
         error!("Shutdown sequence commencing.");
-        let clients: Vec<ClientConn> = self.clients.drain().map(|(_, c)| c).collect();
+        self.flush();
+        let clients: Vec<ClientSocket> = self.clients.drain().map(|(_, c)| c).collect();
         let deadline = Instant::now() + Duration::from_secs(1);
         for c in &clients {
-            while c.queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            while c.queued() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            c.reader.abort();
+            c.close();
         }
         drop(clients);
         for l in self.links.values_mut() {
             if let Some((_, h)) = l.in_link.take() {
                 h.abort();
             }
+            l.drop_link();
             l.out = None;
         }
         error!("Shutdown sequence complete, exiting.");
@@ -448,9 +510,13 @@ impl Server {
                     self.node_dead(pnn, false);
                 }
             }
-            Event::NodeOutUp { pnn } => {
+            Event::NodeOutUp { pnn, link } => {
                 if let Some(l) = self.links.get_mut(&pnn) {
                     l.out_up = true;
+                    l.drop_link();
+                    l.link = Some(link);
+                } else {
+                    link.close();
                 }
                 self.maybe_connected(pnn);
             }
@@ -459,6 +525,7 @@ impl Server {
                 let was = self.links.get(&pnn).is_some_and(|l| l.out_up);
                 if let Some(l) = self.links.get_mut(&pnn) {
                     l.out_up = false;
+                    l.drop_link();
                 }
                 if was {
                     self.node_dead(pnn, false);
@@ -488,12 +555,11 @@ impl Server {
         self.db_recmode_check();
         if let Some(changed) = self.core.reloaded.take() {
             for pnn in changed {
-                if let Some(NodeLinks {
-                    in_link: Some((_, h)),
-                    ..
-                }) = self.links.remove(&pnn)
-                {
-                    h.abort();
+                if let Some(mut l) = self.links.remove(&pnn) {
+                    l.drop_link();
+                    if let Some((_, h)) = l.in_link.take() {
+                        h.abort();
+                    }
                 }
                 if !self.core.node.node(pnn).is_some_and(|n| n.is_deleted()) {
                     self.start_out_link(pnn);
@@ -507,12 +573,11 @@ impl Server {
                 .filter(|p| self.core.node.node(*p).is_none_or(|n| n.is_deleted()))
                 .collect();
             for p in deleted {
-                if let Some(NodeLinks {
-                    in_link: Some((_, h)),
-                    ..
-                }) = self.links.remove(&p)
-                {
-                    h.abort();
+                if let Some(mut l) = self.links.remove(&p) {
+                    l.drop_link();
+                    if let Some((_, h)) = l.in_link.take() {
+                        h.abort();
+                    }
                 }
             }
         }
@@ -527,9 +592,15 @@ impl Server {
         let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
         let id = self.next_client;
         self.next_client = self.next_client.wrapping_add(1).max(1);
-        let (reader, tx, queued) = crate::clients::spawn(id, stream, self.events());
+        let sock = match crate::clients::spawn(id, stream, self.events()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot serve client with pid:{pid}: {e}");
+                return;
+            }
+        };
         debug!("Connected client with pid:{pid}");
-        self.clients.insert(id, ClientConn { tx, queued, reader });
+        self.clients.insert(id, sock);
         self.core.clients.insert(
             id,
             ClientInfo {
@@ -542,7 +613,7 @@ impl Server {
     /// Closes a client's connection and forgets it.
     fn drop_client(&mut self, id: ClientId) {
         if let Some(c) = self.clients.remove(&id) {
-            c.reader.abort();
+            c.close();
         }
         self.core.srvids.remove_client(id);
         self.pending
@@ -557,12 +628,10 @@ impl Server {
 
     fn send_client(&mut self, id: ClientId, bytes: Bytes) {
         if let Some(c) = self.clients.get(&id) {
-            c.queued.fetch_add(1, Ordering::Relaxed);
-            if c.tx.send(bytes).is_err() {
-                c.queued.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                self.core.stats.bump(|s| s.client_packets_sent += 1);
+            if c.queue(bytes) {
+                self.dirty_clients.push(id);
             }
+            self.core.stats.bump(|s| s.client_packets_sent += 1);
         }
     }
 
@@ -852,7 +921,7 @@ impl Server {
             let full = self
                 .clients
                 .get(&id)
-                .is_some_and(|c| limit != 0 && c.queued.load(Ordering::Relaxed) >= limit);
+                .is_some_and(|c| limit != 0 && c.queued() >= limit);
             if full {
                 debug!("client {id}: queue full, dropping message for srvid 0x{srvid:x}");
                 continue;
@@ -1061,6 +1130,7 @@ impl Server {
             }
             if l.out_up {
                 l.out_up = false;
+                l.drop_link();
                 if let Some(tx) = &l.out {
                     let _ = tx.send(OutCmd::Restart);
                 }
@@ -1114,8 +1184,10 @@ impl Server {
             debug!("no outgoing connection to node {pnn}, dropping packet");
             return;
         }
-        if let Some(tx) = &l.out {
-            let _ = tx.send(OutCmd::Packet(bytes));
+        if let Some(link) = &l.link {
+            if link.queue(bytes) {
+                self.dirty_nodes.push(pnn);
+            }
             self.core.stats.bump(|s| s.node_packets_sent += 1);
         }
     }

@@ -7,16 +7,19 @@
 //! event loop sees a node as connected when both are up.
 //!
 //! A connector task per node keeps the outgoing connection up, retrying
-//! with a short back-off. Reader tasks frame incoming packets; a framing
-//! error tears that connection down.
+//! with a short back-off, and hands each new connection to the event loop
+//! ([`OutLink`]), which writes to it directly ([`Outbox`]). Reader tasks
+//! frame incoming packets; a framing error tears that connection down.
 
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ctdb_protocol::framing::PacketCodec;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,14 +27,90 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, error};
 
 use crate::config::CTDB_PORT;
+use crate::outbox::{Flush, Outbox};
 use crate::server::{Event, MAX_PACKET};
 
-/// What the event loop asks of an outgoing connection.
+/// What the event loop asks of a node's connector.
 #[derive(Debug)]
 pub enum OutCmd {
-    Packet(Bytes),
     /// Close the connection and connect again.
     Restart,
+}
+
+/// An outgoing connection, as the event loop holds it.
+pub struct OutLink {
+    stream: Arc<TcpStream>,
+    outbox: Arc<Outbox>,
+}
+
+impl std::fmt::Debug for OutLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutLink")
+            .field("queued", &self.outbox.len())
+            .finish()
+    }
+}
+
+impl OutLink {
+    fn new(stream: Arc<TcpStream>) -> OutLink {
+        OutLink {
+            stream,
+            outbox: Arc::new(Outbox::new()),
+        }
+    }
+
+    /// Queues a packet; `true` if the link must be flushed.
+    pub fn queue(&self, b: Bytes) -> bool {
+        self.outbox.push(b)
+    }
+
+    /// Writes what is queued (a writer task takes over if the socket is
+    /// full). `false` if the connection has failed.
+    pub fn flush(&self) -> bool {
+        let s = &self.stream;
+        match self.outbox.flush(|bufs| send(s, bufs)) {
+            Flush::Done | Flush::Busy => true,
+            Flush::Blocked => {
+                spawn_writer(Arc::clone(&self.stream), Arc::clone(&self.outbox));
+                true
+            }
+            Flush::Broken => false,
+        }
+    }
+
+    /// Drops what is queued and shuts the connection down.
+    pub fn close(&self) {
+        self.outbox.close();
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn send(s: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(s).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+}
+
+/// Writes the backlog of a full connection as it drains.
+fn spawn_writer(stream: Arc<TcpStream>, outbox: Arc<Outbox>) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = stream.writable().await {
+                debug!("node connection: {e}");
+                outbox.close();
+                return;
+            }
+            match stream.try_io(Interest::WRITABLE, || {
+                outbox.drain(|bufs| send(&stream, bufs))
+            }) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    debug!("writing to a node failed: {e}");
+                    let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -75,6 +154,7 @@ fn set_keepalive(s: &TcpStream) {
 }
 
 /// Reads packets from node `pnn`'s incoming connection `link`.
+/// Called from the event loop (the reader joins its `LocalSet`).
 pub fn spawn_in_reader(
     pnn: u32,
     link: u64,
@@ -82,7 +162,8 @@ pub fn spawn_in_reader(
     ev: mpsc::Sender<Event>,
 ) -> JoinHandle<()> {
     set_keepalive(&stream);
-    tokio::spawn(async move {
+    // On the event loop's LocalSet (see `Server::run`).
+    tokio::task::spawn_local(async move {
         let mut frames =
             FramedRead::with_capacity(stream, PacketCodec::new(MAX_PACKET), 256 * 1024);
         let mut error = None;
@@ -117,8 +198,9 @@ async fn connect(local: IpAddr, peer: SocketAddr) -> std::io::Result<TcpStream> 
     Ok(s)
 }
 
-/// Keeps an outgoing connection from `local` to node `pnn` at `peer`.
-/// Returns the queue of packets (and restarts) for it.
+/// Keeps an outgoing connection from `local` to node `pnn` at `peer`,
+/// handing each new one to the loop. Returns the connector's command
+/// queue.
 pub fn spawn_connector(
     pnn: u32,
     local: IpAddr,
@@ -129,7 +211,7 @@ pub fn spawn_connector(
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         loop {
-            // Nothing queued while down is worth sending later.
+            // Restarts asked for while down are moot.
             loop {
                 match rx.try_recv() {
                     Ok(_) => continue,
@@ -138,7 +220,7 @@ pub fn spawn_connector(
                 }
             }
             let stream = match connect(local, peer).await {
-                Ok(s) => s,
+                Ok(s) => Arc::new(s),
                 Err(e) => {
                     debug!("connect to node {pnn} at {peer} failed: {e}");
                     tokio::time::sleep(backoff).await;
@@ -147,10 +229,13 @@ pub fn spawn_connector(
                 }
             };
             backoff = BACKOFF_MIN;
-            if ev.send(Event::NodeOutUp { pnn }).await.is_err() {
+            let link = OutLink::new(Arc::clone(&stream));
+            if ev.send(Event::NodeOutUp { pnn, link }).await.is_err() {
                 return;
             }
-            let why = run_out(stream, &mut rx).await;
+            let why = watch(&stream, &mut rx).await;
+            let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Both);
+            drop(stream);
             let Some(why) = why else {
                 return;
             };
@@ -170,45 +255,27 @@ pub fn spawn_connector(
     tx
 }
 
-/// Writes queued packets until the connection fails or a restart is
-/// asked for; `None` when the event loop has gone away.
-async fn run_out(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<OutCmd>) -> Option<String> {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+/// Waits until the connection fails or a restart is asked for; `None`
+/// when the event loop has gone away.
+async fn watch(stream: &TcpStream, rx: &mut mpsc::UnboundedReceiver<OutCmd>) -> Option<String> {
     let mut junk = [0u8; 512];
     loop {
         tokio::select! {
             cmd = rx.recv() => {
-                let first = match cmd {
-                    None => return None,
-                    Some(OutCmd::Restart) => return Some("restart requested".into()),
-                    Some(OutCmd::Packet(b)) => b,
-                };
-                batch.clear();
-                batch.extend_from_slice(&first);
-                let mut restart = false;
-                while batch.len() < 1024 * 1024 {
-                    match rx.try_recv() {
-                        Ok(OutCmd::Packet(b)) => batch.extend_from_slice(&b),
-                        Ok(OutCmd::Restart) => { restart = true; break; }
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = wr.write_all(&batch).await {
-                    return Some(format!("write failed: {e}"));
-                }
-                if restart {
-                    return Some("restart requested".into());
-                }
+                return cmd.map(|OutCmd::Restart| "restart requested".into());
             }
             // Nothing should arrive on an outgoing connection: data or
             // EOF both mean the peer is gone.
-            r = rd.read(&mut junk) => {
-                return Some(match r {
-                    Ok(0) => "closed by peer".into(),
-                    Ok(_) => "unexpected data from peer".into(),
-                    Err(e) => format!("read failed: {e}"),
-                });
+            r = stream.readable() => {
+                if let Err(e) = r {
+                    return Some(format!("read failed: {e}"));
+                }
+                match stream.try_read(&mut junk) {
+                    Ok(0) => return Some("closed by peer".into()),
+                    Ok(_) => return Some("unexpected data from peer".into()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Some(format!("read failed: {e}")),
+                }
             }
         }
     }
