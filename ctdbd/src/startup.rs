@@ -146,6 +146,9 @@ async fn serve(
     );
     let (pnn, ip, tcp) = find_self(&setup)?;
     info!("PNN is {pnn}");
+    // Signal dispositions change here, before the pid file and the socket
+    // exist: whoever sees either may send SIGTERM and expect a clean exit.
+    let signals = register_signals();
     let pidfile = setup.paths.pidfile();
     if let Some(d) = pidfile.parent() {
         std::fs::create_dir_all(d)?;
@@ -206,7 +209,7 @@ async fn serve(
     clients::spawn_acceptor(ux, ev.clone());
     transport::spawn_acceptor(tcp, ev.clone());
     server.start_transport();
-    spawn_signal_handlers(ev.clone());
+    spawn_signal_handlers(signals, ev.clone());
     let recovery_helper = recoverd::recovery_helper_path(&setup.paths.helper_dir);
     if !recovery_helper.is_file() {
         warn!(
@@ -276,24 +279,41 @@ fn server_level(cfg: &Config) -> i32 {
     logging::parse_debug_level(&cfg.log_level).unwrap_or(logging::DEBUG_NOTICE)
 }
 
-fn spawn_signal_handlers(ev: tokio::sync::mpsc::Sender<Event>) {
+/// The signals the daemon handles, registered with the runtime (which
+/// changes their disposition at once) but not yet read.
+struct Signals {
+    stop: Vec<(tokio::signal::unix::Signal, &'static str)>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+fn register_signals() -> Signals {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut stop = Vec::new();
     for (kind, name) in [
         (SignalKind::terminate(), "SIGTERM"),
         (SignalKind::interrupt(), "SIGINT"),
     ] {
-        let ev = ev.clone();
-        if let Ok(mut s) = signal(kind) {
-            tokio::spawn(async move {
-                if s.recv().await.is_some() {
-                    let _ = ev.send(Event::Terminate(name)).await;
-                }
-            });
+        match signal(kind) {
+            Ok(s) => stop.push((s, name)),
+            Err(e) => warn!("cannot handle {name}: {e}"),
         }
     }
     // SIGPIPE is ignored by the Rust runtime already; SIGHUP reopens logs
     // in CTDB, here it is simply ignored.
-    if let Ok(mut s) = signal(SignalKind::hangup()) {
+    let hangup = signal(SignalKind::hangup()).ok();
+    Signals { stop, hangup }
+}
+
+fn spawn_signal_handlers(signals: Signals, ev: tokio::sync::mpsc::Sender<Event>) {
+    for (mut s, name) in signals.stop {
+        let ev = ev.clone();
+        tokio::spawn(async move {
+            if s.recv().await.is_some() {
+                let _ = ev.send(Event::Terminate(name)).await;
+            }
+        });
+    }
+    if let Some(mut s) = signals.hangup {
         tokio::spawn(async move { while s.recv().await.is_some() {} });
     }
 }
