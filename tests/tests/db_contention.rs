@@ -18,7 +18,7 @@ use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_r
 
 /// Increments per process: fetch-lock, and persistent transactions.
 const VOLATILE_PER_CLIENT: u64 = 1000;
-const PERSISTENT_PER_CLIENT: u64 = 100;
+const PERSISTENT_PER_CLIENT: u64 = 1000;
 const CLIENTS_PER_NODE: usize = 4;
 
 fn spawn(c: &Cluster, node: usize, args: &[&str]) -> Child {
