@@ -13,9 +13,12 @@ use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
 
 const SRVID: u64 = 0xAE00_0000_0000_0042;
-/// The bound a ping must meet: far above the milliseconds it takes, far
-/// below the seconds a starved daemon takes.
-const PING_BOUND: f64 = 1.0;
+/// The bounds pings must meet. Measured here: median about 1 ms, worst
+/// about 8 ms under the flood; a starved daemon takes seconds. The typical
+/// ping must stay in milliseconds, the worst well under a second (room for
+/// a loaded CI machine).
+const MEDIAN_BOUND: f64 = 0.050;
+const WORST_BOUND: f64 = 0.5;
 
 #[test]
 fn ping_answers_while_50_clients_flood_and_1000_idle() {
@@ -110,7 +113,14 @@ fn ping_answers_while_50_clients_flood_and_1000_idle() {
         received.load(Ordering::Relaxed) > 0,
         "no flood message crossed to node 1"
     );
-    assert!(worst < PING_BOUND, "ping took {worst} s under load");
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median < MEDIAN_BOUND,
+        "median ping {median} s under load: {times:?}"
+    );
+    assert!(worst < WORST_BOUND, "ping took {worst} s under load");
     // Nobody was dropped from the cluster, and the idle clients are all
     // still connected.
     for k in 0..3 {
