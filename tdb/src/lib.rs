@@ -109,6 +109,7 @@ pub use db::{AllLock, ChainLock, OpenOptions, RecordLock, StoreMode, Tdb, flags}
 pub use error::{Error, Result};
 pub use format::DEAD_MAGIC;
 pub use hash::HashKind;
+pub use lock::{ChainWaiter, WaitedChain};
 pub use transaction::Transaction;
 pub use traverse::Iter;
 

@@ -38,6 +38,8 @@
 //! is handed out.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::Inner;
 use crate::error::{Error, Result};
@@ -111,7 +113,38 @@ fn errno_err(e: i32) -> Error {
     }
 }
 
+thread_local! {
+    /// How long blocking locks taken on this thread may wait (see
+    /// [`crate::Tdb::lockall_until`]).
+    static WAIT_UNTIL: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The deadline for blocking locks on this thread, if one is set.
+pub(crate) fn wait_deadline() -> Option<Instant> {
+    WAIT_UNTIL.with(|w| w.get())
+}
+
+/// Sets this thread's lock deadline until dropped.
+struct WaitLimit(Option<Instant>);
+
+impl WaitLimit {
+    fn set(deadline: Instant) -> WaitLimit {
+        WaitLimit(WAIT_UNTIL.with(|w| w.replace(Some(deadline))))
+    }
+}
+
+impl Drop for WaitLimit {
+    fn drop(&mut self) {
+        WAIT_UNTIL.with(|w| w.set(self.0));
+    }
+}
+
 /// Raw fcntl byte-range lock; `len == 0` means "to end of file".
+///
+/// A blocking lock with a thread deadline set gives up with
+/// [`Error::WouldBlock`] when a signal interrupts the wait after the
+/// deadline (the kernel has no timed fcntl wait; the caller arranges for a
+/// signal, see [`crate::Tdb::lockall_until`]).
 fn fcntl_lock(fd: i32, ltype: libc::c_short, off: u32, len: u64, wait: bool) -> Result<()> {
     // SAFETY: flock is plain old data; zeroed is a valid initial state.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -129,6 +162,9 @@ fn fcntl_lock(fd: i32, ltype: libc::c_short, off: u32, len: u64, wait: bool) -> 
         }
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         if e == libc::EINTR {
+            if wait && wait_deadline().is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::WouldBlock);
+            }
             continue;
         }
         return Err(errno_err(e));
@@ -638,5 +674,338 @@ impl Inner {
         for l in locks {
             let _ = self.brunlock(l.off, 1);
         }
+    }
+}
+
+// ----- waiting for locks on other threads ---------------------------------
+
+/// How a [`ChainWaiter`] reaches the locks.
+enum WaiterKind {
+    /// A duplicate of the handle's descriptor: fcntl locks belong to the
+    /// process, so a lock this waiter takes is the process's lock, and the
+    /// handle adopts it simply by taking it again (which the kernel grants
+    /// at once to the process that holds it).
+    Fcntl(std::mem::ManuallyDrop<std::fs::File>),
+    /// A second mapping of the robust mutex area: the waiter's thread owns
+    /// the mutex; the handle adopts it by bookkeeping only.
+    Mutex(mutex::MutexArea),
+}
+
+struct WaiterShared {
+    kind: WaiterKind,
+    path: std::path::PathBuf,
+}
+
+// SAFETY: the mutex mapping is process-shared memory that stays mapped for
+// the life of the value; the mutexes in it are made for concurrent use by
+// any thread, and the all-record state word is only accessed atomically.
+// The fcntl variant is a plain descriptor.
+unsafe impl Send for WaiterShared {}
+// SAFETY: as above; no method mutates the value itself.
+unsafe impl Sync for WaiterShared {}
+
+/// Takes chain locks of one database file on behalf of its [`crate::Tdb`]
+/// handle, blocking, from any thread (the handle is not `Sync`).
+///
+/// This is how a program that must not block (CTDB's daemon, an async
+/// client) waits for a contended record: a helper thread blocks in
+/// [`ChainWaiter::lock`] (queued in the kernel or on the mutex like any
+/// other waiter, so it gets the lock as soon as the holder lets go), then
+/// the handle's owner [adopts](crate::Tdb::adopt_chain) the held chain,
+/// works on its records, [releases](crate::Tdb::release_adopted) it, and
+/// finally the helper drops its [`WaitedChain`].
+///
+/// With fcntl locking the lock is the process's: the helper's lock is the
+/// handle's, and the handle's release is the real one (dropping the
+/// [`WaitedChain`] does nothing). The waiter keeps a duplicate descriptor
+/// of the file which it never closes (closing any descriptor of a file
+/// drops every fcntl lock the process holds on it); that is one descriptor
+/// per waiter, not per wait.
+#[derive(Clone)]
+pub struct ChainWaiter {
+    shared: Arc<WaiterShared>,
+}
+
+impl std::fmt::Debug for ChainWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainWaiter")
+            .field("path", &self.shared.path)
+            .field("mutexes", &matches!(self.shared.kind, WaiterKind::Mutex(_)))
+            .finish()
+    }
+}
+
+/// A chain lock held by a [`ChainWaiter`] on the current thread. With
+/// mutexes it is released when dropped, which must happen on the thread
+/// that took it (hence not `Send`).
+#[must_use = "the chain is released (mutex mode) when the guard is dropped"]
+pub struct WaitedChain {
+    shared: Arc<WaiterShared>,
+    bucket: u32,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for WaitedChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitedChain")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+impl WaitedChain {
+    pub fn bucket(&self) -> u32 {
+        self.bucket
+    }
+}
+
+impl Drop for WaitedChain {
+    fn drop(&mut self) {
+        if let WaiterKind::Mutex(m) = &self.shared.kind
+            && let Err(e) = m.unlock_chain(self.bucket + 1)
+        {
+            tracing::error!(
+                errno = e,
+                bucket = self.bucket,
+                "waited chain unlock failed"
+            );
+        }
+    }
+}
+
+impl ChainWaiter {
+    /// Locks chain `bucket` exclusively, waiting as long as it takes (with
+    /// mutexes, also behind a holder of the all-record lock, as the
+    /// handle's own chain locks do).
+    pub fn lock(&self, bucket: u32) -> Result<WaitedChain> {
+        let held = || WaitedChain {
+            shared: self.shared.clone(),
+            bucket,
+            _not_send: std::marker::PhantomData,
+        };
+        match &self.shared.kind {
+            WaiterKind::Fcntl(f) => {
+                let off = List::Chain(bucket).lock_off();
+                let mut spurious = 0u32;
+                loop {
+                    match fcntl_lock(f.as_raw_fd(), LockType::Write.fcntl_type(), off, 1, true) {
+                        Ok(()) => return Ok(held()),
+                        // The kernel's deadlock detection sees processes,
+                        // not threads, and can report a deadlock where
+                        // waiting would make progress: wait again.
+                        Err(Error::Lock("deadlock detected")) if spurious < 10_000 => {
+                            spurious += 1;
+                            std::thread::yield_now();
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            WaiterKind::Mutex(m) => {
+                let idx = bucket + 1;
+                loop {
+                    m.lock_chain(idx, true).map_err(errno_err)?;
+                    if m.allrecord_state() == mutex::F_UNLCK {
+                        return Ok(held());
+                    }
+                    // Someone holds (or is taking) every record: queue on
+                    // the all-record mutex behind them, then try again.
+                    let r = m
+                        .unlock_chain(idx)
+                        .and_then(|()| m.lock_allrecord_mutex(true))
+                        .and_then(|()| m.unlock_allrecord_mutex());
+                    r.map_err(errno_err)?;
+                }
+            }
+        }
+    }
+}
+
+impl crate::Tdb {
+    /// A [`ChainWaiter`] for this handle's file.
+    pub fn chain_waiter(&self) -> Result<ChainWaiter> {
+        let i = self.inner()?;
+        if i.nolock {
+            return Err(Error::Lock(
+                "no lock waiter on a database opened without locking",
+            ));
+        }
+        let kind = match &i.mutexes {
+            Some(m) => WaiterKind::Mutex(m.remap(&i.io.file)?),
+            None => WaiterKind::Fcntl(std::mem::ManuallyDrop::new(i.io.file.try_clone()?)),
+        };
+        Ok(ChainWaiter {
+            shared: Arc::new(WaiterShared {
+                kind,
+                path: i.path.clone(),
+            }),
+        })
+    }
+
+    /// The hash chain `key` lives in.
+    pub fn bucket_of(&self, key: &[u8]) -> u32 {
+        let i = self.inner.borrow();
+        i.bucket(i.hash.hash(key))
+    }
+
+    /// Takes over chain `bucket`, which a [`ChainWaiter`] of this file
+    /// holds: until [`Self::release_adopted`], the handle works on the
+    /// chain's records as if it had locked it (its own chain locks on it
+    /// nest without touching the lock). With fcntl locks this takes the
+    /// lock for real, which the kernel grants at once while the waiter's
+    /// (the process's) lock is still there; if something released it
+    /// meanwhile and another process took it, [`Error::WouldBlock`].
+    pub fn adopt_chain(&self, bucket: u32) -> Result<()> {
+        let mut i = self.inner()?;
+        if bucket >= i.hash_size {
+            return Err(Error::Lock("chain out of range"));
+        }
+        if i.mutexes.is_none() {
+            return i.lock_list(List::Chain(bucket), LockType::Write, false);
+        }
+        if i.allrecord.count > 0 {
+            return Err(Error::Lock("cannot adopt a chain under an all-record lock"));
+        }
+        let off = List::Chain(bucket).lock_off();
+        if i.find_lock(off).is_some() {
+            return Err(Error::Lock("chain already locked by this handle"));
+        }
+        i.locks.push(LockRec {
+            off,
+            count: 1,
+            ltype: LockType::Write,
+        });
+        Ok(())
+    }
+
+    /// Ends [`Self::adopt_chain`]: with mutexes the handle forgets the
+    /// chain (the waiter releases it when its [`WaitedChain`] drops); with
+    /// fcntl locks this is the release.
+    pub fn release_adopted(&self, bucket: u32) -> Result<()> {
+        let mut i = self.inner()?;
+        if i.mutexes.is_none() {
+            return i.unlock_list(List::Chain(bucket), LockType::Write);
+        }
+        let off = List::Chain(bucket).lock_off();
+        match i.find_lock(off) {
+            Some(k) if i.locks[k].count == 1 => {
+                i.locks.swap_remove(k);
+                Ok(())
+            }
+            Some(_) => Err(Error::Lock("adopted chain still locked by a guard")),
+            None => Err(Error::Lock("chain was not adopted")),
+        }
+    }
+
+    /// [`Self::lockall`], giving up with [`Error::WouldBlock`] at
+    /// `deadline`. With mutexes the waits are timed; with fcntl locks the
+    /// kernel offers no timed wait, so the caller must interrupt this
+    /// thread with a signal (one with a handler installed without
+    /// `SA_RESTART`) once the deadline has passed, and again until the
+    /// call returns.
+    pub fn lockall_until(&self, deadline: Instant) -> Result<crate::AllLock<'_>> {
+        let _limit = WaitLimit::set(deadline);
+        self.lockall()
+    }
+}
+
+#[cfg(test)]
+mod waiter_tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::{OpenOptions, StoreMode, Tdb};
+
+    fn open(dir: &tempfile::TempDir, mutexes: bool) -> Tdb {
+        OpenOptions::new()
+            .create(true)
+            .hash_size(31)
+            .mutex_locking(mutexes)
+            .open(dir.path().join("w.tdb"))
+            .unwrap()
+    }
+
+    /// A waiter thread blocks while the handle holds the chain, gets it
+    /// when the handle lets go, and the handle then works on the chain's
+    /// records through the adopted lock while the waiter still holds it.
+    #[test]
+    fn waiter_blocks_then_handle_adopts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir, true);
+        let bucket = db.bucket_of(b"k");
+        let waiter = db.chain_waiter().unwrap();
+        let held = db.chainlock(b"k").unwrap();
+        let (got_tx, got_rx) = mpsc::channel();
+        let (rel_tx, rel_rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let w = waiter.lock(bucket).unwrap();
+            got_tx.send(()).unwrap();
+            let _ = rel_rx.recv();
+            drop(w);
+        });
+        assert!(got_rx.recv_timeout(Duration::from_millis(200)).is_err());
+        drop(held);
+        got_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The waiter's thread owns the mutex: the handle cannot take it...
+        assert!(matches!(
+            db.lock_record_nonblock(b"k"),
+            Err(crate::Error::WouldBlock)
+        ));
+        // ...but can adopt it.
+        db.adopt_chain(bucket).unwrap();
+        let r = db.lock_record_nonblock(b"k").unwrap();
+        r.store(b"v", StoreMode::Replace).unwrap();
+        drop(r);
+        db.release_adopted(bucket).unwrap();
+        rel_tx.send(()).unwrap();
+        t.join().unwrap();
+        let r = db.lock_record_nonblock(b"k").unwrap();
+        assert_eq!(r.fetch().unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// `lockall_until` gives up at its deadline while a chain is held.
+    #[test]
+    fn lockall_until_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir, true);
+        let bucket = db.bucket_of(b"k");
+        let waiter = db.chain_waiter().unwrap();
+        let (got_tx, got_rx) = mpsc::channel();
+        let (rel_tx, rel_rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let w = waiter.lock(bucket).unwrap();
+            got_tx.send(()).unwrap();
+            let _ = rel_rx.recv();
+            drop(w);
+        });
+        got_rx.recv().unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(100);
+        assert!(matches!(
+            db.lockall_until(until),
+            Err(crate::Error::WouldBlock)
+        ));
+        assert!(std::time::Instant::now() >= until);
+        rel_tx.send(()).unwrap();
+        t.join().unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        drop(db.lockall_until(until).unwrap());
+        assert!(db.lock_record_nonblock(b"k").is_ok());
+    }
+
+    /// With fcntl locks adopting is taking the (process's) lock, and
+    /// releasing the adopted chain really releases it.
+    #[test]
+    fn fcntl_adopt_and_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir, false);
+        let bucket = db.bucket_of(b"k");
+        let waiter = db.chain_waiter().unwrap();
+        let w = waiter.lock(bucket).unwrap();
+        db.adopt_chain(bucket).unwrap();
+        db.store(b"k", b"v", StoreMode::Replace).unwrap();
+        db.release_adopted(bucket).unwrap();
+        drop(w);
+        assert!(db.release_adopted(bucket).is_err());
+        assert_eq!(db.fetch(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

@@ -94,6 +94,13 @@ impl MutexArea {
         })
     }
 
+    /// A second mapping of the same area (for a [`crate::lock::ChainWaiter`]
+    /// that locks chains from another thread). The descriptor is only used
+    /// for the `mmap`, never closed here.
+    pub fn remap(&self, file: &File) -> Result<MutexArea> {
+        MutexArea::map(file, self.hash_size, self._map.len() as u64)
+    }
+
     /// Pointer to mutex `idx`: 0 is the freelist, `1 + chain` a hash chain.
     #[inline]
     fn chain_ptr(&self, idx: u32) -> *mut libc::pthread_mutex_t {
@@ -204,13 +211,21 @@ fn lock_robust(
     wait: bool,
     on_owner_died: impl FnOnce(),
 ) -> std::result::Result<(), Errno> {
+    let until = if wait {
+        crate::lock::wait_deadline()
+    } else {
+        None
+    };
     // SAFETY: `m` points to an initialised process-shared mutex inside a
-    // mapping that outlives this call.
+    // mapping that outlives this call; `ts` is a valid timespec.
     let mut r = unsafe {
-        if wait {
-            libc::pthread_mutex_lock(m)
-        } else {
-            libc::pthread_mutex_trylock(m)
+        match (wait, until) {
+            (true, None) => libc::pthread_mutex_lock(m),
+            (true, Some(d)) => {
+                let ts = realtime_deadline(d);
+                libc::pthread_mutex_timedlock(m, &ts)
+            }
+            (false, _) => libc::pthread_mutex_trylock(m),
         }
     };
     if r == libc::EOWNERDEAD {
@@ -221,8 +236,20 @@ fn lock_robust(
     }
     match r {
         0 => Ok(()),
-        libc::EBUSY => Err(libc::EAGAIN),
+        libc::EBUSY | libc::ETIMEDOUT => Err(libc::EAGAIN),
         e => Err(e),
+    }
+}
+
+/// `deadline` as the absolute `CLOCK_REALTIME` time
+/// `pthread_mutex_timedlock` wants.
+fn realtime_deadline(deadline: std::time::Instant) -> libc::timespec {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let at = std::time::SystemTime::now() + left;
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
     }
 }
 
