@@ -9,7 +9,13 @@
 #   status  print `ctdb status` from node 0
 #   stop    shut the daemons down
 # Environment: CLUSTER_DIR, BASE_IP (default 127.0.0), NODES (default 3),
-#   CTDB_TOOL (default: ours if built, else /usr/bin/ctdb).
+#   CTDB_RS_BIN (a directory of already built ctdbd, ctdb and
+#   ctdb_recovery_helper: `start` then builds nothing; default: build them
+#   into $CARGO_TARGET_DIR/release, itself default ./target/release),
+#   CTDB_TOOL, CTDB_RECOVERY_HELPER (default: ours, from that directory).
+# The daemons are started by scripts/local-cluster.sh; CTDB's cluster-lock
+# helper comes from Debian's ctdb package (scripts/install-deps.sh installs it
+# when it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -17,17 +23,14 @@ dir=${CLUSTER_DIR:-$root/cluster}
 case $dir in /*) ;; *) dir=$root/$dir ;; esac
 nodes=${NODES:-3}
 export BASE_IP=${BASE_IP:-127.0.0}
-script=$root/../shared/tools/real-ctdb-cluster.sh
-if [ ! -x "$script" ]; then
-  echo "cluster.sh: $script not found (../shared beside the repository)" >&2
-  exit 1
-fi
+script=$root/scripts/local-cluster.sh
 target=${CARGO_TARGET_DIR:-$root/target}
-export CTDBD=$target/release/ctdbd
-if [ -z "${CTDB_TOOL:-}" ]; then
-  if [ -x "$target/release/ctdb" ]; then CTDB_TOOL=$target/release/ctdb; else CTDB_TOOL=/usr/bin/ctdb; fi
-fi
-export CTDB_TOOL
+case $target in /*) ;; *) target=$root/$target ;; esac
+bin=${CTDB_RS_BIN:-$target/release}
+export CTDBD=$bin/ctdbd
+export CTDB_TOOL=${CTDB_TOOL:-$bin/ctdb}
+export CTDB_RECOVERY_HELPER=${CTDB_RECOVERY_HELPER:-$bin/ctdb_recovery_helper}
+helpers=${CTDB_TEST_HELPER_BINDIR:-/usr/libexec/ctdb}
 
 status() {
   "$script" "$dir" tool 0 status
@@ -35,7 +38,14 @@ status() {
 
 case ${1:-start} in
 start)
-  cargo build --release --locked -p ctdbd >&2
+  if [ ! -x "$helpers/ctdb_mutex_fcntl_helper" ]; then
+    echo "cluster.sh: $helpers/ctdb_mutex_fcntl_helper missing: installing Debian's ctdb" >&2
+    ./scripts/install-deps.sh
+  fi
+  if [ -z "${CTDB_RS_BIN:-}" ]; then
+    # The same build as scripts/test.sh's, so neither rebuilds the other's.
+    cargo build --release --locked --workspace --bins >&2
+  fi
   if [ -S "$dir/node.0/run/ctdbd.socket" ] && "$script" "$dir" tool 0 pnn >/dev/null 2>&1; then
     echo "cluster.sh: a cluster is already running in $dir (scripts/cluster.sh stop)" >&2
     exit 1
@@ -53,7 +63,21 @@ status)
   status
   ;;
 stop)
+  pids=()
+  for k in $(seq 0 $((nodes-1))); do
+    p=$(cat "$dir/node.$k/run/ctdbd.pid" 2>/dev/null || true)
+    [ -n "$p" ] && pids+=("$p")
+  done
   "$script" "$dir" stop "$nodes" || true
+  # Wait (bounded) until the daemons have exited, so `start` can follow.
+  for _ in $(seq 1 100); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && exit 0
+    sleep 0.1
+  done
+  echo "cluster.sh: daemons still running after 10 s: ${pids[*]}" >&2
+  exit 1
   ;;
 *)
   echo "usage: $0 [start|status|stop]" >&2

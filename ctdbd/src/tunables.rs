@@ -239,7 +239,7 @@ mod tests {
     fn listing_matches_the_reference_tool_output() {
         let out = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/reference/ctdb-4.17/tool-output/listvars.out"),
+                .join("../tests/reference/ctdb-4.17/tool-output/listvars.out"),
         )
         .expect("reference listvars output");
         let t = defaults();

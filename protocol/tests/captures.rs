@@ -20,10 +20,10 @@ use ctdb_protocol::{
 
 fn captures_dir() -> PathBuf {
     let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/ctdb-4.17/captures");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/ctdb-4.17/captures");
     assert!(
         dir.is_dir(),
-        "reference captures not found at {} (the project expects ../shared next to the repository)",
+        "reference captures not found at {} (they are part of the repository)",
         dir.display()
     );
     dir

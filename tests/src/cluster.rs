@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::{poll_until, shared_dir};
+use crate::{cluster_script, poll_until};
 
 /// Which daemon a cluster runs.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ fn fresh_prefix() -> [u8; 3] {
     let mix = pid
         .wrapping_mul(2_654_435_761)
         .wrapping_add(n.wrapping_mul(40_503));
-    // Avoid 127.0.0.x, the default of the shared script.
+    // Avoid 127.0.0.x, the default of scripts/local-cluster.sh.
     let a = 1 + (mix % 250) as u8;
     let b = ((mix >> 8) % 250) as u8;
     [127, a, b]
@@ -135,7 +135,7 @@ impl Cluster {
     }
 
     fn script(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shared_dir().join("tools/real-ctdb-cluster.sh"));
+        let mut cmd = Command::new(cluster_script());
         cmd.arg(self.dir.path()).args(args);
         cmd.env("BASE_IP", self.base_ip_str());
         cmd.env("LOG_LEVEL", &self.opts.log_level);
@@ -223,7 +223,7 @@ impl Cluster {
         self.tool_with(Path::new("/usr/bin/ctdb"), k, args)
     }
 
-    /// Runs a `ctdb` tool binary against node `k`, as the shared script
+    /// Runs a `ctdb` tool binary against node `k`, as scripts/local-cluster.sh
     /// does (test mode, `CTDB_BASE` of the node).
     pub fn tool_with(&self, tool: &Path, k: usize, args: &[&str]) -> Output {
         Command::new(tool)

@@ -2,10 +2,9 @@
 //! private 127.x.y.z addresses, with guards that stop every daemon they
 //! started, even when a test fails.
 //!
-//! Clusters are laid out as `../shared/tools/real-ctdb-cluster.sh` lays them
-//! out (node K under `DIR/node.K`, test mode, one `ctdb.conf` per node) and
-//! are started through that script, with `CTDBD` pointing at the daemon
-//! under test.
+//! Clusters are laid out as `scripts/local-cluster.sh` lays them out (node K
+//! under `DIR/node.K`, test mode, one `ctdb.conf` per node) and are started
+//! through that script, with `CTDBD` pointing at the daemon under test.
 
 pub mod cluster;
 pub mod output;
@@ -23,20 +22,24 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `../shared` beside the repository; fails loudly when it is missing.
-pub fn shared_dir() -> PathBuf {
-    let d = workspace_root().join("../shared");
+/// `scripts/local-cluster.sh`: starts, waits for, drives and stops a local
+/// cluster of the reference daemon or of ours.
+pub fn cluster_script() -> PathBuf {
+    let p = workspace_root().join("scripts/local-cluster.sh");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// The reference captures, tool outputs, database files and backups
+/// recorded from CTDB 4.17 (`tests/reference/ctdb-4.17`, in the repository).
+pub fn reference_dir() -> PathBuf {
+    let d = workspace_root().join("tests/reference/ctdb-4.17");
     assert!(
-        d.join("tools/real-ctdb-cluster.sh").is_file(),
-        "../shared (reference data and tools) not found at {}",
+        d.join("README.md").is_file(),
+        "reference data not found at {}",
         d.display()
     );
     d.canonicalize().unwrap()
-}
-
-/// The reference captures, tool outputs, database files and backups.
-pub fn reference_dir() -> PathBuf {
-    shared_dir().join("reference/ctdb-4.17")
 }
 
 /// Fails the test (never skips it) when the reference CTDB is not

@@ -1,5 +1,5 @@
 //! Comparing tool output with the reference outputs in
-//! `../shared/reference/ctdb-4.17/tool-output/`, allowing for what differs
+//! `tests/reference/ctdb-4.17/tool-output/`, allowing for what differs
 //! from run to run: pids, times, dates, counters, generations, addresses
 //! and the cluster directory.
 

@@ -19,12 +19,12 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `shared/reference/ctdb-4.17/tdb`, beside the repository.
+/// `tests/reference/ctdb-4.17/tdb` in the repository.
 pub fn reference_dir() -> PathBuf {
-    let d = manifest_dir().join("../../shared/reference/ctdb-4.17/tdb");
+    let d = manifest_dir().join("../tests/reference/ctdb-4.17/tdb");
     assert!(
         d.is_dir(),
-        "reference files missing: {} (expected shared/ beside the repository)",
+        "reference files missing: {} (they are part of the repository)",
         d.display()
     );
     d

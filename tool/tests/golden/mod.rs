@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Paths under the case's scratch directory print as `$TMP`; `$REF` in an
-//! argument is the reference data directory (`../shared/reference/ctdb-4.17`).
+//! argument is the reference data directory (`tests/reference/ctdb-4.17`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -340,7 +340,7 @@ fn run_case_inner(case: &Case, tool: &Path) -> Vec<Step> {
     for (name, content) in &case.files {
         std::fs::write(d.join(name), content).unwrap();
     }
-    let shared = ctdb_tests::reference_dir().display().to_string();
+    let refdir = ctdb_tests::reference_dir().display().to_string();
     let _daemon = case.state.as_ref().map(|s| FakeDaemon::start(d, s));
     let tmp = d.display().to_string();
     let mut out = Vec::new();
@@ -352,7 +352,7 @@ fn run_case_inner(case: &Case, tool: &Path) -> Vec<Step> {
         let args: Vec<String> = step
             .args
             .iter()
-            .map(|a| a.replace("$REF", &shared))
+            .map(|a| a.replace("$REF", &refdir))
             .collect();
         cmd.args(&args)
             .env("CTDB_SOCKET", d.join("ctdbd.socket"))

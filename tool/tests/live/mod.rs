@@ -1,7 +1,7 @@
 //! The reference `ctdb` tool and ours, side by side on one live cluster.
 //!
 //! A plan walks through every command whose reference output was recorded
-//! (`../shared/reference/ctdb-4.17/tool-output/<name>.out`, the command
+//! (`tests/reference/ctdb-4.17/tool-output/<name>.out`, the command
 //! line taken from `captures/<name>.jsonl`), plus a few extras (machine
 //! readable output, error paths, stdin). Each command runs with the
 //! reference tool and then with ours against node 1, on the same cluster
