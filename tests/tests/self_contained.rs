@@ -171,9 +171,14 @@ fn clone_reads_nothing_outside_itself() {
         .tempdir()
         .unwrap();
     let clone = clone_head(tmp.path());
-    // Built at run time so this file does not match itself.
-    let old = ["..", "shared"].join("/");
-    for pat in [old.as_str(), "shared_dir", "real-ctdb-cluster"] {
+    // Built at run time so that this file does not match itself: the old
+    // directory beside the repository, its accessor, its cluster script.
+    let pats = [
+        ["..", "shared"].join("/"),
+        ["shared", "dir"].join("_"),
+        ["real", "ctdb", "cluster"].join("-"),
+    ];
+    for pat in &pats {
         let out = Command::new("git")
             .current_dir(&clone)
             .args(["grep", "-n", "-F", "-e", pat])
