@@ -35,7 +35,6 @@ use ctdb_protocol::{
 };
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::clients::ClientSocket;
@@ -43,7 +42,7 @@ use crate::cluster_mutex;
 use crate::control::{AsyncOp, ClientInfo, ControlCtx, Core, Outcome};
 use crate::db::{Databases, DbEvent, Effect, Env};
 use crate::messaging::ClientId;
-use crate::transport::{self, OutCmd, OutLink};
+use crate::transport::{self, InLink, OutCmd, OutLink};
 
 /// Largest packet accepted from a client or a node.
 pub const MAX_PACKET: usize = 128 * 1024 * 1024;
@@ -114,7 +113,7 @@ struct NodeLinks {
     out_up: bool,
     /// The outgoing connection, while up.
     link: Option<OutLink>,
-    in_link: Option<(u64, JoinHandle<()>)>,
+    in_link: Option<InLink>,
 }
 
 impl NodeLinks {
@@ -462,8 +461,8 @@ impl Server {
         }
         drop(clients);
         for l in self.links.values_mut() {
-            if let Some((_, h)) = l.in_link.take() {
-                h.abort();
+            if let Some(i) = l.in_link.take() {
+                i.close();
             }
             l.drop_link();
             l.out = None;
@@ -483,26 +482,21 @@ impl Server {
                 self.drop_client(id);
             }
             Event::NodeAccepted { stream, peer } => self.node_accepted(stream, peer),
-            Event::NodePacket { pnn, link, pkt } => {
-                if self
-                    .links
-                    .get(&pnn)
-                    .and_then(|l| l.in_link.as_ref())
-                    .map(|x| x.0)
-                    == Some(link)
-                {
-                    self.node_packet(pnn, pkt);
-                }
-            }
+            Event::NodePacket { pnn, link, pkt } => self.node_link_packet(pnn, link, pkt),
             Event::NodeInClosed { pnn, link, error } => {
                 let cur = self
                     .links
                     .get(&pnn)
                     .and_then(|l| l.in_link.as_ref())
-                    .map(|x| x.0);
-                if cur == Some(link) {
-                    if let Some(e) = error {
-                        error!("incoming connection from node {pnn}: {e}");
+                    .map(|x| (x.id, x.peer));
+                if let Some((id, peer)) = cur
+                    && id == link
+                {
+                    match error {
+                        Some(e) => {
+                            error!("incoming connection from node {pnn} ({peer}): {e}; closing it")
+                        }
+                        None => info!("incoming connection from node {pnn} ({peer}) closed"),
                     }
                     if let Some(l) = self.links.get_mut(&pnn) {
                         l.in_link = None;
@@ -528,7 +522,10 @@ impl Server {
                     l.drop_link();
                 }
                 if was {
-                    self.node_dead(pnn, false);
+                    // As CTDB restarts a node's transport: both directions
+                    // go, so the peer reconnects afresh (and a stale
+                    // incoming connection cannot block its return).
+                    self.node_dead(pnn, true);
                 }
             }
             Event::LockChecked {
@@ -557,8 +554,8 @@ impl Server {
             for pnn in changed {
                 if let Some(mut l) = self.links.remove(&pnn) {
                     l.drop_link();
-                    if let Some((_, h)) = l.in_link.take() {
-                        h.abort();
+                    if let Some(i) = l.in_link.take() {
+                        i.close();
                     }
                 }
                 if !self.core.node.node(pnn).is_some_and(|n| n.is_deleted()) {
@@ -575,8 +572,8 @@ impl Server {
             for p in deleted {
                 if let Some(mut l) = self.links.remove(&p) {
                     l.drop_link();
-                    if let Some((_, h)) = l.in_link.take() {
-                        h.abort();
+                    if let Some(i) = l.in_link.take() {
+                        i.close();
                     }
                 }
             }
@@ -1087,15 +1084,87 @@ impl Server {
             error!("Refused connection from unknown node {}", peer.ip());
             return;
         };
-        let link = self.next_link;
-        self.next_link += 1;
-        let h = transport::spawn_in_reader(pnn, link, stream, self.events());
-        let l = self.links.entry(pnn).or_default();
-        if let Some((_, old)) = l.in_link.replace((link, h)) {
-            debug!("replacing incoming connection from node {pnn}");
-            old.abort();
+        if self.links.get(&pnn).is_some_and(|l| l.in_link.is_some()) {
+            // The node's link is up: whoever this is, it is not the node.
+            error!("Incoming queue active, rejecting connection from {peer} (node {pnn})");
+            return;
         }
+        let id = self.next_link;
+        self.next_link += 1;
+        let reader = transport::spawn_in_reader(pnn, id, stream, self.events());
+        self.links.entry(pnn).or_default().in_link = Some(InLink {
+            id,
+            peer,
+            reader,
+            accepted: Instant::now(),
+            proven: false,
+        });
         self.maybe_connected(pnn);
+    }
+
+    /// A packet on node `pnn`'s incoming connection `link`: it must be
+    /// well-formed and from that node, or the connection is closed.
+    fn node_link_packet(&mut self, pnn: u32, link: u64, pkt: BytesMut) {
+        let Some(l) = self
+            .links
+            .get(&pnn)
+            .and_then(|l| l.in_link.as_ref())
+            .filter(|i| i.id == link)
+        else {
+            return;
+        };
+        let peer = l.peer;
+        let nodes = &self.core.node;
+        let is_node = |p: u32| nodes.node(p).is_some_and(|n| !n.is_deleted());
+        match transport::check_packet(pnn, &pkt, is_node) {
+            Ok(_) => {
+                if let Some(i) = self.links.get_mut(&pnn).and_then(|l| l.in_link.as_mut()) {
+                    i.proven = true;
+                }
+                self.node_packet(pnn, pkt);
+            }
+            Err(e) => {
+                self.core.stats.bump(|s| s.node_packets_recv += 1);
+                error!("node {pnn} ({peer}): {e}; closing its connection");
+                self.node_dead(pnn, true);
+                // Not connected (yet): node_dead left the link alone.
+                self.close_in_link(pnn);
+            }
+        }
+    }
+
+    fn close_in_link(&mut self, pnn: u32) {
+        if let Some(i) = self.links.get_mut(&pnn).and_then(|l| l.in_link.take()) {
+            i.close();
+        }
+    }
+
+    /// Incoming connections that sent nothing within the keepalive limit
+    /// are closed: a real node speaks within a keepalive interval of both
+    /// directions being up, a squatter would hold the node's place.
+    fn expire_silent_links(&mut self, now: Instant) {
+        let limit = Duration::from_secs(u64::from(
+            self.core
+                .tunables
+                .keepalive_interval
+                .max(1)
+                .saturating_mul(self.core.tunables.keepalive_limit.max(1)),
+        ));
+        let silent: Vec<(u32, SocketAddr)> = self
+            .links
+            .iter()
+            .filter_map(|(p, l)| l.in_link.as_ref().map(|i| (*p, i)))
+            .filter(|(_, i)| !i.proven && now.duration_since(i.accepted) > limit)
+            .map(|(p, i)| (p, i.peer))
+            .collect();
+        for (pnn, peer) in silent {
+            error!(
+                "node {pnn} ({peer}): nothing received within {} s of connecting; closing its connection",
+                limit.as_secs()
+            );
+            self.close_in_link(pnn);
+            self.node_dead(pnn, true);
+        }
     }
 
     fn maybe_connected(&mut self, pnn: u32) {
@@ -1125,8 +1194,8 @@ impl Server {
     /// links down so both sides reconnect cleanly.
     fn node_dead(&mut self, pnn: u32, teardown_in: bool) {
         if let Some(l) = self.links.get_mut(&pnn) {
-            if teardown_in && let Some((_, h)) = l.in_link.take() {
-                h.abort();
+            if teardown_in && let Some(i) = l.in_link.take() {
+                i.close();
             }
             if l.out_up {
                 l.out_up = false;
@@ -1321,6 +1390,14 @@ impl Server {
             debug!("reply with unknown reqid {} dropped", hdr.reqid);
             return;
         };
+        if p.dest != hdr.srcnode {
+            warn!(
+                "reply to reqid {} from node {} dropped: the request went to node {}",
+                hdr.reqid, hdr.srcnode, p.dest
+            );
+            self.pending.insert(hdr.reqid, p);
+            return;
+        }
         match p.kind {
             PendingKind::Forward { id, reqid } => {
                 // Relayed as this daemon's own reply, as CTDB does.
@@ -1380,6 +1457,7 @@ impl Server {
             self.next_keepalive = now + self.keepalive_interval();
             self.keepalive_round();
         }
+        self.expire_silent_links(now);
         self.runstate_progress();
         self.with_dbs(|d, env| d.tick(env, now));
         self.db_recmode_check();

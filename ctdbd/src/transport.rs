@@ -10,14 +10,27 @@
 //! with a short back-off, and hands each new connection to the event loop
 //! ([`OutLink`]), which writes to it directly ([`Outbox`]). Reader tasks
 //! frame incoming packets; a framing error tears that connection down.
+//!
+//! Who may talk to us ([`InLink`], [`check_packet`]): an incoming
+//! connection is accepted only from the address of a node in the nodes
+//! file, and only while that node has no incoming connection already (a
+//! second one is refused, as CTDB refuses it with "Incoming queue
+//! active"). Every packet on it must be a well-formed CTDB packet from
+//! that node: right magic and version, a known operation, and the node's
+//! own pnn as source (a `REQ_CALL` may carry another node's pnn: calls are
+//! passed on from node to node with their caller as source). Anything else
+//! closes that connection with a log line naming the peer. A connection
+//! that sends nothing within the keepalive limit is closed too, so a
+//! silent squatter cannot keep the node's slot.
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ctdb_protocol::framing::PacketCodec;
+use ctdb_protocol::{Header, Marshal, Operation};
 use futures::StreamExt;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -111,6 +124,59 @@ fn spawn_writer(stream: Arc<TcpStream>, outbox: Arc<Outbox>) {
             }
         }
     });
+}
+
+/// The incoming connection of a node, as the event loop holds it.
+pub struct InLink {
+    /// Tells this connection's packets from those of an earlier one.
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub reader: JoinHandle<()>,
+    pub accepted: Instant,
+    /// A valid packet has arrived on it.
+    pub proven: bool,
+}
+
+impl InLink {
+    /// Stops reading; dropping the reader closes the connection.
+    pub fn close(&self) {
+        self.reader.abort();
+    }
+}
+
+/// Why a packet on a node's incoming connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("malformed packet: {0}")]
+    Header(#[from] ctdb_protocol::Error),
+    #[error("{op:?} packet claims to be from node {claimed}")]
+    WrongSource { op: Operation, claimed: u32 },
+}
+
+/// Checks a framed packet that arrived on node `pnn`'s incoming
+/// connection: a well-formed header, and `pnn` as its source (a
+/// `REQ_CALL` passed on by `pnn` may name its original caller, which must
+/// be a node for which `is_node` holds).
+pub fn check_packet(
+    pnn: u32,
+    pkt: &[u8],
+    is_node: impl Fn(u32) -> bool,
+) -> Result<Header, LinkError> {
+    let (h, _) = Header::pull(pkt)?;
+    if (h.length as usize) != pkt.len() {
+        return Err(LinkError::Header(ctdb_protocol::Error::BadLength {
+            length: h.length,
+            why: "does not match the frame",
+        }));
+    }
+    let ok = h.srcnode == pnn || (h.operation == Operation::ReqCall && is_node(h.srcnode));
+    if !ok {
+        return Err(LinkError::WrongSource {
+            op: h.operation,
+            claimed: h.srcnode,
+        });
+    }
+    Ok(h)
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -278,5 +344,56 @@ async fn watch(stream: &TcpStream, rx: &mut mpsc::UnboundedReceiver<OutCmd>) -> 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctdb_protocol::{Body, ControlRequest, Packet, ReqControl};
+
+    fn control_from(src: u32) -> Vec<u8> {
+        let h = Header::new(Operation::ReqControl, 0, src, 1);
+        Packet::new(h, Body::ReqControl(ReqControl::new(ControlRequest::GetPnn))).encode()
+    }
+
+    #[test]
+    fn packets_must_come_from_the_links_node() {
+        let known = |p: u32| p < 3;
+        assert_eq!(check_packet(1, &control_from(1), known).unwrap().srcnode, 1);
+        assert!(matches!(
+            check_packet(1, &control_from(2), known),
+            Err(LinkError::WrongSource { claimed: 2, .. })
+        ));
+        let mut bad = control_from(1);
+        bad[4] ^= 0xff;
+        assert!(matches!(
+            check_packet(1, &bad, known),
+            Err(LinkError::Header(_))
+        ));
+        let mut bad = control_from(1);
+        bad[8] = 2;
+        assert!(check_packet(1, &bad, known).is_err());
+        // The frame and the length field must agree.
+        let mut long = control_from(1);
+        long.extend_from_slice(&[0; 8]);
+        assert!(check_packet(1, &long, known).is_err());
+        assert!(check_packet(1, &[0u8; 7], known).is_err());
+    }
+
+    #[test]
+    fn a_passed_on_call_may_name_its_caller() {
+        let call = ctdb_protocol::call::ReqCall {
+            flags: 0,
+            db_id: 1,
+            callid: 0,
+            hopcount: 1,
+            key: b"k".to_vec(),
+            calldata: Vec::new(),
+        };
+        let h = Header::new(Operation::ReqCall, 0, 2, 9);
+        let pkt = Packet::new(h, Body::ReqCall(call)).encode();
+        assert!(check_packet(1, &pkt, |p| p < 3).is_ok());
+        assert!(check_packet(1, &pkt, |p| p < 2).is_err());
     }
 }
