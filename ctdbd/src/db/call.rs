@@ -183,6 +183,7 @@ impl Databases {
                         reqid,
                         call,
                     },
+                    &self.ev_tx,
                 );
                 return;
             }
@@ -225,6 +226,7 @@ impl Databases {
                             reqid,
                             call,
                         },
+                        &self.ev_tx,
                     );
                     return;
                 }
@@ -376,7 +378,7 @@ impl Databases {
             return Err(());
         }
         if db.waiting_on(key) {
-            db.wait_for_lock(key.to_vec(), Work::Node { pkt: pkt.clone() });
+            db.wait_for_lock(key.to_vec(), Work::Node { pkt: pkt.clone() }, &self.ev_tx);
             return Err(());
         }
         Ok(())
@@ -463,7 +465,7 @@ impl Databases {
             Try::Done(s) => s,
             Try::Busy => {
                 let key = c.key.clone();
-                db.wait_for_lock(key, Work::Node { pkt: pkt.clone() });
+                db.wait_for_lock(key, Work::Node { pkt: pkt.clone() }, &self.ev_tx);
                 return;
             }
             Try::Failed(e) => {
@@ -627,7 +629,7 @@ impl Databases {
         let step = match r {
             Try::Done(s) => s,
             Try::Busy => {
-                db.wait_for_lock(c.key.clone(), Work::Node { pkt: pkt.clone() });
+                db.wait_for_lock(c.key.clone(), Work::Node { pkt: pkt.clone() }, &self.ev_tx);
                 return;
             }
             Try::Failed(e) => {
@@ -677,7 +679,9 @@ impl Databases {
         });
         match r {
             Try::Done((p, st, reply)) => self.became_dmaster(env, p, st, reply),
-            Try::Busy => db.wait_for_lock(c.key.clone(), Work::Node { pkt: pkt.clone() }),
+            Try::Busy => {
+                db.wait_for_lock(c.key.clone(), Work::Node { pkt: pkt.clone() }, &self.ev_tx)
+            }
             Try::Failed(e) => {
                 error!("{}: storing a migrated record failed: {e}", db.name);
                 self.recovery_active("failed to store a migrated record");
@@ -712,22 +716,6 @@ impl Databases {
         }
         if m.is_empty() {
             self.calls.inflight.remove(&db);
-        }
-    }
-
-    /// Retries the work of database `id` that waited for record locks.
-    pub(crate) fn retry_locks(&mut self, env: &Env, id: u32) {
-        let Some(db) = self.dbs.get_mut(&id) else {
-            return;
-        };
-        let waiting = db.take_lock_waiters();
-        let before = waiting.len();
-        for (_, w) in waiting {
-            self.run_work(env, id, w);
-        }
-        if let Some(db) = self.dbs.get_mut(&id) {
-            let progress = db.lock_wait.len() < before;
-            db.lock_retry_done(progress);
         }
     }
 

@@ -9,9 +9,8 @@
 //! hash and are cleared by their first opener; volatile ones use robust
 //! mutexes for record locks when mutexes are enabled.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use ctdb_protocol::types::{DbStatistics, db_flags};
 use tracing::{info, warn};
@@ -44,11 +43,8 @@ pub struct Db {
     pub health: Option<String>,
     /// Work waiting for the handle, in arrival order.
     pub deferred: VecDeque<Work>,
-    /// Work waiting for a record lock a client holds, in arrival order.
-    pub lock_wait: VecDeque<(Vec<u8>, Work)>,
-    /// Keys in `lock_wait` (later work on them queues behind).
-    pub lock_wait_keys: HashMap<Vec<u8>, u32>,
-    lock_retry: Option<(Instant, Duration)>,
+    /// Work waiting for record locks a client holds ([`super::lockwait`]).
+    pub locks: super::lockwait::LockWaits,
     pub freeze: Freeze,
     /// A frozen-by-`FREEZE` volatile database has nothing to give to a
     /// pull (this node was inactive).
@@ -82,45 +78,6 @@ impl Db {
     /// has started its transaction.
     pub fn allow_access(&self) -> bool {
         matches!(self.freeze, Freeze::None) || self.txn.is_some()
-    }
-
-    /// Whether work on `key` is already waiting for a lock.
-    pub fn waiting_on(&self, key: &[u8]) -> bool {
-        !self.lock_wait_keys.is_empty() && self.lock_wait_keys.contains_key(key)
-    }
-
-    /// Queues work that found its record locked, and arms a retry.
-    pub fn wait_for_lock(&mut self, key: Vec<u8>, w: Work) {
-        *self.lock_wait_keys.entry(key.clone()).or_default() += 1;
-        self.lock_wait.push_back((key, w));
-        if self.lock_retry.is_none() {
-            // First retry once the loop has looked at other events.
-            self.lock_retry = Some((Instant::now(), Duration::from_millis(1)));
-        }
-    }
-
-    /// Takes the lock-waiting work for a retry.
-    pub fn take_lock_waiters(&mut self) -> VecDeque<(Vec<u8>, Work)> {
-        self.lock_wait_keys.clear();
-        std::mem::take(&mut self.lock_wait)
-    }
-
-    /// After a retry: back off while work still waits, rearm from scratch
-    /// once none does.
-    pub fn lock_retry_done(&mut self, progress: bool) {
-        if self.lock_wait.is_empty() {
-            self.lock_retry = None;
-            return;
-        }
-        let backoff = match self.lock_retry {
-            Some((_, b)) if !progress => (b * 2).min(Duration::from_millis(10)),
-            _ => Duration::from_millis(1),
-        };
-        self.lock_retry = Some((Instant::now() + backoff, backoff));
-    }
-
-    pub fn lock_retry_at(&self) -> Option<Instant> {
-        self.lock_retry.map(|(t, _)| t)
     }
 }
 
@@ -216,9 +173,7 @@ pub fn open(
         generation,
         health: None,
         deferred: VecDeque::new(),
-        lock_wait: VecDeque::new(),
-        lock_wait_keys: HashMap::new(),
-        lock_retry: None,
+        locks: Default::default(),
         freeze: Freeze::None,
         invalid_records: false,
         txn: None,

@@ -24,6 +24,7 @@
 pub mod call;
 pub mod controls;
 pub mod file;
+pub mod lockwait;
 pub mod ltdb;
 pub mod persistent;
 pub mod recovery;
@@ -111,6 +112,13 @@ pub enum DbEvent {
     },
     /// A freeze session locked its database (or gave up).
     Frozen { db: u32, result: Result<(), String> },
+    /// A lock helper holds a record chain (or failed to wait for it).
+    LockHeld {
+        db: u32,
+        bucket: u32,
+        id: u64,
+        result: Result<(), String>,
+    },
     /// A freeze session finished a control.
     Reply { tag: u64, reply: ReplyControl },
     /// A freeze session committed (or failed to commit) a recovery
@@ -138,6 +146,7 @@ impl std::fmt::Debug for DbEvent {
         match self {
             DbEvent::Returned { db, .. } => write!(f, "Returned(0x{db:08x})"),
             DbEvent::Frozen { db, result } => write!(f, "Frozen(0x{db:08x}, {result:?})"),
+            DbEvent::LockHeld { db, bucket, .. } => write!(f, "LockHeld(0x{db:08x}, {bucket})"),
             DbEvent::Reply { tag, .. } => write!(f, "Reply({tag})"),
             DbEvent::Committed { db, .. } => write!(f, "Committed(0x{db:08x})"),
             DbEvent::Message { srvid, .. } => write!(f, "Message(0x{srvid:x})"),
@@ -268,22 +277,15 @@ impl Databases {
         }
     }
 
-    /// When the layer next wants [`Databases::tick`] (lock retries).
+    /// When the layer next wants [`Databases::tick`] (freezes past their
+    /// deadline).
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.dbs.values().filter_map(|d| d.lock_retry_at()).min()
+        self.freeze_wakeup()
     }
 
-    /// Periodic work: lock retries, timeouts, deferred attaches.
+    /// Periodic work: freeze deadlines, timeouts, deferred attaches.
     pub fn tick(&mut self, env: &Env, now: Instant) {
-        let due: Vec<u32> = self
-            .dbs
-            .values()
-            .filter(|d| d.lock_retry_at().is_some_and(|t| t <= now))
-            .map(|d| d.id)
-            .collect();
-        for id in due {
-            self.retry_locks(env, id);
-        }
+        self.freeze_deadlines(env, now);
         self.trans3_timeouts(env, now);
         self.traverse_timeouts(env, now);
         self.attach_timeouts(env, now);
@@ -362,6 +364,12 @@ impl Databases {
                 self.handle_returned(env, db, *tdb);
             }
             DbEvent::Frozen { db, result } => self.frozen(env, db, result),
+            DbEvent::LockHeld {
+                db,
+                bucket,
+                id,
+                result,
+            } => self.lock_held(env, db, bucket, id, result),
             DbEvent::Reply { tag, reply } => self.complete(tag, reply),
             DbEvent::Committed {
                 db,
@@ -384,6 +392,7 @@ impl Databases {
             return;
         };
         db.tdb = Some(tdb);
+        db.lock_waits_home();
         let thawed = std::mem::take(&mut db.thawing);
         // Run what waited, in order, for as long as the handle stays here
         // (a waiting update may take it away again).

@@ -324,6 +324,7 @@ impl Databases {
                         req: req.clone(),
                         to,
                     },
+                    &self.ev_tx,
                 );
                 return None;
             }

@@ -96,9 +96,24 @@ struct FreezeAll {
     failed: bool,
 }
 
+/// A freeze session still waiting for its locks.
+#[derive(Debug)]
+struct Freezing {
+    /// When it gives up (moved to now by a thaw).
+    deadline: Instant,
+    /// Its thread, to interrupt a wait in `fcntl` at the deadline.
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How often a freeze past its deadline is interrupted again until it
+/// reports (a signal can arrive just before the thread starts waiting).
+const FREEZE_NUDGE: Duration = Duration::from_millis(20);
+
 /// Recovery bookkeeping across databases.
 #[derive(Debug, Default)]
 pub struct RecoveryState {
+    /// Freeze sessions waiting for their locks, by database.
+    freezing: HashMap<u32, Freezing>,
     /// Tags of `DB_FREEZE` controls waiting, by database.
     waiters: HashMap<u32, Vec<u64>>,
     all: Option<FreezeAll>,
@@ -151,12 +166,19 @@ impl Databases {
         let volatile = db.volatile();
         let name = db.name.clone();
         db.freeze = Freeze::Pending(tx);
+        let deadline = Instant::now() + timeout;
+        install_wakeup_signal();
         let spawned = std::thread::Builder::new()
             .name(format!("freeze-{id:08x}"))
-            .spawn(move || session(id, name, tdb, volatile, rx, ev, timeout));
-        if let Err(e) = spawned {
+            .spawn(move || session(id, name, tdb, volatile, rx, ev, deadline));
+        match spawned {
+            Ok(thread) => {
+                self.recovery
+                    .freezing
+                    .insert(id, Freezing { deadline, thread });
+            }
             // The handle went with the closure; it cannot come back.
-            error!("cannot start a freeze session: {e}");
+            Err(e) => error!("cannot start a freeze session: {e}"),
         }
     }
 
@@ -245,9 +267,33 @@ impl Databases {
         None
     }
 
+    /// When a freeze waiting for its locks reaches its deadline (or must
+    /// be interrupted again).
+    pub(crate) fn freeze_wakeup(&self) -> Option<Instant> {
+        self.recovery.freezing.values().map(|f| f.deadline).min()
+    }
+
+    /// Freezes past their deadline: interrupt their wait (a blocked
+    /// `fcntl`; mutex waits are timed), and again a little later until
+    /// they report.
+    pub(crate) fn freeze_deadlines(&mut self, env: &Env, now: Instant) {
+        let _ = env;
+        for f in self.recovery.freezing.values_mut() {
+            if f.deadline <= now {
+                interrupt(&f.thread);
+                f.deadline = now + FREEZE_NUDGE;
+            }
+        }
+        for db in self.dbs.values_mut() {
+            db.locks.cap = env.tunables.lock_processes_per_db.max(1) as usize;
+        }
+    }
+
     /// A session reported its freeze.
     pub(crate) fn frozen(&mut self, env: &Env, id: u32, result: Result<(), String>) {
         let _ = env;
+        // The thread is no longer waiting: never signal it again.
+        self.recovery.freezing.remove(&id);
         let waiters = self.recovery.waiters.remove(&id).unwrap_or_default();
         let ok = result.is_ok();
         let mut reply = ReplyControl::ok(ControlReply::DbFreeze);
@@ -308,6 +354,10 @@ impl Databases {
         db.invalid_records = false;
         if let Some(s) = db.push.take() {
             self.recovery.pushes.remove(&s);
+        }
+        if let Some(f) = self.recovery.freezing.get_mut(&id) {
+            // Stop waiting for the locks now.
+            f.deadline = Instant::now();
         }
         let db = self.dbs.get_mut(&id).expect("present");
         match std::mem::take(&mut db.freeze) {
@@ -583,9 +633,9 @@ fn session(
     volatile: bool,
     rx: smpsc::Receiver<Cmd>,
     ev: mpsc::UnboundedSender<DbEvent>,
-    timeout: Duration,
+    deadline: Instant,
 ) {
-    serve(db, &name, &tdb, volatile, rx, &ev, timeout);
+    serve(db, &name, &tdb, volatile, rx, &ev, deadline);
     info!("Release freeze handle for db {name}");
     let _ = ev.send(DbEvent::Returned {
         db,
@@ -594,37 +644,56 @@ fn session(
     });
 }
 
-/// Takes every record lock, trying without blocking until `timeout`; a
-/// thaw cancels the attempt. Requests that arrived meanwhile are returned.
-fn lock_all<'a>(
-    tdb: &'a tdb::Tdb,
-    rx: &smpsc::Receiver<Cmd>,
-    timeout: Duration,
-) -> Result<(tdb::AllLock<'a>, Vec<Cmd>), String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(100);
-    let mut early = Vec::new();
-    loop {
-        match tdb.lockall_nonblock() {
-            Ok(g) => return Ok((g, early)),
-            Err(tdb::Error::WouldBlock) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        match rx.try_recv() {
-            Ok(Cmd::Thaw) | Err(smpsc::TryRecvError::Disconnected) => {
-                return Err("freeze cancelled".to_owned());
+/// Takes every record lock, waiting in the kernel (behind the clients
+/// that hold record locks, as one more waiter) until `deadline`. Requests
+/// that arrive meanwhile wait in the channel; a thaw moves the deadline to
+/// now (see [`Databases::freeze_deadlines`]).
+fn lock_all(tdb: &tdb::Tdb, deadline: Instant) -> Result<tdb::AllLock<'_>, String> {
+    let started = Instant::now();
+    match tdb.lockall_until(deadline) {
+        Ok(g) => Ok(g),
+        Err(tdb::Error::WouldBlock) => Err(format!(
+            "a client has held a record lock for more than {} s (or the freeze was cancelled)",
+            started.elapsed().as_secs()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The signal that interrupts a freeze's blocked `fcntl` wait: a handler
+/// that does nothing, installed without `SA_RESTART`, so the wait returns
+/// `EINTR` and the tdb crate checks its deadline.
+const WAKEUP_SIGNAL: libc::c_int = libc::SIGURG;
+
+extern "C" fn on_wakeup(_: libc::c_int) {}
+
+fn install_wakeup_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler is an
+        // async-signal-safe function that does nothing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_wakeup as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(WAKEUP_SIGNAL, &sa, std::ptr::null_mut()) != 0 {
+                error!(
+                    "cannot install the freeze wake-up handler: {}",
+                    std::io::Error::last_os_error()
+                );
             }
-            Ok(other) => early.push(other),
-            Err(smpsc::TryRecvError::Empty) => {}
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "a client has held a record lock for more than {} s",
-                timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
+    });
+}
+
+/// Interrupts `thread`'s blocking system call.
+fn interrupt(thread: &std::thread::JoinHandle<()>) {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the thread has not been joined or detached (we hold its
+    // handle), so its pthread_t is valid even if it has finished.
+    unsafe {
+        libc::pthread_kill(thread.as_pthread_t(), WAKEUP_SIGNAL);
     }
 }
 
@@ -635,9 +704,9 @@ fn serve(
     volatile: bool,
     rx: smpsc::Receiver<Cmd>,
     ev: &mpsc::UnboundedSender<DbEvent>,
-    timeout: Duration,
+    deadline: Instant,
 ) {
-    let (lock, early) = match lock_all(tdb, &rx, timeout) {
+    let lock = match lock_all(tdb, deadline) {
         Ok(x) => x,
         Err(why) => {
             error!("Freeze of database {name} failed: {why}");
@@ -654,11 +723,7 @@ fn serve(
     let mut buf: Option<Buffered> = None;
     let mut pushed: u32 = 0;
     let mut push_failed = false;
-    let cmds = early
-        .into_iter()
-        .map(Ok)
-        .chain(std::iter::from_fn(|| Some(rx.recv())));
-    for cmd in cmds {
+    for cmd in std::iter::from_fn(|| Some(rx.recv())) {
         let Ok(cmd) = cmd else {
             break;
         };
