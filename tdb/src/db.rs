@@ -969,6 +969,26 @@ impl Tdb {
         i.read_u32(OFF_SEQNUM)
     }
 
+    /// Turns on `TDB_SEQNUM` for this handle from now on (libtdb's
+    /// `tdb_enable_seqnum`): every store and delete through it bumps the
+    /// header's sequence number.
+    pub fn enable_seqnum(&self) {
+        self.inner.borrow_mut().seqnum = true;
+    }
+
+    /// Whether this handle bumps the sequence number on writes.
+    pub fn seqnum_enabled(&self) -> bool {
+        self.inner.borrow().seqnum
+    }
+
+    /// Bumps the header's sequence number by one if this handle has
+    /// `TDB_SEQNUM` (libtdb's `tdb_increment_seqnum_nonblock`): an atomic
+    /// add on the mapped header word, or a read-modify-write under the
+    /// sequence-number lock when the file is not mapped.
+    pub fn increment_seqnum(&self) -> Result<()> {
+        self.inner()?.bump_seqnum()
+    }
+
     // ----- record operations -----
 
     /// Fetch the value stored under `key`.

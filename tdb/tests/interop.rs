@@ -309,3 +309,55 @@ fn alternating_writers_mutex_volatile_style() {
         .clone();
     alternate(&path, &o, f, 6);
 }
+
+/// Sequence numbers as smbd and ctdbd share them on a volatile database:
+/// libtdb's opener asks for `TDB_SEQNUM` at open, ours turns it on later
+/// (`tdb_enable_seqnum`); each side's stores, deletes and explicit bumps
+/// move the one header word the other reads, with and without mutexes.
+#[test]
+fn sequence_numbers_shared_with_libtdb() {
+    for mutexes in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seq.tdb");
+        let mut f = flags::INCOMPATIBLE_HASH | flags::NOSYNC | flags::DISALLOW_NESTING;
+        if mutexes {
+            f |= flags::MUTEX_LOCKING;
+        }
+        let ours = OpenOptions::new()
+            .create(true)
+            .hash_size(97)
+            .tdb_flags(f)
+            .open(&path)
+            .unwrap();
+        let mut lib = LibTdb::open(&path, 97, f | flags::SEQNUM);
+        let seq = |lib: &mut LibTdb| lib.cmd("get_seqnum").parse::<u32>().unwrap();
+        assert_eq!(
+            lib.cmd("get_flags").parse::<u32>().unwrap() & flags::SEQNUM,
+            flags::SEQNUM
+        );
+        let s0 = ours.seqnum().unwrap();
+        assert_eq!(seq(&mut lib), s0);
+
+        // Without TDB_SEQNUM our writes leave the number alone.
+        assert!(!ours.seqnum_enabled());
+        ours.store(b"a", b"1", StoreMode::Insert).unwrap();
+        ours.increment_seqnum().unwrap();
+        assert_eq!(seq(&mut lib), s0, "mutexes={mutexes}");
+
+        // libtdb's writes bump it, and we see them.
+        lib.store(b"b", b"2");
+        assert!(lib.delete(b"b"));
+        assert_eq!(ours.seqnum().unwrap(), s0 + 2, "mutexes={mutexes}");
+
+        // Turned on here, our stores, deletes and bumps count too.
+        ours.enable_seqnum();
+        assert!(ours.seqnum_enabled());
+        ours.store(b"a", b"3", StoreMode::Replace).unwrap();
+        ours.delete(b"a").unwrap();
+        ours.increment_seqnum().unwrap();
+        assert_eq!(seq(&mut lib), s0 + 5, "mutexes={mutexes}");
+        lib.cmd("increment_seqnum_nonblock");
+        assert_eq!(ours.seqnum().unwrap(), s0 + 6, "mutexes={mutexes}");
+        lib.close();
+    }
+}

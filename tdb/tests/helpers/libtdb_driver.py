@@ -43,6 +43,12 @@ lib.tdb_firstkey.argtypes = [ctypes.c_void_p]
 lib.tdb_firstkey.restype = TDB_DATA
 lib.tdb_nextkey.argtypes = [ctypes.c_void_p, TDB_DATA]
 lib.tdb_nextkey.restype = TDB_DATA
+for name in ("tdb_get_seqnum", "tdb_get_flags"):
+    getattr(lib, name).argtypes = [ctypes.c_void_p]
+    getattr(lib, name).restype = ctypes.c_int
+for name in ("tdb_enable_seqnum", "tdb_increment_seqnum_nonblock"):
+    getattr(lib, name).argtypes = [ctypes.c_void_p]
+    getattr(lib, name).restype = None
 lib.tdb_error.argtypes = [ctypes.c_void_p]
 lib.tdb_error.restype = ctypes.c_int
 libc = ctypes.CDLL(None)
@@ -122,6 +128,10 @@ def main():
                     return 0
                 rc = lib.tdb_traverse_read(t, TRAVERSE_FN(fn), None)
                 r = ("items " + " ".join(items)) if rc >= 0 else "fail"
+            elif op in ("get_seqnum", "get_flags"):
+                r = str(getattr(lib, "tdb_" + op)(t) & 0xFFFFFFFF)
+            elif op in ("enable_seqnum", "increment_seqnum_nonblock"):
+                getattr(lib, "tdb_" + op)(t)
             elif op == "pid":
                 r = str(os.getpid())
             else:
