@@ -69,13 +69,8 @@ impl Databases {
                 ReplyControl::ok(ControlReply::GetDbStatistics(Box::new(d.stats.clone())))
             })),
             Rq::GetDbSeqnum(r) => self.get_db_seqnum(ctx, req, to, r.db_id),
-            Rq::EnableSeqnum(id) | Rq::UpdateSeqnum(id) => Some(self.with_db(*id, |_| {
-                ReplyControl::ok(if matches!(req.data, Rq::EnableSeqnum(_)) {
-                    ControlReply::EnableSeqnum
-                } else {
-                    ControlReply::UpdateSeqnum
-                })
-            })),
+            Rq::EnableSeqnum(id) => Some(self.enable_seqnum(env, *id)),
+            Rq::UpdateSeqnum(id) => Some(self.update_seqnum(env, ctx.srcnode, *id)),
             // Vacuuming is not part of this daemon: records a client
             // deleted stay as empty records.
             Rq::ScheduleForDeletion(k) => Some(self.with_db(k.db_id, |_| {

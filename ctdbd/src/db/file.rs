@@ -30,8 +30,14 @@ pub struct Db {
     /// `STICKY`).
     pub flags: u8,
     pub path: PathBuf,
-    /// The tdb flags the file was opened with (`DB_OPEN_FLAGS`).
+    /// The tdb flags the file was opened with (`DB_OPEN_FLAGS`), plus
+    /// `TDB_SEQNUM` once a client enabled sequence numbers.
     pub tdb_flags: u32,
+    /// With sequence numbers enabled (`ENABLE_SEQNUM`), the number the
+    /// periodic check last saw ([`super::seqnum`]).
+    pub seqnum: Option<u32>,
+    /// An `UPDATE_SEQNUM` arrived while the handle was away.
+    pub seqnum_bump_pending: bool,
     /// The handle; `None` while background work has it.
     pub tdb: Option<tdb::Tdb>,
     /// Set when a thaw sent the handle home: pending calls are resent when
@@ -168,6 +174,8 @@ pub fn open(
         flags,
         path,
         tdb_flags: tflags,
+        seqnum: None,
+        seqnum_bump_pending: false,
         tdb: Some(tdb),
         thawing: false,
         generation,

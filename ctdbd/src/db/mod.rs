@@ -28,6 +28,7 @@ pub mod lockwait;
 pub mod ltdb;
 pub mod persistent;
 pub mod recovery;
+pub mod seqnum;
 pub mod traverse;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -195,6 +196,8 @@ pub struct Databases {
     pub(crate) recovery: recovery::RecoveryState,
     /// Attaches from clients waiting for recovery to end.
     pub(crate) deferred_attach: Vec<(ControlCtx, ReqControl, ReplyTo, Instant)>,
+    /// When the sequence-number check ([`seqnum`]) is next due.
+    pub(crate) seqnum_next: Option<Instant>,
 }
 
 impl Databases {
@@ -217,6 +220,7 @@ impl Databases {
                 travs: Default::default(),
                 recovery: Default::default(),
                 deferred_attach: Vec::new(),
+                seqnum_next: None,
             },
             ev_rx,
         )
@@ -278,9 +282,10 @@ impl Databases {
     }
 
     /// When the layer next wants [`Databases::tick`] (freezes past their
-    /// deadline).
+    /// deadline, the sequence-number check).
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.freeze_wakeup()
+        let freeze = self.freeze_wakeup();
+        freeze.into_iter().chain(self.seqnum_next()).min()
     }
 
     /// Periodic work: freeze deadlines, timeouts, deferred attaches.
@@ -289,6 +294,7 @@ impl Databases {
         self.trans3_timeouts(env, now);
         self.traverse_timeouts(env, now);
         self.attach_timeouts(env, now);
+        self.seqnum_check(env, now);
     }
 
     // ---- helpers for the other modules ----------------------------------
@@ -394,6 +400,7 @@ impl Databases {
         db.tdb = Some(tdb);
         db.lock_waits_home();
         let thawed = std::mem::take(&mut db.thawing);
+        self.seqnum_handle_back(id);
         // Run what waited, in order, for as long as the handle stays here
         // (a waiting update may take it away again).
         while let Some(w) = self
