@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing ctdb-rs needs on a fresh Debian machine:
 # the reference CTDB (for interop tests), libtdb's tools and python binding,
-# libtdb's headers (for the tdb benchmark), and rustfmt/clippy.
+# libtdb's headers (for the tdb benchmark), Samba's smbd and an SMB2 client
+# library (python3-impacket) for the file-server tests, iproute2, and
+# rustfmt/clippy.
 # Idempotent and non-interactive; safe to run on every test run.
 set -euo pipefail
 
 need_pkgs=()
-for p in ctdb tdb-tools python3-tdb libtdb-dev gcc; do
+for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -17,7 +19,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq </dev/null
   $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" </dev/null >/dev/null
   # The package's own units would start a daemon on the host's default paths; we never want that.
-  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now ctdb >/dev/null 2>&1 || true; fi
+  # Samba's would hold port 445 on every address the tests give their smbds.
+  for unit in ctdb smbd nmbd samba-ad-dc winbind; do
+    if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true; fi
+    if [ -x "/etc/init.d/$unit" ]; then $SUDO "/etc/init.d/$unit" stop >/dev/null 2>&1 || true; fi
+  done
 fi
 
 if command -v rustup >/dev/null 2>&1; then

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod output;
+pub mod samba;
 
 pub use cluster::{Cluster, ClusterOptions, Daemon};
 
