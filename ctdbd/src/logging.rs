@@ -195,12 +195,76 @@ pub fn log_target(
     )
 }
 
+/// The daemon's log file. It is reopened by path on SIGHUP, so that after
+/// logrotate moved `log.ctdb` aside new lines go to a new file; helpers
+/// started afterwards get the new file as their stderr.
+#[derive(Clone)]
+pub struct LogFile(Arc<LogFileInner>);
+
+struct LogFileInner {
+    path: std::path::PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> std::io::Result<LogFile> {
+        Ok(LogFile(Arc::new(LogFileInner {
+            path: path.to_owned(),
+            file: Mutex::new(Self::open_file(path)?),
+        })))
+    }
+
+    fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        if let Some(d) = path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Opens the file at its path again; later lines go there. On
+    /// failure the old file stays in use.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let f = Self::open_file(&self.0.path)?;
+        *self.lock() = f;
+        Ok(())
+    }
+
+    /// A descriptor of the current file (a helper's stderr).
+    pub fn try_clone(&self) -> std::io::Result<std::fs::File> {
+        self.lock().try_clone()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::fs::File> {
+        self.0.file.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One log line's access to the current file.
+pub struct LogFileWriter<'a>(std::sync::MutexGuard<'a, std::fs::File>);
+
+impl std::io::Write for LogFileWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
+    type Writer = LogFileWriter<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogFileWriter(self.lock())
+    }
+}
+
 /// Installs the global subscriber; returns the level control and the log
-/// file (for helpers' stderr), if logging to a file.
-pub fn init(
-    target: &LogTarget,
-    level: i32,
-) -> std::io::Result<(LogControl, Option<std::fs::File>)> {
+/// file (for helpers' stderr and SIGHUP), if logging to a file.
+pub fn init(target: &LogTarget, level: i32) -> std::io::Result<(LogControl, Option<LogFile>)> {
     let (filter, handle) = reload::Layer::new(level_filter(level));
     let fmt_layer = tracing_subscriber::fmt::layer()
         .event_format(CtdbFormat {
@@ -210,12 +274,8 @@ pub fn init(
         .with_ansi(false);
     let file = match target {
         LogTarget::File(p) => {
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            let f = OpenOptions::new().create(true).append(true).open(p)?;
-            let w = f.try_clone()?;
-            let layer = fmt_layer.with_writer(Mutex::new(w));
+            let f = LogFile::open(p)?;
+            let layer = fmt_layer.with_writer(f.clone());
             let _ = tracing_subscriber::registry()
                 .with(filter)
                 .with(layer)

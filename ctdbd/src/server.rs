@@ -146,7 +146,7 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     pub helper_dir: PathBuf,
     /// The daemon's log file, given to helpers as stderr.
-    pub log_file: Option<std::fs::File>,
+    pub log_file: Option<crate::logging::LogFile>,
     pub my_addr: SocketAddr,
     /// Environment for helpers (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`).
     pub helper_env: Vec<(String, String)>,

@@ -137,7 +137,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
 async fn serve(
     setup: Setup,
     log: logging::LogControl,
-    log_file: Option<std::fs::File>,
+    log_file: Option<logging::LogFile>,
 ) -> anyhow::Result<()> {
     info!(
         "Starting CTDBD (ctdb-rs {}) as PID: {}",
@@ -185,7 +185,8 @@ async fn serve(
     ] {
         let _ = std::fs::create_dir_all(d);
     }
-    let log_for_recoverd = log_file.as_ref().and_then(|f| f.try_clone().ok());
+    let log_for_recoverd = log_file.clone();
+    let log_for_sighup = log_file.clone();
     // Helpers log as the daemon does (CTDB passes this in the environment).
     let helper_env = vec![
         ("CTDB_LOGGING".to_owned(), cfg.log_location.clone()),
@@ -209,7 +210,7 @@ async fn serve(
     clients::spawn_acceptor(ux, ev.clone());
     transport::spawn_acceptor(tcp, ev.clone());
     server.start_transport();
-    spawn_signal_handlers(signals, ev.clone());
+    spawn_signal_handlers(signals, ev.clone(), log_for_sighup);
     let recovery_helper = recoverd::recovery_helper_path(&setup.paths.helper_dir);
     if !recovery_helper.is_file() {
         warn!(
@@ -304,7 +305,11 @@ fn register_signals() -> Signals {
     Signals { stop, hangup }
 }
 
-fn spawn_signal_handlers(signals: Signals, ev: tokio::sync::mpsc::Sender<Event>) {
+fn spawn_signal_handlers(
+    signals: Signals,
+    ev: tokio::sync::mpsc::Sender<Event>,
+    log: Option<logging::LogFile>,
+) {
     for (mut s, name) in signals.stop {
         let ev = ev.clone();
         tokio::spawn(async move {
@@ -313,9 +318,28 @@ fn spawn_signal_handlers(signals: Signals, ev: tokio::sync::mpsc::Sender<Event>)
             }
         });
     }
+    // SIGHUP reopens the log file (logrotate's postrotate), as CTDB does.
     if let Some(mut s) = signals.hangup {
-        tokio::spawn(async move { while s.recv().await.is_some() {} });
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let Some(log) = &log else {
+                    notice_sighup("logging to stderr, nothing to reopen");
+                    continue;
+                };
+                match log.reopen() {
+                    Ok(()) => notice_sighup(&format!("reopened {}", log.path().display())),
+                    Err(e) => error!(
+                        "Received SIGHUP: cannot reopen {}: {e}; still logging to the old file",
+                        log.path().display()
+                    ),
+                }
+            }
+        });
     }
+}
+
+fn notice_sighup(what: &str) {
+    tracing::warn!("Received SIGHUP - {what}");
 }
 
 /// Where the recovery helper is, for tools and tests.

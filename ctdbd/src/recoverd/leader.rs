@@ -110,10 +110,11 @@ impl Recoverd {
             return true;
         }
         info!("Attempting to take cluster lock ({lock})");
+        let log = self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok());
         let (status, held) = cluster_mutex::take(
             &lock,
             &self.cfg.helper_dir,
-            self.cfg.log_file.as_ref(),
+            log.as_ref(),
             &self.cfg.helper_env,
             LOCK_TIMEOUT,
         )

@@ -55,7 +55,7 @@ pub struct RecoverdConfig {
     /// `CTDB_DBDIR_STATE` for the helper.
     pub state_dir: PathBuf,
     /// The daemon's log file (helpers' stderr).
-    pub log_file: Option<std::fs::File>,
+    pub log_file: Option<crate::logging::LogFile>,
     /// Environment for helpers (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`).
     pub helper_env: Vec<(String, String)>,
 }
@@ -100,7 +100,7 @@ impl RecoverdConfig {
             helper_dir: self.helper_dir.clone(),
             recovery_helper: self.recovery_helper.clone(),
             state_dir: self.state_dir.clone(),
-            log_file: self.log_file.as_ref().and_then(|f| f.try_clone().ok()),
+            log_file: self.log_file.clone(),
             helper_env: self.helper_env.clone(),
         }
     }
