@@ -70,6 +70,12 @@ fn messaging(daemon: Daemon) {
         // A process that is our client exists; a made-up one does not.
         assert!(b.process_exists(1, me).await.unwrap());
         assert!(!b.process_exists(1, 0x3fff_fff0).await.unwrap());
+        // The daemon is not a client of its own.
+        let daemon = c.pid(1).expect("node 1's pid");
+        assert!(
+            !b.process_exists(1, daemon).await.unwrap(),
+            "PROCESS_EXISTS of the daemon's own pid"
+        );
     });
 }
 
