@@ -24,6 +24,7 @@ pub mod backup;
 pub mod call;
 pub mod control;
 pub mod error;
+pub mod event;
 pub mod framing;
 pub mod header;
 pub mod keepalive;
