@@ -72,6 +72,7 @@ pub fn report(e: &ClientError, op: Opcode, dest: u32) -> i32 {
 
 /// The daemon went away: CTDB's client library exits at once.
 pub fn disconnected() -> ! {
+    crate::limit::wait_if_fired();
     std::process::exit(1)
 }
 

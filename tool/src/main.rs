@@ -16,6 +16,7 @@ mod cmd_rec;
 mod commands;
 mod ctx;
 mod format;
+mod limit;
 mod options;
 mod progress;
 mod tickle;
@@ -27,6 +28,7 @@ use ctdb_client::{Client, Paths};
 use options::{Options, ParseOutcome};
 
 fn main() {
+    ctdb_protocol::stdio::exit_quietly_on_closed_output();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut opts = match Options::parse(&argv) {
         Ok(o) => o,
@@ -61,15 +63,7 @@ fn main() {
     };
 
     // Give up after the maximum run time, as the reference does.
-    let limit = opts.maxruntime.max(0) as u64;
-    if limit > 0 {
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(limit));
-            let _ = std::io::stdout().flush();
-            eprintln!("Maximum runtime exceeded - exiting");
-            std::process::exit(1);
-        });
-    }
+    limit::start(opts.maxruntime.max(0) as u64);
 
     let args: Vec<String> = opts.args[1..].to_vec();
     if cmd.without_daemon {
@@ -91,6 +85,7 @@ fn main() {
 
 /// Flushes stdout and exits with `ret` (-1 becomes 1, as in the reference).
 fn exit(ret: i32) -> ! {
+    limit::wait_if_fired();
     let _ = std::io::stdout().flush();
     std::process::exit(if ret == -1 { 1 } else { ret });
 }
