@@ -63,6 +63,7 @@ pub struct Timing {
 }
 
 fn main() -> Result<()> {
+    ctdb_protocol::stdio::exit_quietly_on_closed_output();
     let cli = Cli::parse();
     if let Some(Cmd::Worker(args)) = cli.cmd {
         return worker::run(args);

@@ -94,6 +94,7 @@ fn level(s: Option<&str>) -> Option<&'static str> {
 }
 
 fn main() {
+    ctdb_protocol::stdio::exit_quietly_on_closed_output();
     let o = parse_args();
     let dbdir = PathBuf::from(require(o.dbdir, "database directory"));
     let socket = PathBuf::from(require(o.socket, "socket path"));

@@ -18,7 +18,9 @@
 //! * [`keepalive`]: keepalives and tunnels;
 //! * [`packet`]: a header plus a typed body;
 //! * [`framing`]: packets on a byte stream, for tokio;
-//! * [`backup`]: the `ctdb backupdb` file format.
+//! * [`backup`]: the `ctdb backupdb` file format;
+//! * [`stdio`]: how every program of the workspace ends when its output
+//!   is closed (not protocol, but the one crate they all use).
 
 pub mod backup;
 pub mod call;
@@ -31,6 +33,7 @@ pub mod keepalive;
 pub mod marshal;
 pub mod message;
 pub mod packet;
+pub mod stdio;
 pub mod types;
 
 #[cfg(any(test, feature = "random"))]

@@ -64,6 +64,7 @@ fn run(fd: i32, socket: &str, generation: u32) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    ctdb_protocol::stdio::exit_quietly_on_closed_output();
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
         eprintln!(

@@ -13,6 +13,7 @@ use crate::cmd_node;
 use crate::ctx::{Ctx, active_nodes, connected_nodes};
 use crate::format;
 use crate::options::usage;
+use ctdb_protocol::stdio::check_output;
 
 /// A database found by name or id.
 pub struct DbRef {
@@ -323,7 +324,7 @@ pub async fn catdb(ctx: &mut Ctx, args: &[String]) -> i32 {
                         count += 1;
                         s.clear();
                         format::record(&mut s, &rec.header, &rec.key, &rec.data);
-                        let _ = out.write_all(s.as_bytes());
+                        let _ = check_output(out.write_all(s.as_bytes()));
                     }
                     Err(e) => {
                         ret = crate::ctx::report(
@@ -337,8 +338,8 @@ pub async fn catdb(ctx: &mut Ctx, args: &[String]) -> i32 {
             }
         }
     }
-    let _ = writeln!(out, "Dumped {count} records");
-    let _ = out.flush();
+    let _ = check_output(writeln!(out, "Dumped {count} records"));
+    let _ = check_output(out.flush());
     ret
 }
 
@@ -402,10 +403,10 @@ pub async fn cattdb(ctx: &mut Ctx, args: &[String]) -> i32 {
         count += 1;
         s.clear();
         format::record(&mut s, &h, &k, d);
-        let _ = out.write_all(s.as_bytes());
+        let _ = check_output(out.write_all(s.as_bytes()));
     }
-    let _ = writeln!(out, "Dumped {count} record(s)");
-    let _ = out.flush();
+    let _ = check_output(writeln!(out, "Dumped {count} record(s)"));
+    let _ = check_output(out.flush());
     0
 }
 

@@ -21,6 +21,7 @@ use crate::ctx::{Ctx, SRVID_CTDB_PUSHDB};
 use crate::format;
 use crate::options::usage;
 use crate::progress::Progress;
+use ctdb_protocol::stdio::check_output;
 
 const EINVAL: i32 = 22;
 
@@ -117,8 +118,8 @@ pub async fn pfetch(ctx: &mut Ctx, args: &[String]) -> i32 {
     match r {
         Ok(v) => {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(c_str(v.as_deref().unwrap_or_default()));
-            let _ = out.write_all(b"\n");
+            let _ = check_output(out.write_all(c_str(v.as_deref().unwrap_or_default())));
+            let _ = check_output(out.write_all(b"\n"));
             0
         }
         Err(_) => {
@@ -415,8 +416,8 @@ pub async fn readkey(ctx: &mut Ctx, args: &[String]) -> i32 {
         Ok(r) => {
             let mut out = std::io::stdout().lock();
             let _ = write!(out, "Data: size:{} ptr:[", r.data.len());
-            let _ = out.write_all(c_str(&r.data));
-            let _ = out.write_all(b"]\n");
+            let _ = check_output(out.write_all(c_str(&r.data)));
+            let _ = check_output(out.write_all(b"]\n"));
             0
         }
         Err(e) => {
@@ -654,34 +655,34 @@ pub fn dumpdbbackup(args: &[String]) -> i32 {
         Err(e) => return e,
     };
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let _ = writeln!(
+    let _ = check_output(writeln!(
         out,
         "Dumping database {} from backup @ {}",
         hdr.name,
         format::timestamp(hdr.timestamp)
-    );
+    ));
     let mut count = 0u32;
     let mut s = String::new();
     for _ in 0..hdr.nbuf {
         let Some(rb) = read_chunk(&mut r) else {
-            let _ = out.flush();
+            let _ = check_output(out.flush());
             eprintln!("Failed to read records");
             return 5;
         };
         for rec in rb.iter() {
             let Ok((h, d)) = LtdbHeader::split(rec.data) else {
-                let _ = out.flush();
+                let _ = check_output(out.flush());
                 eprintln!("Failed to dump records");
                 return EINVAL;
             };
             count += 1;
             s.clear();
             format::record(&mut s, &h, rec.key, d);
-            let _ = out.write_all(s.as_bytes());
+            let _ = check_output(out.write_all(s.as_bytes()));
         }
     }
-    let _ = writeln!(out, "Dumped {count} record(s)");
-    let _ = out.flush();
+    let _ = check_output(writeln!(out, "Dumped {count} record(s)"));
+    let _ = check_output(out.flush());
     0
 }
 

@@ -4,6 +4,7 @@
 //! `--node=1`, `--node 1`), and errors are reported as
 //! `Invalid option <what>: <why>` with exit code 1.
 
+use ctdb_protocol::stdio::check_output;
 use std::io::Write;
 
 /// The global options.
@@ -234,19 +235,19 @@ pub fn usage(command: Option<&str>) -> ! {
     let mut out = std::io::stdout().lock();
     match command.and_then(crate::commands::find) {
         Some(cmd) => {
-            let _ = out.write_all(USAGE.as_bytes());
-            let _ = writeln!(out, "\nCommands:");
-            let _ = writeln!(out, "{}", crate::commands::usage_line(cmd));
+            let _ = check_output(out.write_all(USAGE.as_bytes()));
+            let _ = check_output(writeln!(out, "\nCommands:"));
+            let _ = check_output(writeln!(out, "{}", crate::commands::usage_line(cmd)));
         }
         None => {
-            let _ = out.write_all(HELP.as_bytes());
-            let _ = writeln!(out, "\nCommands:");
+            let _ = check_output(out.write_all(HELP.as_bytes()));
+            let _ = check_output(writeln!(out, "\nCommands:"));
             for cmd in crate::commands::COMMANDS {
-                let _ = writeln!(out, "{}", crate::commands::usage_line(cmd));
+                let _ = check_output(writeln!(out, "{}", crate::commands::usage_line(cmd)));
             }
         }
     }
-    let _ = out.flush();
+    let _ = check_output(out.flush());
     std::process::exit(1);
 }
 
