@@ -24,6 +24,9 @@ pub enum Error {
     /// Anything else (no node to blame).
     #[error("{0}")]
     Other(String),
+    /// A failure whose node has had its ban credit already.
+    #[error("{0}")]
+    Credited(Box<Error>),
 }
 
 impl Error {
@@ -31,6 +34,7 @@ impl Error {
     pub fn node(&self) -> Option<u32> {
         match self {
             Error::Node { pnn, .. } | Error::Bad { pnn, .. } => Some(*pnn),
+            Error::Credited(e) => e.node(),
             _ => None,
         }
     }

@@ -11,7 +11,9 @@
 //! nothing and exits 1; the daemon reads end-of-file and counts the
 //! recovery as failed. This is exactly what CTDB's helper does. Ban
 //! credits do not travel through the fd: like CTDB's helper, this one bans
-//! the node at fault itself with `SET_BAN_STATE` (see [`recovery`]).
+//! the node at fault itself with `SET_BAN_STATE` (see [`recovery`]), and
+//! it names the node that made the recovery fail to the leader with a
+//! `CTDB_SRVID_BANNING` message, which gives that node banning credits.
 //!
 //! It logs where the daemon logs (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`, see
 //! [`log`]), as `ctdb-recovery[pid]`, with the reference's wording for the

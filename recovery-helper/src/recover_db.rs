@@ -15,8 +15,11 @@
 //!   left alone when it already holds the result (see `recover_single`).
 //!
 //! A failed attempt is retried up to [`NUM_RETRIES`] times in all. The node
-//! that made a freeze, an attach, a name check or a pull fail earns a ban
-//! credit each time, as with CTDB.
+//! that made a step fail earns a ban credit each time: a freeze, an
+//! attach, a name check or a pull, as with CTDB, and also a transaction
+//! start, a wipe, a push, a commit or a thaw (CTDB's helper gives none for
+//! those, so a node that cannot commit, say on a full disk, makes every
+//! recovery fail without ever being named).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -112,12 +115,16 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         db_id,
         tid: ctx.generation,
     };
-    ctx.all(
-        nodes,
-        "DB_TRANSACTION_START",
-        ControlRequest::DbTransactionStart(transdb),
-    )
-    .await?;
+    credit(
+        ctx,
+        &name,
+        ctx.all(
+            nodes,
+            "DB_TRANSACTION_START",
+            ControlRequest::DbTransactionStart(transdb),
+        )
+        .await,
+    )?;
 
     hold(ctx, db_id).await;
 
@@ -143,25 +150,62 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         collect_all(ctx, db_id, &name, &store).await?;
         let store = unshare(store)?;
         log_spill(&store, db_id, &name);
+        credit(
+            ctx,
+            &name,
+            ctx.all(
+                nodes,
+                "WIPE_DATABASE",
+                ControlRequest::WipeDatabase(transdb),
+            )
+            .await,
+        )?;
+        credit(
+            ctx,
+            &name,
+            push(ctx, nodes, db_id, &name, store, policy).await,
+        )?;
+    } else {
+        credit(
+            ctx,
+            &name,
+            recover_single(ctx, db, &name, transdb, store, policy).await,
+        )?;
+    }
+    credit(
+        ctx,
+        &name,
         ctx.all(
             nodes,
-            "WIPE_DATABASE",
-            ControlRequest::WipeDatabase(transdb),
+            "DB_TRANSACTION_COMMIT",
+            ControlRequest::DbTransactionCommit(transdb),
         )
-        .await?;
-        push(ctx, nodes, db_id, &name, store, policy).await?;
-    } else {
-        recover_single(ctx, db, &name, transdb, store, policy).await?;
-    }
-    ctx.all(
-        nodes,
-        "DB_TRANSACTION_COMMIT",
-        ControlRequest::DbTransactionCommit(transdb),
-    )
-    .await?;
-    ctx.all(nodes, "DB_THAW", ControlRequest::DbThaw(db_id))
-        .await?;
+        .await,
+    )?;
+    credit(
+        ctx,
+        &name,
+        ctx.all(nodes, "DB_THAW", ControlRequest::DbThaw(db_id))
+            .await,
+    )?;
     Ok(name)
+}
+
+/// A failed step that names a node gives that node a ban credit, once:
+/// an error already credited where it happened (a pull) comes back as
+/// [`Error::Credited`] and is passed on as it is.
+fn credit<T>(ctx: &Ctx, name: &str, r: Result<T>) -> Result<T> {
+    match r {
+        Err(Error::Credited(e)) => Err(Error::Credited(e)),
+        Err(e) => match e.node() {
+            Some(pnn) => {
+                ctx.nodes.ban_credit(pnn, &format!("db {name}: {e}"));
+                Err(Error::Credited(Box::new(e)))
+            }
+            None => Err(e),
+        },
+        ok => ok,
+    }
 }
 
 /// The store, once no pull holds it any more.
@@ -230,7 +274,7 @@ async fn recover_single(
         let blame = e.node().unwrap_or(src);
         ctx.nodes
             .ban_credit(blame, &format!("failed to pull db {name}"));
-        return Err(e);
+        return Err(Error::Credited(Box::new(e)));
     }
     if let Some(p) = pusher {
         p.finish(name).await?;

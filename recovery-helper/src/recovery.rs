@@ -4,6 +4,14 @@
 //! cannot be recovered, the node with the most ban credits (at least
 //! [`NUM_RETRIES`]) is banned for RecoveryBanPeriod, if bans are enabled,
 //! and the recovery fails.
+//!
+//! Whenever the recovery fails because of a node (the one with the most
+//! ban credits, else the node the failing step names), that node is
+//! reported to the leader, the node this helper runs for, with a
+//! `CTDB_SRVID_BANNING` message carrying its pnn, as CTDB's takeover helper
+//! reports its culprits. The leader's recovery daemon gives it banning
+//! credits (as many as there are nodes; twice that bans it), so the node at
+//! fault is banned, not the leader whose recovery it made fail.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use ctdb_client::Client;
 use ctdb_protocol::header::CTDB_UNKNOWN_PNN;
+use ctdb_protocol::message::srvid;
 use ctdb_protocol::types::{
     BanState, CTDB_RECOVERY_ACTIVE, CTDB_RECOVERY_NORMAL, NodeMap, VnnMap, node_flags,
 };
@@ -25,8 +34,47 @@ use crate::trace_event;
 /// Recovery timeout until the tunables are known (CTDB's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs a recovery to generation `generation` through `client`.
+/// Runs a recovery to generation `generation` through `client`; a failure
+/// caused by a node is reported to the leader (see the module's
+/// documentation).
 pub async fn run(client: Client, socket: PathBuf, generation: u32, opts: Options) -> Result<()> {
+    let leader = client.clone();
+    let culprit = std::sync::Mutex::new(None);
+    let r = run_steps(client, socket, generation, opts, &culprit).await;
+    if let Err(e) = &r {
+        let pnn = culprit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .or_else(|| e.node());
+        if let Some(pnn) = pnn {
+            report_culprit(&leader, pnn).await;
+        }
+    }
+    r
+}
+
+/// Tells the leader (our own node) that `pnn` made the recovery fail, and
+/// waits until the daemon has taken the message in.
+async fn report_culprit(client: &Client, pnn: u32) {
+    let me = client.pnn();
+    tracing::warn!("Assigning banning credits to node {pnn}");
+    trace_event!("culprit", "node={pnn}");
+    if let Err(e) = client.send_message(me, srvid::BANNING, &pnn.to_le_bytes()) {
+        tracing::error!("failed to assign banning credits to node {pnn}: {e}");
+        return;
+    }
+    // The daemon handles a connection's packets in order: once this reply
+    // is back, the message has been passed on to the recovery daemon.
+    let _ = client.control(me, ControlRequest::GetPnn).await;
+}
+
+async fn run_steps(
+    client: Client,
+    socket: PathBuf,
+    generation: u32,
+    opts: Options,
+    culprit: &std::sync::Mutex<Option<u32>>,
+) -> Result<()> {
     let t0 = Instant::now();
     let mypnn = client.pnn();
     let client = client.with_timeout(DEFAULT_TIMEOUT);
@@ -121,6 +169,7 @@ pub async fn run(client: Client, socket: PathBuf, generation: u32, opts: Options
     );
 
     if recovered != total {
+        *culprit.lock().unwrap_or_else(|p| p.into_inner()) = most_credits(&ctx);
         if let Err(e) = ban_node(&ctx).await {
             tracing::error!("failed to ban node: {e}");
         }
@@ -210,6 +259,18 @@ async fn capabilities(client: &Client, nodes: &[u32]) -> Result<Vec<u32>> {
         }
     }
     Ok(caps)
+}
+
+/// The node with the most ban credits, if any has some.
+fn most_credits(ctx: &Ctx) -> Option<u32> {
+    let credits = ctx.nodes.credits();
+    let mut max = (CTDB_UNKNOWN_PNN, 0);
+    for (&pnn, &c) in ctx.nodes.pnns.iter().zip(&credits) {
+        if c > max.1 {
+            max = (pnn, c);
+        }
+    }
+    (max.1 > 0).then_some(max.0)
 }
 
 /// Bans the node with the most ban credits, if it has at least

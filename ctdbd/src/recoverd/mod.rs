@@ -88,6 +88,9 @@ pub struct Recoverd {
     last_culprit: u32,
     takeover_requests: Vec<SrvidMessage>,
     frozen_on_inactive: bool,
+    /// `CTDB_SRVID_BANNING` messages (culprits reported by helpers), kept
+    /// apart so a recovery can take the reports of its own helper at once.
+    banning: mpsc::UnboundedReceiver<Message>,
 }
 
 impl RecoverdConfig {
@@ -136,7 +139,6 @@ async fn connect(cfg: &RecoverdConfig) -> Client {
 const SRVIDS: &[u64] = &[
     srvid::LEADER,
     srvid::ELECTION,
-    srvid::BANNING,
     srvid::TAKEOVER_RUN,
     srvid::PUSH_NODE_FLAGS,
     srvid::RELOAD_NODES,
@@ -167,6 +169,7 @@ async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
         });
     }
     drop(tx);
+    let banning = client.register_srvid(srvid::BANNING).await?;
     let pnn = cfg.pnn;
     let mut rec = Recoverd {
         cfg,
@@ -189,6 +192,7 @@ async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
         last_culprit: pnn,
         takeover_requests: Vec::new(),
         frozen_on_inactive: false,
+        banning,
     };
     info!("Recovery daemon started (pnn {pnn})");
     let mut next_main = Instant::now();
@@ -209,6 +213,10 @@ async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
             m = msgs.recv() => {
                 let Some(m) = m else { return Err(ctdb_client::ClientError::Disconnected) };
                 rec.on_message(m).await;
+            }
+            m = rec.banning.recv() => {
+                let Some(m) = m else { return Err(ctdb_client::ClientError::Disconnected) };
+                rec.banning_message(&m.data);
             }
             _ = lock_lost => {
                 rec.lost_cluster_lock().await;
@@ -298,16 +306,6 @@ impl Recoverd {
                 self.leader_message(pnn).await;
             }
             srvid::ELECTION => self.election_message(&m.data).await,
-            srvid::BANNING => {
-                if !self.is_leader() {
-                    return;
-                }
-                let Ok((pnn, _)) = u32::pull(&m.data) else {
-                    return;
-                };
-                let n = self.nodemap.nodes.len() as u32;
-                self.set_culprit_count(pnn, n);
-            }
             srvid::TAKEOVER_RUN => {
                 if let Ok((r, _)) = SrvidMessage::pull(&m.data) {
                     self.takeover_requests.push(r);
@@ -342,6 +340,38 @@ impl Recoverd {
             }
             _ => debug!("recovery daemon ignores message 0x{:x}", m.srvid),
         }
+    }
+
+    /// `CTDB_SRVID_BANNING`: a helper names a node that made its work
+    /// fail; the leader gives it as many credits as there are nodes (a
+    /// second report before a recovery succeeds bans it). Returns the node.
+    fn banning_message(&mut self, data: &[u8]) -> Option<u32> {
+        if !self.is_leader() {
+            return None;
+        }
+        let Ok((pnn, _)) = u32::pull(data) else {
+            warn!("Unable to parse banning credits message");
+            return None;
+        };
+        let n = self.nodemap.nodes.len() as u32;
+        info!("Node {pnn} assigned banning credits");
+        self.set_culprit_count(pnn, n);
+        Some(pnn)
+    }
+
+    /// Takes the culprits a helper that just ended reported: a round trip
+    /// to the daemon brings in every message it passed on before, in
+    /// order. Returns the nodes named.
+    async fn take_banning_reports(&mut self) -> Vec<u32> {
+        let _ = self
+            .client
+            .control(CTDB_CURRENT_NODE, ControlRequest::GetPnn)
+            .await;
+        let mut named = Vec::new();
+        while let Ok(m) = self.banning.try_recv() {
+            named.extend(self.banning_message(&m.data));
+        }
+        named
     }
 
     /// Replies to a request made with a `ctdb_srvid_message`.

@@ -100,10 +100,17 @@ impl Recoverd {
         let started = Instant::now();
         if !self.run_recovery_helper().await {
             error!("Recovery helper failed");
-            // A leader whose recoveries keep failing gets banned, so that
-            // another node takes over.
-            let pnn = self.pnn;
-            self.set_culprit(pnn);
+            // The helper names the node at fault (a BANNING message, which
+            // gave it credits). Only a failure nobody was named for counts
+            // against this node: a leader whose recoveries keep failing for
+            // no known reason gets banned, so that another node takes over.
+            let named = self.take_banning_reports().await;
+            if named.is_empty() {
+                let pnn = self.pnn;
+                self.set_culprit(pnn);
+            } else {
+                info!("Recovery failed because of node(s) {named:?}");
+            }
             return;
         }
         self.takeover_run_checks();
