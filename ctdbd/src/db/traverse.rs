@@ -96,8 +96,16 @@ impl Databases {
         let name = db.name.clone();
         let pnn = env.pnn();
         let map = &env.node.vnnmap.map;
+        // Every active node, whether or not it is in the vnnmap: a node
+        // with its lmaster role off is out of the map but may still be
+        // the data master of records (as CTDB's BROADCAST_ACTIVE).
         let mut targets: Vec<u32> = if volatile {
-            map.clone()
+            env.node
+                .nodes
+                .iter()
+                .filter(|n| !n.is_deleted() && !n.is_inactive())
+                .map(|n| n.pnn)
+                .collect()
         } else if map.contains(&pnn) || map.is_empty() {
             vec![pnn]
         } else {
