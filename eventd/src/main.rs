@@ -1,0 +1,8 @@
+//! `ctdb-eventd [-P PID] [-S FD]`: see the crate documentation.
+
+use clap::Parser;
+
+fn main() {
+    let opts = ctdb_eventd::daemon::Options::parse();
+    std::process::exit(ctdb_eventd::daemon::main(opts));
+}
