@@ -6,7 +6,7 @@
 //! `SHUTDOWN` control) stops it and removes SOCKET and PIDFILE.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -195,9 +195,11 @@ fn run_server(
     } else {
         format!("{filter},ctdbd=off")
     };
+    // Colour only on a terminal: stderr is usually a test's log file.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .with_target(false)
         .try_init();
