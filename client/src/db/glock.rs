@@ -277,6 +277,96 @@ async fn remove(glock: &Db, name: &[u8], who: ServerId) -> Result<Vec<ServerId>>
         .await?
 }
 
+/// Takes the lock `name` for `me` exactly as CTDB's own client library
+/// (`ctdb_g_lock_lock` in 4.17) does, for comparisons with clients that
+/// use it: lock the record; for the first conflicting entry ask whether
+/// its process exists; if it does, let the record go, wait a millisecond
+/// and start again; if not, remove that entry (the last entry takes its
+/// place) and go on; with no conflict left, append `me`.
+pub async fn lock_ctdb_style(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Result<()> {
+    enum Step {
+        Done,
+        Check(usize, ServerId),
+    }
+    loop {
+        let step = glock
+            .fetch_lock(name, |rec| {
+                let mut list = match parse(&rec.data) {
+                    Ok(l) => l,
+                    Err(e) => return (Update::Keep, Err(e)),
+                };
+                for (i, l) in list.locks.iter().enumerate() {
+                    if l.sid == me {
+                        return (
+                            Update::Keep,
+                            Err(ClientError::Other("g_lock_lock: deadlock".into())),
+                        );
+                    }
+                    if conflicts(l.kind, kind) {
+                        return (Update::Keep, Ok(Step::Check(i, l.sid)));
+                    }
+                }
+                list.locks.push(GLock { kind, sid: me });
+                (Update::Store(list.to_bytes()), Ok(Step::Done))
+            })
+            .await??;
+        let (at, holder) = match step {
+            Step::Done => return Ok(()),
+            Step::Check(i, h) => (i, h),
+        };
+        let exists = glock
+            .client()
+            .control_raw(
+                holder.vnn,
+                ReqControl::new(ControlRequest::ProcessExists(holder.pid as i32)),
+            )
+            .await?
+            .status
+            == 0;
+        if exists {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        // Gone: drop its entry (if it is still where we saw it).
+        glock
+            .fetch_lock(name, |rec| {
+                let mut list = match parse(&rec.data) {
+                    Ok(l) => l,
+                    Err(e) => return (Update::Keep, Err(e)),
+                };
+                if list.locks.get(at).is_some_and(|l| l.sid == holder) {
+                    list.locks.swap_remove(at);
+                    (Update::Store(list.to_bytes()), Ok(()))
+                } else {
+                    (Update::Keep, Ok(()))
+                }
+            })
+            .await??;
+    }
+}
+
+/// Releases a lock taken with [`lock_ctdb_style`] as CTDB's client library
+/// does: remove our entry (the last entry takes its place), and delete
+/// the record once nobody is left. Nobody is woken.
+pub async fn unlock_ctdb_style(glock: &Db, name: &[u8], me: ServerId) -> Result<()> {
+    glock
+        .fetch_lock(name, |rec| {
+            let mut list = match parse(&rec.data) {
+                Ok(l) => l,
+                Err(e) => return (Update::Keep, Err(e)),
+            };
+            if let Some(i) = list.locks.iter().position(|l| l.sid == me) {
+                list.locks.swap_remove(i);
+            }
+            if list.locks.is_empty() {
+                (Update::Delete, Ok(()))
+            } else {
+                (Update::Store(list.to_bytes()), Ok(()))
+            }
+        })
+        .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,8 @@ pub const DB_SEQNUM_KEY: &[u8] = b"__db_sequence_number__\0";
 pub struct LocalFile {
     path: PathBuf,
     tdb: Mutex<tdb::Tdb>,
+    /// Waits for busy chain locks on helper threads ([`record`]).
+    waiter: OnceLock<tdb::ChainWaiter>,
 }
 
 impl LocalFile {
@@ -52,6 +54,15 @@ impl LocalFile {
 
     pub fn path(&self) -> &std::path::Path {
         &self.path
+    }
+
+    /// The file's chain waiter (made on first use).
+    pub fn waiter(&self) -> Result<tdb::ChainWaiter> {
+        if let Some(w) = self.waiter.get() {
+            return Ok(w.clone());
+        }
+        let w = self.with(|t| t.chain_waiter()).map_err(tdb_err)?;
+        Ok(self.waiter.get_or_init(|| w).clone())
     }
 }
 
@@ -74,6 +85,7 @@ pub fn open_local(path: PathBuf, tdb_flags: u32) -> Result<Arc<LocalFile>> {
     let f = Arc::new(LocalFile {
         path: path.clone(),
         tdb: Mutex::new(tdb),
+        waiter: OnceLock::new(),
     });
     files.insert(path, Arc::downgrade(&f));
     Ok(f)

@@ -5,10 +5,13 @@
 //! lock. Otherwise unlock, ask the local daemon to migrate the record here
 //! (a `REQ_CALL` with immediate migration), and try again.
 //!
-//! The chain lock is taken without blocking: while another process holds
-//! it, the task yields and retries, so a contended lock never stalls the
-//! async runtime. The caller's closure runs under the lock and must not
-//! wait on anything.
+//! The chain lock is first tried without blocking. While another process
+//! holds it, a helper thread ([`tokio::task::spawn_blocking`]) waits for
+//! it in the kernel with the tdb crate's [`tdb::ChainWaiter`] (queued like
+//! any other waiter, so it gets the lock when the holder lets go), and the
+//! task then works on the record under the lock the helper holds
+//! ([`tdb::Tdb::adopt_chain`]); the runtime never blocks and nothing spins.
+//! The caller's closure runs under the lock and must not wait on anything.
 
 use ctdb_protocol::Marshal;
 use ctdb_protocol::call::{ReqCall, call_flags, call_id};
@@ -35,6 +38,13 @@ pub enum Update {
 pub struct LockedRecord {
     pub header: LtdbHeader,
     pub data: Vec<u8>,
+}
+
+/// A chain a helper thread holds for this task; dropping it lets the
+/// helper release it.
+struct Held {
+    bucket: u32,
+    _release: std::sync::mpsc::Sender<()>,
 }
 
 enum Attempt<R> {
@@ -77,9 +87,24 @@ impl Db {
         }
         let pnn = self.client.pnn();
         let mut f = Some(f);
-        let mut spins = 0u32;
+        let mut held: Option<Held> = None;
         loop {
-            match self.try_locked(key, pnn, readonly, &mut f)? {
+            let attempt = match &held {
+                None => self.try_locked(key, pnn, readonly, &mut f),
+                Some(h) => self.file.with(|tdb| match tdb.adopt_chain(h.bucket) {
+                    Ok(()) => {
+                        let r = self.try_locked_in(tdb, key, pnn, readonly, &mut f);
+                        let _ = tdb.release_adopted(h.bucket);
+                        r
+                    }
+                    // fcntl: released and taken by another process since.
+                    Err(tdb::Error::WouldBlock) => Ok(Attempt::Busy),
+                    Err(e) => Err(tdb_err(e)),
+                }),
+            };
+            // The helper lets go once the attempt is over.
+            held = None;
+            match attempt? {
                 Attempt::Done(r, deleted) => {
                     if let Some(h) = deleted {
                         self.schedule_for_deletion(h, key).await?;
@@ -87,22 +112,48 @@ impl Db {
                     return Ok(r);
                 }
                 Attempt::Migrate => {
-                    spins = 0;
                     self.migrate(key, readonly).await?;
                 }
-                Attempt::Busy => {
-                    spins += 1;
-                    if spins < 64 {
-                        // The holder is another process (record locks are
-                        // held for microseconds): let it run, then let this
-                        // runtime's other tasks run, then try again.
-                        std::thread::yield_now();
-                        tokio::task::yield_now().await;
-                    } else {
-                        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
-                    }
-                }
+                Attempt::Busy => held = Some(self.wait_chain(key).await?),
             }
+        }
+    }
+
+    /// Waits on a helper thread until the helper holds `key`'s chain.
+    async fn wait_chain(&self, key: &[u8]) -> Result<Held> {
+        let waiter = self.file.waiter()?;
+        let bucket = self.file.with(|t| t.bucket_of(key));
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || match waiter.lock(bucket) {
+            Ok(w) => {
+                if held_tx.send(Ok(())).is_err() {
+                    // Nobody waits any more. With fcntl locks the lock is
+                    // the process's: release it through the handle.
+                    drop(w);
+                    file.with(|t| {
+                        if !t.uses_mutexes() && t.adopt_chain(bucket).is_ok() {
+                            let _ = t.release_adopted(bucket);
+                        }
+                    });
+                    return;
+                }
+                // Until the task is done with the record (or gone).
+                let _ = release_rx.recv();
+                drop(w);
+            }
+            Err(e) => {
+                let _ = held_tx.send(Err(e));
+            }
+        });
+        match held_rx.await {
+            Ok(Ok(())) => Ok(Held {
+                bucket,
+                _release: release,
+            }),
+            Ok(Err(e)) => Err(tdb_err(e)),
+            Err(_) => Err(ClientError::Other("lock helper thread failed".into())),
         }
     }
 
@@ -114,7 +165,20 @@ impl Db {
         readonly: bool,
         f: &mut Option<impl FnOnce(&LockedRecord) -> (Update, R)>,
     ) -> Result<Attempt<R>> {
-        self.file.with(|tdb| {
+        self.file
+            .with(|tdb| self.try_locked_in(tdb, key, pnn, readonly, f))
+    }
+
+    /// [`Self::try_locked`] on the open file.
+    fn try_locked_in<R>(
+        &self,
+        tdb: &tdb::Tdb,
+        key: &[u8],
+        pnn: u32,
+        readonly: bool,
+        f: &mut Option<impl FnOnce(&LockedRecord) -> (Update, R)>,
+    ) -> Result<Attempt<R>> {
+        {
             let lock = match tdb.chainlock_nonblock(key) {
                 Ok(l) => l,
                 Err(tdb::Error::WouldBlock) => return Ok(Attempt::Busy),
@@ -163,7 +227,7 @@ impl Db {
                 }
             }
             Ok(Attempt::Done(r, deleted))
-        })
+        }
     }
 
     /// Asks the local daemon to make this node the record's data master.

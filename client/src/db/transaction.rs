@@ -37,11 +37,28 @@ pub struct Transaction {
     /// Keys in the order they were first changed.
     order: Vec<Vec<u8>>,
     finished: bool,
+    /// The g_lock was taken the way CTDB's client library takes it.
+    ctdb_style: bool,
 }
 
 impl Db {
     /// Starts a transaction (waits for the database's g_lock).
     pub async fn transaction_start(&self, readonly: bool) -> Result<Transaction> {
+        self.transaction_start_with(readonly, false).await
+    }
+
+    /// Starts a transaction whose g_lock is taken and released exactly as
+    /// CTDB's own client library does ([`glock::lock_ctdb_style`]): for
+    /// comparing daemons with the clients Samba really uses.
+    pub async fn transaction_start_ctdb_style(&self, readonly: bool) -> Result<Transaction> {
+        self.transaction_start_with(readonly, true).await
+    }
+
+    async fn transaction_start_with(
+        &self,
+        readonly: bool,
+        ctdb_style: bool,
+    ) -> Result<Transaction> {
         if self.kind() == DbKind::Volatile {
             return Err(ClientError::Other(format!(
                 "transactions are not supported on volatile database {}",
@@ -57,7 +74,11 @@ impl Db {
         } else {
             GLockType::Write
         };
-        glock::lock(&glock, &lock_name, me, kind).await?;
+        if ctdb_style {
+            glock::lock_ctdb_style(&glock, &lock_name, me, kind).await?;
+        } else {
+            glock::lock(&glock, &lock_name, me, kind).await?;
+        }
         Ok(Transaction {
             db: self.clone(),
             glock,
@@ -67,6 +88,7 @@ impl Db {
             changes: HashMap::new(),
             order: Vec::new(),
             finished: false,
+            ctdb_style,
         })
     }
 }
@@ -198,7 +220,11 @@ impl Transaction {
 
     async fn release(&mut self) -> Result<()> {
         self.finished = true;
-        glock::unlock(&self.glock, &self.lock_name, self.me).await
+        if self.ctdb_style {
+            glock::unlock_ctdb_style(&self.glock, &self.lock_name, self.me).await
+        } else {
+            glock::unlock(&self.glock, &self.lock_name, self.me).await
+        }
     }
 }
 
@@ -214,8 +240,13 @@ impl Drop for Transaction {
             let glock = self.glock.clone();
             let name = std::mem::take(&mut self.lock_name);
             let me = self.me;
+            let ctdb_style = self.ctdb_style;
             rt.spawn(async move {
-                let _ = glock::unlock(&glock, &name, me).await;
+                let _ = if ctdb_style {
+                    glock::unlock_ctdb_style(&glock, &name, me).await
+                } else {
+                    glock::unlock(&glock, &name, me).await
+                };
             });
         }
     }

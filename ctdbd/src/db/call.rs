@@ -14,8 +14,9 @@
 //! once.
 //!
 //! Record locks are only ever tried without blocking: work that finds a
-//! record locked by a client waits in the database's lock queue and is
-//! retried by a timer, in arrival order. While a migration for a key is in
+//! record locked by a client waits behind its chain, in arrival order,
+//! until a helper holding the lock hands the chain to the loop
+//! ([`super::lockwait`]). While a migration for a key is in
 //! flight from this node, other client calls for that key wait for it
 //! (CTDB's `FetchCollapse`).
 

@@ -1,0 +1,169 @@
+//! `ctdb-contend`: a CTDB client that contends for one record, for the
+//! lock fairness tests.
+//!
+//! ```text
+//! ctdb-contend SOCKET fetch-lock DB KEY SECS
+//!     for SECS seconds: fetch-lock KEY of volatile DB, increment its u64,
+//!     release; print "count N" (increments acknowledged)
+//! ctdb-contend SOCKET ptrans DB KEY SECS
+//! ctdb-contend SOCKET ptrans-ctdb DB KEY SECS
+//!     the same with persistent transactions on DB, the g_lock taken by
+//!     our client's queue (ptrans) or exactly as CTDB's client library
+//!     takes it (ptrans-ctdb)
+//! ctdb-contend SOCKET hold DB KEY MS
+//!     migrate KEY here, lock its chain, print "locked", hold it MS ms,
+//!     release and print "released T" (T: unix time in microseconds)
+//! ctdb-contend SOCKET fetch-once DB KEY
+//!     print "ready", then fetch-lock KEY once and print "done T"
+//! ```
+//!
+//! Every process starts its loop when its standard input says "go" (one
+//! line), so that all of them start together.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ctdb_client::{Client, DbKind, Update};
+
+fn get_u64(d: &[u8]) -> u64 {
+    d.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+fn say(s: &str) {
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "{s}");
+    let _ = o.flush();
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// Waits for "go" on standard input (on a thread: the runtime is busy).
+async fn wait_go() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut l = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut l);
+    })
+    .await;
+}
+
+async fn run(args: &[String]) -> Result<(), String> {
+    let usage = "usage: ctdb-contend SOCKET MODE DB KEY [SECS|MS]";
+    let [socket, mode, db, key, rest @ ..] = args else {
+        return Err(usage.into());
+    };
+    let key = key.as_bytes();
+    let c = Client::connect(socket)
+        .await
+        .map_err(|e| format!("connect: {e}"))?
+        .with_timeout(Duration::from_secs(60));
+    let num = || -> Result<u64, String> {
+        rest.first()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| usage.to_owned())
+    };
+    match mode.as_str() {
+        "fetch-lock" => {
+            let secs = num()?;
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            say("ready");
+            wait_go().await;
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut n = 0u64;
+            while Instant::now() < end {
+                db.fetch_lock(key, |r| {
+                    (
+                        Update::Store((get_u64(&r.data) + 1).to_le_bytes().to_vec()),
+                        (),
+                    )
+                })
+                .await
+                .map_err(|e| format!("fetch_lock: {e}"))?;
+                n += 1;
+            }
+            say(&format!("count {n}"));
+        }
+        "ptrans" | "ptrans-ctdb" => {
+            let secs = num()?;
+            let db = c
+                .attach(db, DbKind::Persistent, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            say("ready");
+            wait_go().await;
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let mut t = if mode == "ptrans" {
+                    db.transaction_start(false).await
+                } else {
+                    db.transaction_start_ctdb_style(false).await
+                }
+                .map_err(|e| format!("transaction_start: {e}"))?;
+                let v = t
+                    .fetch(key)
+                    .map_err(|e| format!("fetch: {e}"))?
+                    .map_or(0, |v| get_u64(&v));
+                t.store(key, &(v + 1).to_le_bytes())
+                    .map_err(|e| format!("store: {e}"))?;
+                t.commit().await.map_err(|e| format!("commit: {e}"))?;
+                n += 1;
+            }
+            say(&format!("count {n}"));
+        }
+        "hold" => {
+            let ms = num()?;
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            db.fetch_lock(key, |_| (Update::Keep, ()))
+                .await
+                .map_err(|e| format!("fetch_lock: {e}"))?;
+            db.local().with(|t| -> Result<(), String> {
+                let held = t.chainlock(key).map_err(|e| format!("chainlock: {e}"))?;
+                say("locked");
+                std::thread::sleep(Duration::from_millis(ms));
+                drop(held);
+                say(&format!("released {}", now_us()));
+                Ok(())
+            })?;
+        }
+        "fetch-once" => {
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            say("ready");
+            wait_go().await;
+            db.fetch_lock(key, |_| (Update::Keep, ()))
+                .await
+                .map_err(|e| format!("fetch_lock: {e}"))?;
+            say(&format!("done {}", now_us()));
+        }
+        other => return Err(format!("unknown mode {other}; {usage}")),
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(&args)) {
+        eprintln!("ctdb-contend: {e}");
+        std::process::exit(1);
+    }
+}
