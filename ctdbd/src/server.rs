@@ -54,6 +54,23 @@ const TURN_EVENTS: usize = 64;
 /// The keepalive version CTDB 4.17 sends: (major << 16) | minor.
 pub const KEEPALIVE_VERSION: u32 = (4 << 16) | 17;
 
+/// The version this node sends and checks keepalives with:
+/// [`KEEPALIVE_VERSION`], or `CTDB_TEST_SAMBA_VERSION` when set to a
+/// positive number (CTDB's way to test the mixed-version check).
+pub fn keepalive_version() -> u32 {
+    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *V.get_or_init(|| match std::env::var("CTDB_TEST_SAMBA_VERSION") {
+        Err(_) => KEEPALIVE_VERSION,
+        Ok(t) => match t.trim().parse::<i64>() {
+            Ok(v) if v > 0 && v <= i64::from(u32::MAX) => v as u32,
+            _ => {
+                warn!("Failed to parse env var: CTDB_TEST_SAMBA_VERSION={t}");
+                KEEPALIVE_VERSION
+            }
+        },
+    })
+}
+
 /// Something for the event loop to do.
 pub enum Event {
     ClientAccepted(UnixStream),
@@ -1372,11 +1389,12 @@ impl Server {
             error!("Keepalive version missing from node {pnn}");
             return;
         };
-        if k.version != KEEPALIVE_VERSION {
+        let mine = keepalive_version();
+        if k.version != mine {
             let my_uptime = self.core.start_instant.elapsed().as_secs() as u32;
-            if k.uptime > my_uptime || (k.uptime == my_uptime && k.version > KEEPALIVE_VERSION) {
+            if k.uptime > my_uptime || (k.uptime == my_uptime && k.version > mine) {
                 error!(
-                    "Keepalive version mismatch 0x{KEEPALIVE_VERSION:08x} != 0x{:08x} from node {pnn}",
+                    "Keepalive version mismatch 0x{mine:08x} != 0x{:08x} from node {pnn}",
                     k.version
                 );
                 error!("CTDB Cluster with mixed versions, cannot continue");
@@ -1499,7 +1517,7 @@ impl Server {
         let mut h = Header::new(Operation::ReqKeepalive, pnn, self.pnn(), 0);
         h.generation = self.generation();
         let k = ReqKeepalive {
-            version: KEEPALIVE_VERSION,
+            version: keepalive_version(),
             uptime: self.core.start_instant.elapsed().as_secs() as u32,
         };
         let b: Bytes = Packet::new(h, Body::ReqKeepalive(Some(k))).encode().into();

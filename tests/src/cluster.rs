@@ -313,6 +313,11 @@ impl Cluster {
 
     /// Starts node `k` with another daemon (for mixed clusters).
     pub fn restart_with(&self, k: usize, daemon: &Daemon) {
+        self.restart_with_env(k, daemon, &[]);
+    }
+
+    /// Starts node `k` again with `daemon` and extra environment `env`.
+    pub fn restart_with_env(&self, k: usize, daemon: &Daemon, env: &[(&str, &str)]) {
         let mut cmd = Command::new(match daemon {
             Daemon::Reference => PathBuf::from("/usr/sbin/ctdbd"),
             Daemon::Ours(p) => p.clone(),
@@ -331,6 +336,9 @@ impl Cluster {
             cmd.env("CTDB_RECOVERY_HELPER", h);
         }
         for (key, v) in &self.opts.env {
+            cmd.env(key, v);
+        }
+        for (key, v) in env {
             cmd.env(key, v);
         }
         let st = cmd.status().unwrap();
