@@ -179,6 +179,9 @@ pub struct Server {
     /// Connections with packets queued since the last flush.
     dirty_clients: Vec<ClientId>,
     dirty_nodes: Vec<u32>,
+    /// Packets this node sent itself (a control or call to its own pnn),
+    /// handled on the next turn of the loop, not by recursion.
+    loopback: Vec<BytesMut>,
     next_client: ClientId,
     links: HashMap<u32, NodeLinks>,
     next_link: u64,
@@ -206,6 +209,7 @@ impl Server {
             clients: HashMap::new(),
             dirty_clients: Vec::new(),
             dirty_nodes: Vec::new(),
+            loopback: Vec::new(),
             next_client: 1,
             links: HashMap::new(),
             next_link: 1,
@@ -411,6 +415,13 @@ impl Server {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.shutdown {
+            if !self.loopback.is_empty() {
+                let pnn = self.pnn();
+                for pkt in std::mem::take(&mut self.loopback) {
+                    self.node_packet(pnn, pkt);
+                }
+                self.after_event();
+            }
             let wake = self.dbs.as_ref().and_then(|d| d.borrow().next_wakeup());
             tokio::select! {
                 biased;
@@ -438,6 +449,9 @@ impl Server {
                     self.with_dbs(|d, env| d.tick(env, now));
                     self.after_event();
                 }
+                // Packets to ourselves wait for the next turn, not for an
+                // event.
+                _ = std::future::ready(()), if !self.loopback.is_empty() => {}
             }
             self.flush();
         }
@@ -1257,9 +1271,8 @@ impl Server {
 
     fn send_node(&mut self, pnn: u32, bytes: Bytes) {
         if pnn == self.pnn() {
-            // Our own packets (forwarded replies to ourselves) loop back.
-            let pkt = BytesMut::from(&bytes[..]);
-            self.node_packet(pnn, pkt);
+            // Our own packets loop back on the next turn.
+            self.loopback.push(BytesMut::from(&bytes[..]));
             return;
         }
         let Some(l) = self.links.get(&pnn) else {
