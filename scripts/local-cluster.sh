@@ -15,6 +15,9 @@
 #   CTDB_RECOVERY_HELPER=PATH   recovery helper the daemons spawn (default: the daemon's own)
 #   CTDB_TEST_HELPER_BINDIR     where the daemons find their helpers (default /usr/libexec/ctdb)
 #   BASE_IP=127.0.0             first three octets of the node addresses
+#   NODE_IPS="A B C"            the node addresses themselves (instead of BASE_IP.1..N)
+#   NETNS_PREFIX=NAME           start node K's daemon in network namespace NAME<K>
+#                               (made beforehand, holding node K's address)
 #   LOG_LEVEL=NOTICE            daemon log level
 #
 # usage: local-cluster.sh DIR start N      write configs under DIR and start N daemons
@@ -47,7 +50,11 @@ start)
   fi
   mkdir -p "$dir/shared"
   : > "$dir/nodes"
-  for i in $(seq 1 "$n"); do echo "$ip.$i" >> "$dir/nodes"; done
+  if [ -n "${NODE_IPS:-}" ]; then
+    for a in $NODE_IPS; do echo "$a" >> "$dir/nodes"; done
+  else
+    for i in $(seq 1 "$n"); do echo "$ip.$i" >> "$dir/nodes"; done
+  fi
   failed=0
   for k in $(seq 0 $((n-1))); do
     b=$dir/node.$k
@@ -59,7 +66,7 @@ start)
 	log level = ${LOG_LEVEL:-NOTICE}
 [cluster]
 	cluster lock = $dir/shared/cluster.lock
-	node address = $ip.$((k+1))
+	node address = $(sed -n "$((k+1))p" "$dir/nodes")
 [database]
 	volatile database directory = $b/db/volatile
 	persistent database directory = $b/db/persistent
@@ -67,7 +74,9 @@ start)
 [failover]
 	disabled = true
 C
-    if ! CTDB_BASE=$b "$ctdbd"; then
+    wrap=()
+    if [ -n "${NETNS_PREFIX:-}" ]; then wrap=(ip netns exec "$NETNS_PREFIX$k"); fi
+    if ! CTDB_BASE=$b "${wrap[@]}" "$ctdbd"; then
       echo "node $k failed to start" >&2
       failed=1
     fi

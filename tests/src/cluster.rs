@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::netns::Network;
 use crate::{cluster_script, poll_until};
 
 /// Which daemon a cluster runs.
@@ -40,6 +41,8 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Tunables written to every node's `ctdb.tunables` before start.
     pub tunables: Vec<(String, u32)>,
+    /// Each node in a network namespace of its own ([`crate::netns`]).
+    pub netns: bool,
 }
 
 impl ClusterOptions {
@@ -51,7 +54,15 @@ impl ClusterOptions {
             log_level: "NOTICE".into(),
             env: Vec::new(),
             tunables: Vec::new(),
+            netns: false,
         }
+    }
+
+    /// Puts every node in a network namespace of its own, so tests can
+    /// cut the network between them ([`Cluster::net`]).
+    pub fn in_namespaces(mut self) -> Self {
+        self.netns = true;
+        self
     }
 
     /// Sets a tunable on every node from the start (`ctdb.tunables`).
@@ -72,6 +83,9 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     opts: ClusterOptions,
     base_ip: [u8; 3],
+    /// The namespaces, when the nodes have their own (deleted after the
+    /// daemons are stopped: fields drop after `Drop::drop`).
+    net: Option<Network>,
 }
 
 /// Picks a 127.a.b prefix no other cluster of this process uses, and that is
@@ -104,10 +118,12 @@ impl Cluster {
             .prefix("ctdb-cluster-")
             .tempdir()
             .unwrap();
+        let net = opts.netns.then(|| Network::new(opts.nodes));
         let c = Cluster {
             dir,
             base_ip: fresh_prefix(),
             opts,
+            net,
         };
         if !c.opts.tunables.is_empty() {
             let text: String = c
@@ -138,6 +154,13 @@ impl Cluster {
         let mut cmd = Command::new(cluster_script());
         cmd.arg(self.dir.path()).args(args);
         cmd.env("BASE_IP", self.base_ip_str());
+        if let Some(net) = &self.net {
+            let ips: Vec<String> = (0..self.opts.nodes)
+                .map(|k| net.ip(k).to_string())
+                .collect();
+            cmd.env("NODE_IPS", ips.join(" "));
+            cmd.env("NETNS_PREFIX", net.prefix());
+        }
         cmd.env("LOG_LEVEL", &self.opts.log_level);
         if let Daemon::Ours(p) = &self.opts.daemon {
             cmd.env("CTDBD", p);
@@ -193,8 +216,19 @@ impl Cluster {
         self.dir.path().join(format!("node.{k}"))
     }
 
+    /// The nodes' network namespaces, for clusters started
+    /// [`ClusterOptions::in_namespaces`].
+    pub fn net(&self) -> &Network {
+        self.net
+            .as_ref()
+            .expect("cluster not started in namespaces")
+    }
+
     /// Node `k`'s address.
     pub fn ip(&self, k: usize) -> Ipv4Addr {
+        if let Some(net) = &self.net {
+            return net.ip(k);
+        }
         let [a, b, c] = self.base_ip;
         Ipv4Addr::new(a, b, c, k as u8 + 1)
     }
@@ -318,10 +352,14 @@ impl Cluster {
 
     /// Starts node `k` again with `daemon` and extra environment `env`.
     pub fn restart_with_env(&self, k: usize, daemon: &Daemon, env: &[(&str, &str)]) {
-        let mut cmd = Command::new(match daemon {
+        let bin = match daemon {
             Daemon::Reference => PathBuf::from("/usr/sbin/ctdbd"),
             Daemon::Ours(p) => p.clone(),
-        });
+        };
+        let mut cmd = match &self.net {
+            Some(net) => net.command_in(k, bin),
+            None => Command::new(bin),
+        };
         cmd.env("CTDB_TEST_MODE", "yes")
             .env("CTDB_BASE", self.base(k))
             .env(

@@ -7,6 +7,7 @@
 //! through that script, with `CTDBD` pointing at the daemon under test.
 
 pub mod cluster;
+pub mod netns;
 pub mod output;
 pub mod samba;
 

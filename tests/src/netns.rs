@@ -1,0 +1,181 @@
+//! Clusters whose nodes live in network namespaces of their own, so a test
+//! can cut, one way or both, the network between any nodes (and pause or
+//! kill them), which loopback addresses cannot do.
+//!
+//! Layout: one bridge namespace holding a bridge, and per node a namespace
+//! with a veth pair to that bridge. Node K's address is 192.0.2.(K+1)/24
+//! (TEST-NET-1, reserved for documentation: it exists only inside these
+//! namespaces and routes nowhere else). Names carry this process's pid and
+//! a counter, so parallel tests never share a namespace. Cuts are nftables
+//! rules in the receiving node's namespace (`inet ctdbrs input`), so they
+//! drop what arrives, whichever daemon runs there.
+//!
+//! The guard deletes every namespace it made (and with them the links and
+//! rules) when dropped, also when the test failed; the cluster guard stops
+//! the daemons first.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The namespaces of one cluster.
+pub struct Network {
+    prefix: String,
+    nodes: usize,
+    made: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)")
+}
+
+fn must(what: &str, out: Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails the test (never skips it) when namespaces, veth, bridges or
+/// nftables are missing; `scripts/install-deps.sh` installs the tools.
+pub fn require_netns() {
+    for tool in ["ip", "nft"] {
+        let ok = Command::new(tool)
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{tool} missing: run scripts/install-deps.sh (iproute2, nftables)"
+        );
+    }
+}
+
+impl Network {
+    /// Makes the bridge and `nodes` node namespaces, links them, and brings
+    /// everything up.
+    pub fn new(nodes: usize) -> Network {
+        require_netns();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("ctdbrs-{:x}-{n}-", std::process::id());
+        let mut net = Network {
+            prefix,
+            nodes,
+            made: Vec::new(),
+        };
+        let br = net.bridge_ns();
+        net.add_ns(&br);
+        must(
+            "bridge",
+            ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]),
+        );
+        must("bridge up", ip(&["-n", &br, "link", "set", "br0", "up"]));
+        for k in 0..nodes {
+            let ns = net.ns(k);
+            net.add_ns(&ns);
+            let port = format!("p{k}");
+            must(
+                "veth",
+                ip(&[
+                    "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                    "netns", &br,
+                ]),
+            );
+            must(
+                "veth to bridge",
+                ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]),
+            );
+            let addr = format!("{}/24", net.ip(k));
+            must(
+                "address",
+                ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]),
+            );
+            must("eth0 up", ip(&["-n", &ns, "link", "set", "eth0", "up"]));
+            must("lo up", ip(&["-n", &ns, "link", "set", "lo", "up"]));
+            net.nft(
+                k,
+                "add table inet ctdbrs; add chain inet ctdbrs input { type filter hook input priority 0; policy accept; }",
+            );
+        }
+        net
+    }
+
+    fn add_ns(&mut self, name: &str) {
+        must("netns add", ip(&["netns", "add", name]));
+        self.made.push(name.to_owned());
+    }
+
+    fn bridge_ns(&self) -> String {
+        format!("{}b", self.prefix)
+    }
+
+    /// Node `k`'s namespace.
+    pub fn ns(&self, k: usize) -> String {
+        format!("{}{k}", self.prefix)
+    }
+
+    /// What `ns(k)` is made of, without `k` (`NETNS_PREFIX` of
+    /// scripts/local-cluster.sh).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Node `k`'s address.
+    pub fn ip(&self, k: usize) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, k as u8 + 1)
+    }
+
+    fn nft(&self, k: usize, script: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(k), "nft", script])
+            .output()
+            .expect("run nft");
+        must(&format!("nft in node {k}'s namespace: {script}"), out);
+    }
+
+    /// Node `to` no longer receives anything from node `from` (one way).
+    pub fn drop_from(&self, to: usize, from: usize) {
+        self.nft(
+            to,
+            &format!("add rule inet ctdbrs input ip saddr {} drop", self.ip(from)),
+        );
+    }
+
+    /// Cuts every link between a node of `a` and a node of `b`, both ways.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.drop_from(x, y);
+                self.drop_from(y, x);
+            }
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        for k in 0..self.nodes {
+            self.nft(k, "flush chain inet ctdbrs input");
+        }
+    }
+
+    /// A command that runs in node `k`'s namespace.
+    pub fn command_in(&self, k: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(k)]).arg(program);
+        c
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in self.made.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
