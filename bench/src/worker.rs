@@ -58,6 +58,10 @@ pub struct WorkerArgs {
     /// Transactions: each worker uses its own key.
     #[arg(long)]
     pub disjoint: bool,
+    /// Transactions: take the g_lock exactly as CTDB's client library
+    /// does (retry every millisecond) instead of our client's queue.
+    #[arg(long)]
+    pub ctdb_glock: bool,
     /// Concurrent operations in flight (load).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
@@ -246,7 +250,11 @@ async fn trans(a: &WorkerArgs, c: &Client) -> Result<Report> {
     tokio::time::sleep_until(w.start.into()).await;
     while !w.over() {
         let t0 = Instant::now();
-        let mut t = db.transaction_start(false).await?;
+        let mut t = if a.ctdb_glock {
+            db.transaction_start_ctdb_style(false).await?
+        } else {
+            db.transaction_start(false).await?
+        };
         let v = t.fetch(key.as_bytes())?.map_or(0, |v| get_u64(&v));
         t.store(key.as_bytes(), &(v + 1).to_le_bytes())?;
         t.commit().await?;

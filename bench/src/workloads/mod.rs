@@ -1,5 +1,6 @@
 //! The workloads, and running worker processes for them.
 
+mod contention;
 mod latency;
 mod locks;
 mod memory;
@@ -71,6 +72,7 @@ type Workload = fn(&Ctx) -> Result<Vec<Row>>;
 const WORKLOADS: &[(&str, Workload)] = &[
     ("migration-ring", locks::migration_ring),
     ("fetch-lock", locks::contended),
+    ("one-record", contention::run),
     ("ptrans", transactions::run),
     ("message-ring", messages::ring),
     ("ping", latency::ping),
@@ -84,6 +86,10 @@ fn rows_of(name: &str) -> &'static [&'static str] {
         "fetch-lock" => &[
             "fetch-lock 100 keys (ops/s)",
             "fetch-lock 10000 keys (ops/s)",
+        ],
+        "one-record" => &[
+            "fetch-lock 1 key, 12 clients (ops/s)",
+            "CTDB-style g_lock ptrans 1 key, 12 clients (commits/s)",
         ],
         "ptrans" => &[
             "ptrans 1 client (commits/s)",
