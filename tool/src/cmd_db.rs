@@ -491,14 +491,34 @@ pub async fn detach(ctx: &mut Ctx, args: &[String]) -> i32 {
             eprintln!("Only volatile databases can be detached");
             return 1;
         }
-        // Detach on every connected node, as CTDB's library does.
-        let nodes = connected_nodes(&m, CTDB_UNKNOWN_PNN);
-        if let Err(e) = ctx.ctrl_multi(&nodes, Q::DbDetach(db.id)).await {
+        if let Err(e) = detach_local(ctx, db.id).await {
             eprintln!("Database {} detach failed", db.name);
             ret2 = e;
         }
     }
     ret2
+}
+
+/// Detaches database `id` as CTDB's client library does: the local daemon
+/// (whatever node `-n` names) is asked for the name, then to detach; it
+/// passes the detach on to every other connected node itself.
+async fn detach_local(ctx: &Ctx, id: u32) -> Result<(), i32> {
+    let local = ctx.pnn;
+    let name = match ctx.ctrl_quiet(local, Q::GetDbName(id)).await {
+        Ok(Some(R::GetDbName(n))) => n,
+        Ok(_) => String::new(),
+        Err(e) => {
+            eprintln!("detach: 0x{id:x} GET_DBNAME failed, ret={}", e.code());
+            return Err(e.code());
+        }
+    };
+    match ctx.ctrl_quiet(local, Q::DbDetach(id)).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("detach: {name} DB_DETACH failed, ret={}", e.code());
+            Err(e.code())
+        }
+    }
 }
 
 pub async fn setdbflag(ctx: &mut Ctx, args: &[String], readonly: bool) -> i32 {

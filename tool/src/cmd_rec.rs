@@ -90,6 +90,11 @@ fn client_err(ctx: &Ctx, e: &ctdb_client::ClientError) -> i32 {
             crate::ctx::report(e, ctdb_protocol::Opcode::Trans3Commit, ctx.pnn)
         }
         ctdb_client::ClientError::Disconnected => crate::ctx::disconnected(),
+        // A commit given up, a corrupt sequence number: say which.
+        ctdb_client::ClientError::Other(msg) => {
+            eprintln!("{msg}");
+            1
+        }
         _ => 1,
     }
 }

@@ -23,6 +23,10 @@ use super::{DB_SEQNUM_KEY, Db, glock};
 use crate::DbKind;
 use crate::error::{ClientError, Result};
 
+/// How many times a commit is sent while the daemon refuses it and the
+/// database's sequence number does not move.
+pub const COMMIT_ATTEMPTS: u32 = 25;
+
 /// An open transaction. Finish it with [`commit`](Transaction::commit) or
 /// [`cancel`](Transaction::cancel); dropping it cancels it in the
 /// background.
@@ -175,9 +179,13 @@ impl Transaction {
         }
         let client = self.db.client.clone();
         // A commit refused during a recovery is tried again once the
-        // recovery had time to finish, not in a tight loop.
+        // recovery had time to finish, not in a tight loop; one refused
+        // every time (CTDB's client would try forever) is given up after
+        // COMMIT_ATTEMPTS, about 17 s.
         let mut pause = std::time::Duration::from_millis(5);
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let reply = client
                 .control_raw(
                     CTDB_CURRENT_NODE,
@@ -192,13 +200,21 @@ impl Transaction {
             // The commit failed, usually because a recovery intervened:
             // the sequence number says whether the changes landed.
             let now = self.seqnum()?;
+            if now == old && attempts >= COMMIT_ATTEMPTS {
+                self.release().await?;
+                return Err(ClientError::Other(format!(
+                    "transaction commit on {} refused {attempts} times, giving up: {}",
+                    self.db.name,
+                    reply.errmsg.as_deref().unwrap_or("no reason given")
+                )));
+            }
             if now == old {
                 tracing::info!(
                     "transaction commit on {} interrupted, retrying",
                     self.db.name
                 );
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
                 continue;
             }
             if now != old + 1 {
