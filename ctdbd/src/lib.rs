@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod daemonize;
 pub mod db;
+pub mod eventd_client;
 pub mod logging;
 pub mod messaging;
 pub mod node;
