@@ -188,7 +188,7 @@ fn slow_scripts(base: &Path) {
     let l = base.join("events/legacy");
     write_script(
         &l.join("01.slow.script"),
-        "#!/bin/sh\ntouch \"$CTDB_BASE/var/started.$1\"\n\
+        "#!/bin/sh\necho $$ > \"$CTDB_BASE/var/started.$1\"\n\
          case \"$1\" in monitor|startrecovery) sleep 3 ;; esac\nexit 0\n",
         true,
     );
@@ -210,6 +210,15 @@ fn monitor_is_cancelled_by_other_events_and_refused_during_them() {
             (m.join().unwrap(), o)
         });
         let mut t = format!("monitor: {mon:?}\nstartup: {other:?}\n");
+        // The cancelled monitor's script was killed.
+        let pid: i32 = std::fs::read_to_string(var.join("started.monitor"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_for(20, "the cancelled monitor script to be killed", || {
+            gone(pid)
+        });
         t += &transcript(&ev, &[&["status", "legacy", "monitor"]]);
         // A monitor during another event is refused at once.
         let (rec, mon2) = std::thread::scope(|s| {
