@@ -3,12 +3,13 @@
 # the reference CTDB (for interop tests), libtdb's tools and python binding,
 # libtdb's headers (for the tdb benchmark), Samba's smbd and an SMB2 client
 # library (python3-impacket) for the file-server tests, iproute2 and nftables
-# (network-namespace tests), and rustfmt/clippy.
+# (network-namespace tests), systemd (systemd-analyze, for the package test),
+# and rustfmt/clippy.
 # Idempotent and non-interactive; safe to run on every test run.
 set -euo pipefail
 
 need_pkgs=()
-for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2 nftables; do
+for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2 nftables systemd; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
