@@ -6,6 +6,18 @@
 //! time. A framing error (oversized or undersized length) ends the
 //! connection with a log line; nothing else is affected.
 //!
+//! What a connection costs: an idle one holds no buffer at all. Reads go
+//! into one scratch buffer shared by every connection of the thread
+//! ([`Framer`]); only a packet that arrived in part is kept, in a buffer
+//! of its own that grows with what has arrived (a length field alone
+//! reserves nothing) and is let go as soon as it is complete.
+//!
+//! A client that sends requests and does not read the replies is held
+//! back: while more than the client queue limit is waiting to be written
+//! to it, its reader takes no more requests (the kernel's socket buffer
+//! fills, and the client blocks), until half of it has drained. Messages
+//! for such a client are dropped (see `Server::deliver_local`).
+//!
 //! The socket is registered for readability only. The event loop writes
 //! replies and messages itself ([`Outbox`]); only when a client does not
 //! read and its socket fills up does a writer task wait for writability,
@@ -14,13 +26,16 @@
 //! would wake the daemon each time the client read a reply: the kernel
 //! signals "writable" whenever the peer drains the socket.)
 
-use std::io;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use ctdb_client::unix_io::{PacketReader, Socket, register, send_vectored, watch_writable};
+use bytes::{Bytes, BytesMut};
+use ctdb_client::unix_io::{Socket, register, send_vectored, watch_writable};
+use ctdb_protocol::framing::{FrameError, PacketCodec};
+use ctdb_protocol::header::Header;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
@@ -78,9 +93,32 @@ pub struct ClientSocket {
     sock: Arc<AsyncFd<Socket>>,
     outbox: Arc<Outbox>,
     reader: JoinHandle<()>,
+    /// Messages dropped since the queue last went over the limit, and
+    /// their bytes (0 while nothing is being dropped).
+    dropping: Cell<(u64, u64)>,
 }
 
 impl ClientSocket {
+    /// Bytes not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.bytes()
+    }
+
+    /// Counts a message dropped for this client; `true` for the first of
+    /// a run (worth a log line).
+    pub fn count_drop(&self, bytes: usize) -> bool {
+        let (n, b) = self.dropping.get();
+        self.dropping.set((n + 1, b + bytes as u64));
+        n == 0
+    }
+
+    /// Ends a run of drops (the queue is below the limit again); returns
+    /// what was dropped in it, if anything.
+    pub fn end_drops(&self) -> Option<(u64, u64)> {
+        let d = self.dropping.replace((0, 0));
+        (d.0 > 0).then_some(d)
+    }
+
     /// Queues a packet; returns `true` if the connection must be flushed
     /// (see [`Outbox::push`]).
     pub fn queue(&self, b: Bytes) -> bool {
@@ -156,24 +194,30 @@ fn spawn_writer(sock: Arc<AsyncFd<Socket>>, outbox: Arc<Outbox>) {
     });
 }
 
-/// Starts serving client `id`: its reader task hands packets to the loop.
-/// Called from the event loop (the reader joins its `LocalSet`).
+/// Starts serving client `id`: its reader task hands packets to the loop,
+/// holding back while more than `queue_limit` bytes wait to be written to
+/// the client. Called from the event loop (the reader joins its
+/// `LocalSet`).
 pub fn spawn(
     id: ClientId,
     stream: UnixStream,
     ev: mpsc::Sender<Event>,
+    queue_limit: usize,
 ) -> io::Result<ClientSocket> {
     let std = stream.into_std()?;
     let sock = Arc::new(register(std, Interest::READABLE)?);
+    let outbox = Arc::new(Outbox::new());
     let rsock = Arc::clone(&sock);
+    let routbox = Arc::clone(&outbox);
     let reader = tokio::task::spawn_local(async move {
-        let error = read_packets(id, &rsock, &ev).await;
+        let error = read_packets(id, &rsock, &routbox, queue_limit, &ev).await;
         let _ = ev.send(Event::ClientClosed { id, error }).await;
     });
     Ok(ClientSocket {
         sock,
-        outbox: Arc::new(Outbox::new()),
+        outbox,
         reader,
+        dropping: Cell::new((0, 0)),
     })
 }
 
@@ -182,18 +226,168 @@ pub fn spawn(
 async fn read_packets(
     id: ClientId,
     sock: &AsyncFd<Socket>,
+    outbox: &Outbox,
+    queue_limit: usize,
     ev: &mpsc::Sender<Event>,
 ) -> Option<String> {
-    let mut reader = PacketReader::new(MAX_PACKET);
+    let mut framer = Framer::new(MAX_PACKET);
     loop {
-        match reader.next(sock).await {
-            Ok(Some(pkt)) => {
-                if ev.send(Event::ClientPacket { id, pkt }).await.is_err() {
-                    return None;
+        loop {
+            match framer.next_packet() {
+                Ok(Some(pkt)) => {
+                    if ev.send(Event::ClientPacket { id, pkt }).await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+        if outbox.bytes() > queue_limit {
+            debug!("client {id} does not read its replies; not reading it until they drain");
+            if !outbox.wait_below(queue_limit / 2).await {
+                return None;
+            }
+        }
+        let mut guard = match sock.readable().await {
+            Ok(g) => g,
+            Err(e) => return Some(e.to_string()),
+        };
+        match guard.try_io(|s| framer.read_from(&mut s.get_ref())) {
+            Ok(Ok(0)) => return None,
+            Ok(Ok(n)) => {
+                // A short read drained the socket: wait for the next edge
+                // rather than ask again and hear "would block".
+                if n < SCRATCH {
+                    guard.clear_ready();
                 }
             }
-            Ok(None) => return None,
-            Err(e) => return Some(e.to_string()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+            Ok(Err(e)) => return Some(e.to_string()),
+            Err(_would_block) => {}
         }
+    }
+}
+
+/// Bytes read from a socket at a time.
+pub const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// The read buffer every connection of this thread shares.
+    static SCRATCH_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Splits a client's byte stream into packets, holding memory only for a
+/// packet that has arrived in part.
+pub struct Framer {
+    codec: PacketCodec,
+    /// What has arrived of packets not yet complete (empty, and holding
+    /// no allocation, between packets).
+    partial: BytesMut,
+}
+
+impl Framer {
+    pub fn new(max_packet: usize) -> Framer {
+        Framer {
+            codec: PacketCodec::new(max_packet),
+            partial: BytesMut::new(),
+        }
+    }
+
+    /// Reads once from `r` (into the shared scratch buffer) and keeps what
+    /// arrived; returns the bytes read (0 at end of file).
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        SCRATCH_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < SCRATCH {
+                b.resize(SCRATCH, 0);
+            }
+            let n = r.read(&mut b[..SCRATCH])?;
+            self.push(&b[..n]);
+            Ok(n)
+        })
+    }
+
+    /// Takes bytes that arrived.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next complete packet, if one has arrived. A length under a
+    /// header or over the maximum is an error, after which the stream
+    /// cannot be read further.
+    pub fn next_packet(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        let Some(length) = Header::peek_length(&self.partial) else {
+            self.release();
+            return Ok(None);
+        };
+        let n = self.codec.check_length(length)?;
+        if self.partial.len() < n {
+            return Ok(None);
+        }
+        let pkt = self.partial.split_to(n);
+        self.release();
+        Ok(Some(pkt))
+    }
+
+    /// Bytes held for incomplete packets.
+    pub fn held(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Lets the buffer go when nothing is left in it.
+    fn release(&mut self) {
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            self.partial = BytesMut::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctdb_protocol::header::HEADER_LEN;
+
+    fn packet(len: u32, fill: u8) -> Vec<u8> {
+        let mut p = vec![fill; len as usize];
+        p[..4].copy_from_slice(&len.to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn frames_packets_split_anywhere_and_holds_nothing_between() {
+        let mut stream = packet(HEADER_LEN as u32, 1);
+        stream.extend(packet(HEADER_LEN as u32 + 100, 2));
+        stream.extend(packet(HEADER_LEN as u32 + 8, 3));
+        for cut in [1, 3, 5, 31, 32, 33, 70, 131, 200] {
+            let mut f = Framer::new(1024);
+            let mut got = Vec::new();
+            for chunk in stream.chunks(cut) {
+                f.push(chunk);
+                while let Some(p) = f.next_packet().unwrap() {
+                    got.push((p.len(), p[4]));
+                }
+            }
+            assert_eq!(got, vec![(32, 1), (132, 2), (40, 3)], "chunks of {cut}");
+            assert_eq!(f.held(), 0);
+            assert_eq!(f.partial.capacity(), 0, "chunks of {cut}");
+        }
+    }
+
+    #[test]
+    fn a_length_field_alone_reserves_nothing() {
+        let mut f = Framer::new(256 * 1024 * 1024);
+        f.push(&(200_000_000u32).to_le_bytes());
+        assert!(f.next_packet().unwrap().is_none());
+        assert!(f.partial.capacity() < 4096);
+        let mut f = Framer::new(1024);
+        f.push(&packet(4096, 0)[..64]);
+        assert!(matches!(f.next_packet(), Err(FrameError::Protocol(_))));
+        let mut f = Framer::new(1024);
+        f.push(&packet(8, 0));
+        assert!(f.next_packet().is_err());
     }
 }

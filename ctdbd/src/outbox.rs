@@ -12,21 +12,31 @@
 //! importantly it lets unix sockets be registered for readability only
 //! (see [`crate::clients`]): a socket registered for writability too
 //! wakes the daemon every time the peer reads what it was sent.
+//!
+//! The queue counts its bytes, so a client that does not read can be
+//! held back ([`Outbox::wait_below`]: its reader stops taking requests
+//! until the queue has drained) and messages for it dropped; the queue's
+//! own storage shrinks back once a burst has been written.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 /// Most packets handed to one `sendmsg`.
 const MAX_IOV: usize = 64;
+/// Queue slots kept after a burst has been written.
+const KEEP_SLOTS: usize = 16;
 
 /// The outgoing queue of one connection (shared by the loop and, while
 /// the socket is full, its writer task).
 #[derive(Default)]
 pub struct Outbox {
     q: Mutex<Queue>,
+    /// Wakes a reader waiting in [`Outbox::wait_below`].
+    drained: Notify,
 }
 
 #[derive(Default)]
@@ -34,10 +44,21 @@ struct Queue {
     /// Packets not yet written; the first may be partly written already
     /// (it is then a slice of what is left).
     packets: VecDeque<Bytes>,
+    /// Bytes in `packets`.
+    bytes: usize,
     /// A writer task owns the queue until it is empty again.
     blocked: bool,
     /// The connection failed: nothing more is queued.
     broken: bool,
+    /// A reader waits until `bytes` is at most this.
+    resume_at: Option<usize>,
+}
+
+impl Queue {
+    fn clear(&mut self) {
+        self.packets = VecDeque::new();
+        self.bytes = 0;
+    }
 }
 
 /// What [`Outbox::flush`] did.
@@ -71,6 +92,7 @@ impl Outbox {
             return false;
         }
         let was_idle = q.packets.is_empty() && !q.blocked;
+        q.bytes += b.len();
         q.packets.push_back(b);
         was_idle
     }
@@ -78,6 +100,43 @@ impl Outbox {
     /// Packets waiting to be written.
     pub fn len(&self) -> usize {
         self.lock().packets.len()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Waits until at most `limit` bytes are queued (at once if so) or the
+    /// connection is broken. Returns `false` when broken.
+    pub async fn wait_below(&self, limit: usize) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            {
+                let mut q = self.lock();
+                if q.broken {
+                    return false;
+                }
+                if q.bytes <= limit {
+                    q.resume_at = None;
+                    return true;
+                }
+                q.resume_at = Some(limit);
+            }
+            notified.await;
+        }
+    }
+
+    /// After a write: wakes a waiting reader if the queue is low enough,
+    /// and lets the queue's storage go once it is empty.
+    fn after_write(&self, q: &mut Queue) {
+        if q.resume_at.is_some_and(|r| q.bytes <= r) || q.broken {
+            q.resume_at = None;
+            self.drained.notify_one();
+        }
+        if q.packets.is_empty() && q.packets.capacity() > KEEP_SLOTS {
+            q.packets = VecDeque::new();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -97,7 +156,7 @@ impl Outbox {
         if q.blocked {
             return Flush::Busy;
         }
-        match write_queue(&mut q, send) {
+        let r = match write_queue(&mut q, send) {
             Ok(()) => Flush::Done,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 q.blocked = true;
@@ -105,10 +164,12 @@ impl Outbox {
             }
             Err(_) => {
                 q.broken = true;
-                q.packets.clear();
+                q.clear();
                 Flush::Broken
             }
-        }
+        };
+        self.after_write(&mut q);
+        r
     }
 
     /// For the writer task: writes what it can. `Ok(())` once the queue is
@@ -122,7 +183,7 @@ impl Outbox {
                 "connection broken",
             ));
         }
-        match write_queue(&mut q, send) {
+        let r = match write_queue(&mut q, send) {
             Ok(()) => {
                 q.blocked = false;
                 Ok(())
@@ -131,17 +192,20 @@ impl Outbox {
             Err(e) => {
                 q.broken = true;
                 q.blocked = false;
-                q.packets.clear();
+                q.clear();
                 Err(e)
             }
-        }
+        };
+        self.after_write(&mut q);
+        r
     }
 
     /// Marks the connection broken and forgets what is queued.
     pub fn close(&self) {
         let mut q = self.lock();
         q.broken = true;
-        q.packets.clear();
+        q.clear();
+        self.after_write(&mut q);
     }
 }
 
@@ -172,6 +236,7 @@ fn write_queue(
                 "socket wrote nothing",
             ));
         }
+        q.bytes -= n.min(q.bytes);
         consume(&mut q.packets, n);
     }
     Ok(())
@@ -251,6 +316,47 @@ mod tests {
         assert_eq!(o.flush(|b| s.send(b)), Flush::Done);
         assert_eq!(s.got, b"abcdefghij");
         assert!(o.is_empty());
+        assert_eq!(o.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_until_the_queue_drains() {
+        let o = std::sync::Arc::new(Outbox::new());
+        let mut s = Sink {
+            got: Vec::new(),
+            room: 0,
+        };
+        for _ in 0..10 {
+            o.push(Bytes::from(vec![7u8; 100]));
+        }
+        assert_eq!(o.bytes(), 1000);
+        assert!(o.wait_below(1000).await);
+        assert_eq!(o.flush(|b| s.send(b)), Flush::Blocked);
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.wait_below(300).await })
+        };
+        tokio::task::yield_now().await;
+        s.room = 650;
+        assert!(o.drain(|b| s.send(b)).is_err());
+        assert_eq!(o.bytes(), 350);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        s.room = 100;
+        assert!(o.drain(|b| s.send(b)).is_err());
+        assert!(waiter.await.unwrap());
+        // A broken connection releases a waiter too.
+        for _ in 0..10 {
+            o.push(Bytes::from(vec![7u8; 100]));
+        }
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.wait_below(10).await })
+        };
+        tokio::task::yield_now().await;
+        o.close();
+        assert!(!waiter.await.unwrap());
+        assert_eq!(o.bytes(), 0);
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct ServerConfig {
     pub my_addr: SocketAddr,
     /// Environment for helpers (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`).
     pub helper_env: Vec<(String, String)>,
+    /// Bytes that may wait to be written to a client before its requests
+    /// are no longer read and messages for it are dropped.
+    pub client_queue_limit: usize,
 }
 
 /// The daemon.
@@ -620,7 +623,8 @@ impl Server {
         let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
         let id = self.next_client;
         self.next_client = self.next_client.wrapping_add(1).max(1);
-        let sock = match crate::clients::spawn(id, stream, self.events()) {
+        let limit = self.cfg.client_queue_limit;
+        let sock = match crate::clients::spawn(id, stream, self.events(), limit) {
             Ok(s) => s,
             Err(e) => {
                 error!("cannot serve client with pid:{pid}: {e}");
@@ -944,18 +948,42 @@ impl Server {
         let mut h = Header::new(Operation::ReqMessage, 0, self.pnn(), 0);
         h.generation = self.generation();
         let b = message_bytes(h, srvid, data);
-        let limit = self.core.tunables.max_queue_depth_drop_msg as usize;
         for id in recipients {
-            let full = self
-                .clients
-                .get(&id)
-                .is_some_and(|c| limit != 0 && c.queued() >= limit);
-            if full {
-                debug!("client {id}: queue full, dropping message for srvid 0x{srvid:x}");
+            if self.client_full(id, srvid, b.len()) {
                 continue;
             }
             self.send_client(id, b.clone());
         }
+    }
+
+    /// Whether a message for client `id` must be dropped: more packets
+    /// than `MaxQueueDropMsg`, or more bytes than the client queue limit,
+    /// wait to be written to it. The first drop of a run is logged, the
+    /// run's total when it ends; drops are counted.
+    fn client_full(&mut self, id: ClientId, srvid: u64, len: usize) -> bool {
+        let Some(c) = self.clients.get(&id) else {
+            return false;
+        };
+        let max_packets = self.core.tunables.max_queue_depth_drop_msg as usize;
+        let (packets, bytes) = (c.queued(), c.queued_bytes());
+        let full =
+            (max_packets != 0 && packets >= max_packets) || bytes >= self.cfg.client_queue_limit;
+        if !full {
+            if let Some((n, b)) = c.end_drops() {
+                warn!("client {id}: reading again; {n} messages ({b} bytes) were dropped for it");
+            }
+            return false;
+        }
+        if c.count_drop(len) {
+            let pid = self.core.clients.get(&id).map_or(0, |i| i.pid);
+            warn!(
+                "client {id} (pid {pid}) does not read: {packets} packets ({bytes} bytes) queued; dropping messages for it (first for srvid 0x{srvid:x})"
+            );
+        }
+        let d = &mut self.core.stats.client_drops;
+        d.messages += 1;
+        d.bytes += len as u64;
+        true
     }
 
     // ---- controls --------------------------------------------------------
@@ -992,6 +1020,9 @@ impl Server {
             AsyncOp::Shutdown => {
                 self.reply(to, ReplyControl::ok(ControlReply::Shutdown));
                 self.shutdown = true;
+            }
+            AsyncOp::Echo { delay, data } if delay.is_zero() => {
+                self.reply(to, ReplyControl::ok(ControlReply::EchoData(data)));
             }
             AsyncOp::Echo { delay, data } => {
                 self.echoes.push((Instant::now() + delay, to, data));

@@ -203,6 +203,7 @@ async fn serve(
             log_file,
             my_addr: SocketAddr::new(ip, CTDB_PORT),
             helper_env: helper_env.clone(),
+            client_queue_limit: cfg.client_queue_limit,
         },
     );
     install_databases(&mut server, cfg);

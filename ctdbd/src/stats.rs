@@ -15,6 +15,16 @@ pub struct Stats {
     /// Since the last history interval.
     current: Statistics,
     history: Vec<Statistics>,
+    /// Messages dropped for clients that did not read (CTDB's statistics
+    /// have no field for them: kept here, and logged), since start.
+    pub client_drops: ClientDrops,
+}
+
+/// Messages dropped because their client's queue was over its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientDrops {
+    pub messages: u64,
+    pub bytes: u64,
 }
 
 impl Default for Stats {
@@ -33,6 +43,7 @@ impl Stats {
             s: fresh,
             current: fresh,
             history: Vec::new(),
+            client_drops: ClientDrops::default(),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Sections `[logging]`, `[cluster]`, `[database]`, `[event]`,
 //! `[failover]` and `[legacy]`, with the option names and defaults of CTDB
-//! 4.17. Section and option names match case-insensitively. Lines starting
+//! 4.17, and `[ctdb-rs]` for this daemon's own settings (which CTDB would
+//! ignore with a warning). Section and option names match case-insensitively. Lines starting
 //! with `#` or `;` are comments. Like `ctdbd`, unknown sections and options
 //! are tolerated (we report them as warnings); an empty or invalid value is
 //! an error that stops the daemon at start-up.
@@ -45,7 +46,15 @@ pub struct Config {
     pub start_as_stopped: bool,
     pub start_as_disabled: bool,
     pub script_log_level: String,
+    // [ctdb-rs]
+    /// `client queue limit`: bytes waiting to be written to a client
+    /// beyond which its requests are no longer read and messages for it
+    /// are dropped.
+    pub client_queue_limit: usize,
 }
+
+/// The default `client queue limit`: 4 MiB.
+pub const DEFAULT_CLIENT_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
 
 impl Config {
     /// The defaults, with CTDB's state directory `vardir` and log
@@ -72,6 +81,7 @@ impl Config {
             start_as_stopped: false,
             start_as_disabled: false,
             script_log_level: "ERROR".into(),
+            client_queue_limit: DEFAULT_CLIENT_QUEUE_LIMIT,
         }
     }
 
@@ -216,6 +226,13 @@ impl Config {
                 parse_debug_level(v).ok_or_else(|| "not a log level".to_string())?;
                 self.script_log_level = v.into();
             }
+            ("ctdb-rs", "client queue limit") => {
+                let n = parse_size(v)?;
+                if n < 64 * 1024 {
+                    return Err("must be at least 64K".into());
+                }
+                self.client_queue_limit = n;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -223,8 +240,24 @@ impl Config {
 }
 
 const SECTIONS: &[&str] = &[
-    "logging", "cluster", "database", "event", "failover", "legacy",
+    "logging", "cluster", "database", "event", "failover", "legacy", "ctdb-rs",
 ];
+
+/// A size in bytes, with an optional `K`, `M` or `G` suffix.
+fn parse_size(v: &str) -> Result<usize, String> {
+    let v = v.trim();
+    let (num, mult) = match v.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&v[..v.len() - 1], 1usize << 10),
+        Some('M') => (&v[..v.len() - 1], 1 << 20),
+        Some('G') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| "not a size (bytes, or a number with K, M or G)".to_string())
+}
 
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
@@ -330,6 +363,21 @@ mod tests {
         let (c, _) = load("[Cluster]\nNode Address = fd00::1\nLeader Timeout = 7\n").unwrap();
         assert_eq!(c.node_address, Some("fd00::1".parse().unwrap()));
         assert_eq!(c.leader_timeout, 7);
+    }
+
+    #[test]
+    fn client_queue_limit_takes_sizes() {
+        let (c, w) = load("[ctdb-rs]\nclient queue limit = 8M\n").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.client_queue_limit, 8 << 20);
+        let (c, _) = load("[ctdb-rs]\nclient queue limit = 262144\n").unwrap();
+        assert_eq!(c.client_queue_limit, 256 << 10);
+        assert!(load("[ctdb-rs]\nclient queue limit = 1K\n").is_err());
+        assert!(load("[ctdb-rs]\nclient queue limit = lots\n").is_err());
+        assert_eq!(
+            Config::defaults(Path::new("/v"), Path::new("/l")).client_queue_limit,
+            DEFAULT_CLIENT_QUEUE_LIMIT
+        );
     }
 
     #[test]
