@@ -125,13 +125,15 @@ fn a_pipe_into_head_ends_the_tool_quietly() {
 fn every_program_ends_quietly_when_its_output_is_closed() {
     // Each program printing its usage or help, with the stream it prints
     // it on closed and the other captured.
-    let cases: [(&str, &[&str], bool); 6] = [
+    let cases: [(&str, &[&str], bool); 8] = [
         ("ctdb", &["--usage"], true),
         ("ctdb", &[], true),
         ("ctdb_recovery_helper", &[], false),
         ("fake_ctdbd", &["--help"], true),
         ("ctdbd", &["--help"], true),
         ("bench", &["--help"], true),
+        ("ctdb-eventd", &["--help"], true),
+        ("ctdb-eventd", &["--no-such-option"], false),
     ];
     for (name, args, on_stdout) in cases {
         let prog = ctdb_tests::our_bin(name);
