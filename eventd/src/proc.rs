@@ -77,16 +77,36 @@ fn finish_output(out: &mut Option<Vec<u8>>) {
     }
 }
 
-/// Kills the process group on drop unless disarmed.
-struct GroupGuard {
+/// A running child: on drop (the run was abandoned) its process group is
+/// killed and the child reaped at once, as CTDB's SIGCHLD handler would.
+struct Running {
+    child: Option<tokio::process::Child>,
     pgid: i32,
-    armed: bool,
 }
 
-impl Drop for GroupGuard {
+impl Running {
+    fn child(&mut self) -> &mut tokio::process::Child {
+        self.child.as_mut().expect("child present until disarmed")
+    }
+
+    /// The run is over, or the process is handed on: no kill on drop.
+    fn disarm(mut self) -> tokio::process::Child {
+        self.child.take().expect("child present until disarmed")
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        if self.armed {
-            signal_group(self.pgid, Signal::SIGKILL);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal_group(self.pgid, Signal::SIGKILL);
+        let pgid = self.pgid;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = child.wait().await;
+                ALIVE.with(|a| a.borrow_mut().remove(&pgid));
+            });
         }
     }
 }
@@ -139,7 +159,7 @@ pub async fn run(
     let spawned = cmd.spawn();
     // The parent's copies of the write end go with the command.
     drop(cmd);
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(c) => c,
         // CTDB's child exits with 64 + errno when exec fails.
         Err(e) => {
@@ -154,9 +174,9 @@ pub async fn run(
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(-1);
     ALIVE.with(|a| a.borrow_mut().insert(pid));
-    let mut guard = GroupGuard {
+    let mut running = Running {
+        child: Some(child),
         pgid: pid,
-        armed: true,
     };
     let mut rx = pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(|e| errno_of(&e))?;
 
@@ -176,9 +196,8 @@ pub async fn run(
                 Ok(0) | Err(_) => pipe_open = false,
                 Ok(n) => append_output(&mut output, &chunk[..n]),
             },
-            st = child.wait() => {
+            st = running.child().wait() => {
                 ALIVE.with(|a| a.borrow_mut().remove(&pid));
-                guard.armed = false;
                 // Whatever is already in the pipe belongs to the output.
                 while pipe_open {
                     match rx.try_read(&mut chunk) {
@@ -187,6 +206,7 @@ pub async fn run(
                     }
                 }
                 finish_output(&mut output);
+                drop(running.disarm());
                 let result = match st {
                     Ok(st) => ProcResult::from_exit(st.code(), st.signal()),
                     Err(e) => ProcResult { err: errno_of(&e), ..Default::default() },
@@ -194,7 +214,7 @@ pub async fn run(
                 return Ok(Outcome { result, output, pid: None });
             }
             _ = &mut sleep => {
-                guard.armed = false;
+                let mut child = running.disarm();
                 finish_output(&mut output);
                 // Left running: reap it and drain its output when it ends.
                 tokio::task::spawn_local(async move {

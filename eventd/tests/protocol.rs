@@ -259,3 +259,59 @@ fn exits_when_the_parent_goes_away_and_on_sigterm() {
     );
     assert_eq!(results[0], results[1]);
 }
+
+#[test]
+fn a_client_that_goes_away_takes_its_run_with_it() {
+    for kind in BOTH {
+        let ev = Eventd::start(kind, |b| {
+            write_script(
+                &b.join("events/legacy/01.slow.script"),
+                "#!/bin/sh\necho $$ > \"$CTDB_BASE/var/pid.tmp\"\n\
+                 mv \"$CTDB_BASE/var/pid.tmp\" \"$CTDB_BASE/var/pid.$1\"\nsleep 60\n",
+                true,
+            );
+        });
+        let mut s = UnixStream::connect(ev.base().join("run/eventd.socket")).unwrap();
+        let req = ctdb_protocol::event::EventRequest {
+            version: 0,
+            reqid: 1,
+            data: EventRequestData::Run(RunRequest {
+                component: Some("legacy".into()),
+                event: Some("startup".into()),
+                args: None,
+                timeout: 120,
+                flags: 0,
+            }),
+        };
+        s.write_all(&ctdb_protocol::Marshal::to_bytes(&req))
+            .unwrap();
+        let pidfile = ev.base().join("var/pid.startup");
+        wait_for(20, "the script to start", || pidfile.exists());
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        drop(s);
+        // Killed and reaped (a zombie would still answer kill -0).
+        wait_for(20, "the script to be killed and reaped", || {
+            matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
+        });
+        // Nothing was kept of the abandoned run.
+        let st = ev.request(EventRequestData::Status(StatusRequest {
+            component: Some("legacy".into()),
+            event: Some("startup".into()),
+        }));
+        assert_eq!(st.result, errno::EINVAL, "{kind:?}");
+        if kind == common::Kind::Ours {
+            // 4.17 keeps the abandoned run as "running" (a dangling
+            // pointer) and refuses every later monitor with ECANCELED; we
+            // do not copy that.
+            std::fs::remove_file(ev.legacy().join("01.slow.script")).unwrap();
+            assert_eq!(run(&ev, "monitor", 10), 0);
+        }
+    }
+}
