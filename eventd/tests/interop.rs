@@ -294,3 +294,54 @@ fn reference_scripts_listed_enabled_and_disabled_alike() {
     );
     assert_eq!(results[0], results[1]);
 }
+
+#[test]
+fn without_a_debug_script_a_hung_script_is_left_running() {
+    let mut results = Vec::new();
+    for kind in BOTH {
+        let ev = Eventd::start(kind, |b| {
+            write_script(
+                &b.join("events/legacy/01.hang.script"),
+                "#!/bin/sh\necho $$ > \"$CTDB_BASE/var/hang.pid\"\nsleep 1000\n",
+                true,
+            );
+        });
+        let mut t = transcript(&ev, &[&["run", "1", "legacy", "monitor"]]);
+        let pid: i32 = std::fs::read_to_string(ev.base().join("var/hang.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Another round trip, then the script is still there (4.17 signals
+        // a hung script only after running the debug script).
+        t += &transcript(&ev, &[&["status", "legacy", "monitor"]]);
+        t += &format!("alive: {}\n", !gone(pid));
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        results.push(t);
+    }
+    assert!(results[1].ends_with("alive: true\n"), "{}", results[1]);
+    assert_eq!(results[0], results[1]);
+}
+
+#[test]
+fn an_empty_component_runs_nothing_and_succeeds() {
+    let mut results = Vec::new();
+    for kind in BOTH {
+        let ev = Eventd::start(kind, |_| {});
+        results.push(transcript(
+            &ev,
+            &[
+                &["run", "10", "legacy", "monitor"],
+                &["status", "legacy", "monitor"],
+            ],
+        ));
+    }
+    assert_eq!(
+        results[1],
+        "$ run 10 legacy monitor\n\n[rc=0]\n$ status legacy monitor\n\n[rc=0]\n"
+    );
+    assert_eq!(results[0], results[1]);
+}
