@@ -53,15 +53,19 @@ pub fn main(opts: Options) -> i32 {
     };
     let interactive = std::env::var_os("CTDB_INTERACTIVE").is_some();
     let config = EventConfig::load(&paths.config_file(), &paths.etcdir);
+    // As 4.17: interactive logs NOTICE to stderr; otherwise ctdb.conf's
+    // [logging], defaulting to ERROR in LOGDIR/log.ctdb.
     let (location, level) = match (&config, interactive) {
-        (Ok(c), false) => (c.log_location.clone(), c.log_level.clone()),
-        _ => (None, None),
+        (Ok(c), false) => (
+            c.log_location
+                .clone()
+                .unwrap_or_else(|| crate::logging::DEFAULT_LOCATION.into()),
+            c.log_level.clone().unwrap_or_else(|| "ERROR".into()),
+        ),
+        _ => ("file:".into(), "NOTICE".into()),
     };
-    let level = level
-        .as_deref()
-        .and_then(crate::logging::level_from_ctdb)
-        .unwrap_or(tracing::Level::INFO);
-    crate::logging::init(location.as_deref(), level);
+    let level = crate::logging::level_from_ctdb(&level).unwrap_or(tracing::Level::ERROR);
+    crate::logging::init(Some(&location), level);
     let config = match config {
         Ok(c) => c,
         Err(e) => {

@@ -1,8 +1,9 @@
 //! Log lines as CTDB's daemons write them
 //! (`2026-12-06T14:20:01.123456+00:00 HOST ctdb-eventd[PID]: message`, HOST
 //! being `basename $CTDB_BASE` in test mode), to the `file:` location of
-//! `[logging] location`, or to standard error (interactive, `file:` with no
-//! path, or any other location).
+//! `[logging] location` (default [`DEFAULT_LOCATION`]), or to standard error
+//! (interactive, `file:` or `file:-`, a file that cannot be opened, or any
+//! other location: `syslog` is not supported here).
 //!
 //! CTDB levels map to `tracing` levels as ERROR→error, WARNING→warn,
 //! NOTICE→info, INFO→debug, DEBUG→trace.
@@ -16,6 +17,9 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+
+/// 4.17's default `[logging] location` (Debian's LOGDIR).
+pub const DEFAULT_LOCATION: &str = "file:/var/log/ctdb/log.ctdb";
 
 /// The `tracing` level for a CTDB debug level name or number.
 pub fn level_from_ctdb(s: &str) -> Option<Level> {
@@ -108,7 +112,7 @@ pub fn init(location: Option<&str>, level: Level) {
         .event_format(format);
     let file = location
         .and_then(|l| l.strip_prefix("file:"))
-        .filter(|p| !p.is_empty())
+        .filter(|p| !p.is_empty() && *p != "-")
         .and_then(|p| OpenOptions::new().create(true).append(true).open(p).ok());
     let _ = match file {
         Some(f) => builder.with_writer(Mutex::new(f)).try_init(),
