@@ -204,6 +204,8 @@ pub fn read_reply(s: &mut UnixStream) -> EventReply {
     s.read_exact(&mut buf[4..]).unwrap();
     let (r, used) = EventReply::pull(&buf).unwrap();
     assert_eq!(used, n, "reply length field and content differ");
+    // Our encoding of what either daemon sent is byte for byte what it sent.
+    assert_eq!(r.to_bytes(), buf, "re-encoded reply differs from the wire");
     r
 }
 
