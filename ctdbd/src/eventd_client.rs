@@ -70,8 +70,16 @@ pub struct Eventd {
 impl Eventd {
     /// Starts `path` for the daemon whose pid is `ctdbd_pid`, serving
     /// `socket` (the path the event daemon derives from the same
-    /// environment), and waits for it to report a start.
-    pub async fn start(path: &Path, socket: &Path, ctdbd_pid: u32) -> Result<Eventd, EventdError> {
+    /// environment), and waits for it to report a start. `env` is added to
+    /// the environment the event daemon and its scripts inherit (ctdbd 4.17
+    /// exports `CTDB_BASE`, `CTDB_LOGGING`, `CTDB_DEBUGLEVEL`, and
+    /// `CTDB_INTERACTIVE` when interactive).
+    pub async fn start(
+        path: &Path,
+        socket: &Path,
+        ctdbd_pid: u32,
+        env: &[(String, String)],
+    ) -> Result<Eventd, EventdError> {
         let _ = std::fs::remove_file(socket);
         let (rd, wr) = std::io::pipe()?;
         let wr = OwnedFd::from(wr);
@@ -93,6 +101,7 @@ impl Eventd {
             .arg(ctdbd_pid.to_string())
             .arg("-S")
             .arg(wr.as_raw_fd().to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .spawn();
         drop(wr);
         let mut child = spawned.map_err(|source| EventdError::Spawn {
@@ -389,7 +398,7 @@ mod tests {
                 eventd.display()
             ),
         );
-        Eventd::start(&wrapper, socket, std::process::id())
+        Eventd::start(&wrapper, socket, std::process::id(), &[])
             .await
             .unwrap()
     }
@@ -417,7 +426,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let bad = d.path().join("bad.sh");
         script(&bad, "#!/bin/sh\nexit 1\n");
-        let r = Eventd::start(&bad, &d.path().join("s"), std::process::id()).await;
+        let r = Eventd::start(&bad, &d.path().join("s"), std::process::id(), &[]).await;
         assert!(matches!(r, Err(EventdError::Startup(e)) if e == libc::EPIPE));
     }
 }
