@@ -315,3 +315,41 @@ fn a_client_that_goes_away_takes_its_run_with_it() {
         }
     }
 }
+
+/// Random packets (well framed, random content) on many connections: our
+/// daemon closes each bad one and keeps serving.
+#[test]
+fn random_packets_do_not_hurt_our_daemon() {
+    let mut ev = Eventd::start(common::Kind::Ours, |_| {});
+    let sock = ev.base().join("run/eventd.socket");
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..300 {
+        let body_len = (next() % 64) as usize;
+        let mut pkt = Vec::with_capacity(12 + body_len);
+        pkt.extend_from_slice(&((12 + body_len) as u32).to_ne_bytes());
+        pkt.extend_from_slice(&0u32.to_ne_bytes());
+        pkt.extend_from_slice(&(i as u32).to_ne_bytes());
+        // Mostly real commands, so the string and action parsers are hit.
+        let mut body: Vec<u8> = (0..body_len).map(|_| next() as u8).collect();
+        if body.len() >= 4 && i % 4 != 0 {
+            body[..4].copy_from_slice(&(1 + (next() % 3) as u32).to_ne_bytes());
+        }
+        pkt.extend_from_slice(&body);
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&pkt).unwrap();
+        // Either a reply or the connection closed; never a hang.
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+    }
+    assert_eq!(run(&ev, "monitor", 10), 0);
+    let mut child = ev.child.take().unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the daemon died");
+    ev.child = Some(child);
+}
