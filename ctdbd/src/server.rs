@@ -1176,6 +1176,12 @@ impl Server {
             return;
         };
         let peer = l.peer;
+        self.checked_node_packet(pnn, peer, pkt);
+    }
+
+    /// Checks a packet from node `pnn` (at `peer`) and handles it, or
+    /// closes the node's connection; `false` if it was closed.
+    fn checked_node_packet(&mut self, pnn: u32, peer: SocketAddr, pkt: BytesMut) -> bool {
         let nodes = &self.core.node;
         let is_node = |p: u32| nodes.node(p).is_some_and(|n| !n.is_deleted());
         match transport::check_packet(pnn, &pkt, is_node) {
@@ -1184,6 +1190,7 @@ impl Server {
                     i.proven = true;
                 }
                 self.node_packet(pnn, pkt);
+                true
             }
             Err(e) => {
                 self.core.stats.bump(|s| s.node_packets_recv += 1);
@@ -1191,8 +1198,67 @@ impl Server {
                 self.node_dead(pnn, true);
                 // Not connected (yet): node_dead left the link alone.
                 self.close_in_link(pnn);
+                false
             }
         }
+    }
+
+    /// For fuzzing: `bytes` as they would arrive on node `pnn`'s incoming
+    /// connection, framed and checked as the reader and the loop do, until
+    /// the stream ends or the connection would be closed.
+    #[doc(hidden)]
+    pub fn fuzz_node_stream(&mut self, pnn: u32, bytes: &[u8], chunk: usize) {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 4379));
+        let mut f = crate::clients::Framer::new(MAX_PACKET);
+        for c in bytes.chunks(chunk.max(1)) {
+            f.push(c);
+            loop {
+                match f.next_packet() {
+                    Ok(Some(pkt)) => {
+                        if !self.checked_node_packet(pnn, peer, pkt) {
+                            return;
+                        }
+                        self.after_event();
+                    }
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// For fuzzing: `bytes` as they would arrive from client `id`, framed
+    /// as its reader frames them and handed to the loop, until the stream
+    /// ends or the connection would be closed.
+    #[doc(hidden)]
+    pub fn fuzz_client_stream(&mut self, id: ClientId, bytes: &[u8], chunk: usize) {
+        self.core.clients.entry(id).or_insert(ClientInfo {
+            pid: 1,
+            notify: Vec::new(),
+        });
+        let mut f = crate::clients::Framer::new(MAX_PACKET);
+        for c in bytes.chunks(chunk.max(1)) {
+            f.push(c);
+            loop {
+                match f.next_packet() {
+                    Ok(Some(pkt)) => {
+                        self.on_event(Event::ClientPacket { id, pkt });
+                        if !self.core.clients.contains_key(&id) {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.on_event(Event::ClientClosed {
+                            id,
+                            error: Some("framing".into()),
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+        self.on_event(Event::ClientClosed { id, error: None });
     }
 
     fn close_in_link(&mut self, pnn: u32) {
