@@ -144,12 +144,16 @@ fn timeout_runs_the_debug_hook_and_kills_the_script() {
         let mut t = transcript(
             &ev,
             &[
-                &["run", "2", "legacy", "monitor"],
+                // 01.ok must finish well within the timeout, even on a
+                // loaded machine: the hang is 02's.
+                &["run", "5", "legacy", "monitor"],
                 &["status", "legacy", "monitor"],
             ],
         );
         let out = ev.base().join("var/debug.out");
-        wait_for(20, "the debug hook", || out.exists());
+        wait_for(20, "the debug hook", || {
+            std::fs::read_to_string(&out).is_ok_and(|s| s.ends_with('\n'))
+        });
         let dbg = std::fs::read_to_string(&out).unwrap();
         let (pid, event) = dbg.trim().split_once(' ').unwrap();
         let pid: i32 = pid.parse().unwrap();
@@ -306,8 +310,12 @@ fn without_a_debug_script_a_hung_script_is_left_running() {
                 true,
             );
         });
-        let mut t = transcript(&ev, &[&["run", "1", "legacy", "monitor"]]);
-        let pid: i32 = std::fs::read_to_string(ev.base().join("var/hang.pid"))
+        let mut t = transcript(&ev, &[&["run", "3", "legacy", "monitor"]]);
+        let pidfile = ev.base().join("var/hang.pid");
+        wait_for(20, "the hung script's pid", || {
+            std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+        });
+        let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
             .trim()
             .parse()
