@@ -4,6 +4,10 @@
 //! ctdb-increment SOCKET volatile|persistent DB KEY COUNT
 //!     increment the u64 in KEY COUNT times (fetch-lock, or a persistent
 //!     transaction each time); print "done N" when finished
+//! ctdb-increment SOCKET persistent-loop DB KEY
+//!     increment the decimal number in KEY in persistent transactions
+//!     until an error or until killed, printing "attempt" before each
+//!     commit and "ack" after each acknowledged one
 //! ctdb-increment SOCKET hold-lock DB KEY
 //!     lock KEY's record chain in the local file, print "locked", and
 //!     hold it until killed
@@ -86,6 +90,27 @@ async fn run(args: &[String]) -> Result<(), String> {
                 t.commit().await.map_err(|e| format!("commit: {e}"))?;
             }
             say(&format!("done {n}"));
+        }
+        "persistent-loop" => {
+            let db = c
+                .attach(db, DbKind::Persistent, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            loop {
+                let mut t = db
+                    .transaction_start(false)
+                    .await
+                    .map_err(|e| format!("transaction_start: {e}"))?;
+                let v: u64 = t
+                    .fetch(key)
+                    .map_err(|e| format!("fetch: {e}"))?
+                    .map_or(0, |v| String::from_utf8_lossy(&v).parse().unwrap_or(0));
+                t.store(key, (v + 1).to_string().as_bytes())
+                    .map_err(|e| format!("store: {e}"))?;
+                say("attempt");
+                t.commit().await.map_err(|e| format!("commit: {e}"))?;
+                say("ack");
+            }
         }
         "hold-lock" => {
             let db = c
