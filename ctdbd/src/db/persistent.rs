@@ -91,19 +91,30 @@ impl Databases {
             return Some(ReplyControl::status(-1));
         }
         let db_id = db.id;
-        let mut targets: Vec<u32> = env
-            .node
-            .vnnmap
-            .map
-            .iter()
-            .copied()
-            .filter(|p| {
-                env.node
-                    .node(*p)
-                    .is_some_and(|n| n.flags & node_flags::INACTIVE == 0)
-            })
-            .collect();
+        // Every node of the current generation must take the commit. A
+        // member that is gone (disconnected, banned, stopped) means this
+        // node may be cut off from the rest: committing on the members it
+        // still sees, as CTDB does, acknowledges changes that the next
+        // recovery throws away when the other side has moved on. Refuse
+        // until a recovery has made a generation of the nodes that are
+        // there (the client tries again).
+        let mut targets: Vec<u32> = env.node.vnnmap.map.clone();
+        targets.sort_unstable();
         targets.dedup();
+        if let Some(gone) = targets.iter().find(|p| {
+            env.node
+                .node(**p)
+                .is_none_or(|n| n.flags & node_flags::INACTIVE != 0)
+        }) {
+            info!(
+                "rejecting ctdb_control_trans3_commit: node {gone} of generation {} is not active",
+                env.generation()
+            );
+            return Some(ReplyControl::error(
+                -1,
+                format!("node {gone} of the current generation is not active: recovery needed"),
+            ));
+        }
         if targets.is_empty() {
             return Some(ReplyControl::ok(ControlReply::Trans3Commit));
         }
