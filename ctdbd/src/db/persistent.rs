@@ -3,7 +3,11 @@
 //! A client serialises its transaction with a g_lock, buffers its changes
 //! and sends them, with the database's incremented sequence number, in one
 //! `TRANS3_COMMIT` to its daemon. The daemon sends the buffer as
-//! `UPDATE_RECORD` to every active node (itself included); each node
+//! `UPDATE_RECORD` to every node of the current generation (itself
+//! included), and refuses the commit while one of them is inactive: a
+//! node cut off from the others must not acknowledge what the recovery
+//! after the partition will discard (CTDB sends to the active nodes only,
+//! and loses such commits). Each node
 //! applies it in **one tdb transaction** on a worker thread (the handle
 //! goes there and back), checking that no record goes back in rsn. When
 //! every node has answered the client gets its reply. If any node fails,
