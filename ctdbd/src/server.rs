@@ -25,7 +25,7 @@ use ctdb_protocol::call::{ReplyError, ReqCall};
 use ctdb_protocol::control::CTDB_CTRL_FLAG_NOREPLY;
 use ctdb_protocol::header::{
     CTDB_BROADCAST_ACTIVE, CTDB_BROADCAST_ALL, CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE,
-    CTDB_MULTICAST, HEADER_LEN, INVALID_GENERATION,
+    CTDB_MULTICAST, HEADER_LEN,
 };
 use ctdb_protocol::keepalive::ReqKeepalive;
 use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, Runstate, capabilities};
@@ -112,6 +112,8 @@ pub enum Event {
     },
     /// Shut down (signal).
     Terminate(&'static str),
+    /// An event script run finished ([`crate::monitor`]).
+    Eventd(crate::monitor::Done),
 }
 
 /// Where a control reply goes.
@@ -199,11 +201,14 @@ pub struct Server {
     db_rx: Option<mpsc::UnboundedReceiver<DbEvent>>,
     /// The recovery mode the database layer last saw.
     db_recmode: u32,
+    /// Event scripts and node health.
+    monitor: crate::monitor::Monitor,
 }
 
 impl Server {
     pub fn new(core: Core, cfg: ServerConfig) -> Server {
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let monitor = crate::monitor::Monitor::detached(ev_tx.clone());
         Server {
             core,
             cfg,
@@ -225,6 +230,26 @@ impl Server {
             dbs: None,
             db_rx: None,
             db_recmode: CTDB_RECOVERY_ACTIVE,
+            monitor,
+        }
+    }
+
+    /// Installs the monitor (event scripts through the event daemon).
+    pub fn install_monitor(&mut self, m: crate::monitor::Monitor) {
+        self.monitor = m;
+    }
+
+    /// The monitor, for start-up.
+    pub fn monitor_mut(&mut self) -> (&mut crate::monitor::Monitor, &mut Core) {
+        (&mut self.monitor, &mut self.core)
+    }
+
+    fn monitor_actions(&mut self, acts: Vec<crate::monitor::Action>) {
+        for a in acts {
+            match a {
+                crate::monitor::Action::Reply(to, r) => self.reply(to, r),
+                crate::monitor::Action::BroadcastStartup => self.broadcast_startup(),
+            }
         }
     }
 
@@ -485,6 +510,7 @@ impl Server {
         self.core.set_runstate(Runstate::Shutdown);
         error!("Shutdown sequence commencing.");
         self.flush();
+        self.monitor.shutdown(&mut self.core).await;
         let clients: Vec<ClientSocket> = self.clients.drain().map(|(_, c)| c).collect();
         let deadline = Instant::now() + Duration::from_secs(1);
         for c in &clients {
@@ -576,6 +602,10 @@ impl Server {
             Event::Terminate(why) => {
                 info!("Received {why}, shutting down");
                 self.shutdown = true;
+            }
+            Event::Eventd(d) => {
+                let acts = self.monitor.done(&mut self.core, d);
+                self.monitor_actions(acts);
             }
         }
         self.after_event();
@@ -996,6 +1026,16 @@ impl Server {
             self.after_event();
             return;
         }
+        if op == Opcode::EndRecovery {
+            // Trans3 commits waiting for the recovery finish first; the
+            // reply waits for the "recovered" event.
+            self.db_recmode_check();
+            self.with_dbs(|d, env| d.end_recovery(env));
+            let acts = self.monitor.end_recovery(&self.core, to);
+            self.monitor_actions(acts);
+            self.after_event();
+            return;
+        }
         if let ControlRequest::SetRecmode(m) = &req.data
             && *m == ctdb_protocol::types::CTDB_RECOVERY_NORMAL
             && self.core.node.in_recovery()
@@ -1025,6 +1065,23 @@ impl Server {
                 self.reply(to, ReplyControl::ok(ControlReply::EchoData(data)));
             }
             AsyncOp::Echo { delay, data } => {
+                // Held data counts against the client's queue limit, or a
+                // client could park any amount of it here.
+                if let ReplyTo::Client { id, .. } = to {
+                    let held: usize = self
+                        .echoes
+                        .iter()
+                        .filter(|e| matches!(e.1, ReplyTo::Client { id: i, .. } if i == id))
+                        .map(|e| e.2.buf.len())
+                        .sum();
+                    if held + data.buf.len() > self.cfg.client_queue_limit {
+                        self.reply(
+                            to,
+                            ReplyControl::error(-1, "too much echo data waiting for this client"),
+                        );
+                        return;
+                    }
+                }
                 self.echoes.push((Instant::now() + delay, to, data));
             }
             AsyncOp::CheckClusterLock { lock } => {
@@ -1062,7 +1119,8 @@ impl Server {
                         .node(leader)
                         .is_some_and(|n| n.is_connected());
                 if ok_now {
-                    self.reply(to, ReplyControl::ok(ControlReply::StartRecovery));
+                    let acts = self.monitor.start_recovery(&self.core, to);
+                    self.monitor_actions(acts);
                     return;
                 }
                 let reqid = self.new_reqid();
@@ -1114,7 +1172,8 @@ impl Server {
             self.shutdown = true;
             return;
         }
-        self.reply(to, ReplyControl::ok(ControlReply::StartRecovery));
+        let acts = self.monitor.start_recovery(&self.core, to);
+        self.monitor_actions(acts);
     }
 
     /// Sends a control reply.
@@ -1586,7 +1645,7 @@ impl Server {
             self.keepalive_round();
         }
         self.expire_silent_links(now);
-        self.runstate_progress();
+        self.monitor.tick(&mut self.core, now);
         self.with_dbs(|d, env| d.tick(env, now));
         self.db_recmode_check();
     }
@@ -1635,32 +1694,21 @@ impl Server {
         self.send_node(pnn, b);
     }
 
-    /// FIRST_RECOVERY -> (END_RECOVERY) -> STARTUP -> RUNNING: once the
-    /// first recovery is over and the cluster has settled, this node
-    /// starts up and (with no event scripts to fail) is healthy.
-    fn runstate_progress(&mut self) {
-        let n = &self.core.node;
-        if n.runstate == Runstate::Startup
-            && !n.in_recovery()
-            && n.vnnmap.generation != INVALID_GENERATION
-        {
-            self.core.set_runstate(Runstate::Running);
-            info!("startup event OK - enabling monitoring");
-            self.core.node.set_healthy(true);
-            info!("monitor event OK - node re-enabled");
-            let mut req = ReqControl::new(ControlRequest::Startup);
-            req.flags = CTDB_CTRL_FLAG_NOREPLY;
-            for pnn in self.broadcast_targets(CTDB_BROADCAST_CONNECTED) {
-                if pnn == self.pnn() {
-                    continue;
-                }
-                let mut h = Header::new(Operation::ReqControl, pnn, self.pnn(), 0);
-                h.generation = self.generation();
-                let b: Bytes = Packet::new(h, Body::ReqControl(req.clone()))
-                    .encode()
-                    .into();
-                self.send_node(pnn, b);
+    /// Tells the other nodes this node has started up (after its
+    /// `startup` event, [`crate::monitor`]).
+    fn broadcast_startup(&mut self) {
+        let mut req = ReqControl::new(ControlRequest::Startup);
+        req.flags = CTDB_CTRL_FLAG_NOREPLY;
+        for pnn in self.broadcast_targets(CTDB_BROADCAST_CONNECTED) {
+            if pnn == self.pnn() {
+                continue;
             }
+            let mut h = Header::new(Operation::ReqControl, pnn, self.pnn(), 0);
+            h.generation = self.generation();
+            let b: Bytes = Packet::new(h, Body::ReqControl(req.clone()))
+                .encode()
+                .into();
+            self.send_node(pnn, b);
         }
     }
 

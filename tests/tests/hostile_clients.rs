@@ -151,6 +151,18 @@ fn a_client_that_does_not_read_64k_echoes_cannot_grow_the_daemon_ours() {
     non_reading_client(Daemon::ours(), echo_64k());
 }
 
+/// Echoes held for 30 s before their reply count against the client too.
+#[test]
+fn a_client_that_does_not_read_delayed_echoes_cannot_grow_the_daemon_ours() {
+    non_reading_client(
+        Daemon::ours(),
+        ControlRequest::EchoData(EchoData {
+            timeout: 30_000,
+            buf: vec![0x62; 64 * 1024],
+        }),
+    );
+}
+
 /// 5000 idle clients add at most 20 MiB; closing them gives it back to
 /// within 10 MiB of the start (`give_back`).
 fn idle_clients(daemon: Daemon, give_back: bool) {
