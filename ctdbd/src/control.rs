@@ -566,7 +566,9 @@ impl Core {
         }
     }
 
-    fn end_recovery(&mut self) {
+    /// A recovery is over (after the `recovered` event): count it, note
+    /// when, and leave FIRST_RECOVERY.
+    pub fn end_recovery(&mut self) {
         self.stats.bump(|s| s.num_recoveries += 1);
         self.node.last_recovery_finished = Timeval::now();
         if self.node.runstate == Runstate::FirstRecovery {

@@ -29,6 +29,7 @@ pub mod db;
 pub mod eventd_client;
 pub mod logging;
 pub mod messaging;
+pub mod monitor;
 pub mod node;
 pub mod outbox;
 pub mod recoverd;

@@ -14,10 +14,11 @@ use crate::control::Core;
 use crate::db::file::persistent_names;
 use crate::db::{Databases, DbConfig, Env};
 use crate::logging;
+use crate::monitor::{self, Monitor, ScriptEvent};
 use crate::node::NodeState;
 use crate::recoverd::{self, RecoverdConfig};
 use crate::server::{Event, Server, ServerConfig};
-use crate::{clients, daemonize, transport, tunables};
+use crate::{clients, daemonize, eventd_client, transport, tunables};
 
 /// Command-line options (CTDB's `ctdbd` has just one).
 #[derive(Debug, clap::Parser)]
@@ -124,7 +125,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let r = rt.block_on(serve(setup, log, log_file));
+    let r = rt.block_on(serve(setup, log, log_file, foreground));
     if let Err(e) = &r {
         error!("{e:#}");
     }
@@ -138,6 +139,7 @@ async fn serve(
     setup: Setup,
     log: logging::LogControl,
     log_file: Option<logging::LogFile>,
+    foreground: bool,
 ) -> anyhow::Result<()> {
     info!(
         "Starting CTDBD (ctdb-rs {}) as PID: {}",
@@ -170,14 +172,13 @@ async fn serve(
         node.stop();
     }
     let lock = cfg.effective_cluster_lock().map(str::to_owned);
-    let mut core = Core::new(
+    let core = Core::new(
         node,
         setup.tunables,
         log,
         lock.clone(),
         setup.paths.nodes_file(),
     );
-    core.set_runstate(Runstate::Setup);
     for d in [
         &cfg.volatile_db_dir,
         &cfg.persistent_db_dir,
@@ -206,6 +207,27 @@ async fn serve(
             client_queue_limit: cfg.client_queue_limit,
         },
     );
+    // As CTDB: the event daemon starts in recovery mode, and `init` runs
+    // before the transport and the clients are served.
+    let recoverd_cfg = RecoverdConfig {
+        socket: socket.clone(),
+        pnn,
+        cluster_lock: lock,
+        leader_timeout: std::time::Duration::from_secs(u64::from(cfg.leader_timeout)),
+        helper_dir: setup.paths.helper_dir.clone(),
+        recovery_helper: recoverd::recovery_helper_path(&setup.paths.helper_dir),
+        state_dir: cfg.state_db_dir.clone(),
+        log_file: log_for_recoverd,
+        helper_env: helper_env.clone(),
+    };
+    start_monitor(
+        &mut server,
+        &setup.paths,
+        &helper_env,
+        foreground,
+        recoverd_cfg,
+    )
+    .await?;
     install_databases(&mut server, cfg);
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());
@@ -219,21 +241,60 @@ async fn serve(
             recovery_helper.display()
         );
     }
-    recoverd::spawn(RecoverdConfig {
-        socket: socket.clone(),
-        pnn,
-        cluster_lock: lock,
-        leader_timeout: std::time::Duration::from_secs(u64::from(cfg.leader_timeout)),
-        helper_dir: setup.paths.helper_dir.clone(),
-        recovery_helper,
-        state_dir: cfg.state_db_dir.clone(),
-        log_file: log_for_recoverd,
-        helper_env,
-    });
-    server.core.set_runstate(Runstate::FirstRecovery);
+    // `setup` runs in the background; when it succeeds the recovery
+    // daemon starts (monitor.rs).
+    let (monitor, core) = server.monitor_mut();
+    monitor.start_setup(core);
     server.run().await;
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pidfile);
+    Ok(())
+}
+
+/// Starts the event daemon and runs `init` (CTDB's order: in recovery
+/// mode, before the transport starts); either failing stops the daemon.
+async fn start_monitor(
+    server: &mut Server,
+    paths: &DaemonPaths,
+    helper_env: &[(String, String)],
+    foreground: bool,
+    recoverd: RecoverdConfig,
+) -> anyhow::Result<()> {
+    let mut env = helper_env.to_vec();
+    if std::env::var_os("CTDB_BASE").is_none() {
+        env.push((
+            "CTDB_BASE".to_owned(),
+            paths.paths.etcdir.display().to_string(),
+        ));
+    }
+    if foreground {
+        env.push(("CTDB_INTERACTIVE".to_owned(), "true".to_owned()));
+    }
+    let path = eventd_client::find_eventd(&paths.helper_dir);
+    let socket = paths.paths.socket("eventd");
+    let eventd = match monitor::start_eventd(&path, &socket, std::process::id(), &env).await {
+        Ok(e) => e,
+        Err(e) => {
+            error!("Failed to start event daemon: {e}");
+            bail!("Failed to start event daemon");
+        }
+    };
+    let fast_start = std::env::var_os("CTDB_TEST_MODE").is_some();
+    let m = Monitor::new(eventd, server.events(), recoverd, fast_start);
+    server.install_monitor(m);
+    let (monitor, core) = server.monitor_mut();
+    core.set_runstate(Runstate::Init);
+    if monitor.run_sync(core, ScriptEvent::Init).await != 0 {
+        let pid = monitor.eventd_pid();
+        error!("ctdb exiting with error: Failed to run init event");
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        bail!("Failed to run init event");
+    }
     Ok(())
 }
 
