@@ -130,6 +130,14 @@ pub enum DbEvent {
         tag: u64,
         result: Result<(), String>,
     },
+    /// A chunk of a `DB_PULL`, for `srvid` on `dest`; `sent` is dropped
+    /// once it has been written out.
+    Chunk {
+        dest: u32,
+        srvid: u64,
+        data: Vec<u8>,
+        sent: recovery::Sent,
+    },
     /// A message the background work wants sent.
     Message {
         dest: u32,
@@ -151,6 +159,7 @@ impl std::fmt::Debug for DbEvent {
             DbEvent::Reply { tag, .. } => write!(f, "Reply({tag})"),
             DbEvent::Committed { db, .. } => write!(f, "Committed(0x{db:08x})"),
             DbEvent::Message { srvid, .. } => write!(f, "Message(0x{srvid:x})"),
+            DbEvent::Chunk { dest, data, .. } => write!(f, "Chunk({dest}, {} bytes)", data.len()),
             DbEvent::TraverseRecords { id, .. } => write!(f, "TraverseRecords({id})"),
             DbEvent::TraverseEnd { id, ok } => write!(f, "TraverseEnd({id}, {ok})"),
         }
@@ -386,6 +395,12 @@ impl Databases {
             DbEvent::Message { dest, srvid, data } => {
                 self.effects.push(Effect::Message { dest, srvid, data })
             }
+            DbEvent::Chunk {
+                dest,
+                srvid,
+                data,
+                sent,
+            } => self.pull_chunk(env, dest, srvid, data, sent),
             DbEvent::TraverseRecords { id, data } => self.local_traverse_records(env, id, &data),
             DbEvent::TraverseEnd { id, ok } => self.local_traverse_end(env, id, ok),
         }

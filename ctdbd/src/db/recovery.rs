@@ -23,10 +23,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as smpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ctdb_protocol::types::{PullDbExt, RecBuffer, TransDb, VnnMap};
-use ctdb_protocol::{ControlReply, ControlRequest, Marshal, ReplyControl, ReqControl};
+use ctdb_protocol::{
+    Body, ControlReply, ControlRequest, Header, Marshal, Operation, Packet, ReplyControl,
+    ReqControl, ReqMessage,
+};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -855,8 +859,88 @@ fn serve(
     drop(all);
 }
 
+/// How long a pull waits for the puller to take a chunk before it gives
+/// up.
+const PULL_STALL: Duration = Duration::from_secs(60);
+
+/// Chunks a pull has handed to the loop that are not written out yet.
+#[derive(Clone, Default)]
+struct InFlight(Arc<(Mutex<usize>, Condvar)>);
+
+impl InFlight {
+    fn add(&self) -> Sent {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Sent(self.clone())
+    }
+
+    /// Waits until fewer than `n` chunks are on their way; false after
+    /// `limit` without progress.
+    fn wait_below(&self, n: usize, limit: Duration) -> bool {
+        let (m, cv) = &*self.0;
+        let g = m.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = cv
+            .wait_timeout_while(g, limit, |k| *k >= n)
+            .unwrap_or_else(|e| e.into_inner());
+        *g < n
+    }
+}
+
+/// One chunk of a pull on its way to the puller; dropped once it has been
+/// written to the puller's connection (or dropped with it).
+pub struct Sent(InFlight);
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.0.0;
+        let mut k = m.lock().unwrap_or_else(|e| e.into_inner());
+        *k = k.saturating_sub(1);
+        cv.notify_all();
+    }
+}
+
+/// A chunk's packet: its bytes and, until they are written, its
+/// [`Sent`].
+struct ChunkPacket {
+    buf: Vec<u8>,
+    _sent: Sent,
+}
+
+impl AsRef<[u8]> for ChunkPacket {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Databases {
+    /// A pull's chunk for `srvid` on node `dest`. To another node it goes
+    /// as a packet that holds the chunk's [`Sent`] until the connection
+    /// has written it, which is what lets the session make the next one;
+    /// to this node it is delivered now.
+    pub(crate) fn pull_chunk(
+        &mut self,
+        env: &Env,
+        dest: u32,
+        srvid: u64,
+        data: Vec<u8>,
+        sent: Sent,
+    ) {
+        if dest == env.pnn() || !env.node.valid_pnn(dest) {
+            self.effect(super::Effect::Message { dest, srvid, data });
+            drop(sent);
+            return;
+        }
+        let mut h = Header::new(Operation::ReqMessage, dest, env.pnn(), 0);
+        h.generation = env.generation();
+        let buf = Packet::new(h, Body::ReqMessage(ReqMessage::data(srvid, data))).encode();
+        let b = bytes::Bytes::from_owner(ChunkPacket { buf, _sent: sent });
+        self.effect(super::Effect::ToNode(dest, b));
+    }
+}
+
 /// Streams every record (header included) to `srvid` on `dest` in chunks
-/// of about `limit` bytes; returns the number of records.
+/// of about `limit` bytes; returns the number of records. The next chunk
+/// is made only while at most one is on its way to the puller, so the
+/// daemon holds a few chunks at a time, not the database.
 fn pull(
     tdb: &tdb::Tdb,
     db: u32,
@@ -867,23 +951,44 @@ fn pull(
 ) -> Result<u32, String> {
     let mut rb = RecBuffer::new(db);
     let mut total = 0u32;
-    let flush = |rb: &mut RecBuffer, total: &mut u32| {
+    let inflight = InFlight::default();
+    let flush = |rb: &mut RecBuffer, total: &mut u32| -> Result<(), String> {
+        if !inflight.wait_below(2, PULL_STALL) {
+            return Err(format!(
+                "the puller took no records for {} s",
+                PULL_STALL.as_secs()
+            ));
+        }
         *total += rb.count();
         let mut data = vec![0u8; rb.len()];
         rb.push(&mut data);
-        let _ = ev.send(DbEvent::Message { dest, srvid, data });
+        let sent = inflight.add();
+        let _ = ev.send(DbEvent::Chunk {
+            dest,
+            srvid,
+            data,
+            sent,
+        });
         rb.clear();
+        Ok(())
     };
+    let mut failed = None;
     tdb.traverse_read(|k, v| {
         rb.add(0, None, k, v);
-        if rb.len() >= limit {
-            flush(&mut rb, &mut total);
+        if rb.len() >= limit
+            && let Err(e) = flush(&mut rb, &mut total)
+        {
+            failed = Some(e);
+            return std::ops::ControlFlow::Break(());
         }
         std::ops::ControlFlow::Continue(())
     })
     .map_err(|e| format!("Failed to traverse db: {e}"))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if rb.count() > 0 {
-        flush(&mut rb, &mut total);
+        flush(&mut rb, &mut total)?;
     }
     Ok(total)
 }
