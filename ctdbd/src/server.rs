@@ -990,14 +990,21 @@ impl Server {
     /// than `MaxQueueDropMsg`, or more bytes than the client queue limit,
     /// wait to be written to it. The first drop of a run is logged, the
     /// run's total when it ends; drops are counted.
+    ///
+    /// Records pulled for a recovery (srvids of the recovery range) are
+    /// held to the packet limit only: a recovery helper reads them only as
+    /// fast as it can store them, on purpose, and a dropped chunk would
+    /// fail the recovery.
     fn client_full(&mut self, id: ClientId, srvid: u64, len: usize) -> bool {
         let Some(c) = self.clients.get(&id) else {
             return false;
         };
         let max_packets = self.core.tunables.max_queue_depth_drop_msg as usize;
         let (packets, bytes) = (c.queued(), c.queued_bytes());
-        let full =
-            (max_packets != 0 && packets >= max_packets) || bytes >= self.cfg.client_queue_limit;
+        let recovery = srvid & ctdb_protocol::message::srvid::PREFIX16_MASK
+            == ctdb_protocol::message::srvid::RECOVERY;
+        let full = (max_packets != 0 && packets >= max_packets)
+            || (!recovery && bytes >= self.cfg.client_queue_limit);
         if !full {
             if let Some((n, b)) = c.end_drops() {
                 warn!("client {id}: reading again; {n} messages ({b} bytes) were dropped for it");
