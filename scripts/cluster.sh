@@ -12,7 +12,8 @@
 #   CTDB_RS_BIN (a directory of already built ctdbd, ctdb and
 #   ctdb_recovery_helper: `start` then builds nothing; default: build them
 #   into $CARGO_TARGET_DIR/release, itself default ./target/release),
-#   CTDB_TOOL, CTDB_RECOVERY_HELPER (default: ours, from that directory).
+#   CTDB_TOOL, CTDB_RECOVERY_HELPER, CTDB_EVENTD (default: ours, from that
+#   directory).
 # The daemons are started by scripts/local-cluster.sh; CTDB's cluster-lock
 # helper comes from Debian's ctdb package (scripts/install-deps.sh installs it
 # when it is missing).
@@ -30,6 +31,7 @@ bin=${CTDB_RS_BIN:-$target/release}
 export CTDBD=$bin/ctdbd
 export CTDB_TOOL=${CTDB_TOOL:-$bin/ctdb}
 export CTDB_RECOVERY_HELPER=${CTDB_RECOVERY_HELPER:-$bin/ctdb_recovery_helper}
+export CTDB_EVENTD=${CTDB_EVENTD:-$bin/ctdb-eventd}
 helpers=${CTDB_TEST_HELPER_BINDIR:-/usr/libexec/ctdb}
 
 status() {

@@ -18,6 +18,8 @@
 //! * [`cluster_mutex`]: the cluster lock through a mutex helper;
 //! * [`recoverd`]: leader election and recovery (a task that is a client
 //!   of the daemon, as CTDB's recovery daemon is);
+//! * [`monitor`]: event scripts through the event daemon
+//!   ([`eventd_client`]) and the node's health;
 //! * [`startup`], [`daemonize`]: getting the daemon running.
 
 pub mod clients;

@@ -43,6 +43,9 @@ pub struct ClusterOptions {
     pub tunables: Vec<(String, u32)>,
     /// Each node in a network namespace of its own ([`crate::netns`]).
     pub netns: bool,
+    /// Event scripts `(name, body)` put, executable, in every node's
+    /// `events/legacy/` before start.
+    pub event_scripts: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -55,7 +58,15 @@ impl ClusterOptions {
             env: Vec::new(),
             tunables: Vec::new(),
             netns: false,
+            event_scripts: Vec::new(),
         }
+    }
+
+    /// Puts an executable event script `name` (e.g. `10.test.script`) in
+    /// every node's `events/legacy/` before start.
+    pub fn event_script(mut self, name: &str, body: &str) -> Self {
+        self.event_scripts.push((name.to_owned(), body.to_owned()));
+        self
     }
 
     /// Puts every node in a network namespace of its own, so tests can
@@ -135,6 +146,16 @@ impl Cluster {
             for k in 0..c.opts.nodes {
                 std::fs::create_dir_all(c.base(k)).unwrap();
                 std::fs::write(c.base(k).join("ctdb.tunables"), &text).unwrap();
+            }
+        }
+        for k in 0..c.opts.nodes {
+            let dir = c.base(k).join("events/legacy");
+            for (name, body) in &c.opts.event_scripts {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(name), body).unwrap();
+                std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755))
+                    .unwrap();
             }
         }
         let out = c
