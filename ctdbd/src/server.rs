@@ -116,6 +116,15 @@ pub enum Event {
     Eventd(crate::monitor::Done),
 }
 
+/// Who a message for local clients comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// A client (here or on another node) or another daemon.
+    Peer,
+    /// This daemon, with records a client asked for.
+    Daemon,
+}
+
 /// Where a control reply goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyTo {
@@ -312,7 +321,11 @@ impl Server {
         match e {
             Effect::ToNode(pnn, b) => self.send_node(pnn, b),
             Effect::ToClient(id, b) => self.send_client(id, b),
-            Effect::Message { dest, srvid, data } => self.send_message(dest, srvid, &data),
+            // Records a client asked for (traverse data, pulled records):
+            // held to the packet limit only (see `client_full`).
+            Effect::Message { dest, srvid, data } => {
+                self.send_message_as(dest, srvid, &data, Sender::Daemon)
+            }
             Effect::Reply(to, r) => self.reply(to, r),
             Effect::Control { dest, req, tag } => self.db_control(dest, req, tag),
             Effect::RecoveryActive(why) => {
@@ -940,6 +953,10 @@ impl Server {
 
     /// Sends a message to `srvid` on node `dest` (or a broadcast).
     pub fn send_message(&mut self, dest: u32, srvid: u64, data: &[u8]) {
+        self.send_message_as(dest, srvid, data, Sender::Peer);
+    }
+
+    fn send_message_as(&mut self, dest: u32, srvid: u64, data: &[u8], from: Sender) {
         let targets = if matches!(
             dest,
             CTDB_BROADCAST_ALL | CTDB_BROADCAST_ACTIVE | CTDB_BROADCAST_CONNECTED
@@ -952,7 +969,7 @@ impl Server {
         };
         for pnn in targets {
             if pnn == self.pnn() {
-                self.deliver_local(srvid, data);
+                self.deliver_local(srvid, data, from);
             } else if self.core.node.valid_pnn(pnn) {
                 let mut h = Header::new(Operation::ReqMessage, pnn, self.pnn(), 0);
                 h.generation = self.generation();
@@ -966,7 +983,7 @@ impl Server {
 
     /// Delivers a message to the local clients registered for `srvid`
     /// (or to the database layer, for the srvids it listens on).
-    fn deliver_local(&mut self, srvid: u64, data: &[u8]) {
+    fn deliver_local(&mut self, srvid: u64, data: &[u8], from: Sender) {
         if self.dbs.is_some() && self.with_dbs(|d, env| d.message(env, srvid, data)) == Some(true) {
             return;
         }
@@ -979,7 +996,7 @@ impl Server {
         h.generation = self.generation();
         let b = message_bytes(h, srvid, data);
         for id in recipients {
-            if self.client_full(id, srvid, b.len()) {
+            if self.client_full(id, srvid, b.len(), from) {
                 continue;
             }
             self.send_client(id, b.clone());
@@ -991,11 +1008,13 @@ impl Server {
     /// wait to be written to it. The first drop of a run is logged, the
     /// run's total when it ends; drops are counted.
     ///
-    /// Records pulled for a recovery (srvids of the recovery range) are
-    /// held to the packet limit only: a recovery helper reads them only as
-    /// fast as it can store them, on purpose, and a dropped chunk would
-    /// fail the recovery.
-    fn client_full(&mut self, id: ClientId, srvid: u64, len: usize) -> bool {
+    /// Records a client asked for are held to the packet limit only, as
+    /// CTDB holds every message: those this daemon produces (traverse
+    /// data, pulled records) and pulled records from other nodes (srvids
+    /// of the recovery range). A client may read them slowly on purpose
+    /// (a recovery helper reads only as fast as it stores), and one
+    /// dropped would fail its traverse or recovery.
+    fn client_full(&mut self, id: ClientId, srvid: u64, len: usize, from: Sender) -> bool {
         let Some(c) = self.clients.get(&id) else {
             return false;
         };
@@ -1003,8 +1022,9 @@ impl Server {
         let (packets, bytes) = (c.queued(), c.queued_bytes());
         let recovery = srvid & ctdb_protocol::message::srvid::PREFIX16_MASK
             == ctdb_protocol::message::srvid::RECOVERY;
+        let bytes_limited = from == Sender::Peer && !recovery;
         let full = (max_packets != 0 && packets >= max_packets)
-            || (!recovery && bytes >= self.cfg.client_queue_limit);
+            || (bytes_limited && bytes >= self.cfg.client_queue_limit);
         if !full {
             if let Some((n, b)) = c.end_drops() {
                 warn!("client {id}: reading again; {n} messages ({b} bytes) were dropped for it");
@@ -1513,7 +1533,7 @@ impl Server {
                 match ReqMessage::raw_payload(&pkt[HEADER_LEN..]) {
                     Ok((srvid, data)) => {
                         let data = data.to_vec();
-                        self.deliver_local(srvid, &data);
+                        self.deliver_local(srvid, &data, Sender::Peer);
                     }
                     Err(e) => warn!("malformed message from node {pnn}: {e}"),
                 }
