@@ -132,6 +132,14 @@ pub async fn lock(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Res
     let mut delay = Duration::from_millis(1);
     let mut first = true;
     let result = loop {
+        // A record this node is data master of is read from the local
+        // file without the daemon, so a lost daemon shows only here: stop
+        // instead of waiting on (and holding the file of) a daemon that
+        // is gone.
+        if glock.client().is_closed() {
+            queued.armed &= !first;
+            break Err(ClientError::Disconnected);
+        }
         let r = glock
             .fetch_lock(name, |rec| {
                 let mut list = match parse(&rec.data) {
