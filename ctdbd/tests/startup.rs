@@ -13,6 +13,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_ctdbd");
 fn node_dir(ip: &str, conf_extra: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let b = d.path();
+    // events/legacy: the event scripts' directory, which CTDB (and ours)
+    // needs to run the init event at start-up.
     for sub in [
         "run",
         "var",
@@ -20,6 +22,7 @@ fn node_dir(ip: &str, conf_extra: &str) -> tempfile::TempDir {
         "db/persistent",
         "db/state",
         "shared",
+        "events/legacy",
     ] {
         std::fs::create_dir_all(b.join(sub)).unwrap();
     }
