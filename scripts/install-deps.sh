@@ -4,12 +4,13 @@
 # libtdb's headers (for the tdb benchmark), Samba's smbd and an SMB2 client
 # library (python3-impacket) for the file-server tests, iproute2 and nftables
 # (network-namespace tests), systemd (systemd-analyze, for the package test),
+# etcd and python3-etcd (the cluster lock through CTDB's ctdb_etcd_lock),
 # and rustfmt/clippy.
 # Idempotent and non-interactive; safe to run on every test run.
 set -euo pipefail
 
 need_pkgs=()
-for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2 nftables systemd; do
+for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2 nftables systemd etcd-server python3-etcd; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -21,7 +22,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" </dev/null >/dev/null
   # The package's own units would start a daemon on the host's default paths; we never want that.
   # Samba's would hold port 445 on every address the tests give their smbds.
-  for unit in ctdb smbd nmbd samba-ad-dc winbind; do
+  for unit in ctdb smbd nmbd samba-ad-dc winbind etcd; do
     if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true; fi
     if [ -x "/etc/init.d/$unit" ]; then $SUDO "/etc/init.d/$unit" stop >/dev/null 2>&1 || true; fi
   done

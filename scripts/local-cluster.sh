@@ -17,6 +17,8 @@
 #   BASE_IP=127.0.0             first three octets of the node addresses
 #   NODE_IPS="A B C"            the node addresses themselves (instead of BASE_IP.1..N)
 #   NETNS_PREFIX=NAME           start node K's daemon in network namespace NAME<K>
+#   CLUSTER_LOCK=SETTING        [cluster] cluster lock (default DIR/shared/cluster.lock;
+#                               or "!helper args" for a lock helper)
 #                               (made beforehand, holding node K's address)
 #   LOG_LEVEL=NOTICE            daemon log level
 #
@@ -65,7 +67,7 @@ start)
 	location = file:$b/log.ctdb
 	log level = ${LOG_LEVEL:-NOTICE}
 [cluster]
-	cluster lock = $dir/shared/cluster.lock
+	cluster lock = ${CLUSTER_LOCK-$dir/shared/cluster.lock}
 	node address = $(sed -n "$((k+1))p" "$dir/nodes")
 [database]
 	volatile database directory = $b/db/volatile

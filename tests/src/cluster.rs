@@ -43,6 +43,8 @@ pub struct ClusterOptions {
     pub tunables: Vec<(String, u32)>,
     /// Each node in a network namespace of its own ([`crate::netns`]).
     pub netns: bool,
+    /// `[cluster] cluster lock`, if not the shared lock file.
+    pub cluster_lock: Option<String>,
     /// Event scripts `(name, body)` put, executable, in every node's
     /// `events/legacy/` before start.
     pub event_scripts: Vec<(String, String)>,
@@ -58,6 +60,7 @@ impl ClusterOptions {
             env: Vec::new(),
             tunables: Vec::new(),
             netns: false,
+            cluster_lock: None,
             event_scripts: Vec::new(),
         }
     }
@@ -66,6 +69,12 @@ impl ClusterOptions {
     /// every node's `events/legacy/` before start.
     pub fn event_script(mut self, name: &str, body: &str) -> Self {
         self.event_scripts.push((name.to_owned(), body.to_owned()));
+        self
+    }
+
+    /// Uses `setting` as `[cluster] cluster lock` (e.g. `!helper args`).
+    pub fn cluster_lock(mut self, setting: impl Into<String>) -> Self {
+        self.cluster_lock = Some(setting.into());
         self
     }
 
@@ -188,6 +197,9 @@ impl Cluster {
         }
         if let Some(h) = &self.opts.recovery_helper {
             cmd.env("CTDB_RECOVERY_HELPER", h);
+        }
+        if let Some(l) = &self.opts.cluster_lock {
+            cmd.env("CLUSTER_LOCK", l);
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);

@@ -76,6 +76,12 @@ impl Network {
             ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]),
         );
         must("bridge up", ip(&["-n", &br, "link", "set", "br0", "up"]));
+        let addr = format!("{}/24", net.bridge_ip());
+        must(
+            "bridge address",
+            ip(&["-n", &br, "addr", "add", &addr, "dev", "br0"]),
+        );
+        must("bridge lo up", ip(&["-n", &br, "link", "set", "lo", "up"]));
         for k in 0..nodes {
             let ns = net.ns(k);
             net.add_ns(&ns);
@@ -131,6 +137,19 @@ impl Network {
         Ipv4Addr::new(192, 0, 2, k as u8 + 1)
     }
 
+    /// The bridge namespace's own address, where a service every node
+    /// reaches (an etcd for the cluster lock) can listen.
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, 254)
+    }
+
+    /// A command that runs in the bridge namespace.
+    pub fn command_in_bridge(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.bridge_ns()]).arg(program);
+        c
+    }
+
     fn nft(&self, k: usize, script: &str) {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(k), "nft", script])
@@ -144,6 +163,25 @@ impl Network {
         self.nft(
             to,
             &format!("add rule inet ctdbrs input ip saddr {} drop", self.ip(from)),
+        );
+    }
+
+    /// Node `k` no longer reaches the bridge's own address (the service
+    /// there, an etcd, say), nor hears from it.
+    pub fn cut_from_bridge(&self, k: usize) {
+        self.nft(
+            k,
+            &format!(
+                "add rule inet ctdbrs input ip saddr {} drop",
+                self.bridge_ip()
+            ),
+        );
+        self.nft(
+            k,
+            &format!(
+                "add chain inet ctdbrs output {{ type filter hook output priority 0; policy accept; }}; add rule inet ctdbrs output ip daddr {} drop",
+                self.bridge_ip()
+            ),
         );
     }
 
@@ -161,6 +199,15 @@ impl Network {
     pub fn heal(&self) {
         for k in 0..self.nodes {
             self.nft(k, "flush chain inet ctdbrs input");
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns(k),
+                    "nft",
+                    "flush chain inet ctdbrs output",
+                ])
+                .output();
         }
     }
 
