@@ -227,7 +227,12 @@ fn fairness(daemon: Daemon) {
     for k in 0..3 {
         let log = c.log_text(k);
         let n = log.matches("High hopcount").count();
-        assert_eq!(n, 0, "node {k} logged {n} High hopcount warnings");
+        eprintln!("{name}: node {k} logged {n} High hopcount warnings");
+        // The reference logs a few now and then (6 in one full-suite run);
+        // ours must log none.
+        if name == "ours" {
+            assert_eq!(n, 0, "node {k} logged {n} High hopcount warnings");
+        }
     }
 }
 

@@ -18,7 +18,10 @@ use ctdb_tests::{Cluster, ClusterOptions, Daemon};
 
 const RECORDS: u32 = 1_000_000;
 const LIMIT: u64 = 1_000_000;
-const SRVID: u64 = 0xAE00_0000_0000_0F01;
+/// In the recovery range, as a recovery helper's pull srvids are (the
+/// daemon holds such messages to its packet limit only, never dropping
+/// them for a client that reads slowly on purpose).
+const SRVID: u64 = ctdb_protocol::message::srvid::RECOVERY | 0x0F01;
 
 /// `RssAnon` of `pid`, in bytes.
 fn rss_anon(pid: i32) -> u64 {
