@@ -233,6 +233,65 @@ fn healthy_everywhere(c: &Cluster) {
     }
 }
 
+/// What the cluster holds while the clients stall: the lock records, each
+/// node's view of the databases, the clients' processes, and the log lines
+/// of every node that are not routine.
+fn snapshot(c: &Cluster, what: &str) -> String {
+    let mut s = format!("=== clients stalled after {what}: snapshot ===\n");
+    for k in 0..NODES {
+        for args in [
+            &["catdb", "g_lock.tdb"][..],
+            &["getdbmap"][..],
+            &["status"][..],
+        ] {
+            let out = c.tool(k, args);
+            s.push_str(&format!(
+                "--- node {k}: ctdb {} ---\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,stat,wchan:32,etimes,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    s.push_str("--- client processes ---\n");
+    for l in ps.lines().filter(|l| l.contains("ctdb-increment")) {
+        s.push_str(l);
+        s.push('\n');
+    }
+    for k in 0..NODES {
+        let log = std::fs::read_to_string(c.log(k)).unwrap_or_default();
+        let unusual: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                [
+                    "error",
+                    "warn",
+                    "fail",
+                    "timed out",
+                    "timeout",
+                    "dropped",
+                    "stall",
+                    "defer",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            })
+            .collect();
+        s.push_str(&format!("--- node {k}: last unusual log lines ---\n"));
+        for l in &unusual[unusual.len().saturating_sub(40)..] {
+            s.push_str(l);
+            s.push('\n');
+        }
+    }
+    s
+}
+
 /// Copies every node's log to a directory that outlives the cluster, for
 /// a failure's post-mortem.
 fn keep_logs(c: &Cluster) -> PathBuf {
@@ -406,6 +465,7 @@ fn rolling_upgrade_from_ctdb_and_back() {
         .chain((0..NODES).map(|k| (k, &reference, PathBuf::from("/usr/sbin/ctdbd"), &[][..])))
         .collect();
     let mut excused: Vec<Vec<(Instant, Instant)>> = vec![Vec::new(); NODES];
+    let mut snapshots: Vec<String> = Vec::new();
     for (step, (k, daemon, bin, env)) in plan.into_iter().enumerate() {
         let what = format!("step {step}: node {k} -> {daemon:?}");
         println!("{:>6.1?} {what}", t0.elapsed());
@@ -426,12 +486,18 @@ fn rolling_upgrade_from_ctdb_and_back() {
             t0.elapsed(),
             down.elapsed()
         );
-        // Its client is back and the others still commit.
+        // Its client is back and the others still commit. A client that
+        // has not committed for a while is a stall on its way to failing
+        // the test: what the nodes hold then is kept for the report.
         let before: Vec<u64> = (0..NODES).map(acked).collect();
+        let committed = || (0..NODES).all(|n| acked(n) > before[n]);
+        if !poll_within(MAX_STALL + Duration::from_secs(5), committed) {
+            snapshots.push(snapshot(&c, &what));
+        }
         poll_until(
             Duration::from_secs(60),
             "every client to commit after the step",
-            || (0..NODES).all(|n| acked(n) > before[n]).then_some(()),
+            || committed().then_some(()),
         );
         check_volatile(&c, &what);
         check_persistent(&c, &what);
@@ -480,8 +546,9 @@ fn rolling_upgrade_from_ctdb_and_back() {
         let (stall, at) = longest_stall(&acks, start, end, &excused[k]);
         assert!(
             stall <= MAX_STALL,
-            "node {k}'s client stalled {stall:.1?} from +{:.1?}\n{report}\n{}\nwhole logs kept in {}",
+            "node {k}'s client stalled {stall:.1?} from +{:.1?}\n{report}\n{}\n{}\nwhole logs kept in {}",
             at - t0,
+            snapshots.join("\n"),
             c.log_tails(),
             keep_logs(&c).display()
         );
