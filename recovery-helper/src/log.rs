@@ -60,6 +60,7 @@ fn hostname() -> String {
 
 /// Formats events as CTDB's file log lines.
 struct CtdbFormat {
+    app: &'static str,
     host: String,
     pid: u32,
 }
@@ -80,7 +81,7 @@ where
             "{} {} {}[{}]: ",
             Timestamp(SystemTime::now()),
             self.host,
-            APP_NAME,
+            self.app,
             self.pid
         )?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
@@ -125,11 +126,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Installs the global subscriber from `CTDB_LOGGING` / `CTDB_DEBUGLEVEL`.
 pub fn init() {
+    init_as(APP_NAME);
+}
+
+/// [`init`] for another helper, whose lines carry `app` (e.g.
+/// `ctdb-takeover`) as the program name.
+pub fn init_as(app: &'static str) {
     let level = std::env::var("CTDB_DEBUGLEVEL")
         .ok()
         .and_then(|s| level_from_ctdb(&s))
         .unwrap_or(Level::INFO);
     let format = CtdbFormat {
+        app,
         host: hostname(),
         pid: std::process::id(),
     };
