@@ -1,10 +1,11 @@
 //! The client socket: the unix socket local clients (the `ctdb` tool,
 //! Samba, the recovery helper) connect to.
 //!
-//! Each connection gets a reader task, which frames whatever the kernel has
-//! (many packets per wake-up) and hands packets to the event loop one at a
-//! time. A framing error (oversized or undersized length) ends the
-//! connection with a log line; nothing else is affected.
+//! The event loop reads each connection itself when it is readable
+//! ([`crate::event_loop`]), framing whatever the kernel has (many packets
+//! per read) and handling a few packets per connection per turn. A
+//! framing error (oversized or undersized length) ends the connection
+//! with a log line; nothing else is affected.
 //!
 //! What a connection costs: an idle one holds no buffer at all. Reads go
 //! into one scratch buffer shared by every connection of the thread
@@ -14,9 +15,10 @@
 //!
 //! A client that sends requests and does not read the replies is held
 //! back: while more than the client queue limit is waiting to be written
-//! to it, its reader takes no more requests (the kernel's socket buffer
-//! fills, and the client blocks), until half of it has drained. Messages
-//! for such a client are dropped (see `Server::deliver_local`).
+//! to it, the loop reads no more of its requests (the kernel's socket
+//! buffer fills, and the client blocks), until half of it has drained
+//! (the queue wakes the connection then). Messages for such a client are
+//! dropped (see `Server::deliver_local`).
 //!
 //! The socket is registered for readability only. The event loop writes
 //! replies and messages itself ([`Outbox`]); only when a client does not
@@ -33,16 +35,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ctdb_client::unix_io::{Socket, register, send_vectored, watch_writable};
+use ctdb_client::unix_io::{Socket, send_vectored, watch_writable};
 use ctdb_protocol::framing::{FrameError, PacketCodec};
 use ctdb_protocol::header::Header;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info};
 
+use crate::event_loop::{Next, ReadyQueue, SockReader, Token};
 use crate::messaging::ClientId;
 use crate::outbox::{Flush, Outbox};
 use crate::server::{Event, MAX_PACKET};
@@ -90,9 +91,8 @@ pub fn spawn_acceptor(l: UnixListener, ev: mpsc::Sender<Event>) -> JoinHandle<()
 
 /// A client connection as the event loop holds it.
 pub struct ClientSocket {
-    sock: Arc<AsyncFd<Socket>>,
+    reader: SockReader<Socket>,
     outbox: Arc<Outbox>,
-    reader: JoinHandle<()>,
     /// Messages dropped since the queue last went over the limit, and
     /// their bytes (0 while nothing is being dropped).
     dropping: Cell<(u64, u64)>,
@@ -128,14 +128,11 @@ impl ClientSocket {
     /// Writes what is queued, handing the rest to a writer task if the
     /// socket is full. `false` if the connection has failed.
     pub fn flush(&self) -> bool {
-        let sock = &self.sock;
-        match self
-            .outbox
-            .flush(|bufs| send_vectored(sock.get_ref(), bufs))
-        {
+        let sock = self.reader.get_ref();
+        match self.outbox.flush(|bufs| send_vectored(sock, bufs)) {
             Flush::Done | Flush::Busy => true,
             Flush::Blocked => {
-                spawn_writer(Arc::clone(&self.sock), Arc::clone(&self.outbox));
+                spawn_writer(sock, Arc::clone(&self.outbox));
                 true
             }
             Flush::Broken => false,
@@ -147,30 +144,59 @@ impl ClientSocket {
         self.outbox.len()
     }
 
-    /// Closes the connection: the reader stops, a writer waiting for the
-    /// client fails, the client sees end of file.
+    /// The next packet from the client: one framed already or one read
+    /// now. While more than `queue_limit` bytes wait to be written to the
+    /// client nothing more is read (`Pending`), until half has drained.
+    pub fn next_packet(&mut self, queue_limit: usize) -> Next {
+        match self.reader.framed() {
+            Ok(Some(p)) => return Next::Packet(p),
+            Ok(None) => {}
+            Err(e) => return Next::Closed(Some(e)),
+        }
+        if self.outbox.bytes() > queue_limit
+            && self
+                .outbox
+                .hold_until_below(queue_limit / 2, self.reader.waker())
+        {
+            debug!("a client does not read its replies; not reading it until they drain");
+            return Next::Pending;
+        }
+        self.reader.next_packet()
+    }
+
+    /// The loop took the connection from the ready queue.
+    pub fn taken(&self) {
+        self.reader.taken();
+    }
+
+    /// Queues the connection for another turn (its budget is spent).
+    pub fn requeue(&self) {
+        self.reader.requeue();
+    }
+
+    /// Closes the connection: a writer waiting for the client fails, the
+    /// client sees end of file.
     pub fn close(&self) {
-        self.reader.abort();
         self.outbox.close();
-        let _ = self.sock.get_ref().shutdown(std::net::Shutdown::Both);
+        let _ = self.reader.get_ref().shutdown(std::net::Shutdown::Both);
     }
 }
 
 /// Waits for a full socket to drain and writes the backlog, until it is
 /// empty (then the loop writes directly again) or the connection fails.
-fn spawn_writer(sock: Arc<AsyncFd<Socket>>, outbox: Arc<Outbox>) {
+fn spawn_writer(sock: &Socket, outbox: Arc<Outbox>) {
+    // A second descriptor of the socket, watched for writability only
+    // while there is a backlog.
+    let dup = match watch_writable(sock) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("cannot wait for a client socket to drain: {e}");
+            outbox.close();
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    };
     tokio::spawn(async move {
-        // A second descriptor of the socket, watched for writability only
-        // while there is a backlog.
-        let dup = match watch_writable(sock.get_ref()) {
-            Ok(d) => d,
-            Err(e) => {
-                error!("cannot wait for a client socket to drain: {e}");
-                outbox.close();
-                let _ = sock.get_ref().shutdown(std::net::Shutdown::Both);
-                return;
-            }
-        };
         loop {
             let mut guard = match dup.writable().await {
                 Ok(g) => g,
@@ -184,7 +210,7 @@ fn spawn_writer(sock: Arc<AsyncFd<Socket>>, outbox: Arc<Outbox>) {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
                     debug!("writing to a client failed: {e}");
-                    let _ = sock.get_ref().shutdown(std::net::Shutdown::Both);
+                    let _ = dup.get_ref().shutdown(std::net::Shutdown::Both);
                     return;
                 }
                 // Full again: wait for the next drain.
@@ -194,80 +220,22 @@ fn spawn_writer(sock: Arc<AsyncFd<Socket>>, outbox: Arc<Outbox>) {
     });
 }
 
-/// Starts serving client `id`: its reader task hands packets to the loop,
-/// holding back while more than `queue_limit` bytes wait to be written to
-/// the client. Called from the event loop (the reader joins its
-/// `LocalSet`).
-pub fn spawn(
+/// Starts serving client `id`: the loop reads it when `ready` names it.
+pub fn serve(
     id: ClientId,
     stream: UnixStream,
-    ev: mpsc::Sender<Event>,
-    queue_limit: usize,
+    ready: &Arc<ReadyQueue>,
 ) -> io::Result<ClientSocket> {
+    // Out of tokio's registration (which watches writability too) and
+    // registered for readability alone.
     let std = stream.into_std()?;
-    let sock = Arc::new(register(std, Interest::READABLE)?);
-    let outbox = Arc::new(Outbox::new());
-    let rsock = Arc::clone(&sock);
-    let routbox = Arc::clone(&outbox);
-    let reader = tokio::task::spawn_local(async move {
-        let error = read_packets(id, &rsock, &routbox, queue_limit, &ev).await;
-        let _ = ev.send(Event::ClientClosed { id, error }).await;
-    });
+    std.set_nonblocking(true)?;
+    let reader = SockReader::new(std, Token::Client(id), ready, MAX_PACKET)?;
     Ok(ClientSocket {
-        sock,
-        outbox,
         reader,
+        outbox: Arc::new(Outbox::new()),
         dropping: Cell::new((0, 0)),
     })
-}
-
-/// Reads and frames packets until end of file (`None`) or an error (its
-/// description); every complete packet goes to the loop, in order.
-async fn read_packets(
-    id: ClientId,
-    sock: &AsyncFd<Socket>,
-    outbox: &Outbox,
-    queue_limit: usize,
-    ev: &mpsc::Sender<Event>,
-) -> Option<String> {
-    let mut framer = Framer::new(MAX_PACKET);
-    loop {
-        loop {
-            match framer.next_packet() {
-                Ok(Some(pkt)) => {
-                    if ev.send(Event::ClientPacket { id, pkt }).await.is_err() {
-                        return None;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return Some(e.to_string()),
-            }
-        }
-        if outbox.bytes() > queue_limit {
-            debug!("client {id} does not read its replies; not reading it until they drain");
-            if !outbox.wait_below(queue_limit / 2).await {
-                return None;
-            }
-        }
-        let mut guard = match sock.readable().await {
-            Ok(g) => g,
-            Err(e) => return Some(e.to_string()),
-        };
-        match guard.try_io(|s| framer.read_from(&mut s.get_ref())) {
-            Ok(Ok(0)) => return None,
-            Ok(Ok(n)) => {
-                // A short read drained the socket: wait for the next edge
-                // rather than ask again and hear "would block".
-                if n < SCRATCH {
-                    guard.clear_ready();
-                }
-            }
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return None,
-            Ok(Err(e)) => return Some(e.to_string()),
-            Err(_would_block) => {}
-        }
-    }
 }
 
 /// Bytes read from a socket at a time.

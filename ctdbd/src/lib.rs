@@ -15,6 +15,7 @@
 //! * [`server`]: the single-threaded event loop that owns all state and
 //!   routes packets between clients and nodes;
 //! * [`clients`]: the unix socket; [`transport`]: TCP links to nodes;
+//!   [`event_loop`]: how the loop learns which of them to read;
 //! * [`cluster_mutex`]: the cluster lock through a mutex helper;
 //! * [`recoverd`]: leader election and recovery (a task that is a client
 //!   of the daemon, as CTDB's recovery daemon is);
@@ -28,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod daemonize;
 pub mod db;
+pub mod event_loop;
 pub mod eventd_client;
 pub mod logging;
 pub mod messaging;

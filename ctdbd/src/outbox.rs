@@ -14,16 +14,18 @@
 //! wakes the daemon every time the peer reads what it was sent.
 //!
 //! The queue counts its bytes, so a client that does not read can be
-//! held back ([`Outbox::wait_below`]: its reader stops taking requests
-//! until the queue has drained) and messages for it dropped; the queue's
-//! own storage shrinks back once a burst has been written.
+//! held back ([`Outbox::hold_until_below`]: the loop stops reading its
+//! requests until the queue has drained, and the queue wakes the
+//! connection then) and messages for it dropped; the queue's own storage
+//! shrinks back once a burst has been written.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Mutex;
 
+use std::task::Waker;
+
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 /// Most packets handed to one `sendmsg`.
 const MAX_IOV: usize = 64;
@@ -35,8 +37,6 @@ const KEEP_SLOTS: usize = 16;
 #[derive(Default)]
 pub struct Outbox {
     q: Mutex<Queue>,
-    /// Wakes a reader waiting in [`Outbox::wait_below`].
-    drained: Notify,
 }
 
 #[derive(Default)]
@@ -50,8 +50,9 @@ struct Queue {
     blocked: bool,
     /// The connection failed: nothing more is queued.
     broken: bool,
-    /// A reader waits until `bytes` is at most this.
-    resume_at: Option<usize>,
+    /// A held-back connection is woken (with the waker) once `bytes`
+    /// is at most this, or the connection breaks.
+    resume_at: Option<(usize, Waker)>,
 }
 
 impl Queue {
@@ -107,32 +108,29 @@ impl Outbox {
         self.lock().bytes
     }
 
-    /// Waits until at most `limit` bytes are queued (at once if so) or the
-    /// connection is broken. Returns `false` when broken.
-    pub async fn wait_below(&self, limit: usize) -> bool {
-        loop {
-            let notified = self.drained.notified();
-            {
-                let mut q = self.lock();
-                if q.broken {
-                    return false;
-                }
-                if q.bytes <= limit {
-                    q.resume_at = None;
-                    return true;
-                }
-                q.resume_at = Some(limit);
-            }
-            notified.await;
+    /// Holds a connection back until at most `limit` bytes are queued:
+    /// `waker` is woken then (or when the connection breaks). Returns
+    /// `false`, keeping nothing, when the queue is that low already or
+    /// broken.
+    pub fn hold_until_below(&self, limit: usize, waker: &Waker) -> bool {
+        let mut q = self.lock();
+        if q.broken || q.bytes <= limit {
+            q.resume_at = None;
+            return false;
         }
+        q.resume_at = Some((limit, waker.clone()));
+        true
     }
 
-    /// After a write: wakes a waiting reader if the queue is low enough,
-    /// and lets the queue's storage go once it is empty.
+    /// After a write: wakes a held-back connection if the queue is low
+    /// enough, and lets the queue's storage go once it is empty.
     fn after_write(&self, q: &mut Queue) {
-        if q.resume_at.is_some_and(|r| q.bytes <= r) || q.broken {
-            q.resume_at = None;
-            self.drained.notify_one();
+        if q.resume_at
+            .as_ref()
+            .is_some_and(|(r, _)| q.bytes <= *r || q.broken)
+            && let Some((_, w)) = q.resume_at.take()
+        {
+            w.wake();
         }
         if q.packets.is_empty() && q.packets.capacity() > KEEP_SLOTS {
             q.packets = VecDeque::new();
@@ -319,9 +317,20 @@ mod tests {
         assert_eq!(o.bytes(), 0);
     }
 
-    #[tokio::test]
-    async fn a_reader_waits_until_the_queue_drains() {
-        let o = std::sync::Arc::new(Outbox::new());
+    /// Counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_held_connection_is_woken_when_the_queue_drains() {
+        let o = Outbox::new();
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let w = Waker::from(std::sync::Arc::clone(&count));
         let mut s = Sink {
             got: Vec::new(),
             room: 0,
@@ -330,33 +339,29 @@ mod tests {
             o.push(Bytes::from(vec![7u8; 100]));
         }
         assert_eq!(o.bytes(), 1000);
-        assert!(o.wait_below(1000).await);
+        assert!(!o.hold_until_below(1000, &w));
         assert_eq!(o.flush(|b| s.send(b)), Flush::Blocked);
-        let waiter = {
-            let o = o.clone();
-            tokio::spawn(async move { o.wait_below(300).await })
-        };
-        tokio::task::yield_now().await;
+        assert!(o.hold_until_below(300, &w));
         s.room = 650;
         assert!(o.drain(|b| s.send(b)).is_err());
         assert_eq!(o.bytes(), 350);
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
+        assert_eq!(woken(), 0);
         s.room = 100;
         assert!(o.drain(|b| s.send(b)).is_err());
-        assert!(waiter.await.unwrap());
-        // A broken connection releases a waiter too.
+        assert_eq!(woken(), 1);
+        // Woken once only.
+        s.room = 100;
+        assert!(o.drain(|b| s.send(b)).is_err());
+        assert_eq!(woken(), 1);
+        // A broken connection wakes a held one too.
         for _ in 0..10 {
             o.push(Bytes::from(vec![7u8; 100]));
         }
-        let waiter = {
-            let o = o.clone();
-            tokio::spawn(async move { o.wait_below(10).await })
-        };
-        tokio::task::yield_now().await;
+        assert!(o.hold_until_below(10, &w));
         o.close();
-        assert!(!waiter.await.unwrap());
+        assert_eq!(woken(), 2);
         assert_eq!(o.bytes(), 0);
+        assert!(!o.hold_until_below(10, &w));
     }
 
     #[test]

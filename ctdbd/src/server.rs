@@ -1,17 +1,19 @@
 //! The event loop: one task owning all daemon state.
 //!
-//! Socket tasks ([`crate::clients`], [`crate::transport`]) only frame bytes
-//! into packets and hand them over as [`Event`]s on one bounded channel;
-//! everything else happens here, one event at a time, without blocking:
+//! The loop reads client and node sockets itself when they are readable
+//! ([`crate::event_loop`]); everything happens here, one packet or event
+//! at a time, without blocking:
 //! routing controls and messages between local clients and nodes,
 //! answering controls ([`crate::control`]), keepalives, timeouts, bans and
 //! run-state changes (on a periodic tick). Work that must wait (the
 //! cluster-lock check, delayed echoes) runs in its own task and comes back
 //! as an event.
 //!
-//! The bounded channel is what keeps the loop fair: a connection's reader
-//! waits for room before handing over its next packet, and waiting readers
-//! are served in order, so one busy client cannot starve the others.
+//! Fairness: connections are served round-robin in the order they became
+//! readable, each at most [`CONN_PACKETS`] packets per turn, so one busy
+//! client cannot starve the others; after at most [`TURN_PACKETS`]
+//! packets the turn's output is written (one vectored write per
+//! connection).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,16 +43,23 @@ use crate::clients::ClientSocket;
 use crate::cluster_mutex;
 use crate::control::{AsyncOp, ClientInfo, ControlCtx, Core, Outcome};
 use crate::db::{Databases, DbEvent, Effect, Env};
+use crate::event_loop::{Next, ReadyQueue, Token};
 use crate::messaging::ClientId;
 use crate::transport::{self, InLink, OutCmd, OutLink};
 
 /// Largest packet accepted from a client or a node.
 pub const MAX_PACKET: usize = 128 * 1024 * 1024;
-/// Events waiting for the loop; readers wait when it is full.
+/// Events waiting for the loop; their senders wait when it is full.
 pub const EVENT_QUEUE: usize = 256;
 /// Most events handled in one turn of the loop before its output is
 /// written out.
 const TURN_EVENTS: usize = 64;
+/// Most packets of one connection handled in a turn; a connection with
+/// more waits for the others' turn.
+pub const CONN_PACKETS: usize = 16;
+/// Most packets handled in one turn (over all connections) before its
+/// output is written out.
+pub const TURN_PACKETS: usize = 128;
 /// The keepalive version CTDB 4.17 sends: (major << 16) | minor.
 pub const KEEPALIVE_VERSION: u32 = (4 << 16) | 17;
 
@@ -74,27 +83,9 @@ pub fn keepalive_version() -> u32 {
 /// Something for the event loop to do.
 pub enum Event {
     ClientAccepted(UnixStream),
-    ClientPacket {
-        id: ClientId,
-        pkt: BytesMut,
-    },
-    ClientClosed {
-        id: ClientId,
-        error: Option<String>,
-    },
     NodeAccepted {
         stream: TcpStream,
         peer: SocketAddr,
-    },
-    NodePacket {
-        pnn: u32,
-        link: u64,
-        pkt: BytesMut,
-    },
-    NodeInClosed {
-        pnn: u32,
-        link: u64,
-        error: Option<String>,
     },
     NodeOutUp {
         pnn: u32,
@@ -189,6 +180,8 @@ pub struct Server {
     cfg: ServerConfig,
     ev_tx: mpsc::Sender<Event>,
     ev_rx: mpsc::Receiver<Event>,
+    /// Connections with something to read.
+    ready: std::sync::Arc<ReadyQueue>,
     clients: HashMap<ClientId, ClientSocket>,
     /// Connections with packets queued since the last flush.
     dirty_clients: Vec<ClientId>,
@@ -223,6 +216,7 @@ impl Server {
             cfg,
             ev_tx,
             ev_rx,
+            ready: ReadyQueue::new(),
             clients: HashMap::new(),
             dirty_clients: Vec::new(),
             dirty_nodes: Vec::new(),
@@ -436,9 +430,8 @@ impl Server {
 
     /// Runs until shut down.
     ///
-    /// The loop and the socket readers feeding it are tasks of one
-    /// `LocalSet`: a reader handing over a packet then just queues the
-    /// loop behind it, and both run in the same pass, instead of waking
+    /// The loop is a task of a `LocalSet`, so a wake-up (a socket made
+    /// ready by the reactor, an event) just queues it, instead of waking
     /// the runtime's main future (which costs the runtime an extra poll of
     /// the kernel's event queue on every wake-up).
     pub async fn run(self) {
@@ -485,6 +478,7 @@ impl Server {
                     }
                     None => break,
                 },
+                _ = std::future::poll_fn(|cx| self.ready.poll_ready(cx)) => self.serve_ready(),
                 _ = sleep_until(wake), if wake.is_some() => {
                     let now = Instant::now();
                     self.with_dbs(|d, env| d.tick(env, now));
@@ -499,13 +493,136 @@ impl Server {
         self.finish().await;
     }
 
+    /// Serves the connections that are ready, round-robin: at most
+    /// [`CONN_PACKETS`] each, [`TURN_PACKETS`] in all.
+    fn serve_ready(&mut self) {
+        let mut budget = TURN_PACKETS;
+        for _ in 0..self.ready.len() {
+            if budget == 0 {
+                break;
+            }
+            let Some(t) = self.ready.pop() else {
+                break;
+            };
+            let n = match t {
+                Token::Client(id) => self.serve_client(id),
+                Token::NodeIn { pnn, link } => self.serve_in_link(pnn, link),
+            };
+            budget = budget.saturating_sub(n.max(1));
+        }
+    }
+
+    /// Reads and handles client `id`'s packets, up to its budget; returns
+    /// how many.
+    fn serve_client(&mut self, id: ClientId) -> usize {
+        let limit = self.cfg.client_queue_limit;
+        match self.clients.get(&id) {
+            Some(c) => c.taken(),
+            None => return 0,
+        }
+        let mut n = 0;
+        loop {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return n;
+            };
+            if n == CONN_PACKETS {
+                c.requeue();
+                return n;
+            }
+            match c.next_packet(limit) {
+                Next::Packet(pkt) => {
+                    n += 1;
+                    self.client_packet(id, pkt);
+                    self.after_event();
+                }
+                Next::Pending => return n,
+                Next::Closed(error) => {
+                    self.client_closed(id, error);
+                    return n;
+                }
+            }
+        }
+    }
+
+    /// Reads and handles packets of node `pnn`'s incoming connection
+    /// `link`, up to its budget; returns how many.
+    fn serve_in_link(&mut self, pnn: u32, link: u64) -> usize {
+        let mut n = 0;
+        loop {
+            let Some(l) = self
+                .links
+                .get_mut(&pnn)
+                .and_then(|l| l.in_link.as_mut())
+                .filter(|i| i.id == link)
+            else {
+                return n;
+            };
+            if n == 0 {
+                l.reader.taken();
+            }
+            if n == CONN_PACKETS {
+                l.reader.requeue();
+                return n;
+            }
+            let peer = l.peer;
+            match l.reader.next_packet() {
+                Next::Packet(pkt) => {
+                    n += 1;
+                    if self.checked_node_packet(pnn, peer, pkt) {
+                        self.after_event();
+                    } else {
+                        return n;
+                    }
+                }
+                Next::Pending => return n,
+                Next::Closed(error) => {
+                    self.in_link_closed(pnn, link, error);
+                    return n;
+                }
+            }
+        }
+    }
+
+    /// Client `id`'s connection ended (or failed).
+    fn client_closed(&mut self, id: ClientId, error: Option<String>) {
+        if let Some(e) = error {
+            warn!("client {id}: {e}; closing its connection");
+        }
+        self.drop_client(id);
+        self.after_event();
+    }
+
+    /// Node `pnn`'s incoming connection `link` ended (or failed).
+    fn in_link_closed(&mut self, pnn: u32, link: u64, error: Option<String>) {
+        let cur = self
+            .links
+            .get(&pnn)
+            .and_then(|l| l.in_link.as_ref())
+            .map(|x| (x.id, x.peer));
+        if let Some((id, peer)) = cur
+            && id == link
+        {
+            match error {
+                Some(e) => {
+                    error!("incoming connection from node {pnn} ({peer}): {e}; closing it")
+                }
+                None => info!("incoming connection from node {pnn} ({peer}) closed"),
+            }
+            if let Some(l) = self.links.get_mut(&pnn) {
+                l.in_link = None;
+            }
+            self.node_dead(pnn, false);
+        }
+        self.after_event();
+    }
+
     /// Writes out what this turn queued for clients and nodes.
     fn flush(&mut self) {
         for id in std::mem::take(&mut self.dirty_clients) {
             if let Some(c) = self.clients.get(&id)
                 && !c.flush()
             {
-                // The reader sees the end of the connection and reports it.
+                // The loop reads the end of the connection and drops it.
                 debug!("client {id}: write failed");
             }
         }
@@ -547,36 +664,7 @@ impl Server {
     pub fn on_event(&mut self, ev: Event) {
         match ev {
             Event::ClientAccepted(s) => self.client_accepted(s),
-            Event::ClientPacket { id, pkt } => self.client_packet(id, pkt),
-            Event::ClientClosed { id, error } => {
-                if let Some(e) = error {
-                    warn!("client {id}: {e}; closing its connection");
-                }
-                self.drop_client(id);
-            }
             Event::NodeAccepted { stream, peer } => self.node_accepted(stream, peer),
-            Event::NodePacket { pnn, link, pkt } => self.node_link_packet(pnn, link, pkt),
-            Event::NodeInClosed { pnn, link, error } => {
-                let cur = self
-                    .links
-                    .get(&pnn)
-                    .and_then(|l| l.in_link.as_ref())
-                    .map(|x| (x.id, x.peer));
-                if let Some((id, peer)) = cur
-                    && id == link
-                {
-                    match error {
-                        Some(e) => {
-                            error!("incoming connection from node {pnn} ({peer}): {e}; closing it")
-                        }
-                        None => info!("incoming connection from node {pnn} ({peer}) closed"),
-                    }
-                    if let Some(l) = self.links.get_mut(&pnn) {
-                        l.in_link = None;
-                    }
-                    self.node_dead(pnn, false);
-                }
-            }
             Event::NodeOutUp { pnn, link } => {
                 if let Some(l) = self.links.get_mut(&pnn) {
                     l.out_up = true;
@@ -666,8 +754,7 @@ impl Server {
         let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
         let id = self.next_client;
         self.next_client = self.next_client.wrapping_add(1).max(1);
-        let limit = self.cfg.client_queue_limit;
-        let sock = match crate::clients::spawn(id, stream, self.events(), limit) {
+        let sock = match crate::clients::serve(id, stream, &self.ready) {
             Ok(s) => s,
             Err(e) => {
                 error!("cannot serve client with pid:{pid}: {e}");
@@ -1239,7 +1326,13 @@ impl Server {
         }
         let id = self.next_link;
         self.next_link += 1;
-        let reader = transport::spawn_in_reader(pnn, id, stream, self.events());
+        let reader = match transport::in_reader(pnn, id, stream, &self.ready) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("cannot serve connection from {peer} (node {pnn}): {e}");
+                return;
+            }
+        };
         self.links.entry(pnn).or_default().in_link = Some(InLink {
             id,
             peer,
@@ -1248,21 +1341,6 @@ impl Server {
             proven: false,
         });
         self.maybe_connected(pnn);
-    }
-
-    /// A packet on node `pnn`'s incoming connection `link`: it must be
-    /// well-formed and from that node, or the connection is closed.
-    fn node_link_packet(&mut self, pnn: u32, link: u64, pkt: BytesMut) {
-        let Some(l) = self
-            .links
-            .get(&pnn)
-            .and_then(|l| l.in_link.as_ref())
-            .filter(|i| i.id == link)
-        else {
-            return;
-        };
-        let peer = l.peer;
-        self.checked_node_packet(pnn, peer, pkt);
     }
 
     /// Checks a packet from node `pnn` (at `peer`) and handles it, or
@@ -1328,23 +1406,21 @@ impl Server {
             loop {
                 match f.next_packet() {
                     Ok(Some(pkt)) => {
-                        self.on_event(Event::ClientPacket { id, pkt });
+                        self.client_packet(id, pkt);
+                        self.after_event();
                         if !self.core.clients.contains_key(&id) {
                             return;
                         }
                     }
                     Ok(None) => break,
                     Err(_) => {
-                        self.on_event(Event::ClientClosed {
-                            id,
-                            error: Some("framing".into()),
-                        });
+                        self.client_closed(id, Some("framing".into()));
                         return;
                     }
                 }
             }
         }
-        self.on_event(Event::ClientClosed { id, error: None });
+        self.client_closed(id, None);
     }
 
     fn close_in_link(&mut self, pnn: u32) {

@@ -8,8 +8,9 @@
 //!
 //! A connector task per node keeps the outgoing connection up, retrying
 //! with a short back-off, and hands each new connection to the event loop
-//! ([`OutLink`]), which writes to it directly ([`Outbox`]). Reader tasks
-//! frame incoming packets; a framing error tears that connection down.
+//! ([`OutLink`]), which writes to it directly ([`Outbox`]). The loop reads
+//! incoming connections itself when they are readable
+//! ([`crate::event_loop`]); a framing error tears that connection down.
 //!
 //! Who may talk to us ([`InLink`], [`check_packet`]): an incoming
 //! connection is accepted only from the address of a node in the nodes
@@ -29,17 +30,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ctdb_protocol::framing::PacketCodec;
 use ctdb_protocol::{Header, Marshal, Operation};
-use futures::StreamExt;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
 use tracing::{debug, error};
 
 use crate::config::CTDB_PORT;
+use crate::event_loop::{ReadyQueue, SockReader, Token};
 use crate::outbox::{Flush, Outbox};
 use crate::server::{Event, MAX_PACKET};
 
@@ -128,19 +127,19 @@ fn spawn_writer(stream: Arc<TcpStream>, outbox: Arc<Outbox>) {
 
 /// The incoming connection of a node, as the event loop holds it.
 pub struct InLink {
-    /// Tells this connection's packets from those of an earlier one.
+    /// Tells this connection from an earlier one of the same node.
     pub id: u64,
     pub peer: SocketAddr,
-    pub reader: JoinHandle<()>,
+    pub reader: SockReader<std::net::TcpStream>,
     pub accepted: Instant,
     /// A valid packet has arrived on it.
     pub proven: bool,
 }
 
 impl InLink {
-    /// Stops reading; dropping the reader closes the connection.
+    /// Stops the connection (dropping the link closes it).
     pub fn close(&self) {
-        self.reader.abort();
+        let _ = self.reader.get_ref().shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -219,35 +218,18 @@ fn set_keepalive(s: &TcpStream) {
     let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::KeepAlive, &true);
 }
 
-/// Reads packets from node `pnn`'s incoming connection `link`.
-/// Called from the event loop (the reader joins its `LocalSet`).
-pub fn spawn_in_reader(
+/// Prepares node `pnn`'s incoming connection `link` for the loop to
+/// read when `ready` names it.
+pub fn in_reader(
     pnn: u32,
     link: u64,
     stream: TcpStream,
-    ev: mpsc::Sender<Event>,
-) -> JoinHandle<()> {
+    ready: &Arc<ReadyQueue>,
+) -> io::Result<SockReader<std::net::TcpStream>> {
     set_keepalive(&stream);
-    // On the event loop's LocalSet (see `Server::run`).
-    tokio::task::spawn_local(async move {
-        let mut frames =
-            FramedRead::with_capacity(stream, PacketCodec::new(MAX_PACKET), 256 * 1024);
-        let mut error = None;
-        while let Some(r) = frames.next().await {
-            match r {
-                Ok(pkt) => {
-                    if ev.send(Event::NodePacket { pnn, link, pkt }).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    error = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        let _ = ev.send(Event::NodeInClosed { pnn, link, error }).await;
-    })
+    let std = stream.into_std()?;
+    std.set_nonblocking(true)?;
+    SockReader::new(std, Token::NodeIn { pnn, link }, ready, MAX_PACKET)
 }
 
 async fn connect(local: IpAddr, peer: SocketAddr) -> std::io::Result<TcpStream> {
