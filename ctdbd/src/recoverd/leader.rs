@@ -14,6 +14,16 @@ use crate::cluster_mutex::{self, LockStatus};
 /// How long to wait for the mutex helper when taking the lock.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The leader timeout grows to at most this many times `leader timeout`
+/// while lock elections keep failing (see [`Recoverd::leader_timeout_len`]).
+const MAX_LOCK_BACKOFF: u32 = 4;
+
+/// `base` doubled for each of `failures`, up to [`MAX_LOCK_BACKOFF`] times.
+fn lock_backoff(base: Duration, failures: u32) -> Duration {
+    let doublings = failures.min(MAX_LOCK_BACKOFF.ilog2());
+    base.saturating_mul(1 << doublings)
+}
+
 impl Recoverd {
     /// Every second: the leader tells everyone it leads.
     pub(super) async fn leader_broadcast_tick(&mut self) {
@@ -48,11 +58,28 @@ impl Recoverd {
         }
         info!("Received leader broadcast, leader={pnn}");
         self.leader = pnn;
+        self.lock_failures = 0;
         self.restart_leader_timeout();
     }
 
     fn restart_leader_timeout(&mut self) {
-        self.leader_timeout_at = Some(Instant::now() + self.cfg.leader_timeout);
+        self.leader_timeout_at = Some(Instant::now() + self.leader_timeout_len());
+    }
+
+    /// How long without a leader before forcing an election: `leader
+    /// timeout`, doubled for each lock election lost in a row (contention
+    /// or timeout), up to [`MAX_LOCK_BACKOFF`] times.
+    ///
+    /// CTDB 4.17 retries every `leader timeout` (5 s by default): every
+    /// election broadcast restarts every node's timeout. A mutex helper that
+    /// leaves state behind when it loses (`ctdb_etcd_lock` leaves its etcd
+    /// key for its TTL, 9 s by default) then makes each attempt fail on the
+    /// key of the attempt before it, forever: a leader that died with its
+    /// helper (its key outlives it) is never replaced. Waiting longer after
+    /// each lost election lets such state expire; a node holding the lock
+    /// is unaffected, and the first leader broadcast or lock taken resets it.
+    pub(super) fn leader_timeout_len(&self) -> Duration {
+        lock_backoff(self.cfg.leader_timeout, self.lock_failures)
     }
 
     /// Starts an election: everyone into recovery mode, everyone told
@@ -95,6 +122,14 @@ impl Recoverd {
             if self.take_cluster_lock().await {
                 self.leader = self.pnn;
                 warn!("Took cluster lock, leader={}", self.leader);
+            } else if self.lock_failures > 0 {
+                // The next election: after the (longer) leader timeout.
+                self.restart_leader_timeout();
+                info!(
+                    "Cluster lock election lost {} time(s) in a row, next election in {}s",
+                    self.lock_failures,
+                    self.leader_timeout_len().as_secs()
+                );
             }
         }
         self.election_in_progress = false;
@@ -124,6 +159,7 @@ impl Recoverd {
                 let held = held.expect("a taken lock has its helper");
                 let latency = held.latency.as_secs_f64();
                 self.lock = Some(held);
+                self.lock_failures = 0;
                 info!("Cluster lock taken successfully");
                 let _ = self
                     .client
@@ -136,10 +172,12 @@ impl Recoverd {
             }
             LockStatus::Contention => {
                 error!("Unable to take cluster lock - contention");
+                self.lock_failures = self.lock_failures.saturating_add(1);
                 false
             }
             LockStatus::Timeout => {
                 error!("Unable to take cluster lock - timeout");
+                self.lock_failures = self.lock_failures.saturating_add(1);
                 false
             }
             LockStatus::Error => {
@@ -248,5 +286,18 @@ impl Recoverd {
             let pnn = self.pnn;
             self.ban_node(pnn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_backoff_doubles_up_to_the_cap() {
+        let base = Duration::from_secs(5);
+        let got: Vec<u64> = (0..6).map(|f| lock_backoff(base, f).as_secs()).collect();
+        assert_eq!(got, [5, 10, 20, 20, 20, 20]);
+        assert_eq!(lock_backoff(base, u32::MAX), Duration::from_secs(20));
     }
 }

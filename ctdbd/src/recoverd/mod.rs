@@ -78,6 +78,8 @@ pub struct Recoverd {
     leader: u32,
     election_in_progress: bool,
     lock: Option<HeldMutex>,
+    /// Lock elections lost in a row (see `leader::Recoverd::leader_timeout_len`).
+    lock_failures: u32,
     priority_time: Timeval,
     leader_timeout_at: Option<Instant>,
     election_timeout_at: Option<Instant>,
@@ -182,6 +184,7 @@ async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
         leader: CTDB_UNKNOWN_PNN,
         election_in_progress: false,
         lock: None,
+        lock_failures: 0,
         priority_time: Timeval::now(),
         leader_timeout_at: None,
         election_timeout_at: None,
