@@ -21,13 +21,16 @@
 #                               or "!helper args" for a lock helper)
 #                               (made beforehand, holding node K's address)
 #   LOG_LEVEL=NOTICE            daemon log level
+#   FAILOVER=1                  [failover] disabled = false (public addresses move;
+#                               default: failover disabled)
 #
 # usage: local-cluster.sh DIR start N      write configs under DIR and start N daemons
 #        local-cluster.sh DIR wait N [S]   wait up to S seconds (default 60) until N nodes are OK
 #                                          and the cluster is out of recovery
 #        local-cluster.sh DIR tool K ARGS  run the admin tool against node K
 #        local-cluster.sh DIR stop N       ask the N daemons to shut down
-# A ctdb.tunables file already in DIR/node.K is kept (the daemon reads it).
+# A ctdb.tunables or public_addresses file already in DIR/node.K is kept (the
+# daemon reads it).
 set -u
 
 usage() {
@@ -61,7 +64,7 @@ start)
   for k in $(seq 0 $((n-1))); do
     b=$dir/node.$k
     mkdir -p "$b/run" "$b/var" "$b/share" "$b/db/volatile" "$b/db/persistent" "$b/db/state" "$b/events/legacy"
-    cp "$dir/nodes" "$b/nodes"; : > "$b/public_addresses"
+    cp "$dir/nodes" "$b/nodes"; [ -e "$b/public_addresses" ] || : > "$b/public_addresses"
     cat > "$b/ctdb.conf" <<C
 [logging]
 	location = file:$b/log.ctdb
@@ -74,7 +77,7 @@ start)
 	persistent database directory = $b/db/persistent
 	state database directory = $b/db/state
 [failover]
-	disabled = true
+	disabled = $([ "${FAILOVER:-}" = 1 ] && echo false || echo true)
 C
     wrap=()
     if [ -n "${NETNS_PREFIX:-}" ]; then wrap=(ip netns exec "$NETNS_PREFIX$k"); fi

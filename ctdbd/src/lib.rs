@@ -40,5 +40,6 @@ pub mod recoverd;
 pub mod server;
 pub mod startup;
 pub mod stats;
+pub mod takeover;
 pub mod transport;
 pub mod tunables;

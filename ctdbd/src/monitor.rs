@@ -67,6 +67,7 @@ pub enum ScriptEvent {
     Recovered,
     TakeIp,
     ReleaseIp,
+    UpdateIp,
     Monitor,
     Shutdown,
     Ipreallocated,
@@ -82,6 +83,7 @@ impl ScriptEvent {
             ScriptEvent::Recovered => "recovered",
             ScriptEvent::TakeIp => "takeip",
             ScriptEvent::ReleaseIp => "releaseip",
+            ScriptEvent::UpdateIp => "updateip",
             ScriptEvent::Monitor => "monitor",
             ScriptEvent::Shutdown => "shutdown",
             ScriptEvent::Ipreallocated => "ipreallocated",
@@ -128,6 +130,9 @@ pub enum Action {
     Reply(ReplyTo, ReplyControl),
     /// Tell the other nodes this node has started up (`STARTUP`).
     BroadcastStartup,
+    /// A public-address event ([`Monitor::run_ip_event`]) finished with
+    /// this status ([`crate::takeover`]).
+    TakeoverDone(u64, i32),
 }
 
 /// Who waits for a run.
@@ -138,6 +143,8 @@ enum Waiter {
     Monitor,
     StartRecovery(ReplyTo),
     Recovered(ReplyTo),
+    /// A public-address event of [`crate::takeover`], by its tag.
+    Takeover(u64),
 }
 
 /// The event daemon while it runs.
@@ -296,6 +303,24 @@ impl Monitor {
     /// Starts `event` in the background; its [`Done`] comes back to the
     /// loop. `Err` when it may not run now.
     fn run(&mut self, core: &Core, event: ScriptEvent, waiter: Waiter) -> Result<(), ()> {
+        self.run_with(core, event, "", waiter)
+    }
+
+    /// Starts a public-address event (`takeip`, `releaseip`, `updateip`,
+    /// `ipreallocated`) with its arguments; its status comes back as
+    /// [`Action::TakeoverDone`] with `tag`. False when it may not run now.
+    pub fn run_ip_event(&mut self, core: &Core, event: ScriptEvent, args: &str, tag: u64) -> bool {
+        self.run_with(core, event, args, Waiter::Takeover(tag))
+            .is_ok()
+    }
+
+    fn run_with(
+        &mut self,
+        core: &Core,
+        event: ScriptEvent,
+        args: &str,
+        waiter: Waiter,
+    ) -> Result<(), ()> {
         if core.node.in_recovery() && !event.allowed_during_recovery() {
             error!("Refusing to run event '{}' while in recovery", event.name());
             return Err(());
@@ -311,9 +336,10 @@ impl Monitor {
             Some(e) => {
                 let client = e.client.clone();
                 let timeout = core.tunables.script_timeout;
+                let args = args.to_owned();
                 tokio::spawn(async move {
                     let result = client
-                        .run("legacy", event.name(), Some(""), timeout)
+                        .run("legacy", event.name(), Some(&args), timeout)
                         .await
                         .map_err(|e| e.to_string());
                     let _ = ev.send(Event::Eventd(Done { id, result })).await;
@@ -415,6 +441,7 @@ impl Monitor {
                 self.health(core, status, now);
                 Vec::new()
             }
+            Waiter::Takeover(tag) => vec![Action::TakeoverDone(tag, status)],
         }
     }
 

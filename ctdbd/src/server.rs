@@ -205,6 +205,8 @@ pub struct Server {
     db_recmode: u32,
     /// Event scripts and node health.
     monitor: crate::monitor::Monitor,
+    /// Public addresses.
+    takeover: crate::takeover::Takeover,
 }
 
 impl Server {
@@ -234,6 +236,7 @@ impl Server {
             db_rx: None,
             db_recmode: CTDB_RECOVERY_ACTIVE,
             monitor,
+            takeover: crate::takeover::Takeover::empty(),
         }
     }
 
@@ -252,6 +255,45 @@ impl Server {
             match a {
                 crate::monitor::Action::Reply(to, r) => self.reply(to, r),
                 crate::monitor::Action::BroadcastStartup => self.broadcast_startup(),
+                crate::monitor::Action::TakeoverDone(tag, st) => {
+                    let e = self.takeover.event_done(&mut self.core, tag, st);
+                    self.takeover_effects(e);
+                }
+            }
+        }
+    }
+
+    /// Installs the public addresses ([`crate::takeover`]).
+    pub fn install_takeover(&mut self, t: crate::takeover::Takeover) {
+        self.takeover = t;
+    }
+
+    /// Carries out what the public-address layer asked for.
+    fn takeover_effects(&mut self, effects: Vec<crate::takeover::Effect>) {
+        use crate::takeover::Effect as E;
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(e) = queue.pop_front() {
+            match e {
+                E::Reply(to, r) => self.reply(to, r),
+                E::Message { dest, srvid, data } => self.send_message(dest, srvid, &data),
+                E::Control { dest, req } => {
+                    let targets = if matches!(
+                        dest,
+                        CTDB_BROADCAST_ALL | CTDB_BROADCAST_ACTIVE | CTDB_BROADCAST_CONNECTED
+                    ) {
+                        self.broadcast_targets(dest)
+                    } else {
+                        vec![dest]
+                    };
+                    for pnn in targets {
+                        self.db_control(pnn, req.clone(), None);
+                    }
+                }
+                E::RunEvent { event, args, tag } => {
+                    if !self.monitor.run_ip_event(&self.core, event, &args, tag) {
+                        queue.extend(self.takeover.event_done(&mut self.core, tag, -1));
+                    }
+                }
             }
         }
     }
@@ -781,6 +823,7 @@ impl Server {
         self.pending
             .retain(|_, p| !matches!(p.kind, PendingKind::Forward { id: i, .. } if i == id));
         self.with_dbs(|d, env| d.client_gone(env, id));
+        self.takeover.client_gone(&self.core, id);
         if let Some(info) = self.core.clients.remove(&id) {
             for n in info.notify {
                 self.send_message(CTDB_BROADCAST_CONNECTED, n.srvid, &n.data);
@@ -1139,6 +1182,16 @@ impl Server {
             self.with_dbs(|d, env| d.control(env, ctx, req, to));
             self.after_event();
             return;
+        }
+        if crate::takeover::Takeover::handles(op) {
+            let e = self.takeover.control(&mut self.core, &ctx, req, to);
+            self.takeover_effects(e);
+            self.after_event();
+            return;
+        }
+        if op == Opcode::Startup {
+            let e = self.takeover.node_startup(&self.core);
+            self.takeover_effects(e);
         }
         if op == Opcode::EndRecovery {
             // Trans3 commits waiting for the recovery finish first; the
@@ -1749,6 +1802,8 @@ impl Server {
         }
         self.expire_silent_links(now);
         self.monitor.tick(&mut self.core, now);
+        let e = self.takeover.tick(&mut self.core, now);
+        self.takeover_effects(e);
         self.with_dbs(|d, env| d.tick(env, now));
         self.db_recmode_check();
     }

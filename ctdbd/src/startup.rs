@@ -219,6 +219,7 @@ async fn serve(
         state_dir: cfg.state_db_dir.clone(),
         log_file: log_for_recoverd,
         helper_env: helper_env.clone(),
+        failover_disabled: cfg.failover_disabled,
     };
     start_monitor(
         &mut server,
@@ -228,6 +229,14 @@ async fn serve(
         recoverd_cfg,
     )
     .await?;
+    let public = setup.paths.paths.etcdir.join("public_addresses");
+    match crate::takeover::Takeover::load(public, cfg.failover_disabled) {
+        Ok(t) => server.install_takeover(t),
+        Err(e) => {
+            error!("{e}");
+            bail!("Unable to setup public IP addresses");
+        }
+    }
     install_databases(&mut server, cfg);
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());

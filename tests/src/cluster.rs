@@ -48,6 +48,12 @@ pub struct ClusterOptions {
     /// Event scripts `(name, body)` put, executable, in every node's
     /// `events/legacy/` before start.
     pub event_scripts: Vec<(String, String)>,
+    /// Every node's `public_addresses`; with it, failover is enabled
+    /// (`[failover] disabled = false`).
+    pub public_addresses: Option<String>,
+    /// Files `(name, body)` put in every node's `CTDB_BASE` before start
+    /// (e.g. CTDB's `functions`, which event scripts source).
+    pub base_files: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -62,7 +68,22 @@ impl ClusterOptions {
             netns: false,
             cluster_lock: None,
             event_scripts: Vec::new(),
+            public_addresses: None,
+            base_files: Vec::new(),
         }
+    }
+
+    /// Gives every node `text` as its `public_addresses` file and enables
+    /// failover.
+    pub fn public_addresses(mut self, text: &str) -> Self {
+        self.public_addresses = Some(text.to_owned());
+        self
+    }
+
+    /// Puts file `name` with `body` in every node's `CTDB_BASE`.
+    pub fn base_file(mut self, name: &str, body: &str) -> Self {
+        self.base_files.push((name.to_owned(), body.to_owned()));
+        self
     }
 
     /// Puts an executable event script `name` (e.g. `10.test.script`) in
@@ -158,6 +179,15 @@ impl Cluster {
             }
         }
         for k in 0..c.opts.nodes {
+            std::fs::create_dir_all(c.base(k)).unwrap();
+            if let Some(text) = &c.opts.public_addresses {
+                std::fs::write(c.base(k).join("public_addresses"), text).unwrap();
+            }
+            for (name, body) in &c.opts.base_files {
+                std::fs::write(c.base(k).join(name), body).unwrap();
+            }
+        }
+        for k in 0..c.opts.nodes {
             let dir = c.base(k).join("events/legacy");
             for (name, body) in &c.opts.event_scripts {
                 use std::os::unix::fs::PermissionsExt;
@@ -200,6 +230,9 @@ impl Cluster {
         }
         if let Some(l) = &self.opts.cluster_lock {
             cmd.env("CLUSTER_LOCK", l);
+        }
+        if self.opts.public_addresses.is_some() {
+            cmd.env("FAILOVER", "1");
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);

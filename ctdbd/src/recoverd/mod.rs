@@ -19,8 +19,10 @@
 
 mod leader;
 mod recovery;
+mod takeover_run;
 
 pub use recovery::{new_generation, recovery_helper_path};
+pub use takeover_run::takeover_helper_path;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,6 +60,8 @@ pub struct RecoverdConfig {
     pub log_file: Option<crate::logging::LogFile>,
     /// Environment for helpers (`CTDB_LOGGING`, `CTDB_DEBUGLEVEL`).
     pub helper_env: Vec<(String, String)>,
+    /// `[failover] disabled`: takeover runs only run `ipreallocated`.
+    pub failover_disabled: bool,
 }
 
 /// Ban credits of one node.
@@ -89,6 +93,8 @@ pub struct Recoverd {
     culprits: HashMap<u32, Culprit>,
     last_culprit: u32,
     takeover_requests: Vec<SrvidMessage>,
+    /// Takeover runs ([`takeover_run`]).
+    takeover: takeover_run::TakeoverRuns,
     frozen_on_inactive: bool,
     /// `CTDB_SRVID_BANNING` messages (culprits reported by helpers), kept
     /// apart so a recovery can take the reports of its own helper at once.
@@ -107,6 +113,7 @@ impl RecoverdConfig {
             state_dir: self.state_dir.clone(),
             log_file: self.log_file.clone(),
             helper_env: self.helper_env.clone(),
+            failover_disabled: self.failover_disabled,
         }
     }
 }
@@ -194,6 +201,7 @@ async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
         culprits: HashMap::new(),
         last_culprit: pnn,
         takeover_requests: Vec::new(),
+        takeover: takeover_run::TakeoverRuns::default(),
         frozen_on_inactive: false,
         banning,
     };
@@ -300,6 +308,9 @@ impl Recoverd {
     }
 
     async fn on_message(&mut self, m: Message) {
+        if self.takeover_message(m.srvid, &m.data) {
+            return;
+        }
         match m.srvid {
             srvid::LEADER => {
                 let Ok((pnn, _)) = u32::pull(&m.data) else {
@@ -327,11 +338,6 @@ impl Recoverd {
                     } else {
                         self.recoveries_disabled_until = None;
                     }
-                    self.srvid_reply(d.pnn, d.srvid, self.pnn as i32);
-                }
-            }
-            srvid::DISABLE_TAKEOVER_RUNS => {
-                if let Ok((d, _)) = DisableMessage::pull(&m.data) {
                     self.srvid_reply(d.pnn, d.srvid, self.pnn as i32);
                 }
             }
@@ -576,6 +582,9 @@ impl Recoverd {
         if !self.update_capabilities().await {
             return Ok(());
         }
+        if recmode == CTDB_RECOVERY_NORMAL {
+            self.verify_local_ip_allocation().await;
+        }
         if !self.is_leader() {
             return Ok(());
         }
@@ -641,7 +650,7 @@ impl Recoverd {
             .recoveries_disabled_until
             .is_some_and(|t| Instant::now() < t)
         {
-            self.takeover_run_checks();
+            self.takeover_run_checks().await;
             return Ok(());
         }
         let nodemap = self.nodemap.clone();
@@ -731,16 +740,8 @@ impl Recoverd {
                 return Ok(());
             }
         }
-        self.takeover_run_checks();
+        self.takeover_run_checks().await;
         Ok(())
-    }
-
-    /// Answers IP takeover-run requests (there are no public addresses to
-    /// move: failover is not part of this daemon yet).
-    fn takeover_run_checks(&mut self) {
-        for r in std::mem::take(&mut self.takeover_requests) {
-            self.srvid_reply(r.pnn, r.srvid, self.pnn as i32);
-        }
     }
 
     /// Makes every node agree on every node's flags (the leader's view of

@@ -113,7 +113,7 @@ impl Recoverd {
             }
             return;
         }
-        self.takeover_run_checks();
+        self.do_takeover_run().await;
         self.send(CTDB_BROADCAST_CONNECTED, srvid::RECONFIGURE, &[]);
         info!(
             "Recovery complete in {:.3} seconds",

@@ -1,0 +1,298 @@
+//! Public IP failover (issue 19), on the reference cluster and on ours,
+//! same code, each node in a network namespace of its own: 3 nodes, 6
+//! public addresses on `eth0`, Debian's `10.interface.script` adding and
+//! removing them on the interfaces, the takeover runs through the
+//! reference `ctdb_takeover_helper`.
+//!
+//! * every address is hosted by exactly one node (`ip addr` in each
+//!   namespace, and `ctdb ip` agrees);
+//! * `ctdb disable` moves a node's addresses away within 5 s; with
+//!   `NoIPFailback=0` they come back on `ctdb enable`;
+//! * an UNHEALTHY node (its monitor failing) gives them up, and takes
+//!   some back when healthy;
+//! * a node killed with SIGKILL: its addresses are hosted by the others
+//!   within 2 x (KeepaliveInterval x KeepaliveLimit) + 5 s (its own
+//!   namespace keeps them: nothing runs there to remove them).
+//!
+//! Timings of both daemons are printed side by side.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+
+const NODES: usize = 3;
+const KEEPALIVE_INTERVAL: u64 = 2;
+const KEEPALIVE_LIMIT: u64 = 3;
+
+fn public_ips() -> Vec<String> {
+    (101..=106).map(|i| format!("192.0.2.{i}")).collect()
+}
+
+/// Which of nodes `nodes` has each public address on `eth0`.
+fn hosts(c: &Cluster, nodes: &[usize]) -> BTreeMap<String, Vec<usize>> {
+    let mut m: BTreeMap<String, Vec<usize>> = public_ips()
+        .into_iter()
+        .map(|ip| (ip, Vec::new()))
+        .collect();
+    for &k in nodes {
+        let out = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &c.net().ns(k),
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip addr in node {k}'s namespace");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(a) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) else {
+                continue;
+            };
+            let ip = a.split('/').next().unwrap_or_default();
+            if let Some(v) = m.get_mut(ip) {
+                v.push(k);
+            }
+        }
+    }
+    m
+}
+
+/// `ctdb ip` on node `observer`: address -> pnn.
+fn ctdb_ip(c: &Cluster, observer: usize) -> BTreeMap<String, i64> {
+    let out = c.tool(observer, &["-X", "ip"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            Some((f.get(1)?.to_string(), f.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every address on exactly one of `alive`, none on `without`, and `ctdb
+/// ip` on `alive[0]` agreeing; returns the placement.
+fn placed(c: &Cluster, alive: &[usize], without: &[usize]) -> Option<BTreeMap<String, usize>> {
+    let h = hosts(c, alive);
+    let mut out = BTreeMap::new();
+    for (ip, on) in &h {
+        if on.len() != 1 || without.contains(&on[0]) {
+            return None;
+        }
+        out.insert(ip.clone(), on[0]);
+    }
+    let view = ctdb_ip(c, alive[0]);
+    for (ip, k) in &out {
+        if view.get(ip) != Some(&(*k as i64)) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn wait_placed(
+    c: &Cluster,
+    limit: Duration,
+    what: &str,
+    alive: &[usize],
+    without: &[usize],
+) -> (Duration, BTreeMap<String, usize>) {
+    let start = Instant::now();
+    let mut last = BTreeMap::new();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_until(limit, what, || {
+            last = hosts(c, &[0, 1, 2]);
+            placed(c, alive, without)
+        })
+    }));
+    match r {
+        Ok(p) => (start.elapsed(), p),
+        Err(_) => {
+            keep_logs(c);
+            panic!(
+                "{what}: not within {limit:?}; addresses on interfaces: {last:?}; ctdb ip on node {}: {:?}\nlogs:\n{}",
+                alive[0],
+                ctdb_ip(c, alive[0]),
+                c.log_tails()
+            )
+        }
+    }
+}
+
+/// Copies the nodes' whole logs to the temp directory (the cluster's own
+/// directory goes with it).
+fn keep_logs(c: &Cluster) {
+    for k in 0..NODES {
+        let to =
+            std::env::temp_dir().join(format!("ip_failover-{}-node{k}.log", std::process::id()));
+        let _ = std::fs::copy(c.log(k), &to);
+        eprintln!("node {k}'s log kept in {}", to.display());
+    }
+}
+
+#[derive(Debug, Default)]
+struct Timings {
+    initial: Duration,
+    disable: Duration,
+    enable: Duration,
+    unhealthy: Duration,
+    healthy: Duration,
+    kill: Duration,
+}
+
+/// Runs the reference tool on node `k`; fails with the logs.
+fn tool(c: &Cluster, k: usize, args: &[&str]) {
+    let out = c.tool(k, args);
+    if !out.status.success() {
+        keep_logs(c);
+    }
+    assert!(
+        out.status.success(),
+        "ctdb {} on node {k} failed ({}): {}{}\nlogs:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.log_tails()
+    );
+}
+
+fn scenario(daemon: Daemon) -> Timings {
+    require_reference();
+    let script = std::fs::read_to_string("/etc/ctdb/events/legacy/10.interface.script")
+        .expect("Debian's ctdb package: /etc/ctdb/events/legacy/10.interface.script");
+    let functions = std::fs::read_to_string("/etc/ctdb/functions").expect("/etc/ctdb/functions");
+    let addrs: String = public_ips()
+        .iter()
+        .map(|ip| format!("{ip}/24 eth0\n"))
+        .collect();
+    let mut opts = ClusterOptions::new(daemon.clone(), NODES)
+        .in_namespaces()
+        .tunable("KeepaliveInterval", KEEPALIVE_INTERVAL as u32)
+        .tunable("KeepaliveLimit", KEEPALIVE_LIMIT as u32)
+        .tunable("MonitorInterval", 1)
+        .tunable("NoIPFailback", 0)
+        .public_addresses(&addrs)
+        .base_file("functions", &functions)
+        .event_script("10.interface.script", &script)
+        .event_script(
+            "99.failflag.script",
+            "#!/bin/sh\n[ \"$1\" = monitor ] && [ -e \"$CTDB_BASE/fail\" ] && { echo failing; exit 1; }\nexit 0\n",
+        );
+    if matches!(daemon, Daemon::Ours(_)) {
+        opts.env.push((
+            "CTDB_EVENTD".into(),
+            our_bin("ctdb-eventd").display().to_string(),
+        ));
+    }
+    let c = Cluster::start(opts);
+    let mut t = Timings::default();
+    let all = [0, 1, 2];
+
+    let (d, p) = wait_placed(
+        &c,
+        Duration::from_secs(60),
+        "every address on one node",
+        &all,
+        &[],
+    );
+    t.initial = d;
+    for k in all {
+        assert!(
+            p.values().any(|&h| h == k),
+            "node {k} hosts no address: {p:?}"
+        );
+    }
+
+    // Disable node 1: its addresses move within 5 s.
+    let start = Instant::now();
+    tool(&c, 1, &["disable"]);
+    let (_, p) = wait_placed(
+        &c,
+        Duration::from_secs(5),
+        "node 1's addresses moved on disable",
+        &all,
+        &[1],
+    );
+    t.disable = start.elapsed();
+    assert!(p.values().all(|&h| h != 1));
+
+    // Enable it: with NoIPFailback=0 some come back.
+    let start = Instant::now();
+    tool(&c, 1, &["enable"]);
+    poll_until(Duration::from_secs(15), "addresses back on node 1", || {
+        placed(&c, &all, &[]).filter(|p| p.values().any(|&h| h == 1))
+    });
+    t.enable = start.elapsed();
+
+    // Node 2's monitor fails: UNHEALTHY, it gives its addresses up.
+    std::fs::write(c.base(2).join("fail"), "").unwrap();
+    let start = Instant::now();
+    wait_placed(
+        &c,
+        Duration::from_secs(20),
+        "node 2's addresses moved when UNHEALTHY",
+        &all,
+        &[2],
+    );
+    t.unhealthy = start.elapsed();
+    std::fs::remove_file(c.base(2).join("fail")).unwrap();
+    let start = Instant::now();
+    poll_until(
+        Duration::from_secs(30),
+        "addresses back on healthy node 2",
+        || placed(&c, &all, &[]).filter(|p| p.values().any(|&h| h == 2)),
+    );
+    t.healthy = start.elapsed();
+
+    // Kill node 0 (whatever it led): the others host everything.
+    let limit = Duration::from_secs(2 * KEEPALIVE_INTERVAL * KEEPALIVE_LIMIT + 5);
+    let start = Instant::now();
+    c.kill(0);
+    wait_placed(
+        &c,
+        limit,
+        "node 0's addresses hosted elsewhere after kill -9",
+        &[1, 2],
+        &[],
+    );
+    t.kill = start.elapsed();
+    t
+}
+
+#[test]
+fn ip_failover_reference_and_ours() {
+    // CTDB_IPF_ONLY=ours|reference runs one side (while debugging).
+    let only = std::env::var("CTDB_IPF_ONLY").unwrap_or_default();
+    let r = if only == "ours" {
+        Timings::default()
+    } else {
+        scenario(Daemon::Reference)
+    };
+    let o = if only == "reference" {
+        Timings::default()
+    } else {
+        scenario(Daemon::ours())
+    };
+    println!("ip failover timings (s)   reference   ours");
+    for (what, a, b) in [
+        ("initial placement", r.initial, o.initial),
+        ("disable -> moved", r.disable, o.disable),
+        ("enable -> back", r.enable, o.enable),
+        ("unhealthy -> moved", r.unhealthy, o.unhealthy),
+        ("healthy -> back", r.healthy, o.healthy),
+        ("kill -9 -> moved", r.kill, o.kill),
+    ] {
+        println!(
+            "{what:<25} {:>9.2} {:>6.2}",
+            a.as_secs_f64(),
+            b.as_secs_f64()
+        );
+    }
+}
