@@ -31,6 +31,7 @@ use crate::state::FailKind;
 /// a real node number) from client `client`.
 pub fn handle(d: &mut Daemon, fx: &mut Effects, client: ClientId, h: &Header, req: &ReqControl) {
     let opcode = req.opcode() as u32;
+    crate::ips::log_control(d, h, req);
     if scripted_failure(d, fx, client, h, opcode) {
         return;
     }

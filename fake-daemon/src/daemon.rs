@@ -64,6 +64,9 @@ pub struct Daemon {
     /// Tickle lists, by (node, public address).
     pub tickles: HashMap<(u32, String), Vec<Connection>>,
     pub serial: u64,
+    /// Where the address controls and ban messages received are written
+    /// (`FAKE_CTDBD_CONTROL_LOG`), for tests of takeover helpers.
+    pub control_log: Option<std::fs::File>,
 }
 
 impl Daemon {
@@ -86,7 +89,16 @@ impl Daemon {
             clients: HashMap::new(),
             tickles: HashMap::new(),
             serial: 0,
+            control_log: open_control_log(),
         })
+    }
+
+    /// Appends `line` to the control log, if there is one.
+    pub fn log_control(&mut self, line: std::fmt::Arguments) {
+        use std::io::Write;
+        if let Some(f) = &mut self.control_log {
+            let _ = writeln!(f, "{line}");
+        }
     }
 
     /// The current node (the one clients are connected to).
@@ -200,6 +212,22 @@ impl Daemon {
             ctdb_protocol::message::srvid::LEADER,
             &leader.to_le_bytes(),
         );
+    }
+}
+
+/// The file `FAKE_CTDBD_CONTROL_LOG` names, opened for appending.
+fn open_control_log() -> Option<std::fs::File> {
+    let path = std::env::var_os("FAKE_CTDBD_CONTROL_LOG")?;
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("cannot open {}: {e}", std::path::Path::new(&path).display());
+            None
+        }
     }
 }
 

@@ -1,6 +1,22 @@
 //! Public addresses, interfaces and tickle lists, from the script's
 //! PUBLICIPS and IFACES sections (ctdbd does no IP failover yet, so there
 //! is nothing of the daemon's to share here).
+//!
+//! What a takeover helper sends (`GET_PUBLIC_IPS`, `RELEASE_IP`,
+//! `TAKEOVER_IP`, `IPREALLOCATED`) is answered as CTDB's fake daemon answers
+//! it, so CTDB's helper and ours can run against the same script. With
+//! `FAKE_CTDBD_CONTROL_LOG=FILE`, every `RELEASE_IP`, `TAKEOVER_IP` and
+//! `IPREALLOCATED` received (before any scripted failure applies) and every
+//! `CTDB_SRVID_BANNING` message is appended to FILE, one line each:
+//!
+//! ```text
+//! RELEASE_IP <dest> <address> <new host>
+//! TAKEOVER_IP <dest> <address> <new host>
+//! IPREALLOCATED <dest>
+//! BANNING <dest> <node named>
+//! ```
+//!
+//! (`<new host>` as a signed number: -1 for none.)
 
 use ctdb_protocol::control::CTDB_PUBLIC_IP_FLAGS_ONLY_AVAILABLE;
 use ctdb_protocol::header::CTDB_UNKNOWN_PNN;
@@ -28,7 +44,28 @@ pub fn handles(req: &ReqControl) -> bool {
             | Q::TcpAddDelayedUpdate(_)
             | Q::TcpRemove(_)
             | Q::SetTcpTickleList(_)
+            | Q::Ipreallocated
     )
+}
+
+/// Writes an address control to the control log.
+pub fn log_control(d: &mut Daemon, h: &Header, req: &ReqControl) {
+    if d.control_log.is_none() {
+        return;
+    }
+    let dest = h.destnode;
+    match &req.data {
+        Q::ReleaseIp(ip) => d.log_control(format_args!(
+            "RELEASE_IP {dest} {} {}",
+            ip.addr, ip.pnn as i32
+        )),
+        Q::TakeoverIp(ip) => d.log_control(format_args!(
+            "TAKEOVER_IP {dest} {} {}",
+            ip.addr, ip.pnn as i32
+        )),
+        Q::Ipreallocated => d.log_control(format_args!("IPREALLOCATED {dest}")),
+        _ => {}
+    }
 }
 
 /// Answers an address control sent to node `h.destnode`.
@@ -104,6 +141,8 @@ pub fn control(d: &mut Daemon, h: &Header, req: &ReqControl) -> ReplyControl {
             ReplyControl::ok(R::DelPublicIp)
         }
         Q::SendGratuitousArp(_) => ReplyControl::ok(R::SendGratuitousArp),
+        // Always succeeds, as in CTDB's fake daemon.
+        Q::Ipreallocated => ReplyControl::ok(R::Ipreallocated),
         Q::GetTcpTickleList(addr) => {
             let conns = d
                 .tickles

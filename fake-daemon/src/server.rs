@@ -275,6 +275,12 @@ fn message(d: &mut Daemon, fx: &mut Effects, client: ClientId, h: &Header, body:
         return;
     };
     let dest = h.destnode;
+    if id == srvid::BANNING
+        && let Some(b) = payload.get(..4)
+    {
+        let pnn = u32::from_le_bytes(b.try_into().unwrap());
+        d.log_control(format_args!("BANNING {dest} {pnn}"));
+    }
     match id {
         srvid::DISABLE_RECOVERIES => {
             let Ok((m, _)) = DisableMessage::pull(payload) else {

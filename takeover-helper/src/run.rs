@@ -211,11 +211,6 @@ impl Run {
             no_ip_failback: self.tun.no_ip_failback != 0,
             force_rebalance: opts.force_rebalance.as_deref(),
         });
-        if self.tun.no_ip_failback != 0 && self.tun.ip_alloc_algorithm == 0 {
-            tracing::warn!(
-                "WARNING: 'NoIPFailback' set but ignored - incompatible with 'Deterministic IPs"
-            );
-        }
         // The moves get their own deadline, not counting the allocation.
         let deadline = Instant::now() + 3 * self.takeover_timeout;
         if let Err(ret) = self.release(&placements, deadline).await {

@@ -7,11 +7,16 @@ use super::Alloc;
 /// cannot host goes to the least loaded node that can. Nothing is
 /// rebalanced (an address returns to its home node as soon as that node
 /// can host it again), so NoIPFailback has no effect.
-pub(crate) fn deterministic(a: &mut Alloc) {
+pub(crate) fn deterministic(a: &mut Alloc, no_ip_failback: bool) {
     tracing::info!("Deterministic IPs enabled. Resetting all ip allocations");
     let n = a.n.max(1);
     for (i, ip) in a.ips.iter_mut().enumerate() {
         ip.pnn = Some((i % n) as u32);
+    }
+    if no_ip_failback {
+        tracing::warn!(
+            "WARNING: 'NoIPFailback' set but ignored - incompatible with 'Deterministic IPs"
+        );
     }
     a.unassign_unsuitable();
     a.allocate_unassigned_basic();

@@ -188,7 +188,7 @@ pub fn allocate(input: &Inputs) -> Vec<Placement> {
         ips: &mut ips,
     };
     match input.algorithm {
-        Algorithm::Deterministic => basic::deterministic(&mut a),
+        Algorithm::Deterministic => basic::deterministic(&mut a, input.no_ip_failback),
         Algorithm::NonDeterministic => basic::nondeterministic(&mut a, input.no_ip_failback),
         Algorithm::Lcp2 => lcp2::allocate(&mut a, input.no_ip_failback, input.force_rebalance),
     }
