@@ -842,6 +842,7 @@ impl Server {
 
     fn client_packet(&mut self, id: ClientId, mut pkt: BytesMut) {
         self.core.stats.bump(|s| s.client_packets_recv += 1);
+        self.with_dbs(|d, _| d.client_spoke(id));
         let hdr = match Header::pull(&pkt) {
             Ok((h, _)) => h,
             Err(e) => {

@@ -5,13 +5,15 @@
 //! persistent transactions incrementing one key, with the g_lock taken
 //! the way CTDB's own client library takes it and then by our client's
 //! queue. Every process must complete at least 5% of the mean
-//! per-process count (with CTDB's g_lock, which serves whoever retries
-//! first, every node must get 5% of the mean per node: the reference
-//! starves single processes there too), the final value must equal the
-//! sum of the acknowledged increments, and no node may log "High
-//! hopcount". The
-//! whole round runs `LOCK_FAIRNESS_RUNS` times (2 by default; the
-//! starvation this guards against showed in 2 or 3 runs out of 4).
+//! per-process count, except with CTDB's g_lock, which serves whoever
+//! looks first after a release and starves single processes on the
+//! reference too: there every node must commit in every run, and over
+//! all runs at least `NODE_SHARE` of the mean per node. The final value
+//! must equal the sum of the acknowledged increments, and no node of ours
+//! may log "High hopcount". The whole round runs `LOCK_FAIRNESS_RUNS`
+//! times (2 by default; the starvation this guards against showed in 2
+//! or 3 runs out of 4). `LOCK_FAIRNESS_MODES` (comma-separated, default
+//! `fetch-lock,ptrans-ctdb,ptrans`) picks the phases, for experiments.
 //!
 //! On our daemon only, the latency checks: a request for a record that a
 //! client on another node holds for 2 s completes within 100 ms of the
@@ -28,6 +30,13 @@ use ctdb_protocol::{ControlRequest, ReqControl};
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
 
 const CLIENTS_PER_NODE: usize = 4;
+
+/// With CTDB's g_lock, the least a node may commit over all runs, as a
+/// fraction of the mean per node. Measured (10 s runs, summed over 2-3
+/// runs): the reference 66-69% on a quiet and on a loaded machine, ours
+/// 39-95% with record pins; before pins, ours gave one node 20 commits
+/// against 383 and 1448 in a full-suite run.
+const NODE_SHARE: f64 = 0.2;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -177,12 +186,21 @@ fn fairness(daemon: Daemon) {
         _ => "ours",
     };
     let (mut vol, mut pers) = (0u64, 0u64);
+    // Commits per node with CTDB's g_lock, over all runs.
+    let mut ctdb_nodes = [0u64; 3];
+    let modes = std::env::var("LOCK_FAIRNESS_MODES")
+        .unwrap_or_else(|_| "fetch-lock,ptrans-ctdb,ptrans".into());
     for run in 1..=runs() {
-        let counts = contend(&c, "fetch-lock", "fair_vol.tdb", "hot");
-        check_fair(&counts, &format!("{name} run {run}: fetch-lock"));
-        vol += counts.iter().sum::<u64>();
-        assert_eq!(read_volatile(&c, "fair_vol.tdb", b"hot"), vol);
+        if modes.contains("fetch-lock") {
+            let counts = contend(&c, "fetch-lock", "fair_vol.tdb", "hot");
+            check_fair(&counts, &format!("{name} run {run}: fetch-lock"));
+            vol += counts.iter().sum::<u64>();
+            assert_eq!(read_volatile(&c, "fair_vol.tdb", b"hot"), vol);
+        }
         for mode in ["ptrans-ctdb", "ptrans"] {
+            if !modes.split(',').any(|m| m == mode) {
+                continue;
+            }
             let counts = contend(&c, mode, "fair_pers.tdb", "hot");
             let what = format!("{name} run {run}: {mode}");
             if mode == "ptrans-ctdb" {
@@ -194,20 +212,23 @@ fn fairness(daemon: Daemon) {
                 let nodes: Vec<u64> = (0..3)
                     .map(|k| counts.iter().skip(k).step_by(3).sum())
                     .collect();
-                // Not yet even on ours either: one run of the full suite
-                // gave [383, 20, 1448] per node (a retrying client wins
-                // against one that sleeps 1 ms). Every node must get
-                // through; the 5% share is reported, and issue 14 stays
-                // open for it.
+                // Per run, the share a node gets depends on which node's
+                // look comes first after each release: even the reference
+                // gave one node 4 of 134 commits in a run on a loaded
+                // machine. Every node must get some in every run, and over
+                // all runs its fair part (see NODE_SHARE).
                 let mean = nodes.iter().sum::<u64>() as f64 / 3.0;
                 eprintln!(
-                    "{what} per node: {nodes:?} (5% of the mean is {:.0})",
-                    0.05 * mean
+                    "{what} per node: {nodes:?} (lowest {:.0}% of the mean)",
+                    100.0 * *nodes.iter().min().unwrap() as f64 / mean.max(1.0)
                 );
                 assert!(
                     nodes.iter().all(|&n| n > 0),
                     "{what}: a node made no commit at all: {nodes:?}"
                 );
+                for (k, n) in nodes.iter().enumerate() {
+                    ctdb_nodes[k] += n;
+                }
             } else {
                 check_fair(&counts, &what);
             }
@@ -222,6 +243,22 @@ fn fairness(daemon: Daemon) {
                     "{mode}: a node's value differs from the increments"
                 );
             }
+        }
+    }
+    if ctdb_nodes.iter().any(|&n| n > 0) {
+        let mean = ctdb_nodes.iter().sum::<u64>() as f64 / 3.0;
+        eprintln!(
+            "{name}: ptrans-ctdb over {} runs, per node: {ctdb_nodes:?} (lowest {:.0}% of the mean; {:.0}% required)",
+            runs(),
+            100.0 * *ctdb_nodes.iter().min().unwrap() as f64 / mean,
+            100.0 * NODE_SHARE
+        );
+        for (k, &n) in ctdb_nodes.iter().enumerate() {
+            assert!(
+                n as f64 >= NODE_SHARE * mean,
+                "{name}: with CTDB's g_lock node {k} made {n} commits over all runs, below {:.0}% of the mean {mean:.0}: {ctdb_nodes:?}",
+                100.0 * NODE_SHARE
+            );
         }
     }
     for k in 0..3 {

@@ -56,6 +56,8 @@ pub struct Calls {
     /// Migrations in flight, by database and key; client calls for the
     /// same record wait here for them.
     inflight: HashMap<u32, HashMap<Vec<u8>, Vec<Work>>>,
+    /// Records that just migrated here for local clients ([`super::pin`]).
+    pub(crate) pins: super::pin::Pins,
 }
 
 impl Calls {
@@ -240,6 +242,7 @@ impl Databases {
         };
         match step {
             ClientStep::Answered(status, data) => {
+                self.calls.pins.join(db_id, &call.key, client);
                 self.send_client(
                     env,
                     client,
@@ -399,6 +402,17 @@ impl Databases {
             return;
         }
         if self.node_work_ready(c.db_id, &c.key, pkt).is_err() {
+            return;
+        }
+        if src != pnn
+            && self
+                .calls
+                .pins
+                .defer(c.db_id, &c.key, Work::Node { pkt: pkt.clone() })
+                .is_ok()
+        {
+            // Just migrated here for local clients that have not looked
+            // at it yet: this request waits for them.
             return;
         }
         let Some(db) = self.dbs.get_mut(&c.db_id) else {
@@ -692,6 +706,11 @@ impl Databases {
 
     fn became_dmaster(&mut self, env: &Env, p: Option<PendingCall>, status: i32, reply: Vec<u8>) {
         if let Some(p) = p {
+            // The client has yet to lock the record: keep it here until it
+            // has had its look.
+            self.calls
+                .pins
+                .pin(p.db, &p.call.key, p.client, std::time::Instant::now());
             self.complete_call(env, p, status, reply);
         }
     }
@@ -756,6 +775,7 @@ impl Databases {
     }
 
     pub(crate) fn calls_client_gone(&mut self, client: ClientId) {
+        self.client_spoke(client);
         let gone: Vec<u32> = self
             .calls
             .pending

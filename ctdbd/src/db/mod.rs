@@ -27,6 +27,7 @@ pub mod file;
 pub mod lockwait;
 pub mod ltdb;
 pub mod persistent;
+pub mod pin;
 pub mod recovery;
 pub mod seqnum;
 pub mod traverse;
@@ -294,7 +295,11 @@ impl Databases {
     /// deadline, the sequence-number check).
     pub fn next_wakeup(&self) -> Option<Instant> {
         let freeze = self.freeze_wakeup();
-        freeze.into_iter().chain(self.seqnum_next()).min()
+        freeze
+            .into_iter()
+            .chain(self.seqnum_next())
+            .chain(self.pin_wakeup())
+            .min()
     }
 
     /// Periodic work: freeze deadlines, timeouts, deferred attaches.
@@ -304,6 +309,7 @@ impl Databases {
         self.traverse_timeouts(env, now);
         self.attach_timeouts(env, now);
         self.seqnum_check(env, now);
+        self.pin_deadlines(env, now);
     }
 
     // ---- helpers for the other modules ----------------------------------
