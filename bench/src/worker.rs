@@ -65,6 +65,24 @@ pub struct WorkerArgs {
     /// Concurrent operations in flight (load).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// Ring workloads: which of several rings running at once (each has
+    /// its own record and srvid).
+    #[arg(long, default_value_t = 0)]
+    pub ring: u32,
+}
+
+/// Ring `ring`'s srvid, based on `base` (ring 0 uses `base` itself).
+pub fn ring_srvid(base: u64, ring: u32) -> u64 {
+    base + (u64::from(ring) << 8)
+}
+
+/// Ring `ring`'s record key (ring 0's is `ring`).
+pub fn ring_key(ring: u32) -> Vec<u8> {
+    if ring == 0 {
+        b"ring".to_vec()
+    } else {
+        format!("ring{ring}").into_bytes()
+    }
 }
 
 /// What a worker prints.
@@ -158,22 +176,24 @@ pub fn run(a: WorkerArgs) -> Result<()> {
 
 async fn ring(a: &WorkerArgs, c: &Client) -> Result<Report> {
     let db = c.attach(&a.db, DbKind::Volatile, 0).await?;
-    let mut rx = c.register_srvid(SRVID_RING).await?;
+    let srvid = ring_srvid(SRVID_RING, a.ring);
+    let key = ring_key(a.ring);
+    let mut rx = c.register_srvid(srvid).await?;
     let w = Window::new(a);
     tokio::time::sleep_until(w.start.into()).await;
     let next = (c.pnn() + 1) % a.nodes;
     let mut r = Report::default();
     if a.id == 0 {
-        ring_hop(&db, &mut r, &w).await?;
-        c.send_message(next, SRVID_RING, b"")?;
+        ring_hop(&db, &key, &mut r, &w).await?;
+        c.send_message(next, srvid, b"")?;
     }
     loop {
         tokio::select! {
             m = rx.recv() => {
                 if m.is_none() { anyhow::bail!("connection lost"); }
                 if w.over() { break; }
-                ring_hop(&db, &mut r, &w).await?;
-                c.send_message(next, SRVID_RING, b"")?;
+                ring_hop(&db, &key, &mut r, &w).await?;
+                c.send_message(next, srvid, b"")?;
             }
             _ = tokio::time::sleep_until(w.end.into()) => break,
         }
@@ -182,8 +202,8 @@ async fn ring(a: &WorkerArgs, c: &Client) -> Result<Report> {
     Ok(r)
 }
 
-async fn ring_hop(db: &ctdb_client::Db, r: &mut Report, w: &Window) -> Result<()> {
-    db.fetch_lock(b"ring", |rec| {
+async fn ring_hop(db: &ctdb_client::Db, key: &[u8], r: &mut Report, w: &Window) -> Result<()> {
+    db.fetch_lock(key, |rec| {
         (
             Update::Store((get_u64(&rec.data) + 1).to_le_bytes().to_vec()),
             (),
@@ -269,7 +289,8 @@ async fn trans(a: &WorkerArgs, c: &Client) -> Result<Report> {
 }
 
 async fn msgring(a: &WorkerArgs, c: &Client) -> Result<Report> {
-    let mut rx = c.register_srvid(SRVID_MSGRING).await?;
+    let srvid = ring_srvid(SRVID_MSGRING, a.ring);
+    let mut rx = c.register_srvid(srvid).await?;
     let w = Window::new(a);
     let mut r = Report::default();
     tokio::time::sleep_until(w.start.into()).await;
@@ -285,7 +306,7 @@ async fn msgring(a: &WorkerArgs, c: &Client) -> Result<Report> {
     let send = |dir: i8, seq: u64| {
         let mut m = vec![dir as u8];
         m.extend_from_slice(&seq.to_le_bytes());
-        c.send_message(next(dir), SRVID_MSGRING, &m)
+        c.send_message(next(dir), srvid, &m)
     };
     if a.id == 0 {
         send(1, 1)?;

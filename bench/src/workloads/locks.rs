@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use ctdb_client::{Client, DbKind};
 
-use super::{Ctx, Row, block_on, check_errors, finish_all, rate};
+use super::{Ctx, Row, block_on, check_errors, cpu_row, daemon_cpu_us, finish_all, rate};
 use crate::worker::Kind;
 
 fn value(d: &[u8]) -> u64 {
@@ -16,33 +16,76 @@ fn value(d: &[u8]) -> u64 {
 /// One record passed around the nodes: each node's client fetch-locks it,
 /// increments it and messages the next node (CTDB's `fetch_ring`).
 pub fn migration_ring(ctx: &Ctx) -> Result<Vec<Row>> {
-    let db = ctx.db_name("ring");
-    let start = ctx.start_at();
-    let workers = (0..ctx.cluster.len())
-        .map(|k| ctx.spawn(Kind::Ring, k, k as u32, start, &["--db".into(), db.clone()]))
-        .collect::<Result<Vec<_>>>()?;
-    let reports = finish_all(ctx, workers)?;
-    check_errors(&reports)?;
-    let total: u64 = reports.iter().map(|r| r.ops_total).sum();
-    let got = block_on(async {
-        let c = Client::connect(ctx.cluster.socket(0)).await?;
-        let d = c.attach(&db, DbKind::Volatile, 0).await?;
-        Ok::<_, anyhow::Error>(value(&d.fetch(b"ring").await?.data))
-    })?;
-    if got != total {
-        bail!("ring counter is {got}, but the workers incremented it {total} times");
-    }
-    if total < 3 {
-        bail!("the record never went round the ring");
-    }
-    let r = rate(ctx, &reports);
-    Ok(vec![Row::ok(
+    rings(
+        ctx,
+        1,
         "migration ring (migrations/s)",
+        Some("daemon CPU per migration, ring (µs)"),
+    )
+}
+
+/// Three such rings at once, on three records: three client processes
+/// per node, three migrations in flight.
+pub fn migration_rings_3(ctx: &Ctx) -> Result<Vec<Row>> {
+    rings(
+        ctx,
+        3,
+        "migration ring, 3 clients/node (migrations/s)",
+        None,
+    )
+}
+
+fn rings(ctx: &Ctx, n: u32, row: &str, cpu: Option<&str>) -> Result<Vec<Row>> {
+    let db = ctx.db_name("ring");
+    let cpu_before = daemon_cpu_us(ctx);
+    let start = ctx.start_at();
+    let mut workers = Vec::new();
+    for ring in 0..n {
+        for k in 0..ctx.cluster.len() {
+            workers.push(ctx.spawn(
+                Kind::Ring,
+                k,
+                k as u32,
+                start,
+                &["--db".into(), db.clone(), "--ring".into(), ring.to_string()],
+            )?);
+        }
+    }
+    let reports = finish_all(ctx, workers)?;
+    let cpu_after = daemon_cpu_us(ctx);
+    check_errors(&reports)?;
+    let per_node = ctx.cluster.len();
+    for ring in 0..n {
+        let mine = &reports[ring as usize * per_node..(ring as usize + 1) * per_node];
+        let total: u64 = mine.iter().map(|r| r.ops_total).sum();
+        let key = crate::worker::ring_key(ring);
+        let got = block_on(async {
+            let c = Client::connect(ctx.cluster.socket(0)).await?;
+            let d = c.attach(&db, DbKind::Volatile, 0).await?;
+            Ok::<_, anyhow::Error>(value(&d.fetch(&key).await?.data))
+        })?;
+        if got != total {
+            bail!(
+                "ring {ring}: the counter is {got}, but the workers incremented it {total} times"
+            );
+        }
+        if total < 3 {
+            bail!("ring {ring}: the record never went round the ring");
+        }
+    }
+    let total: u64 = reports.iter().map(|r| r.ops_total).sum();
+    let r = rate(ctx, &reports);
+    let mut rows = vec![Row::ok(
+        row,
         "migrations/s",
         true,
         r,
         format!("{total} increments checked"),
-    )])
+    )];
+    if let Some(name) = cpu {
+        rows.push(cpu_row(name, cpu_before, cpu_after, total));
+    }
+    Ok(rows)
 }
 
 /// Four clients per node fetch-lock random keys out of 100, then 10,000,

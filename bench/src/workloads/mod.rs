@@ -71,10 +71,12 @@ type Workload = fn(&Ctx) -> Result<Vec<Row>>;
 /// Every workload: its name (for `--only`) and its runner.
 const WORKLOADS: &[(&str, Workload)] = &[
     ("migration-ring", locks::migration_ring),
+    ("migration-ring-3", locks::migration_rings_3),
     ("fetch-lock", locks::contended),
     ("one-record", contention::run),
     ("ptrans", transactions::run),
     ("message-ring", messages::ring),
+    ("message-ring-3", messages::rings_3),
     ("ping", latency::ping),
     ("memory", memory::run),
 ];
@@ -82,7 +84,11 @@ const WORKLOADS: &[(&str, Workload)] = &[
 /// Names of the rows each workload can produce, for failure rows.
 fn rows_of(name: &str) -> &'static [&'static str] {
     match name {
-        "migration-ring" => &["migration ring (migrations/s)"],
+        "migration-ring" => &[
+            "migration ring (migrations/s)",
+            "daemon CPU per migration, ring (µs)",
+        ],
+        "migration-ring-3" => &["migration ring, 3 clients/node (migrations/s)"],
         "fetch-lock" => &[
             "fetch-lock 100 keys (ops/s)",
             "fetch-lock 10000 keys (ops/s)",
@@ -96,7 +102,11 @@ fn rows_of(name: &str) -> &'static [&'static str] {
             "ptrans 16 clients same key (commits/s)",
             "ptrans 16 clients disjoint keys (commits/s)",
         ],
-        "message-ring" => &["message ring (messages/s)"],
+        "message-ring" => &[
+            "message ring (messages/s)",
+            "daemon CPU per message, ring (µs)",
+        ],
+        "message-ring-3" => &["message ring, 3 clients/node (messages/s)"],
         "ping" => &[
             "ping p50, 1000 idle clients/node (µs)",
             "ping p99, 1000 idle clients/node (µs)",
@@ -309,6 +319,50 @@ pub fn run_all(target: &Target, timing: Timing, quick: bool, only: &[String]) ->
 }
 
 /// Sum of the reports' window counts per second of measurement.
+/// CPU time the cluster's daemons have used so far (user + system,
+/// children they reaped included), in microseconds; `None` if a daemon's
+/// `/proc` entry cannot be read. (Clock ticks are 1/100 s on Linux.)
+pub fn daemon_cpu_us(ctx: &Ctx) -> Option<u64> {
+    let mut total = 0;
+    for k in 0..ctx.cluster.len() {
+        let pid = ctx.cluster.pid(k)?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): state is
+        // field 3; utime, stime, cutime, cstime are fields 14 to 17.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        for i in 11..15 {
+            total += f.get(i)?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total * 10_000)
+}
+
+/// A "daemon CPU per operation" row from two [`daemon_cpu_us`] readings
+/// around a run of `ops` operations.
+pub fn cpu_row(name: &str, before: Option<u64>, after: Option<u64>, ops: u64) -> Row {
+    match (before, after) {
+        (Some(b), Some(a)) if ops > 0 => Row::ok(
+            name,
+            "µs",
+            false,
+            a.saturating_sub(b) as f64 / ops as f64,
+            format!(
+                "{:.2} s of daemon CPU over {ops} operations",
+                (a - b) as f64 / 1e6
+            ),
+        ),
+        _ => Row {
+            workload: name.into(),
+            unit: "µs".into(),
+            higher_is_better: false,
+            value: None,
+            note: String::new(),
+            error: Some("daemon CPU time not readable".into()),
+        },
+    }
+}
+
 pub fn rate(ctx: &Ctx, reports: &[Report]) -> f64 {
     reports.iter().map(|r| r.ops_window).sum::<u64>() as f64 / ctx.timing.measure.as_secs_f64()
 }
