@@ -34,7 +34,8 @@ Replaces: ctdb
 Section: net
 Priority: optional
 Description: clustered database daemon, a drop-in for Samba's CTDB 4.17
- ctdbd, the ctdb tool and ctdb_recovery_helper of ctdb-rs, a Rust
+ ctdbd, the ctdb tool, ctdb_recovery_helper and ctdb_takeover_helper of
+ ctdb-rs, a Rust
  reimplementation of CTDB speaking CTDB 4.17's protocol, with the same
  configuration files, paths and systemd unit name as Debian's ctdb package.
  A cluster lock needs a mutex helper (CTDB's ctdb_mutex_fcntl_helper, or a

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install ctdb-rs where Debian's ctdb package puts CTDB (with PREFIX=/usr):
 #   $PREFIX/sbin/ctdbd, $PREFIX/bin/ctdb,
-#   $PREFIX/libexec/ctdb/ctdb_recovery_helper (and any other helper built),
+#   $PREFIX/libexec/ctdb/ctdb_recovery_helper, ctdb_takeover_helper (and any
+#   other helper built),
 #   /lib/systemd/system/ctdb.service ($PREFIX/lib/systemd/system unless
 #   PREFIX is /usr), /etc/ctdb/ctdb.conf (kept if it exists),
 #   /etc/logrotate.d/ctdb.
@@ -42,8 +43,9 @@ install -d "$destdir$sbindir" "$destdir$bindir" "$destdir$libexecdir/ctdb" \
 install -m 0755 "$bin/ctdbd" "$destdir$sbindir/ctdbd"
 install -m 0755 "$bin/ctdb" "$destdir$bindir/ctdb"
 install -m 0755 "$bin/ctdb_recovery_helper" "$destdir$libexecdir/ctdb/ctdb_recovery_helper"
+install -m 0755 "$bin/ctdb_takeover_helper" "$destdir$libexecdir/ctdb/ctdb_takeover_helper"
 # Helpers other crates may add, where Debian's package has them.
-for h in ctdb-eventd ctdb-event ctdb_mutex_fcntl_helper ctdb_lock_helper ctdb_takeover_helper; do
+for h in ctdb-eventd ctdb-event ctdb_mutex_fcntl_helper ctdb_lock_helper; do
   if [ -x "$bin/$h" ]; then install -m 0755 "$bin/$h" "$destdir$libexecdir/ctdb/$h"; fi
 done
 

@@ -140,7 +140,11 @@ pub async fn run(client: Client, opts: &Options) -> Result<(), Failed> {
         Ok(m) => m,
         Err(e) => {
             let ret = error_code(&e);
-            tracing::error!("control GET_NODEMAP failed to node {mypnn}, ret={ret}");
+            if matches!(e, ClientError::ControlFailed { .. }) {
+                tracing::error!("control GET_NODEMAP failed, ret={ret}");
+            } else {
+                tracing::error!("control GET_NODEMAP failed to node {mypnn}, ret={ret}");
+            }
             return Err(Failed(ret));
         }
     };

@@ -75,6 +75,7 @@ fn the_package_installs_where_debian_installs_ctdb() {
         "/usr/sbin/ctdbd",
         "/usr/bin/ctdb",
         "/usr/libexec/ctdb/ctdb_recovery_helper",
+        "/usr/libexec/ctdb/ctdb_takeover_helper",
         "/lib/systemd/system/ctdb.service",
         "/etc/ctdb/ctdb.conf",
         "/etc/logrotate.d/ctdb",
@@ -105,6 +106,10 @@ fn the_package_installs_where_debian_installs_ctdb() {
             "usr/libexec/ctdb/ctdb_recovery_helper",
             "ctdb_recovery_helper",
         ),
+        (
+            "usr/libexec/ctdb/ctdb_takeover_helper",
+            "ctdb_takeover_helper",
+        ),
     ] {
         assert!(
             std::fs::read(root.join(inside)).unwrap() == std::fs::read(our_bin(name)).unwrap(),
@@ -123,6 +128,7 @@ fn the_package_installs_where_debian_installs_ctdb() {
         "ExecStop=/usr/bin/ctdb shutdown",
         "Restart=on-failure",
         "Environment=CTDB_RECOVERY_HELPER=/usr/libexec/ctdb/ctdb_recovery_helper",
+        "Environment=CTDB_TAKEOVER_HELPER=/usr/libexec/ctdb/ctdb_takeover_helper",
         "WantedBy=multi-user.target",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} not in:\n{unit}");
@@ -200,6 +206,7 @@ fn install_sh_honours_prefix_and_destdir_and_keeps_a_config() {
         "opt/ctdb-rs/sbin/ctdbd",
         "opt/ctdb-rs/bin/ctdb",
         "opt/ctdb-rs/libexec/ctdb/ctdb_recovery_helper",
+        "opt/ctdb-rs/libexec/ctdb/ctdb_takeover_helper",
         "opt/ctdb-rs/lib/systemd/system/ctdb.service",
         "etc/ctdb/ctdb.conf",
         "etc/logrotate.d/ctdb",
@@ -218,6 +225,10 @@ fn install_sh_honours_prefix_and_destdir_and_keeps_a_config() {
     );
     assert!(
         unit.contains("CTDB_RECOVERY_HELPER=/opt/ctdb-rs/libexec/ctdb/ctdb_recovery_helper\n"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("CTDB_TAKEOVER_HELPER=/opt/ctdb-rs/libexec/ctdb/ctdb_takeover_helper\n"),
         "{unit}"
     );
     assert!(!unit.contains('@'), "unfilled placeholder:\n{unit}");
