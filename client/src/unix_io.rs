@@ -8,19 +8,15 @@
 //! registered for writability all the time is signalled every time the
 //! peer reads, which wakes the process for nothing.
 
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 
 use bytes::BytesMut;
-use ctdb_protocol::framing::{FrameError, PacketCodec};
+use ctdb_protocol::framing::{FrameError, Framer, SCRATCH};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio_util::codec::Decoder;
 
 /// The socket type both ends use under [`AsyncFd`].
 pub type Socket = std::os::unix::net::UnixStream;
-
-/// Bytes asked of the kernel per read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Registers a socket with the runtime for `interest` only.
 ///
@@ -50,20 +46,17 @@ pub fn send_vectored(s: &Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
-/// Frames packets read from a registered socket, many per read.
+/// Frames packets read from a registered socket, many per read
+/// ([`Framer`]: no buffer held between packets).
 pub struct PacketReader {
-    codec: PacketCodec,
-    buf: BytesMut,
-    chunk: Vec<u8>,
+    framer: Framer,
 }
 
 impl PacketReader {
     /// A reader refusing packets over `max_packet` bytes.
     pub fn new(max_packet: usize) -> PacketReader {
         PacketReader {
-            codec: PacketCodec::new(max_packet),
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            chunk: vec![0u8; READ_CHUNK],
+            framer: Framer::new(max_packet),
         }
     }
 
@@ -72,19 +65,19 @@ impl PacketReader {
     /// maximum) is returned and the stream cannot be read further.
     pub async fn next(&mut self, sock: &AsyncFd<Socket>) -> Result<Option<BytesMut>, FrameError> {
         loop {
-            if let Some(pkt) = self.codec.decode(&mut self.buf)? {
+            if let Some(pkt) = self.framer.next_packet()? {
                 return Ok(Some(pkt));
             }
             let mut guard = sock.readable().await?;
-            match guard.try_io(|s| s.get_ref().read(&mut self.chunk)) {
+            let framer = &mut self.framer;
+            match guard.try_io(|s| framer.read_from(&mut s.get_ref())) {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(n)) => {
                     // A short read drained the socket: wait for the next
                     // edge rather than ask again and hear "would block".
-                    if n < self.chunk.len() {
+                    if n < SCRATCH {
                         guard.clear_ready();
                     }
-                    self.buf.extend_from_slice(&self.chunk[..n]);
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),

@@ -9,9 +9,10 @@
 //!
 //! What a connection costs: an idle one holds no buffer at all. Reads go
 //! into one scratch buffer shared by every connection of the thread
-//! ([`Framer`]); only a packet that arrived in part is kept, in a buffer
-//! of its own that grows with what has arrived (a length field alone
-//! reserves nothing) and is let go as soon as it is complete.
+//! ([`ctdb_protocol::framing::Framer`]); only a packet that arrived in
+//! part is kept, in a buffer of its own that grows with what has arrived
+//! (a length field alone reserves nothing) and is let go as soon as it is
+//! complete.
 //!
 //! A client that sends requests and does not read the replies is held
 //! back: while more than the client queue limit is waiting to be written
@@ -28,16 +29,14 @@
 //! would wake the daemon each time the client read a reply: the kernel
 //! signals "writable" whenever the peer drains the socket.)
 
-use std::cell::{Cell, RefCell};
-use std::io::{self, Read};
+use std::cell::Cell;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ctdb_client::unix_io::{Socket, send_vectored, watch_writable};
-use ctdb_protocol::framing::{FrameError, PacketCodec};
-use ctdb_protocol::header::Header;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -236,126 +235,4 @@ pub fn serve(
         outbox: Arc::new(Outbox::new()),
         dropping: Cell::new((0, 0)),
     })
-}
-
-/// Bytes read from a socket at a time.
-pub const SCRATCH: usize = 64 * 1024;
-
-thread_local! {
-    /// The read buffer every connection of this thread shares.
-    static SCRATCH_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Splits a client's byte stream into packets, holding memory only for a
-/// packet that has arrived in part.
-pub struct Framer {
-    codec: PacketCodec,
-    /// What has arrived of packets not yet complete (empty, and holding
-    /// no allocation, between packets).
-    partial: BytesMut,
-}
-
-impl Framer {
-    pub fn new(max_packet: usize) -> Framer {
-        Framer {
-            codec: PacketCodec::new(max_packet),
-            partial: BytesMut::new(),
-        }
-    }
-
-    /// Reads once from `r` (into the shared scratch buffer) and keeps what
-    /// arrived; returns the bytes read (0 at end of file).
-    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        SCRATCH_BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.len() < SCRATCH {
-                b.resize(SCRATCH, 0);
-            }
-            let n = r.read(&mut b[..SCRATCH])?;
-            self.push(&b[..n]);
-            Ok(n)
-        })
-    }
-
-    /// Takes bytes that arrived.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.partial.extend_from_slice(bytes);
-        }
-    }
-
-    /// The next complete packet, if one has arrived. A length under a
-    /// header or over the maximum is an error, after which the stream
-    /// cannot be read further.
-    pub fn next_packet(&mut self) -> Result<Option<BytesMut>, FrameError> {
-        let Some(length) = Header::peek_length(&self.partial) else {
-            self.release();
-            return Ok(None);
-        };
-        let n = self.codec.check_length(length)?;
-        if self.partial.len() < n {
-            return Ok(None);
-        }
-        let pkt = self.partial.split_to(n);
-        self.release();
-        Ok(Some(pkt))
-    }
-
-    /// Bytes held for incomplete packets.
-    pub fn held(&self) -> usize {
-        self.partial.len()
-    }
-
-    /// Lets the buffer go when nothing is left in it.
-    fn release(&mut self) {
-        if self.partial.is_empty() && self.partial.capacity() > 0 {
-            self.partial = BytesMut::new();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ctdb_protocol::header::HEADER_LEN;
-
-    fn packet(len: u32, fill: u8) -> Vec<u8> {
-        let mut p = vec![fill; len as usize];
-        p[..4].copy_from_slice(&len.to_le_bytes());
-        p
-    }
-
-    #[test]
-    fn frames_packets_split_anywhere_and_holds_nothing_between() {
-        let mut stream = packet(HEADER_LEN as u32, 1);
-        stream.extend(packet(HEADER_LEN as u32 + 100, 2));
-        stream.extend(packet(HEADER_LEN as u32 + 8, 3));
-        for cut in [1, 3, 5, 31, 32, 33, 70, 131, 200] {
-            let mut f = Framer::new(1024);
-            let mut got = Vec::new();
-            for chunk in stream.chunks(cut) {
-                f.push(chunk);
-                while let Some(p) = f.next_packet().unwrap() {
-                    got.push((p.len(), p[4]));
-                }
-            }
-            assert_eq!(got, vec![(32, 1), (132, 2), (40, 3)], "chunks of {cut}");
-            assert_eq!(f.held(), 0);
-            assert_eq!(f.partial.capacity(), 0, "chunks of {cut}");
-        }
-    }
-
-    #[test]
-    fn a_length_field_alone_reserves_nothing() {
-        let mut f = Framer::new(256 * 1024 * 1024);
-        f.push(&(200_000_000u32).to_le_bytes());
-        assert!(f.next_packet().unwrap().is_none());
-        assert!(f.partial.capacity() < 4096);
-        let mut f = Framer::new(1024);
-        f.push(&packet(4096, 0)[..64]);
-        assert!(matches!(f.next_packet(), Err(FrameError::Protocol(_))));
-        let mut f = Framer::new(1024);
-        f.push(&packet(8, 0));
-        assert!(f.next_packet().is_err());
-    }
 }

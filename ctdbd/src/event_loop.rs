@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::BytesMut;
+use ctdb_protocol::framing::{Framer, SCRATCH};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::clients::{Framer, SCRATCH};
 use crate::messaging::ClientId;
 
 /// Names a connection the loop reads.

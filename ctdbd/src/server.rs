@@ -490,6 +490,11 @@ impl Server {
     async fn run_loop(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The database layer's next wake-up: one timer, moved when the
+        // time changes (not a new one registered every turn).
+        let db_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(db_timer);
+        let mut db_timer_at: Option<Instant> = None;
         while !self.shutdown {
             if !self.loopback.is_empty() {
                 let pnn = self.pnn();
@@ -499,6 +504,12 @@ impl Server {
                 self.after_event();
             }
             let wake = self.dbs.as_ref().and_then(|d| d.borrow().next_wakeup());
+            if wake != db_timer_at {
+                if let Some(t) = wake {
+                    db_timer.as_mut().reset(t.into());
+                }
+                db_timer_at = wake;
+            }
             tokio::select! {
                 biased;
                 _ = tick.tick() => self.on_tick(Instant::now()),
@@ -521,7 +532,8 @@ impl Server {
                     None => break,
                 },
                 _ = std::future::poll_fn(|cx| self.ready.poll_ready(cx)) => self.serve_ready(),
-                _ = sleep_until(wake), if wake.is_some() => {
+                _ = &mut db_timer, if wake.is_some() => {
+                    db_timer_at = None;
                     let now = Instant::now();
                     self.with_dbs(|d, env| d.tick(env, now));
                     self.after_event();
@@ -1427,7 +1439,7 @@ impl Server {
     #[doc(hidden)]
     pub fn fuzz_node_stream(&mut self, pnn: u32, bytes: &[u8], chunk: usize) {
         let peer = SocketAddr::from(([127, 0, 0, 1], 4379));
-        let mut f = crate::clients::Framer::new(MAX_PACKET);
+        let mut f = ctdb_protocol::framing::Framer::new(MAX_PACKET);
         for c in bytes.chunks(chunk.max(1)) {
             f.push(c);
             loop {
@@ -1454,7 +1466,7 @@ impl Server {
             pid: 1,
             notify: Vec::new(),
         });
-        let mut f = crate::clients::Framer::new(MAX_PACKET);
+        let mut f = ctdb_protocol::framing::Framer::new(MAX_PACKET);
         for c in bytes.chunks(chunk.max(1)) {
             f.push(c);
             loop {
@@ -1882,14 +1894,6 @@ impl Server {
 async fn recv_db(rx: &mut Option<mpsc::UnboundedReceiver<DbEvent>>) -> Option<DbEvent> {
     match rx {
         Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `t` (forever for `None`).
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
 }
