@@ -2,24 +2,34 @@
 //! volatile database `g_lock.tdb`, in the format CTDB's client library uses
 //! (a record per lock name, holding the list of [`GLock`] holders).
 //!
-//! The holder list is kept as a queue: a client that finds the lock taken
-//! appends itself and waits its turn, instead of retrying until it happens
-//! to find the lock free (which lets a client that just released win again
-//! and leaves others waiting for seconds). An entry holds the lock when
-//! every entry before it is compatible with it (both read locks); the ones
-//! behind it are waiting. To other CTDB clients, which see every entry as
-//! a holder, a queued waiter just looks like the lock being taken, so they
-//! wait as they always do.
+//! The lock record holds the lock's *holders* only, so that CTDB's own
+//! clients (`ctdb ptrans`, `pfetch`, ...), which treat every entry of it
+//! as a holder and retry until none conflicts, share the lock with ours.
+//! CTDB's format has no room for anything else (an entry's type is read
+//! or write; any other value makes CTDB's client fail). Samba's own
+//! g_lock (source3/lib/g_lock.c) likewise keeps its waiters out of the
+//! lock data, as watchers of the record.
+//!
+//! Our waiters queue in a record of their own ([`queue_key`]), which
+//! CTDB's clients never read: a client appends itself there and waits its
+//! turn, instead of retrying until it happens to find the lock free
+//! (which lets a client that just released win again and leaves others
+//! waiting for seconds). A queue entry's turn has come when every entry
+//! before it is compatible with it (both read locks); it then takes the
+//! lock record as CTDB's client does (if a conflicting holder is there,
+//! one of CTDB's clients, it looks again after a short, growing delay).
 //!
 //! A waiter listens on a srvid of its own (see [`wake_srvid`]); releasing
-//! the lock sends an empty message there to every entry that now holds
-//! it, so a waiter's turn starts as soon as the lock is free. A waiter
-//! also looks again after a short, growing delay, for clients that do not
-//! send that message (CTDB's own) and for a lost message.
+//! the lock takes the holder out of the lock record, then out of the
+//! queue, and sends an empty message there to every queue entry whose
+//! turn has come, so a waiter's turn starts as soon as the lock is free.
+//! A waiter also looks again after a short, growing delay, for a lost
+//! message.
 //!
-//! A conflicting entry ahead of us whose process no longer exists
-//! (checked with `PROCESS_EXISTS` on its node) is removed. So a client
-//! that dies holding or waiting for a g_lock loses its place to the next.
+//! A conflicting entry ahead of us (in the queue or in the lock record)
+//! whose process no longer exists (checked with `PROCESS_EXISTS` on its
+//! node) is removed. So a client that dies holding or waiting for a
+//! g_lock loses its place to the next.
 
 use std::time::Duration;
 
@@ -43,8 +53,12 @@ enum Look {
     Waiting(ServerId),
 }
 
-/// Longest wait between two looks at the lock record while queued.
+/// Longest wait between two looks at the queue while queued.
 const MAX_RECHECK: Duration = Duration::from_millis(100);
+
+/// Longest wait between two looks at the lock record while a holder that
+/// wakes nobody (one of CTDB's clients) has it.
+const MAX_RETRY: Duration = Duration::from_millis(8);
 
 /// The srvid a queued waiter is woken on: a tag, then the low 16 bits of
 /// its task id and its pid. (A collision only causes a spurious look.)
@@ -115,11 +129,60 @@ impl Client {
     }
 }
 
+/// The key of the record where our clients queue for the lock `name`
+/// (in `g_lock.tdb`, beside the lock record itself).
+pub fn queue_key(name: &[u8]) -> Vec<u8> {
+    let mut k = b"ctdb-rs/g_lock-queue/".to_vec();
+    k.extend_from_slice(name);
+    k
+}
+
+/// What a look at a lock record in CTDB's way found.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    /// `me` is in the list now (it was added).
+    Taken,
+    /// `me` was in the list already.
+    Held,
+    /// The entry at this index conflicts.
+    Conflict(usize, ServerId),
+}
+
+/// CTDB's client's step on a lock record: the first conflicting entry, or
+/// `me` appended. Returns whether the list changed, and what was found.
+fn take(list: &mut GLockList, me: ServerId, kind: GLockType) -> Take {
+    for (i, l) in list.locks.iter().enumerate() {
+        if l.sid == me {
+            return Take::Held;
+        }
+        if conflicts(l.kind, kind) {
+            return Take::Conflict(i, l.sid);
+        }
+    }
+    list.locks.push(GLock { kind, sid: me });
+    Take::Taken
+}
+
+/// Whether `who`'s process exists (an unreachable node's is presumed to:
+/// recovery deals with that node, not us).
+async fn exists(glock: &Db, who: ServerId) -> bool {
+    glock
+        .client()
+        .control_raw(
+            who.vnn,
+            ReqControl::new(ControlRequest::ProcessExists(who.pid as i32)),
+        )
+        .await
+        .map(|r| r.status == 0)
+        .unwrap_or(true)
+}
+
 /// Takes the lock `name` for `me`, queueing behind conflicting entries.
 ///
 /// If the future is dropped while queued, the entry is removed in the
 /// background (a runtime is there, since the future was being polled).
 pub async fn lock(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Result<()> {
+    let qkey = queue_key(name);
     let mut queued = Queued {
         glock,
         name,
@@ -131,6 +194,8 @@ pub async fn lock(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Res
     let mut wake: Option<tokio::sync::mpsc::UnboundedReceiver<crate::Message>> = None;
     let mut delay = Duration::from_millis(1);
     let mut first = true;
+    // Set once our turn in the queue has come (it stays ours).
+    let mut our_turn = false;
     let result = loop {
         // A record this node is data master of is read from the local
         // file without the daemon, so a lost daemon shows only here: stop
@@ -140,65 +205,97 @@ pub async fn lock(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Res
             queued.armed &= !first;
             break Err(ClientError::Disconnected);
         }
-        let r = glock
-            .fetch_lock(name, |rec| {
-                let mut list = match parse(&rec.data) {
-                    Ok(l) => l,
-                    Err(e) => return (Update::Keep, Err(e)),
-                };
-                match look(&mut list, me, kind, first) {
-                    Ok((true, l)) => (Update::Store(list.to_bytes()), Ok(l)),
-                    Ok((false, l)) => (Update::Keep, Ok(l)),
-                    Err(e) => (Update::Keep, Err(e)),
+        if !our_turn {
+            let r = glock
+                .fetch_lock(&qkey, |rec| {
+                    let mut list = match parse(&rec.data) {
+                        Ok(l) => l,
+                        Err(e) => return (Update::Keep, Err(e)),
+                    };
+                    match look(&mut list, me, kind, first) {
+                        Ok((true, l)) => (Update::Store(list.to_bytes()), Ok(l)),
+                        Ok((false, l)) => (Update::Keep, Ok(l)),
+                        Err(e) => (Update::Keep, Err(e)),
+                    }
+                })
+                .await;
+            let look = match r {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) | Err(e) => {
+                    // A failed first look added nothing (and must not
+                    // remove an entry `me` already had).
+                    queued.armed &= !first;
+                    break Err(e);
                 }
-            })
-            .await;
-        let look = match r {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) | Err(e) => {
-                // A failed first look added nothing (and must not remove
-                // an entry `me` already had).
-                queued.armed &= !first;
-                break Err(e);
+            };
+            first = false;
+            match look {
+                Look::Acquired => {
+                    our_turn = true;
+                    delay = Duration::from_millis(1);
+                }
+                Look::Waiting(ahead) => {
+                    if !exists(glock, ahead).await {
+                        tracing::info!(
+                            "removing dead g_lock waiter pid {} on node {}",
+                            ahead.pid,
+                            ahead.vnn
+                        );
+                        if let Err(e) = remove(glock, &qkey, ahead).await {
+                            break Err(e);
+                        }
+                        continue;
+                    }
+                }
             }
-        };
-        first = false;
-        let holder = match look {
-            Look::Acquired => break Ok(()),
-            Look::Waiting(h) => h,
-        };
-        let client = glock.client();
-        let exists = client
-            .control_raw(
-                holder.vnn,
-                ReqControl::new(ControlRequest::ProcessExists(holder.pid as i32)),
-            )
-            .await
-            .map(|r| r.status == 0)
-            // An unreachable node's holder is presumed alive: recovery will
-            // deal with that node, not us.
-            .unwrap_or(true);
-        if !exists {
-            tracing::info!(
-                "removing dead g_lock holder pid {} on node {}",
-                holder.pid,
-                holder.vnn
-            );
-            if let Err(e) = remove(glock, name, holder).await {
-                break Err(e);
+        }
+        if our_turn {
+            // Our turn: take the lock record as CTDB's clients do.
+            let r = glock
+                .fetch_lock(name, |rec| {
+                    let mut list = match parse(&rec.data) {
+                        Ok(l) => l,
+                        Err(e) => return (Update::Keep, Err(e)),
+                    };
+                    match take(&mut list, me, kind) {
+                        Take::Taken => (Update::Store(list.to_bytes()), Ok(Take::Taken)),
+                        t => (Update::Keep, Ok(t)),
+                    }
+                })
+                .await;
+            match r {
+                Ok(Ok(Take::Taken | Take::Held)) => break Ok(()),
+                Ok(Ok(Take::Conflict(at, holder))) => {
+                    // A holder that is not in our queue: one of CTDB's
+                    // clients (or one that died).
+                    if !exists(glock, holder).await {
+                        tracing::info!(
+                            "removing dead g_lock holder pid {} on node {}",
+                            holder.pid,
+                            holder.vnn
+                        );
+                        if let Err(e) = remove_at(glock, name, at, holder).await {
+                            break Err(e);
+                        }
+                        continue;
+                    }
+                }
+                Ok(Err(e)) | Err(e) => break Err(e),
             }
-            continue;
         }
         match wake.as_mut() {
             // Listen first, then look again: a release between our look
             // and the registration is not missed.
-            None => match client.register_srvid(wake_srvid(me)).await {
+            None => match glock.client().register_srvid(wake_srvid(me)).await {
                 Ok(rx) => wake = Some(rx),
                 Err(e) => break Err(e),
             },
             Some(rx) => {
+                // Waiting behind a holder of CTDB's, which wakes nobody,
+                // looks again sooner.
+                let most = if our_turn { MAX_RETRY } else { MAX_RECHECK };
                 if tokio::time::timeout(delay, rx.recv()).await.is_err() {
-                    delay = (delay * 2).min(MAX_RECHECK);
+                    delay = (delay * 2).min(most);
                 }
             }
         }
@@ -215,8 +312,8 @@ pub async fn lock(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Res
     }
 }
 
-/// Removes our queue entry if [`lock`] is abandoned (dropped, or failed)
-/// after the entry was added.
+/// Removes our entries if [`lock`] is abandoned (dropped, or failed)
+/// after the queue entry was added.
 struct Queued<'a> {
     glock: &'a Db,
     name: &'a [u8],
@@ -241,9 +338,11 @@ impl Drop for Queued<'_> {
 }
 
 /// Releases the lock `name` held by `me` (or gives up `me`'s place in the
-/// queue), and wakes the entries that hold it now.
+/// queue), and wakes the queue entries whose turn has come.
 pub async fn unlock(glock: &Db, name: &[u8], me: ServerId) -> Result<()> {
-    let now_holding = remove(glock, name, me).await?;
+    // The lock record first: whoever is woken finds the lock free.
+    remove(glock, name, me).await?;
+    let now_holding = remove(glock, &queue_key(name), me).await?;
     let client = glock.client();
     for sid in now_holding {
         // A waiter that has gone is found by the next one's look.
@@ -266,20 +365,46 @@ fn take_out(list: &mut GLockList, who: ServerId) -> Vec<ServerId> {
         .collect()
 }
 
-/// Removes `who` from the list; returns the entries that hold the lock
-/// now but did not before.
-async fn remove(glock: &Db, name: &[u8], who: ServerId) -> Result<Vec<ServerId>> {
+/// Removes `who` from the list in record `key` (deleting the record when
+/// nobody is left); returns the entries that hold the lock now but did
+/// not before.
+async fn remove(glock: &Db, key: &[u8], who: ServerId) -> Result<Vec<ServerId>> {
     glock
-        .fetch_lock(name, |rec| {
+        .fetch_lock(key, |rec| {
             let mut list = match parse(&rec.data) {
                 Ok(l) => l,
                 Err(e) => return (Update::Keep, Err(e)),
             };
+            if !list.locks.iter().any(|l| l.sid == who) {
+                return (Update::Keep, Ok(Vec::new()));
+            }
             let woken = take_out(&mut list, who);
             if list.locks.is_empty() {
                 (Update::Delete, Ok(woken))
             } else {
                 (Update::Store(list.to_bytes()), Ok(woken))
+            }
+        })
+        .await?
+}
+
+/// Removes the (dead) entry `who` at index `at` of record `key`, if it is
+/// still there, as CTDB's client does (the last entry takes its place).
+async fn remove_at(glock: &Db, key: &[u8], at: usize, who: ServerId) -> Result<()> {
+    glock
+        .fetch_lock(key, |rec| {
+            let mut list = match parse(&rec.data) {
+                Ok(l) => l,
+                Err(e) => return (Update::Keep, Err(e)),
+            };
+            if list.locks.get(at).is_some_and(|l| l.sid == who) {
+                list.locks.swap_remove(at);
+                if list.locks.is_empty() {
+                    return (Update::Delete, Ok(()));
+                }
+                (Update::Store(list.to_bytes()), Ok(()))
+            } else {
+                (Update::Keep, Ok(()))
             }
         })
         .await?
@@ -292,10 +417,6 @@ async fn remove(glock: &Db, name: &[u8], who: ServerId) -> Result<Vec<ServerId>>
 /// and start again; if not, remove that entry (the last entry takes its
 /// place) and go on; with no conflict left, append `me`.
 pub async fn lock_ctdb_style(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Result<()> {
-    enum Step {
-        Done,
-        Check(usize, ServerId),
-    }
     loop {
         let step = glock
             .fetch_lock(name, |rec| {
@@ -303,24 +424,18 @@ pub async fn lock_ctdb_style(glock: &Db, name: &[u8], me: ServerId, kind: GLockT
                     Ok(l) => l,
                     Err(e) => return (Update::Keep, Err(e)),
                 };
-                for (i, l) in list.locks.iter().enumerate() {
-                    if l.sid == me {
-                        return (
-                            Update::Keep,
-                            Err(ClientError::Other("g_lock_lock: deadlock".into())),
-                        );
-                    }
-                    if conflicts(l.kind, kind) {
-                        return (Update::Keep, Ok(Step::Check(i, l.sid)));
-                    }
+                match take(&mut list, me, kind) {
+                    Take::Held => (
+                        Update::Keep,
+                        Err(ClientError::Other("g_lock_lock: deadlock".into())),
+                    ),
+                    Take::Taken => (Update::Store(list.to_bytes()), Ok(None)),
+                    Take::Conflict(i, h) => (Update::Keep, Ok(Some((i, h)))),
                 }
-                list.locks.push(GLock { kind, sid: me });
-                (Update::Store(list.to_bytes()), Ok(Step::Done))
             })
             .await??;
-        let (at, holder) = match step {
-            Step::Done => return Ok(()),
-            Step::Check(i, h) => (i, h),
+        let Some((at, holder)) = step else {
+            return Ok(());
         };
         let exists = glock
             .client()
@@ -336,20 +451,7 @@ pub async fn lock_ctdb_style(glock: &Db, name: &[u8], me: ServerId, kind: GLockT
             continue;
         }
         // Gone: drop its entry (if it is still where we saw it).
-        glock
-            .fetch_lock(name, |rec| {
-                let mut list = match parse(&rec.data) {
-                    Ok(l) => l,
-                    Err(e) => return (Update::Keep, Err(e)),
-                };
-                if list.locks.get(at).is_some_and(|l| l.sid == holder) {
-                    list.locks.swap_remove(at);
-                    (Update::Store(list.to_bytes()), Ok(()))
-                } else {
-                    (Update::Keep, Ok(()))
-                }
-            })
-            .await??;
+        remove_at(glock, name, at, holder).await?;
     }
 }
 
@@ -461,6 +563,26 @@ mod tests {
         let mut list = GLockList::default();
         let (changed, l) = look(&mut list, sid(1), GLockType::Write, false).unwrap();
         assert!(changed && matches!(l, Look::Acquired));
+    }
+
+    #[test]
+    fn the_lock_record_holds_holders_only_and_waiters_queue_elsewhere() {
+        // What CTDB's client does on the lock record: a reader joins
+        // readers, a writer finds the first conflicting holder.
+        let mut list = GLockList::default();
+        assert_eq!(take(&mut list, sid(1), GLockType::Read), Take::Taken);
+        assert_eq!(take(&mut list, sid(2), GLockType::Read), Take::Taken);
+        assert_eq!(
+            take(&mut list, sid(3), GLockType::Write),
+            Take::Conflict(0, sid(1))
+        );
+        assert_eq!(list.locks.len(), 2, "a conflicting writer adds nothing");
+        assert_eq!(take(&mut list, sid(2), GLockType::Read), Take::Held);
+        // Our waiters' queue is another record, never read by CTDB's
+        // clients; its key differs from the lock's.
+        let q = queue_key(b"transaction_db_0x12345678\0");
+        assert_ne!(q.as_slice(), b"transaction_db_0x12345678\0");
+        assert!(q.ends_with(b"transaction_db_0x12345678\0"));
     }
 
     #[test]
