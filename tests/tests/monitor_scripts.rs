@@ -54,9 +54,10 @@ fn options(setup: Setup) -> ClusterOptions {
     // The scripts keep their state in CTDB_SCRIPT_VARDIR, by default
     // /var/lib/ctdb/scripts, which `00.ctdb` empties at `init`: shared by
     // every node on this machine, the nodes' init events race (one node's
-    // `rm -rf` beats another's cache file, and its init fails, on either
-    // daemon). As CTDB's own tests do, each node gets its own, through the
-    // options file the scripts load.
+    // `rm -rf` removes another's cache file and that node's init fails:
+    // seen on ours, whose nodes start closer together; the race is the
+    // scripts', not the daemon's). As CTDB's own tests do, each node gets
+    // its own, through the options file the scripts load.
     o = o
         .tunable("MonitorInterval", 1)
         .base_file("functions", &read("/etc/ctdb/functions"))
