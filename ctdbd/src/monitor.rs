@@ -21,8 +21,8 @@
 //!   cancelled run changes nothing; a timed-out run counts as a success
 //!   until `MonitorTimeoutCount` timeouts in a row. A change is pushed to
 //!   the recovery daemon (`PUSH_NODE_FLAGS`) and every node is asked for a
-//!   takeover run (`TAKEOVER_RUN`; this daemon has no public addresses
-//!   yet, so that only reaches the leader's recovery daemon). The interval
+//!   takeover run (`TAKEOVER_RUN`, handled by the leader's recovery
+//!   daemon, [`crate::recoverd`]). The interval
 //!   restarts at 5 s after a change and doubles up to `MonitorInterval`.
 //! * Every event gets `EventScriptTimeout`; a timed-out `startrecovery`,
 //!   `recovered`, `takeip` or `releaseip` counts as a success; while
