@@ -811,6 +811,14 @@ fn become_dmaster(
         reserved1: 0,
         flags,
     };
+    // A vacuum migration marks the record for the store rules (an empty
+    // record never migrated with data is deleted on the lmaster).
+    if pending
+        .get(&reqid)
+        .is_some_and(|p| p.call.flags & call_flags::VACUUM_MIGRATION != 0)
+    {
+        h.flags |= record_flags::VACUUM_MIGRATED;
+    }
     ltdb::store(ctx, rec, &mut h, data)?;
     let Some(p) = pending.get(&reqid) else {
         error!(

@@ -71,17 +71,11 @@ impl Databases {
             Rq::GetDbSeqnum(r) => self.get_db_seqnum(ctx, req, to, r.db_id),
             Rq::EnableSeqnum(id) => Some(self.enable_seqnum(env, *id)),
             Rq::UpdateSeqnum(id) => Some(self.update_seqnum(env, ctx.srcnode, *id)),
-            // Vacuuming is not part of this daemon: records a client
-            // deleted stay as empty records.
-            Rq::ScheduleForDeletion(k) => Some(self.with_db(k.db_id, |_| {
-                ReplyControl::ok(ControlReply::ScheduleForDeletion)
-            })),
-            Rq::TryDeleteRecords(_) | Rq::VacuumFetch(_) | Rq::DbVacuum(_) => {
-                Some(ReplyControl::error(
-                    -1,
-                    format!("{}: vacuuming is not supported", req.opcode().name()),
-                ))
-            }
+            // Vacuuming (vacuum.rs, vacuum_remote.rs).
+            Rq::ScheduleForDeletion(k) => Some(self.schedule_for_deletion(k)),
+            Rq::VacuumFetch(rb) => Some(self.vacuum_fetch(rb)),
+            Rq::TryDeleteRecords(rb) => self.try_delete_records(env, ctx, req, to, rb),
+            Rq::DbVacuum(v) => self.db_vacuum(env, to, v),
             Rq::Trans3Commit(rb) => self.trans3_commit(env, ctx, req, to, rb),
             Rq::UpdateRecord(rb) => self.update_record(env, ctx, req, to, rb),
             Rq::TraverseStart(t) => self.traverse_start(

@@ -31,6 +31,8 @@ pub mod pin;
 pub mod recovery;
 pub mod seqnum;
 pub mod traverse;
+pub mod vacuum;
+pub mod vacuum_remote;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -149,6 +151,8 @@ pub enum DbEvent {
     TraverseRecords { id: u64, data: Vec<u8> },
     /// A local traverse ended.
     TraverseEnd { id: u64, ok: bool },
+    /// Vacuuming's background work ([`vacuum`]).
+    Vacuum(vacuum::VacEvent),
 }
 
 impl std::fmt::Debug for DbEvent {
@@ -163,6 +167,7 @@ impl std::fmt::Debug for DbEvent {
             DbEvent::Chunk { dest, data, .. } => write!(f, "Chunk({dest}, {} bytes)", data.len()),
             DbEvent::TraverseRecords { id, .. } => write!(f, "TraverseRecords({id})"),
             DbEvent::TraverseEnd { id, ok } => write!(f, "TraverseEnd({id}, {ok})"),
+            DbEvent::Vacuum(v) => write!(f, "Vacuum({v:?})"),
         }
     }
 }
@@ -184,6 +189,13 @@ pub enum Work {
         ctx: ControlCtx,
         req: ReqControl,
         to: ReplyTo,
+    },
+    /// A vacuum run's deletion of a record it waited to lock
+    /// ([`vacuum`]).
+    VacuumDelete {
+        run: u64,
+        key: Vec<u8>,
+        hdr: ctdb_protocol::types::LtdbHeader,
     },
 }
 
@@ -208,6 +220,8 @@ pub struct Databases {
     pub(crate) deferred_attach: Vec<(ControlCtx, ReqControl, ReplyTo, Instant)>,
     /// When the sequence-number check ([`seqnum`]) is next due.
     pub(crate) seqnum_next: Option<Instant>,
+    /// Delete queues, vacuum timers and the vacuum run ([`vacuum`]).
+    pub(crate) vacuum: vacuum::Vacuum,
 }
 
 impl Databases {
@@ -231,6 +245,7 @@ impl Databases {
                 recovery: Default::default(),
                 deferred_attach: Vec::new(),
                 seqnum_next: None,
+                vacuum: Default::default(),
             },
             ev_rx,
         )
@@ -254,7 +269,9 @@ impl Databases {
 
     /// The effects produced so far, for the event loop to carry out.
     pub fn take_effects(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
+        let mut fx = std::mem::take(&mut self.effects);
+        self.vacuum_replies(&mut fx);
+        fx
     }
 
     /// Whether work is waiting to be run again.
@@ -284,9 +301,9 @@ impl Databases {
                 call,
             } => self.client_call(env, client, reqid, call),
             Work::Node { pkt } => self.node_packet(env, pkt),
-            Work::Control { ctx, req, to } => {
-                let _ = db;
-                self.control(env, ctx, &req, to)
+            Work::Control { ctx, req, to } => self.control(env, ctx, &req, to),
+            Work::VacuumDelete { run, key, hdr } => {
+                self.vacuum_locked_delete(env, db, run, key, hdr)
             }
         }
     }
@@ -298,6 +315,7 @@ impl Databases {
         freeze
             .into_iter()
             .chain(self.seqnum_next())
+            .chain(self.vacuum_wakeup())
             .chain(self.pin_wakeup())
             .min()
     }
@@ -309,6 +327,7 @@ impl Databases {
         self.traverse_timeouts(env, now);
         self.attach_timeouts(env, now);
         self.seqnum_check(env, now);
+        self.vacuum_tick(env, now);
         self.pin_deadlines(env, now);
     }
 
@@ -409,11 +428,12 @@ impl Databases {
             } => self.pull_chunk(env, dest, srvid, data, sent),
             DbEvent::TraverseRecords { id, data } => self.local_traverse_records(env, id, &data),
             DbEvent::TraverseEnd { id, ok } => self.local_traverse_end(env, id, ok),
+            DbEvent::Vacuum(v) => self.vacuum_event(env, v),
         }
     }
 
     /// A database handle came back: run what waited for it.
-    fn handle_returned(&mut self, env: &Env, id: u32, tdb: tdb::Tdb) {
+    pub(crate) fn handle_returned(&mut self, env: &Env, id: u32, tdb: tdb::Tdb) {
         let Some(db) = self.dbs.get_mut(&id) else {
             // Detached meanwhile: the handle just closes.
             return;

@@ -1,0 +1,357 @@
+//! The vacuuming rules, on node 1 of three (generation 5, volatile
+//! `t.tdb`): what a run deletes at once, what goes to the lmaster or to
+//! the other nodes, what `TRY_DELETE_RECORDS` keeps, and that a record
+//! written again meanwhile is never deleted.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
+use ctdb_protocol::types::{KeyData, LtdbHeader, RecBuffer, VnnMap, capabilities, record_flags};
+use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl};
+
+use crate::config::NodeEntry;
+use crate::db::{DbConfig, Effect, Env, ltdb};
+use crate::messaging::ClientId;
+use crate::node::NodeState;
+use crate::server::ReplyTo;
+
+use super::super::Databases;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dbs: Databases,
+    node: NodeState,
+    tunables: ctdb_protocol::types::TunableList,
+    clients: BTreeMap<ClientId, crate::control::ClientInfo>,
+    id: u32,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::db::DbEvent>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dbs, rx) = Databases::new(DbConfig {
+        volatile_dir: dir.path().join("v"),
+        persistent_dir: dir.path().join("p"),
+        state_dir: dir.path().join("s"),
+        mutexes: false,
+        traverse_helper: "ctdbd".into(),
+    });
+    let entries: Vec<NodeEntry> = (1..=3)
+        .map(|i| NodeEntry {
+            addr: Some(format!("127.0.0.{i}").parse().unwrap()),
+        })
+        .collect();
+    let mut node = NodeState::new(1, &entries, capabilities::DEFAULT);
+    node.set_vnnmap(VnnMap {
+        generation: 5,
+        map: vec![0, 1, 2],
+    })
+    .unwrap();
+    for p in 0..3 {
+        node.node_mut(p).unwrap().flags = 0;
+    }
+    node.recovery_mode = CTDB_RECOVERY_NORMAL;
+    let db = crate::db::file::open(&dbs.cfg, "t.tdb", 0, 1, 131, 5, 5).unwrap();
+    let id = db.id;
+    dbs.order.push(id);
+    dbs.dbs.insert(id, db);
+    Fixture {
+        _dir: dir,
+        dbs,
+        node,
+        tunables: crate::tunables::defaults(),
+        clients: BTreeMap::new(),
+        id,
+        rx,
+    }
+}
+
+/// A key whose lmaster (in a map of 0, 1, 2) is node `lm`, the `n`-th.
+fn key_for(lm: u32, n: usize) -> Vec<u8> {
+    (0u32..)
+        .map(|i| format!("key{i}").into_bytes())
+        .filter(|k| ltdb::key_hash(k) % 3 == lm)
+        .nth(n)
+        .unwrap()
+}
+
+fn hdr(rsn: u64, dmaster: u32, flags: u32) -> LtdbHeader {
+    LtdbHeader {
+        rsn,
+        dmaster,
+        reserved1: 0,
+        flags,
+    }
+}
+
+impl Fixture {
+    fn env(&self) -> Env<'_> {
+        Env {
+            node: &self.node,
+            tunables: &self.tunables,
+            clients: &self.clients,
+        }
+    }
+
+    fn put(&self, key: &[u8], h: &LtdbHeader, data: &[u8]) {
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        tdb.storev(
+            key,
+            &[&ltdb::header_bytes(h), data],
+            tdb::StoreMode::Replace,
+        )
+        .unwrap();
+    }
+
+    fn get(&mut self, key: &[u8]) -> Option<(LtdbHeader, Vec<u8>)> {
+        // The handle may be with the repack thread.
+        while self.dbs.dbs[&self.id].tdb.is_none() {
+            let ev = self.rx.blocking_recv().unwrap();
+            let (node, tunables, clients) = (&self.node, &self.tunables, &self.clients);
+            let env = Env {
+                node,
+                tunables,
+                clients,
+            };
+            self.dbs.event(&env, ev);
+        }
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        tdb.fetch(key)
+            .unwrap()
+            .and_then(|v| ltdb::split(&v).map(|(h, d)| (h, d.to_vec())))
+    }
+
+    /// Stores a record empty, as a client deleting it, and schedules it.
+    fn client_delete(&mut self, key: &[u8], h: LtdbHeader) {
+        self.put(key, &h, b"");
+        let r = self.dbs.schedule_for_deletion(&KeyData {
+            db_id: self.id,
+            header: h,
+            key: key.to_vec(),
+        });
+        assert_eq!(r.status, 0);
+    }
+
+    /// A fast run, stepped until it waits for other nodes; the controls
+    /// it sent.
+    fn run(&mut self) -> Vec<(u32, u64, ControlRequest)> {
+        let (node, tunables, clients) = (&self.node, &self.tunables, &self.clients);
+        let env = Env {
+            node,
+            tunables,
+            clients,
+        };
+        self.dbs
+            .vacuum_start(&env, self.id, false, false, Some(ReplyTo::Nobody))
+            .unwrap();
+        for _ in 0..10 {
+            self.dbs.vacuum_tick(&env, Instant::now());
+        }
+        controls(self.dbs.take_effects())
+    }
+
+    fn reply(&mut self, tag: u64, r: ReplyControl) {
+        self.dbs.vacuum_control_reply(tag, &Ok(r));
+        let (node, tunables, clients) = (&self.node, &self.tunables, &self.clients);
+        let env = Env {
+            node,
+            tunables,
+            clients,
+        };
+        for _ in 0..10 {
+            self.dbs.vacuum_tick(&env, Instant::now());
+        }
+    }
+}
+
+fn controls(fx: Vec<Effect>) -> Vec<(u32, u64, ControlRequest)> {
+    fx.into_iter()
+        .filter_map(|e| match e {
+            Effect::Control {
+                dest,
+                req,
+                tag: Some(t),
+            } => Some((dest, t, req.data)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The delete queue: a record never migrated with data is deleted at once
+/// on its lmaster; one that was goes to the other nodes first; one whose
+/// lmaster is another node goes there with `VACUUM_FETCH`; one written
+/// again (data, or a new rsn) since it was deleted stays.
+#[test]
+fn the_delete_queue_sorts_records_as_ctdb() {
+    let mut f = fixture();
+    let plain = key_for(1, 0);
+    let moved = key_for(1, 1);
+    let remote = key_for(2, 0);
+    let revived = key_for(1, 2);
+    let newer = key_for(1, 3);
+    f.client_delete(&plain, hdr(3, 1, 0));
+    f.client_delete(&moved, hdr(4, 1, record_flags::MIGRATED_WITH_DATA));
+    f.client_delete(&remote, hdr(2, 1, 0));
+    f.client_delete(&revived, hdr(5, 1, 0));
+    f.put(&revived, &hdr(5, 1, 0), b"alive again");
+    f.client_delete(&newer, hdr(5, 1, 0));
+    f.put(&newer, &hdr(6, 1, 0), b"");
+    let sent = f.run();
+    assert!(f.get(&plain).is_none(), "plain record not deleted");
+    assert_eq!(f.get(&revived).unwrap().1, b"alive again");
+    assert_eq!(f.get(&newer).unwrap().0.rsn, 6);
+    // Still here until every node deleted its copy.
+    assert!(f.get(&moved).is_some());
+    let fetch: Vec<_> = sent
+        .iter()
+        .filter(|(_, _, r)| matches!(r, ControlRequest::VacuumFetch(_)))
+        .collect();
+    assert_eq!(fetch.len(), 1);
+    assert_eq!(fetch[0].0, 2);
+    let ControlRequest::VacuumFetch(rb) = &fetch[0].2 else {
+        unreachable!()
+    };
+    assert_eq!(
+        rb.iter().map(|r| r.key.to_vec()).collect::<Vec<_>>(),
+        vec![remote.clone()]
+    );
+    // The lmaster answers; then TRY_DELETE_RECORDS goes to nodes 0 and 2.
+    f.reply(fetch[0].1, ReplyControl::ok(ControlReply::VacuumFetch));
+    let tries = controls(f.dbs.take_effects());
+    let mut dests: Vec<u32> = tries.iter().map(|(d, _, _)| *d).collect();
+    dests.sort();
+    assert_eq!(dests, vec![0, 2]);
+    let ControlRequest::TryDeleteRecords(rb) = &tries[0].2 else {
+        panic!("{:?}", tries[0].2)
+    };
+    let recs: Vec<_> = rb.iter().collect();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].key, moved.as_slice());
+    assert_eq!(ltdb::split(recs[0].data).unwrap().0.rsn, 4);
+    // Both deleted their copies: deleted here too.
+    for (_, tag, _) in &tries {
+        f.reply(
+            *tag,
+            ReplyControl::ok(ControlReply::TryDeleteRecords(RecBuffer::new(f.id))),
+        );
+    }
+    assert!(f.get(&moved).is_none(), "record not deleted on its lmaster");
+}
+
+/// A node that kept its copy (or a record migrated away meanwhile) keeps
+/// the lmaster's copy too.
+#[test]
+fn a_record_kept_anywhere_is_kept_on_the_lmaster() {
+    for kept_remotely in [true, false] {
+        let mut f = fixture();
+        let key = key_for(1, 0);
+        f.client_delete(&key, hdr(4, 1, record_flags::MIGRATED_WITH_DATA));
+        let sent = f.run();
+        let tries: Vec<_> = sent
+            .iter()
+            .filter(|(_, _, r)| matches!(r, ControlRequest::TryDeleteRecords(_)))
+            .cloned()
+            .collect();
+        assert_eq!(tries.len(), 2);
+        if !kept_remotely {
+            // Meanwhile a client on node 2 fetched it (and this node
+            // stored it as node 2's).
+            f.put(&key, &hdr(4, 2, record_flags::MIGRATED_WITH_DATA), b"");
+        }
+        for (dest, tag, req) in tries {
+            let ControlRequest::TryDeleteRecords(rb) = req else {
+                unreachable!()
+            };
+            let kept = if kept_remotely && dest == 2 {
+                rb
+            } else {
+                RecBuffer::new(f.id)
+            };
+            f.reply(tag, ReplyControl::ok(ControlReply::TryDeleteRecords(kept)));
+        }
+        assert!(f.get(&key).is_some(), "kept_remotely {kept_remotely}");
+    }
+}
+
+/// `TRY_DELETE_RECORDS` on a node that is not the lmaster: an older copy
+/// (or none) is deleted; a newer copy, a copy this node masters, a
+/// record it is lmaster of, or one with read-only flags is kept and
+/// returned.
+#[test]
+fn try_delete_keeps_newer_copies() {
+    let mut f = fixture();
+    let old = key_for(0, 0);
+    let newer = key_for(0, 1);
+    let mine = key_for(0, 2);
+    let absent = key_for(0, 3);
+    let lmaster_here = key_for(1, 0);
+    let ro = key_for(0, 4);
+    f.put(&old, &hdr(3, 0, 0), b"stale data");
+    f.put(&newer, &hdr(9, 0, 0), b"");
+    f.put(&mine, &hdr(4, 1, 0), b"");
+    f.put(&lmaster_here, &hdr(1, 0, 0), b"");
+    f.put(&ro, &hdr(2, 0, record_flags::RO_HAVE_READONLY), b"");
+    let mut rb = RecBuffer::new(f.id);
+    for k in [&old, &newer, &mine, &absent, &lmaster_here, &ro] {
+        rb.add(f.id, Some(&hdr(4, 0, 0)), k, &[]);
+    }
+    let (node, tunables, clients) = (&f.node, &f.tunables, &f.clients);
+    let env = Env {
+        node,
+        tunables,
+        clients,
+    };
+    let ctx = crate::control::ControlCtx {
+        srcnode: 0,
+        client: None,
+        client_id: 0,
+    };
+    let req = ctdb_protocol::ReqControl::new(ControlRequest::TryDeleteRecords(rb.clone()));
+    let to = ReplyTo::Node { pnn: 0, reqid: 9 };
+    assert!(
+        f.dbs
+            .try_delete_records(&env, &ctx, &req, to, &rb)
+            .is_none()
+    );
+    let fx = f.dbs.take_effects();
+    let Some(Effect::Reply(_, r)) = fx.first() else {
+        panic!("{fx:?}")
+    };
+    let Some(ControlReply::TryDeleteRecords(kept)) = &r.data else {
+        panic!("{r:?}")
+    };
+    let mut kept: Vec<Vec<u8>> = kept.iter().map(|r| r.key.to_vec()).collect();
+    kept.sort();
+    let mut want = vec![
+        newer.clone(),
+        mine.clone(),
+        lmaster_here.clone(),
+        ro.clone(),
+    ];
+    want.sort();
+    assert_eq!(kept, want);
+    assert!(f.get(&old).is_none());
+    assert!(f.get(&newer).is_some() && f.get(&mine).is_some());
+}
+
+/// Scheduling keeps one entry per key (a newer header replaces the
+/// older), and `VACUUM_FETCH` fills the fetch queue.
+#[test]
+fn queues() {
+    let mut f = fixture();
+    let k = key_for(2, 0);
+    f.client_delete(&k, hdr(1, 1, 0));
+    f.client_delete(&k, hdr(2, 1, 0));
+    let v = &f.dbs.vacuum.dbs[&f.id];
+    assert_eq!(v.delete_queue.len(), 1);
+    assert_eq!(v.delete_queue.values().next().unwrap().hdr.rsn, 2);
+    let mut rb = RecBuffer::new(f.id);
+    rb.add(0, None, &k, &[]);
+    assert_eq!(f.dbs.vacuum_fetch(&rb).status, 0);
+    assert_eq!(f.dbs.vacuum.dbs[&f.id].fetch_queue.len(), 1);
+    let mut unknown = RecBuffer::new(0x1234);
+    unknown.add(0, None, &k, &[]);
+    assert_ne!(f.dbs.vacuum_fetch(&unknown).status, 0);
+    let _ = f.env();
+}

@@ -1,0 +1,312 @@
+//! Vacuuming, on the reference cluster and on ours in the same test:
+//! records deleted with `ctdb deletekey` and through a client's delete
+//! (which sends `SCHEDULE_FOR_DELETION`, as Samba's dbwrap_ctdb does) are
+//! gone from every node's tdb file (`ctdb cattdb`) within a deadline
+//! after vacuuming; a record deleted and stored again while vacuuming
+//! runs is never lost, under contention from every node; a database
+//! whose freelist reaches `RepackLimit` entries is repacked.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ctdb_client::{Client, DbKind};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, require_reference};
+
+const NODES: usize = 3;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn cluster(daemon: Daemon, tunables: &[(&str, u32)]) -> Cluster {
+    let mut o = ClusterOptions::new(daemon, NODES);
+    for (n, v) in tunables {
+        o = o.tunable(n, *v);
+    }
+    Cluster::start(o)
+}
+
+/// The keys of `db` in node `k`'s own tdb file (empty records included);
+/// `None` if the tool failed (a traverse fails while the file is being
+/// repacked).
+fn try_local_keys(c: &Cluster, k: usize, db: &str) -> Option<BTreeSet<String>> {
+    let out = c.tool(k, &["cattdb", db]);
+    if !out.status.success() {
+        eprintln!(
+            "cattdb {db} on node {k}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("key(").and_then(|r| r.split_once(") = \"")))
+            .map(|(_, rest)| rest.trim_end_matches('"').to_owned())
+            .collect(),
+    )
+}
+
+/// [`try_local_keys`], retried for a while.
+fn local_keys(c: &Cluster, k: usize, db: &str) -> BTreeSet<String> {
+    // The reference's vacuuming child can hold a traverse up until
+    // VacuumMaxRunTime while it repacks.
+    poll_until(Duration::from_secs(150), "ctdb cattdb", || {
+        try_local_keys(c, k, db)
+    })
+}
+
+fn name(d: &Daemon) -> &'static str {
+    match d {
+        Daemon::Reference => "reference",
+        Daemon::Ours(_) => "ours",
+    }
+}
+
+/// Records written through every node (some migrated again with data),
+/// half deleted with `ctdb deletekey`, half through the client library,
+/// each on another node than the one that wrote it. Returns how long it
+/// took until no node's file held any of them.
+fn deleted_records_vanish(daemon: Daemon) -> Duration {
+    let c = cluster(daemon, &[("VacuumInterval", 1)]);
+    let db = "vac.tdb";
+    c.tool_ok(0, &["attach", db]);
+    let keys: Vec<String> = (0..24).map(|i| format!("vkey-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        c.tool_ok(i % NODES, &["writekey", db, k, &format!("value-{i}")]);
+        if i % 4 < 2 {
+            // Migrated once more, with data.
+            let out = c.tool_ok((i + 1) % NODES, &["readkey", db, k]);
+            assert!(out.contains(&format!("value-{i}")), "{out}");
+        }
+    }
+    // Every key is in some node's file, with its data.
+    let before: BTreeSet<String> = (0..NODES).flat_map(|k| local_keys(&c, k, db)).collect();
+    for k in &keys {
+        assert!(before.contains(k), "{k} missing before the deletes");
+    }
+    rt().block_on(async {
+        let mut dbs = Vec::new();
+        for k in 0..NODES {
+            let cl = Client::connect(c.socket(k)).await.unwrap();
+            dbs.push(cl.attach(db, DbKind::Volatile, 0).await.unwrap());
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let node = (i + 2) % NODES;
+            if i % 2 == 0 {
+                c.tool_ok(node, &["deletekey", db, k]);
+            } else {
+                dbs[node].delete(k.as_bytes()).await.unwrap();
+            }
+        }
+    });
+    let deleted = Instant::now();
+    poll_until(
+        Duration::from_secs(60),
+        "deleted records vacuumed from every node",
+        || {
+            let left: Vec<(usize, String)> = (0..NODES)
+                .flat_map(|n| {
+                    local_keys(&c, n, db)
+                        .into_iter()
+                        .filter(|k| k.starts_with("vkey-"))
+                        .map(move |k| (n, k))
+                })
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
+    deleted.elapsed()
+}
+
+#[test]
+fn deleted_records_are_vacuumed_on_every_node() {
+    require_reference();
+    let reference = deleted_records_vanish(Daemon::Reference);
+    let ours = deleted_records_vanish(Daemon::ours());
+    println!(
+        "24 deleted records gone from all 3 nodes' files (VacuumInterval 1): reference {:.1} s, ours {:.1} s",
+        reference.as_secs_f64(),
+        ours.as_secs_f64()
+    );
+}
+
+/// Three tasks, each with a client on every node, delete and store their
+/// keys again from node to node while vacuuming runs every second; after
+/// each round the key reads back its last value, and at the end every key
+/// reads back its last value from every node for a few vacuum intervals.
+/// Returns the number of delete-and-restore rounds done.
+fn recreated_records_survive(daemon: Daemon) -> usize {
+    let c = cluster(daemon.clone(), &[("VacuumInterval", 1)]);
+    let db = "revive.tdb";
+    let run_for = Duration::from_secs(12);
+    let label = name(&daemon);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut dbs = Vec::new();
+        for k in 0..NODES {
+            let cl = Client::connect(c.socket(k)).await.unwrap();
+            dbs.push(cl.attach(db, DbKind::Volatile, 0).await.unwrap());
+        }
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..3usize {
+            let dbs = dbs.clone();
+            tasks.push(tokio::spawn(async move {
+                let keys: Vec<Vec<u8>> = (0..8).map(|i| format!("r{t}-{i}").into_bytes()).collect();
+                let mut rounds = 0usize;
+                let mut last = vec![Vec::new(); keys.len()];
+                while start.elapsed() < run_for {
+                    for (i, k) in keys.iter().enumerate() {
+                        let a = (rounds + i + t) % NODES;
+                        let v1 = format!("first-{rounds}").into_bytes();
+                        let v2 = format!("again-{rounds}-{a}").into_bytes();
+                        dbs[a].store(k, &v1).await.unwrap();
+                        dbs[(a + 1) % NODES].delete(k).await.unwrap();
+                        dbs[(a + 2) % NODES].store(k, &v2).await.unwrap();
+                        let got = dbs[a].fetch(k).await.unwrap();
+                        assert_eq!(
+                            got.data,
+                            v2,
+                            "{label}: key {} lost its value in round {rounds}",
+                            String::from_utf8_lossy(k)
+                        );
+                        last[i] = v2;
+                    }
+                    rounds += 1;
+                }
+                (keys, last, rounds)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut rounds = 0;
+        for t in tasks {
+            let (keys, last, r) = t.await.unwrap();
+            rounds += r;
+            all.extend(keys.into_iter().zip(last));
+        }
+        // Several vacuum runs later, every value is still there, on every
+        // node.
+        let until = Instant::now() + Duration::from_secs(4);
+        let mut checks = 0;
+        while Instant::now() < until || checks < 2 {
+            for (k, v) in &all {
+                for (n, d) in dbs.iter().enumerate() {
+                    let got = d.fetch(k).await.unwrap();
+                    assert_eq!(
+                        &got.data,
+                        v,
+                        "{label}: key {} read through node {n} lost its value",
+                        String::from_utf8_lossy(k)
+                    );
+                }
+            }
+            checks += 1;
+        }
+        rounds
+    })
+}
+
+#[test]
+fn recreated_records_are_never_lost() {
+    require_reference();
+    let reference = recreated_records_survive(Daemon::Reference);
+    let ours = recreated_records_survive(Daemon::ours());
+    println!("delete-and-store-again rounds without a loss: reference {reference}, ours {ours}");
+    assert!(reference > 0 && ours > 0);
+}
+
+/// The path of `db`'s file on node `k` (`ctdb getdbstatus`).
+fn db_path(c: &Cluster, k: usize, db: &str) -> String {
+    let out = c.tool_ok(k, &["getdbstatus", db]);
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("path: "))
+        .unwrap_or_else(|| panic!("no path in {out}"))
+        .to_owned()
+}
+
+/// Freelist entries of a tdb file, read through a read-only handle.
+fn freelist(path: &str) -> usize {
+    let t = tdb::OpenOptions::new()
+        .read_only(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"));
+    t.freelist_size().unwrap()
+}
+
+/// 2000 records created through node 0, every other one deleted (with
+/// `DatabaseMaxDead` 0, each deleted record is a separate free block
+/// between two live ones): the deleted records go from every node, the
+/// others stay, and the nodes whose freelist reached `RepackLimit` repack
+/// their file (logged). Returns the nodes' freelist sizes at the end and
+/// whether each logged a repack.
+fn repacked(daemon: Daemon) -> (Vec<usize>, Vec<bool>) {
+    let c = cluster(
+        daemon,
+        &[
+            ("VacuumInterval", 1),
+            ("RepackLimit", 50),
+            ("DatabaseMaxDead", 0),
+        ],
+    );
+    let db = "repack.tdb";
+    rt().block_on(async {
+        let cl = Client::connect(c.socket(0)).await.unwrap();
+        let d = cl.attach(db, DbKind::Volatile, 0).await.unwrap();
+        for i in 0..2000 {
+            d.store(format!("rp-{i}").as_bytes(), &[7u8; 100])
+                .await
+                .unwrap();
+        }
+        for i in (0..2000).step_by(2) {
+            d.delete(format!("rp-{i}").as_bytes()).await.unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let keys: Vec<BTreeSet<String>> = (0..NODES).map(|k| local_keys(&c, k, db)).collect();
+        let deleted_left: usize = keys
+            .iter()
+            .map(|ks| {
+                ks.iter()
+                    .filter(|k| k[3..].parse::<u32>().is_ok_and(|n| n % 2 == 0))
+                    .count()
+            })
+            .sum();
+        let kept: BTreeSet<&String> = keys.iter().flatten().collect();
+        for i in (1..2000).step_by(2) {
+            assert!(kept.contains(&format!("rp-{i}")), "rp-{i} was lost");
+        }
+        let logged: Vec<bool> = (0..NODES)
+            .map(|k| c.log_text(k).contains("Repacking repack.tdb with"))
+            .collect();
+        let free: Vec<usize> = (0..NODES).map(|k| freelist(&db_path(&c, k, db))).collect();
+        if deleted_left == 0 && logged.iter().any(|l| *l) && free.iter().all(|n| *n < 50) {
+            return (free, logged);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: deleted records left {deleted_left}, repack logged {logged:?}, freelists {free:?}",
+            name(c.daemon())
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn freelist_past_repack_limit_is_repacked() {
+    require_reference();
+    let reference = repacked(Daemon::Reference);
+    let ours = repacked(Daemon::ours());
+    println!(
+        "after deleting 1000 of 2000 records (RepackLimit 50): freelist entries and repacks per node: reference {reference:?}, ours {ours:?}"
+    );
+}
