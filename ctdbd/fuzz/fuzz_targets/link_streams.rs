@@ -1,11 +1,11 @@
 //! Feeds arbitrary byte streams to the daemon's event loop as a client
 //! connection and as a node's incoming link would deliver them: framing
-//! (the client reader's `Framer`), the link checks (well-formed, from the
-//! link's node), and the loop's handling of every packet (controls
-//! answered by the core, messages, keepalives, replies) of a fresh daemon
-//! of a 3-node cluster (node 0, without the database layer). Then the
-//! same bytes drive an outgoing queue (`Outbox`) against a socket that
-//! takes what the input says, checking its byte accounting.
+//! (`ctdb_protocol::framing::Framer`, as the loop reads), the link checks
+//! (well-formed, from the link's node), and the loop's handling of every
+//! packet (controls answered by the core, messages, keepalives, replies)
+//! of a fresh daemon of a 3-node cluster (node 0, without the database
+//! layer). Then the same bytes drive an outgoing queue (`Outbox`) against
+//! a socket that takes what the input says, checking its byte accounting.
 //!
 //! Input: byte 0 picks the path (bit 0: node link or client; bits 1-2:
 //! which node) and byte 1 the chunk size the stream arrives in.
