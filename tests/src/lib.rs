@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod netns;
 pub mod output;
 pub mod samba;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterOptions, Daemon};
 

@@ -22,15 +22,10 @@
 //! default (CI runs are repeatable), `CTDB_FAULT_SEED=N` replays N,
 //! `CTDB_FAULT_SEED=random` draws one; `CTDB_FAULT_ROUNDS` sets the length.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
+use ctdb_tests::workload::Workload;
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, require_reference};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -67,56 +62,6 @@ fn pick(r: &mut Rng) -> Fault {
         1 => Fault::OneWay { to: a, from: b },
         2 => Fault::Pause(a),
         _ => Fault::KillRestart(a),
-    }
-}
-
-#[derive(Default)]
-struct Counts {
-    acked: AtomicU64,
-    attempted: AtomicU64,
-}
-
-/// A client process per node (`ctdb-increment persistent-loop`), each
-/// incrementing its own key through its node, as separate processes as
-/// real clients are (a client's g_lock dies with its process). It is
-/// started again whenever it exits (its node went away, a commit gave
-/// up), until `stop`.
-fn worker(
-    socket: std::path::PathBuf,
-    k: usize,
-    stop: Arc<AtomicBool>,
-    counts: Arc<Counts>,
-    child: Arc<Mutex<Option<Child>>>,
-) {
-    let key = format!("node{k}");
-    while !stop.load(Ordering::SeqCst) {
-        let mut ch = match Command::new(our_bin("ctdb-increment"))
-            .arg(&socket)
-            .args(["persistent-loop", DB, &key])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => panic!("ctdb-increment: {e}"),
-        };
-        let out = ch.stdout.take().unwrap();
-        *child.lock().unwrap() = Some(ch);
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            match line.as_str() {
-                "attempt" => counts.attempted.fetch_add(1, Ordering::SeqCst),
-                "ack" => counts.acked.fetch_add(1, Ordering::SeqCst),
-                _ => 0,
-            };
-        }
-        if let Some(mut ch) = child.lock().unwrap().take() {
-            let _ = ch.wait();
-        }
-        if !stop.load(Ordering::SeqCst) {
-            // Its node is away or in recovery: start again shortly.
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 }
 
@@ -162,20 +107,8 @@ fn faults(daemon: Daemon, strict: bool) {
     );
     c.tool_ok(0, &["attach", DB, "persistent"]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts: Vec<Arc<Counts>> = (0..NODES).map(|_| Arc::default()).collect();
-    let children: Vec<Arc<Mutex<Option<Child>>>> = (0..NODES).map(|_| Arc::default()).collect();
-    let workers: Vec<_> = (0..NODES)
-        .map(|k| {
-            let (sock, stop, counts, child) = (
-                c.socket(k),
-                stop.clone(),
-                counts[k].clone(),
-                children[k].clone(),
-            );
-            std::thread::spawn(move || worker(sock, k, stop, counts, child))
-        })
-        .collect();
+    // A client per node increments its own key (`node{k}`) through it.
+    let mut load = Workload::start((0..NODES).map(|k| c.socket(k)).collect(), DB, "node");
 
     let heal_limit = Duration::from_secs(120);
     let mut claims = Vec::new();
@@ -219,30 +152,16 @@ fn faults(daemon: Daemon, strict: bool) {
 
     // Let the workload commit a little more on the healed cluster, then
     // stop it and compare.
-    let before: u64 = counts.iter().map(|x| x.acked.load(Ordering::SeqCst)).sum();
+    let before = load.total_acked();
     ctdb_tests::poll_until(
         Duration::from_secs(90),
         "a commit after the last fault",
-        || {
-            let now: u64 = counts.iter().map(|x| x.acked.load(Ordering::SeqCst)).sum();
-            (now > before).then_some(())
-        },
+        || (load.total_acked() > before).then_some(()),
     );
-    stop.store(true, Ordering::SeqCst);
-    for ch in &children {
-        if let Some(ch) = ch.lock().unwrap().as_mut() {
-            let _ = ch.kill();
-        }
-    }
-    for w in workers {
-        w.join().unwrap();
-    }
+    load.stop();
     c.wait_healthy(heal_limit);
-    for (k, count) in counts.iter().enumerate() {
-        let (acked, attempted) = (
-            count.acked.load(Ordering::SeqCst),
-            count.attempted.load(Ordering::SeqCst),
-        );
+    for k in 0..NODES {
+        let (acked, attempted) = (load.load(k).acked(), load.load(k).attempted());
         let values: Vec<u64> = (0..NODES)
             .map(|n| {
                 let out = c.tool_ok(n, &["pfetch", DB, &format!("node{k}")]);

@@ -31,13 +31,10 @@
 //!   timing, so that part is not asserted;
 //! - the cluster ends healthy, with one generation on all nodes.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ctdb_tests::workload::Workload;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 
 const NODES: usize = 3;
@@ -45,69 +42,6 @@ const PDB: &str = "upgrade_p.tdb";
 const VDB: &str = "upgrade_v.tdb";
 const MAX_STALL: Duration = Duration::from_secs(10);
 const HEAL: Duration = Duration::from_secs(120);
-
-/// What one node's client saw.
-#[derive(Default)]
-struct Load {
-    acks: Mutex<Vec<Instant>>,
-    acked: AtomicU64,
-    attempted: AtomicU64,
-    /// The distinct errors its client processes exited with (the first 10).
-    errors: Mutex<Vec<String>>,
-}
-
-/// Runs `ctdb-increment persistent-loop` against node `k` until `stop`,
-/// starting it again whenever it exits (its daemon went away, a commit
-/// failed during a recovery).
-fn worker(
-    socket: PathBuf,
-    k: usize,
-    stop: Arc<AtomicBool>,
-    load: Arc<Load>,
-    child: Arc<Mutex<Option<Child>>>,
-) {
-    let key = format!("load{k}");
-    while !stop.load(Ordering::SeqCst) {
-        let mut ch = Command::new(our_bin("ctdb-increment"))
-            .arg(&socket)
-            .args(["persistent-loop", PDB, &key])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ctdb-increment");
-        let out = ch.stdout.take().unwrap();
-        let mut err = ch.stderr.take().unwrap();
-        *child.lock().unwrap() = Some(ch);
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            match line.as_str() {
-                "attempt" => {
-                    load.attempted.fetch_add(1, Ordering::SeqCst);
-                }
-                "ack" => {
-                    load.acks.lock().unwrap().push(Instant::now());
-                    load.acked.fetch_add(1, Ordering::SeqCst);
-                }
-                _ => {}
-            }
-        }
-        let mut msg = String::new();
-        let _ = err.read_to_string(&mut msg);
-        if let Some(mut ch) = child.lock().unwrap().take() {
-            let _ = ch.wait();
-        }
-        if !msg.trim().is_empty() {
-            let mut e = load.errors.lock().unwrap();
-            let msg = msg.trim().to_owned();
-            if !e.contains(&msg) && e.len() < 10 {
-                e.push(msg);
-            }
-        }
-        if !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
 
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -439,23 +373,10 @@ fn rolling_upgrade_from_ctdb_and_back() {
     check_volatile(&c, "before the upgrade");
     check_persistent(&c, "before the upgrade");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<Arc<Load>> = (0..NODES).map(|_| Arc::default()).collect();
-    let children: Vec<Arc<Mutex<Option<Child>>>> = (0..NODES).map(|_| Arc::default()).collect();
-    let workers: Vec<_> = (0..NODES)
-        .map(|k| {
-            let (sock, stop, load, child) = (
-                c.socket(k),
-                stop.clone(),
-                loads[k].clone(),
-                children[k].clone(),
-            );
-            std::thread::spawn(move || worker(sock, k, stop, load, child))
-        })
-        .collect();
-    let acked = |k: usize| loads[k].acked.load(Ordering::SeqCst);
+    // A client per node increments its own key (`load{k}`) through it.
+    let mut load = Workload::start((0..NODES).map(|k| c.socket(k)).collect(), PDB, "load");
     poll_until(Duration::from_secs(60), "every client to commit", || {
-        (0..NODES).all(|k| acked(k) > 0).then_some(())
+        (0..NODES).all(|k| load.acked(k) > 0).then_some(())
     });
     let start = Instant::now();
 
@@ -489,8 +410,8 @@ fn rolling_upgrade_from_ctdb_and_back() {
         // Its client is back and the others still commit. A client that
         // has not committed for a while is a stall on its way to failing
         // the test: what the nodes hold then is kept for the report.
-        let before: Vec<u64> = (0..NODES).map(acked).collect();
-        let committed = || (0..NODES).all(|n| acked(n) > before[n]);
+        let before: Vec<u64> = (0..NODES).map(|n| load.acked(n)).collect();
+        let committed = || (0..NODES).all(|n| load.acked(n) > before[n]);
         if !poll_within(MAX_STALL + Duration::from_secs(5), committed) {
             snapshots.push(snapshot(&c, &what));
         }
@@ -504,20 +425,14 @@ fn rolling_upgrade_from_ctdb_and_back() {
     }
 
     // A little more work on the final cluster, then stop the clients.
-    let before: Vec<u64> = (0..NODES).map(acked).collect();
+    let before: Vec<u64> = (0..NODES).map(|n| load.acked(n)).collect();
     poll_until(Duration::from_secs(60), "commits at the end", || {
-        (0..NODES).all(|n| acked(n) > before[n] + 10).then_some(())
+        (0..NODES)
+            .all(|n| load.acked(n) > before[n] + 10)
+            .then_some(())
     });
     let end = Instant::now();
-    stop.store(true, Ordering::SeqCst);
-    for ch in &children {
-        if let Some(ch) = ch.lock().unwrap().as_mut() {
-            let _ = ch.kill();
-        }
-    }
-    for w in workers {
-        w.join().unwrap();
-    }
+    load.stop();
 
     healthy_everywhere(&c);
     for k in 0..NODES {
@@ -528,22 +443,22 @@ fn rolling_upgrade_from_ctdb_and_back() {
         );
     }
     let mut report = String::new();
-    for (k, load) in loads.iter().enumerate() {
-        let acks = load.acks.lock().unwrap().clone();
-        let (stall, at) = longest_stall(&acks, start, end, &excused[k]);
-        let errors = load.errors.lock().unwrap().clone();
+    for (k, excused) in excused.iter().enumerate() {
+        let acks = load.load(k).acks();
+        let (stall, at) = longest_stall(&acks, start, end, excused);
+        let errors = load.load(k).errors();
         report.push_str(&format!(
             "node {k}: {} commits acknowledged, {} attempted; longest stall {stall:.1?} at +{:.1?}; \
              last client errors: {errors:?}\n",
             acks.len(),
-            load.attempted.load(Ordering::SeqCst),
+            load.load(k).attempted(),
             at - t0
         ));
     }
     println!("{report}");
-    for (k, load) in loads.iter().enumerate() {
-        let acks = load.acks.lock().unwrap().clone();
-        let (stall, at) = longest_stall(&acks, start, end, &excused[k]);
+    for (k, excused) in excused.iter().enumerate() {
+        let acks = load.load(k).acks();
+        let (stall, at) = longest_stall(&acks, start, end, excused);
         assert!(
             stall <= MAX_STALL,
             "node {k}'s client stalled {stall:.1?} from +{:.1?}\n{report}\n{}\n{}\nwhole logs kept in {}",
@@ -552,10 +467,7 @@ fn rolling_upgrade_from_ctdb_and_back() {
             c.log_tails(),
             keep_logs(&c).display()
         );
-        let (acked, attempted) = (
-            load.acked.load(Ordering::SeqCst),
-            load.attempted.load(Ordering::SeqCst),
-        );
+        let (acked, attempted) = (load.load(k).acked(), load.load(k).attempted());
         let values: Vec<u64> = (0..NODES)
             .map(|n| {
                 let out = c.tool_ok(n, &["pfetch", PDB, &format!("load{k}")]);
