@@ -120,7 +120,23 @@ fn deleted_records_vanish(daemon: Daemon) -> Duration {
             left.is_empty().then_some(())
         },
     );
-    deleted.elapsed()
+    let took = deleted.elapsed();
+    // Every node counted its vacuum runs in the database's statistics.
+    for k in 0..NODES {
+        let out = c.tool_ok(k, &["dbstatistics", db]);
+        let runs: u32 = out
+            .lines()
+            .find(|l| l.contains("vacuum_latency"))
+            .and_then(|l| l.rsplit_once("out of "))
+            .and_then(|(_, n)| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no vacuum_latency line:\n{out}"));
+        assert!(
+            runs > 0,
+            "{}: node {k} counted no vacuum run:\n{out}",
+            name(c.daemon())
+        );
+    }
+    took
 }
 
 #[test]
