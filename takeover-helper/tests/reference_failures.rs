@@ -140,8 +140,10 @@ fn failed_controls_fail_the_run_the_same_way() {
 
 #[test]
 fn unanswered_controls_time_out_the_same_way() {
-    // TakeoverTimeout 1: queries wait 1 s, the moving stages 3 s together.
-    let fast = || vec![("TakeoverTimeout", 1)];
+    // TakeoverTimeout 2 (as in CTDB's unit tests): queries wait 2 s, the
+    // moving stages 6 s together; long enough for the controls that do
+    // answer on a loaded machine.
+    let fast = || vec![("TakeoverTimeout", 2)];
     let (r, _) = check(
         "IPREALLOCATED timeout",
         &case(
