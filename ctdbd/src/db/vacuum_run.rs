@@ -333,6 +333,11 @@ impl Databases {
         };
         let (run_id, db_id, name) = (run.id, run.db, run.name.clone());
         let limit = env.tunables.repack_limit as usize;
+        if limit == 0 {
+            // Repacking is off: the handle stays here.
+            self.vacuum_finish(env, false);
+            return;
+        }
         let Some(tdb) = self.dbs.get_mut(&db_id).and_then(|d| d.tdb.take()) else {
             // Away (a freeze or update has it): skip the repack.
             self.vacuum_finish(env, false);
