@@ -219,6 +219,73 @@ impl Network {
     }
 }
 
+/// A client host on the nodes' network: a namespace of its own with a
+/// veth to the bridge and address 192.0.2.200 ([`Network::client`]);
+/// deleted on drop.
+pub struct ClientNs {
+    name: String,
+}
+
+impl ClientNs {
+    /// The namespace's name.
+    pub fn ns(&self) -> &str {
+        &self.name
+    }
+
+    /// Its address.
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, 200)
+    }
+
+    /// A command that runs in the client's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+impl Network {
+    /// Adds a client namespace on the bridge (one per network).
+    pub fn client(&self) -> ClientNs {
+        let name = format!("{}c", self.prefix);
+        must("netns add", ip(&["netns", "add", &name]));
+        let c = ClientNs { name };
+        let br = self.bridge_ns();
+        must(
+            "client veth",
+            ip(&[
+                "link", "add", "eth0", "netns", &c.name, "type", "veth", "peer", "name", "pc",
+                "netns", &br,
+            ]),
+        );
+        must(
+            "client veth to bridge",
+            ip(&["-n", &br, "link", "set", "pc", "master", "br0", "up"]),
+        );
+        let addr = format!("{}/24", c.ip());
+        must(
+            "client address",
+            ip(&["-n", &c.name, "addr", "add", &addr, "dev", "eth0"]),
+        );
+        must(
+            "client eth0 up",
+            ip(&["-n", &c.name, "link", "set", "eth0", "up"]),
+        );
+        must(
+            "client lo up",
+            ip(&["-n", &c.name, "link", "set", "lo", "up"]),
+        );
+        c
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         for ns in self.made.iter().rev() {
