@@ -240,6 +240,11 @@ async fn serve(
     install_databases(&mut server, cfg);
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());
+    if let Some(addr) = cfg.metrics_address {
+        crate::metrics::spawn(addr, socket.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
     transport::spawn_acceptor(tcp, ev.clone());
     server.start_transport();
     spawn_signal_handlers(signals, ev.clone(), log_for_sighup);

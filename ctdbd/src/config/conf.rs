@@ -51,6 +51,9 @@ pub struct Config {
     /// beyond which its requests are no longer read and messages for it
     /// are dropped.
     pub client_queue_limit: usize,
+    /// `metrics address`: where to serve Prometheus metrics
+    /// (`IP:PORT`); none by default ([`crate::metrics`]).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The default `client queue limit`: 4 MiB.
@@ -82,6 +85,7 @@ impl Config {
             start_as_disabled: false,
             script_log_level: "ERROR".into(),
             client_queue_limit: DEFAULT_CLIENT_QUEUE_LIMIT,
+            metrics_address: None,
         }
     }
 
@@ -233,6 +237,12 @@ impl Config {
                 }
                 self.client_queue_limit = n;
             }
+            ("ctdb-rs", "metrics address") => {
+                let a = v
+                    .parse()
+                    .map_err(|_| "not an address and port (IP:PORT, [IPv6]:PORT)".to_string())?;
+                self.metrics_address = Some(a);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -339,6 +349,19 @@ mod tests {
         assert_eq!(c.node_address, Some("127.0.0.2".parse().unwrap()));
         assert_eq!(c.volatile_db_dir, d.path());
         assert!(c.failover_disabled);
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default() {
+        let (c, _) = load("").unwrap();
+        assert_eq!(c.metrics_address, None);
+        let (c, w) = load("[ctdb-rs]\n\tmetrics address = 127.0.0.1:9779\n").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9779".parse().unwrap()));
+        let (c, _) = load("[ctdb-rs]\nmetrics address = [::1]:9779\n").unwrap();
+        assert_eq!(c.metrics_address, Some("[::1]:9779".parse().unwrap()));
+        assert!(load("[ctdb-rs]\nmetrics address = 127.0.0.1\n").is_err());
+        assert!(load("[ctdb-rs]\nmetrics address = localhost:80\n").is_err());
     }
 
     #[test]
