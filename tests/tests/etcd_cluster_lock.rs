@@ -11,7 +11,10 @@
 //! crash. The first election (after the 5 s leader timeout) then fails on
 //! that key, and every lost attempt leaves a key of its own for 9 s: with a
 //! retry every leader timeout (CTDB 4.17's pattern, which ours followed),
-//! each attempt failed on the key of the one before it, for good. Ours lengthens the leader timeout after each lost lock
+//! each attempt failed on the key of the one before it, for good (the
+//! reference too: in a one-off run that SIGKILLed its leader's whole
+//! process tree, helper included, its nodes retried every 5 s and had no
+//! leader after 100 s). Ours lengthens the leader timeout after each lost lock
 //! election (`leader::Recoverd::leader_timeout_len`), so it takes over in
 //! about 15-20 s. A leader cut off from etcd (not from the other nodes) is
 //! not replaced within two minutes on the reference either;
