@@ -970,6 +970,44 @@ mod tests {
     }
 
     #[test]
+    fn a_record_pinned_for_a_local_client_waits_until_it_speaks() {
+        let mut f = fixture();
+        let db_id = ltdb::db_id("t.tdb");
+        let key = key_for(1);
+        // As if a migration had just brought the record here for client 5.
+        f.dbs
+            .calls
+            .pins
+            .pin(db_id, &key, 5, std::time::Instant::now());
+        let call = ReqCall {
+            flags: call_flags::IMMEDIATE_MIGRATION,
+            db_id,
+            callid: call_id::NULL_FUNC,
+            hopcount: 1,
+            key: key.clone(),
+            calldata: Vec::new(),
+        };
+        // Node 2's request waits: nothing is sent.
+        assert!(f.packet(2, 5, call).is_empty());
+        assert!(!f.dbs.has_ready());
+        // Another client speaking changes nothing; client 5 ends the pin.
+        f.dbs.client_spoke(6);
+        assert!(!f.dbs.has_ready());
+        f.dbs.client_spoke(5);
+        assert!(f.dbs.has_ready());
+        let env = Env {
+            node: &f.node,
+            tunables: &f.tunables,
+            clients: &f.clients,
+        };
+        f.dbs.run_ready(&env);
+        let fx = f.dbs.take_effects();
+        let (dest, p) = decode(&fx[0]);
+        assert_eq!(dest, 2);
+        assert!(matches!(p.body, Body::ReplyDmaster(_)), "{:?}", p.body);
+    }
+
+    #[test]
     fn the_lmaster_migrates_a_new_record_to_the_caller() {
         let mut f = fixture();
         let db_id = ltdb::db_id("t.tdb");
