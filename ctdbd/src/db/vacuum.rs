@@ -289,16 +289,17 @@ impl Databases {
         // Volatile databases get a timer when first seen; detached ones
         // lose their state.
         let interval = interval_of(env);
+        let running = self.vacuum.running_db();
         for (id, db) in &self.dbs {
-            if db.volatile() && !self.vacuum.dbs.contains_key(id) {
-                self.vacuum.dbs.insert(
-                    *id,
-                    DbVac {
-                        interval,
-                        due: Some(now + secs(interval)),
-                        ..Default::default()
-                    },
-                );
+            if !db.volatile() {
+                continue;
+            }
+            // Also a database whose queue a control filled before its
+            // timer was set.
+            let v = self.vacuum.dbs.entry(*id).or_default();
+            if v.due.is_none() && running != Some(*id) {
+                v.interval = interval;
+                v.due = Some(now + secs(interval));
             }
         }
         let dbs = &self.dbs;
