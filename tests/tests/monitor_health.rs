@@ -156,11 +156,18 @@ fn flag_scenario(setup: Setup) -> String {
         unhealthy(&c, 1, 1).then_some(())
     });
     let took = t0.elapsed();
-    // The bound: two monitor intervals (one second of slack for
-    // the tool and a loaded machine).
+    // The bound, for ours: two monitor intervals (one second of
+    // slack for the tool and a loaded machine). The reference is the
+    // oracle for what happens, not held to our bound: on a loaded machine
+    // it once took 5.9 s (with two test runs at once), so it gets twice.
+    println!("{setup:?}: UNHEALTHY after {took:.1?}");
+    let bound = match setup {
+        Setup::Reference => 2 * (2 * INTERVAL + 1),
+        _ => 2 * INTERVAL + 1,
+    };
     assert!(
-        took <= Duration::from_secs(2 * INTERVAL + 1),
-        "{setup:?}: UNHEALTHY after {took:?}"
+        took <= Duration::from_secs(bound),
+        "{setup:?}: UNHEALTHY after {took:?} (bound {bound} s)"
     );
     // The other nodes learn it through the leader.
     poll_until(
