@@ -842,11 +842,8 @@ fn become_dmaster(
 mod tests {
     use std::collections::BTreeMap;
 
-    use ctdb_protocol::types::{VnnMap, capabilities};
-
     use super::*;
-    use crate::config::NodeEntry;
-    use crate::db::{DbConfig, Effect};
+    use crate::db::Effect;
     use crate::node::NodeState;
 
     struct Fixture {
@@ -860,27 +857,8 @@ mod tests {
     /// Node 1 of three, generation 5, with volatile database `t.tdb`.
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (mut dbs, _rx) = Databases::new(DbConfig {
-            volatile_dir: dir.path().join("v"),
-            persistent_dir: dir.path().join("p"),
-            state_dir: dir.path().join("s"),
-            mutexes: false,
-            traverse_helper: "ctdbd".into(),
-        });
-        let entries: Vec<NodeEntry> = (1..=3)
-            .map(|i| NodeEntry {
-                addr: Some(format!("127.0.0.{i}").parse().unwrap()),
-            })
-            .collect();
-        let mut node = NodeState::new(1, &entries, capabilities::DEFAULT);
-        node.set_vnnmap(VnnMap {
-            generation: 5,
-            map: vec![0, 1, 2],
-        })
-        .unwrap();
-        let db = crate::db::file::open(&dbs.cfg, "t.tdb", 0, 1, 131, 5, 5).unwrap();
-        dbs.order.push(db.id);
-        dbs.dbs.insert(db.id, db);
+        let (dbs, _rx, node, _id) =
+            crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", false);
         Fixture {
             _dir: dir,
             dbs,

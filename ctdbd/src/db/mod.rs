@@ -30,6 +30,8 @@ pub mod persistent;
 pub mod pin;
 pub mod recovery;
 pub mod seqnum;
+#[cfg(test)]
+pub(crate) mod test_layer;
 pub mod traverse;
 pub mod vacuum;
 pub mod vacuum_remote;

@@ -145,38 +145,15 @@ fn seqnum_interval(env: &Env) -> Duration {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ctdb_protocol::types::{VnnMap, capabilities};
     use ctdb_protocol::{ControlRequest, Opcode};
 
     use super::*;
-    use crate::config::NodeEntry;
-    use crate::db::{DbConfig, Effect};
+    use crate::db::Effect;
     use crate::node::NodeState;
 
     /// Node 1 of three (vnnmap 0, 1, 2) with volatile `brlock.tdb`.
     fn layer(dir: &std::path::Path) -> (Databases, NodeState, u32) {
-        let (mut dbs, _rx) = Databases::new(DbConfig {
-            volatile_dir: dir.join("v"),
-            persistent_dir: dir.join("p"),
-            state_dir: dir.join("s"),
-            mutexes: true,
-            traverse_helper: "ctdbd".into(),
-        });
-        let entries: Vec<NodeEntry> = (1..=3)
-            .map(|i| NodeEntry {
-                addr: Some(format!("127.0.0.{i}").parse().unwrap()),
-            })
-            .collect();
-        let mut node = NodeState::new(1, &entries, capabilities::DEFAULT);
-        node.set_vnnmap(VnnMap {
-            generation: 5,
-            map: vec![0, 1, 2],
-        })
-        .unwrap();
-        let db = crate::db::file::open(&dbs.cfg, "brlock.tdb", 0, 1, 131, 5, 5).unwrap();
-        let id = db.id;
-        dbs.order.push(id);
-        dbs.dbs.insert(id, db);
+        let (dbs, _rx, node, id) = crate::db::test_layer::node1_of_three(dir, "brlock.tdb", true);
         (dbs, node, id)
     }
 

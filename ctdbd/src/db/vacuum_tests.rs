@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
-use ctdb_protocol::types::{KeyData, LtdbHeader, RecBuffer, VnnMap, capabilities, record_flags};
+use ctdb_protocol::types::{KeyData, LtdbHeader, RecBuffer, record_flags};
 use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl};
 
-use crate::config::NodeEntry;
-use crate::db::{DbConfig, Effect, Env, ltdb};
+use crate::db::{Effect, Env, ltdb};
 use crate::messaging::ClientId;
 use crate::node::NodeState;
 use crate::server::ReplyTo;
@@ -30,32 +29,11 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let (mut dbs, rx) = Databases::new(DbConfig {
-        volatile_dir: dir.path().join("v"),
-        persistent_dir: dir.path().join("p"),
-        state_dir: dir.path().join("s"),
-        mutexes: false,
-        traverse_helper: "ctdbd".into(),
-    });
-    let entries: Vec<NodeEntry> = (1..=3)
-        .map(|i| NodeEntry {
-            addr: Some(format!("127.0.0.{i}").parse().unwrap()),
-        })
-        .collect();
-    let mut node = NodeState::new(1, &entries, capabilities::DEFAULT);
-    node.set_vnnmap(VnnMap {
-        generation: 5,
-        map: vec![0, 1, 2],
-    })
-    .unwrap();
+    let (dbs, rx, mut node, id) = crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", false);
     for p in 0..3 {
         node.node_mut(p).unwrap().flags = 0;
     }
     node.recovery_mode = CTDB_RECOVERY_NORMAL;
-    let db = crate::db::file::open(&dbs.cfg, "t.tdb", 0, 1, 131, 5, 5).unwrap();
-    let id = db.id;
-    dbs.order.push(id);
-    dbs.dbs.insert(id, db);
     Fixture {
         _dir: dir,
         dbs,
