@@ -12,7 +12,8 @@
 //!
 //! The guard deletes every namespace it made (and with them the links and
 //! rules) when dropped, also when the test failed; the cluster guard stops
-//! the daemons first.
+//! the daemons first. Namespaces of a test process that was killed outright
+//! (no guard runs then) are removed by the next network made.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
@@ -56,11 +57,37 @@ pub fn require_netns() {
     }
 }
 
+/// Removes the namespaces of test processes that are gone: a guard does
+/// not run when its process is killed outright (a test runner's timeout
+/// sends SIGKILL), so the next network made cleans up after it. A name
+/// whose pid is alive (or was reused) is left alone.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("ctdbrs-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "delete", name]);
+        }
+    }
+}
+
 impl Network {
     /// Makes the bridge and `nodes` node namespaces, links them, and brings
     /// everything up.
     pub fn new(nodes: usize) -> Network {
         require_netns();
+        remove_stale();
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("ctdbrs-{:x}-{n}-", std::process::id());
