@@ -123,7 +123,23 @@ fn steps(helper: &Path) -> (Vec<(&'static str, Placement)>, Cluster) {
     for k in 0..3 {
         std::fs::write(c.base(k).join("public_addresses"), public_addresses(k)).unwrap();
     }
-    tool(&c, 0, &["reloadips", "all"]);
+    // `reloadips` first disables takeover runs on every node, which fails
+    // while one is running (the cluster has just become healthy and runs
+    // them): ask again until it goes through, as an admin would.
+    let mut last = String::new();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_until(Duration::from_secs(60), "a successful reloadips", || {
+            let out = c.tool(0, &["reloadips", "all"]);
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success().then_some(())
+        })
+    }));
+    if r.is_err() {
+        panic!(
+            "ctdb reloadips all kept failing: {last}\nlogs:\n{}",
+            c.log_tails()
+        );
+    }
     out.push(("reloadips", settle(&c, "addresses loaded", |_| true, None)));
 
     tool(&c, 1, &["disable"]);
