@@ -418,6 +418,20 @@ async fn run_helper(
     args: &[String],
     ev: &tokio::sync::mpsc::UnboundedSender<DbEvent>,
 ) -> bool {
+    stream_helper(exe, args, |whole| {
+        let _ = ev.send(DbEvent::TraverseRecords { id, data: whole });
+    })
+    .await
+}
+
+/// Runs the traverse helper `exe` and hands its output to `records` in
+/// buffers of whole marshalled records, as they arrive. True when the
+/// helper succeeded and its output ended on a record boundary.
+pub(crate) async fn stream_helper(
+    exe: &std::path::Path,
+    args: &[String],
+    mut records: impl FnMut(Vec<u8>),
+) -> bool {
     let mut child = match tokio::process::Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -458,8 +472,7 @@ async fn run_helper(
         }
         if used > 0 {
             let rest = buf.split_off(used);
-            let whole = std::mem::replace(&mut buf, rest);
-            let _ = ev.send(DbEvent::TraverseRecords { id, data: whole });
+            records(std::mem::replace(&mut buf, rest));
         }
     }
     let status = child.wait().await;

@@ -3,11 +3,8 @@
 //! `DB_VACUUM`), and the traverse that feeds a full run
 //! ([`super::vacuum`]).
 
-use std::process::Stdio;
-
 use ctdb_protocol::types::{DbVacuum, KeyData, LtdbHeader, RecBuffer, RecordRef, record_flags};
 use ctdb_protocol::{ControlReply, ReplyControl, ReqControl};
-use tokio::io::AsyncReadExt;
 use tracing::{debug, error, warn};
 
 use super::vacuum::{BATCH, Queued, StartError, TryDelete, VacEvent};
@@ -221,35 +218,10 @@ pub(crate) async fn traverse_empty(
     args: &[String],
     ev: &tokio::sync::mpsc::UnboundedSender<DbEvent>,
 ) -> bool {
-    let mut child = match tokio::process::Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            error!("cannot start traverse helper {}: {e}", exe.display());
-            return false;
-        }
-    };
-    let Some(mut out) = child.stdout.take() else {
-        return false;
-    };
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = match out.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+    super::traverse::stream_helper(exe, args, |whole| {
         let mut used = 0;
         let mut recs = Vec::new();
-        while let Ok((r, len)) = RecordRef::parse(&buf[used..]) {
+        while let Ok((r, len)) = RecordRef::parse(&whole[used..]) {
             used += len;
             if r.data.len() == LtdbHeader::WIRE_SIZE
                 && let Some((hdr, _)) = ltdb::split(r.data)
@@ -260,7 +232,6 @@ pub(crate) async fn traverse_empty(
                 });
             }
         }
-        buf.drain(..used);
         if !recs.is_empty() {
             let _ = ev.send(DbEvent::Vacuum(VacEvent::Traversed {
                 run,
@@ -268,9 +239,8 @@ pub(crate) async fn traverse_empty(
                 end: None,
             }));
         }
-    }
-    let status = child.wait().await;
-    buf.is_empty() && status.is_ok_and(|s| s.success())
+    })
+    .await
 }
 
 #[cfg(test)]
