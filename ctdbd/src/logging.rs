@@ -1,78 +1,31 @@
 //! Logging: CTDB's level names and numbers on top of `tracing`, written to
 //! the configured location in the line format Debian's CTDB writes
 //! (`2026-11-25T20:48:22.276095+00:00 HOST ctdbd[PID]: message`, HOST
-//! being `basename $CTDB_BASE` in test mode, as CTDB fakes it).
+//! being `basename $CTDB_BASE` in test mode, as CTDB fakes it): the format,
+//! the level names and the host name come from the `ctdb-logging` crate,
+//! which the helper programs use too.
 //!
 //! CTDB's levels map onto `tracing` as: ERROR → `error!`, WARNING →
 //! `warn!`, NOTICE → `info!`, INFO → `debug!`, DEBUG → `trace!`. The level
 //! can be changed at run time (`SET_DEBUG`), through [`LogControl`].
 
-use std::fmt;
 use std::fs::OpenOptions;
 use std::sync::{Arc, Mutex};
 
+use ctdb_logging::CtdbFormat;
 use tracing::level_filters::LevelFilter;
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// CTDB's debug levels (Samba's numbers).
-pub const DEBUG_ERR: i32 = 0;
-pub const DEBUG_WARNING: i32 = 1;
-pub const DEBUG_NOTICE: i32 = 3;
-pub const DEBUG_INFO: i32 = 5;
-pub const DEBUG_DEBUG: i32 = 10;
-
-/// Names by level number, as CTDB's table has them (index = level).
-const LEVEL_NAMES: [&str; 11] = [
-    "ERROR", "WARNING", "WARNING", "NOTICE", "NOTICE", "INFO", "INFO", "INFO", "INFO", "INFO",
-    "DEBUG",
-];
-
-/// Parses a level as CTDB does: a number 0..=10, or a (prefix of a) name,
-/// case-insensitively.
-pub fn parse_debug_level(s: &str) -> Option<i32> {
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        let n: i32 = s
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()?;
-        return (0..=10).contains(&n).then_some(n);
-    }
-    if s.is_empty() {
-        return None;
-    }
-    let up = s.to_ascii_uppercase();
-    LEVEL_NAMES
-        .iter()
-        .position(|n| n.starts_with(&up))
-        .map(|i| i as i32)
-}
-
-/// The name of a level number, `UNKNOWN` outside the table.
-pub fn debug_level_name(level: i32) -> &'static str {
-    usize::try_from(level)
-        .ok()
-        .and_then(|i| LEVEL_NAMES.get(i))
-        .copied()
-        .unwrap_or("UNKNOWN")
-}
+pub use ctdb_logging::{
+    DEBUG_DEBUG, DEBUG_ERR, DEBUG_INFO, DEBUG_NOTICE, DEBUG_WARNING, debug_level_name,
+    parse_debug_level,
+};
 
 /// The `tracing` filter for a CTDB level.
 pub fn level_filter(level: i32) -> LevelFilter {
-    match level {
-        i32::MIN..=0 => LevelFilter::ERROR,
-        1..=2 => LevelFilter::WARN,
-        3..=4 => LevelFilter::INFO,
-        5..=9 => LevelFilter::DEBUG,
-        _ => LevelFilter::TRACE,
-    }
+    LevelFilter::from_level(ctdb_logging::tracing_level(level))
 }
 
 /// Changes the log level of a running daemon.
@@ -100,61 +53,6 @@ impl LogControl {
         if let Some(h) = &self.handle {
             let _ = h.modify(|f| *f = level_filter(level));
         }
-    }
-}
-
-/// CTDB's line format.
-struct CtdbFormat {
-    pid: u32,
-    host: String,
-}
-
-/// The host name log lines carry: in test mode the last component of
-/// `CTDB_BASE` (so each local node has its own), else the machine's.
-pub fn log_hostname() -> String {
-    if std::env::var_os("CTDB_TEST_MODE").is_some()
-        && let Some(base) = std::env::var_os("CTDB_BASE")
-    {
-        let base = base.to_string_lossy().into_owned();
-        let last = base.rsplit('/').next().unwrap_or("");
-        return if last.is_empty() {
-            "unknown".into()
-        } else {
-            last.into()
-        };
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-impl<S, N> FormatEvent<S, N> for CtdbFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let now = chrono::Local::now();
-        let prog = if event.metadata().target().starts_with("ctdbd::recoverd") {
-            "ctdb-recoverd"
-        } else {
-            "ctdbd"
-        };
-        write!(
-            w,
-            "{} {} {}[{}]: ",
-            now.format("%Y-%m-%dT%H:%M:%S%.6f%:z"),
-            self.host,
-            prog,
-            self.pid
-        )?;
-        ctx.field_format().format_fields(w.by_ref(), event)?;
-        writeln!(w)
     }
 }
 
@@ -267,10 +165,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
 pub fn init(target: &LogTarget, level: i32) -> std::io::Result<(LogControl, Option<LogFile>)> {
     let (filter, handle) = reload::Layer::new(level_filter(level));
     let fmt_layer = tracing_subscriber::fmt::layer()
-        .event_format(CtdbFormat {
-            pid: std::process::id(),
-            host: log_hostname(),
-        })
+        .event_format(
+            CtdbFormat::new("ctdbd").with_subprogram("ctdbd::recoverd", "ctdb-recoverd"),
+        )
         .with_ansi(false);
     let file = match target {
         LogTarget::File(p) => {
@@ -298,23 +195,4 @@ pub fn init(target: &LogTarget, level: i32) -> std::io::Result<(LogControl, Opti
         },
         file,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn levels_parse_like_ctdb() {
-        assert_eq!(parse_debug_level("NOTICE"), Some(3));
-        assert_eq!(parse_debug_level("notice"), Some(3));
-        assert_eq!(parse_debug_level("ERR"), Some(0));
-        assert_eq!(parse_debug_level("DEBUG"), Some(10));
-        assert_eq!(parse_debug_level("5"), Some(5));
-        assert_eq!(parse_debug_level("11"), None);
-        assert_eq!(parse_debug_level("LOUD"), None);
-        assert_eq!(debug_level_name(3), "NOTICE");
-        assert_eq!(debug_level_name(4), "NOTICE");
-        assert_eq!(debug_level_name(99), "UNKNOWN");
-    }
 }

@@ -8,8 +8,10 @@
 //!
 //! The host is the last component of `CTDB_BASE` in test mode (as CTDB
 //! fakes it for local daemons: `unknown` when that is empty), else the
-//! system's. Times are UTC. Without a usable `file:` location, lines go to
-//! standard error.
+//! system's. Times are local, with their offset from UTC, as Samba's debug
+//! header writes them. Without a usable `file:` location, lines go to
+//! standard error. The daemon (`ctdbd`) uses the same format, levels and
+//! host name through this crate.
 //!
 //! CTDB's levels map onto `tracing` as ERROR→`error!`, WARNING→`warn!`,
 //! NOTICE→`info!`, INFO→`debug!`, DEBUG→`trace!`.
@@ -17,7 +19,7 @@
 use std::fmt;
 use std::fs::OpenOptions;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -31,31 +33,58 @@ const LEVEL_NAMES: [&str; 11] = [
     "DEBUG",
 ];
 
-/// The `tracing` level for a CTDB debug level, parsed as CTDB parses
-/// `CTDB_DEBUGLEVEL` and `[logging] log level`: a number 0..=10 (Samba's
-/// levels: 0 ERROR, 1-2 WARNING, 3-4 NOTICE, 5-9 INFO, 10 DEBUG) or a
-/// prefix of a level name, in any case (`ERR`, `warn`, `NOTICE`).
-pub fn level_from_ctdb(s: &str) -> Option<Level> {
+/// CTDB's debug levels (Samba's numbers).
+pub const DEBUG_ERR: i32 = 0;
+pub const DEBUG_WARNING: i32 = 1;
+pub const DEBUG_NOTICE: i32 = 3;
+pub const DEBUG_INFO: i32 = 5;
+pub const DEBUG_DEBUG: i32 = 10;
+
+/// A CTDB debug level parsed as CTDB parses `CTDB_DEBUGLEVEL` and
+/// `[logging] log level`: a number 0..=10 (Samba's levels: 0 ERROR, 1-2
+/// WARNING, 3-4 NOTICE, 5-9 INFO, 10 DEBUG) or a prefix of a level name,
+/// in any case (`ERR`, `warn`, `NOTICE`).
+pub fn parse_debug_level(s: &str) -> Option<i32> {
     let s = s.trim();
-    let n = if s.starts_with(|c: char| c.is_ascii_digit()) {
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
         let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-        digits
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n < LEVEL_NAMES.len())?
-    } else if s.is_empty() {
+        let n: i32 = digits.parse().ok()?;
+        return (0..=10).contains(&n).then_some(n);
+    }
+    if s.is_empty() {
         return None;
-    } else {
-        let up = s.to_ascii_uppercase();
-        LEVEL_NAMES.iter().position(|n| n.starts_with(&up))?
-    };
-    Some(match n {
-        0 => Level::ERROR,
+    }
+    let up = s.to_ascii_uppercase();
+    LEVEL_NAMES
+        .iter()
+        .position(|n| n.starts_with(&up))
+        .map(|i| i as i32)
+}
+
+/// The name of a level number, `UNKNOWN` outside the table.
+pub fn debug_level_name(level: i32) -> &'static str {
+    usize::try_from(level)
+        .ok()
+        .and_then(|i| LEVEL_NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The `tracing` level of a CTDB level number.
+pub fn tracing_level(level: i32) -> Level {
+    match level {
+        i32::MIN..=0 => Level::ERROR,
         1..=2 => Level::WARN,
         3..=4 => Level::INFO,
         5..=9 => Level::DEBUG,
         _ => Level::TRACE,
-    })
+    }
+}
+
+/// The `tracing` level for a CTDB debug level as text (see
+/// [`parse_debug_level`]).
+pub fn level_from_ctdb(s: &str) -> Option<Level> {
+    parse_debug_level(s).map(tracing_level)
 }
 
 /// The host name log lines carry (see the module documentation).
@@ -79,44 +108,22 @@ fn test_hostname(base: &str) -> String {
     }
 }
 
-/// A time as `YYYY-MM-DDTHH:MM:SS.uuuuuu+00:00`.
+/// A time as `YYYY-MM-DDTHH:MM:SS.uuuuuu+HH:MM`, in local time.
 pub struct Timestamp(pub SystemTime);
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = d.as_secs() as i64;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (y, m, day) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60,
-            d.subsec_micros()
-        )
+        let t: chrono::DateTime<chrono::Local> = self.0.into();
+        write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6f%:z"))
     }
-}
-
-/// Year, month and day of a count of days since 1970-01-01 (the proleptic
-/// Gregorian calendar; Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Formats events as CTDB's file log lines for program `app`.
 pub struct CtdbFormat {
     app: &'static str,
+    /// Events whose target starts with `.0` are written as program `.1`
+    /// (ctdbd's in-process recovery daemon logs as `ctdb-recoverd`).
+    sub: Option<(&'static str, &'static str)>,
     host: String,
     pid: u32,
 }
@@ -126,9 +133,16 @@ impl CtdbFormat {
     pub fn new(app: &'static str) -> Self {
         CtdbFormat {
             app,
+            sub: None,
             host: hostname(),
             pid: std::process::id(),
         }
+    }
+
+    /// Events whose target starts with `target` are written as `app`.
+    pub fn with_subprogram(mut self, target: &'static str, app: &'static str) -> Self {
+        self.sub = Some((target, app));
+        self
     }
 }
 
@@ -143,12 +157,16 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        let app = match self.sub {
+            Some((target, app)) if event.metadata().target().starts_with(target) => app,
+            _ => self.app,
+        };
         write!(
             w,
             "{} {} {}[{}]: ",
             Timestamp(SystemTime::now()),
             self.host,
-            self.app,
+            app,
             self.pid
         )?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
@@ -178,23 +196,18 @@ pub fn init(app: &'static str, location: Option<&str>, level: Level) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn timestamps_are_rfc3339_utc() {
+    fn timestamps_have_microseconds_and_an_offset() {
         let t = UNIX_EPOCH + Duration::from_micros(1_795_622_949_509_249);
-        assert_eq!(Timestamp(t).to_string(), "2026-11-25T16:09:09.509249+00:00");
-        assert_eq!(
-            Timestamp(UNIX_EPOCH).to_string(),
-            "1970-01-01T00:00:00.000000+00:00"
-        );
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert!(
-            Timestamp(leap)
-                .to_string()
-                .starts_with("2000-02-29T00:00:00")
-        );
-        assert_eq!(civil_from_days(20_793), (2026, 12, 6));
+        let s = Timestamp(t).to_string();
+        // 2026-11-25T16:09:09.509249+00:00 in UTC; the date and hour move
+        // with the machine's zone, the layout does not.
+        assert_eq!(s.len(), "2026-11-25T16:09:09.509249+00:00".len(), "{s}");
+        assert_eq!(&s[19..26], ".509249", "{s}");
+        assert!(matches!(&s[26..27], "+" | "-"), "{s}");
+        assert_eq!(&s[29..30], ":", "{s}");
     }
 
     #[test]
@@ -212,6 +225,11 @@ mod tests {
         assert_eq!(level_from_ctdb("11"), None);
         assert_eq!(level_from_ctdb("bogus"), None);
         assert_eq!(level_from_ctdb(""), None);
+        assert_eq!(parse_debug_level("NOTICE"), Some(3));
+        assert_eq!(parse_debug_level("err"), Some(0));
+        assert_eq!(parse_debug_level("3x"), Some(3));
+        assert_eq!(debug_level_name(5), "INFO");
+        assert_eq!(debug_level_name(11), "UNKNOWN");
     }
 
     #[test]
