@@ -23,6 +23,13 @@
 #   LOG_LEVEL=NOTICE            daemon log level
 #   FAILOVER=1                  [failover] disabled = false (public addresses move;
 #                               default: failover disabled)
+#   NO_TEST_MODE=1              (with NETNS_PREFIX) start each daemon without CTDB_TEST_MODE,
+#                               as installed, in a mount namespace of its own where
+#                               DIR/node.K is on /etc/ctdb, DIR/node.K/run on /run/ctdb and
+#                               DIR/node.K/var on /var/lib/ctdb (so the files are where the
+#                               harness looks); realtime scheduling off. CTDB skips its
+#                               "is this address on my interfaces" checks in test mode, so
+#                               with addresses really added (10.interface) it needs this.
 #
 # usage: local-cluster.sh DIR start N      write configs under DIR and start N daemons
 #        local-cluster.sh DIR wait N [S]   wait up to S seconds (default 60) until N nodes are OK
@@ -81,6 +88,17 @@ start)
 C
     wrap=()
     if [ -n "${NETNS_PREFIX:-}" ]; then wrap=(ip netns exec "$NETNS_PREFIX$k"); fi
+    if [ "${NO_TEST_MODE:-}" = 1 ]; then
+      if [ -z "${NETNS_PREFIX:-}" ]; then
+        echo "local-cluster.sh: NO_TEST_MODE needs NETNS_PREFIX" >&2; exit 1
+      fi
+      printf '[legacy]\n\trealtime scheduling = false\n' >> "$b/ctdb.conf"
+      # The mount points (Debian's package makes /run/ctdb only when its
+      # service starts); `ip netns exec` gives each daemon a mount
+      # namespace of its own, so the bind mounts are seen by it alone.
+      mkdir -p /etc/ctdb /run/ctdb /var/lib/ctdb
+      wrap+=(env -u CTDB_TEST_MODE sh -c 'mount --bind "$1" /etc/ctdb && mount --bind "$1/run" /run/ctdb && mount --bind "$1/var" /var/lib/ctdb && exec "$2"' sh "$b")
+    fi
     if ! CTDB_BASE=$b "${wrap[@]}" "$ctdbd"; then
       echo "node $k failed to start" >&2
       failed=1
