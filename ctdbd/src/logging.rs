@@ -165,9 +165,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
 pub fn init(target: &LogTarget, level: i32) -> std::io::Result<(LogControl, Option<LogFile>)> {
     let (filter, handle) = reload::Layer::new(level_filter(level));
     let fmt_layer = tracing_subscriber::fmt::layer()
-        .event_format(
-            CtdbFormat::new("ctdbd").with_subprogram("ctdbd::recoverd", "ctdb-recoverd"),
-        )
+        .event_format(CtdbFormat::new("ctdbd").with_subprogram("ctdbd::recoverd", "ctdb-recoverd"))
         .with_ansi(false);
     let file = match target {
         LogTarget::File(p) => {

@@ -131,8 +131,10 @@ impl Samba {
     }
 
     fn add_address(&mut self, ip: Ipv4Addr) {
+        sweep_dead_addresses();
         let out = Command::new("ip")
             .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .args(["label", &address_label(std::process::id())])
             .output()
             .expect("run ip (iproute2)");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -250,6 +252,45 @@ impl Samba {
     }
 }
 
+/// The label a test process gives the addresses it adds to `lo`
+/// (`lo:t<pid>`), so that a later test can tell whose they are.
+fn address_label(pid: u32) -> String {
+    format!("lo:t{pid}")
+}
+
+/// Removes the `lo` addresses added by test processes that are gone: a
+/// guard does not run when a runner's timeout SIGKILLs its test.
+fn sweep_dead_addresses() {
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "dev", "lo"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // 1: lo    inet 127.9.1.2/32 scope host lo:t1234\       valid_lft ...
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(i) = words.iter().position(|w| *w == "inet") else {
+            continue;
+        };
+        let Some(pid) = words
+            .iter()
+            .find_map(|w| w.strip_prefix("lo:t"))
+            .map(|p| p.trim_end_matches('\\'))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            && let Some(addr) = words.get(i + 1)
+        {
+            let _ = Command::new("ip")
+                .args(["addr", "del", addr, "dev", "lo"])
+                .output();
+        }
+    }
+}
+
 impl Drop for Samba {
     fn drop(&mut self) {
         for c in &mut self.smbds {
@@ -261,5 +302,42 @@ impl Drop for Samba {
                 .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
                 .output();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_lo(addr: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr} "))
+    }
+
+    #[test]
+    fn addresses_of_dead_test_processes_are_swept() {
+        // A pid above the kernel's maximum (4194304) is never alive.
+        let dead = "127.250.250.251/32";
+        let mine = "127.250.250.252/32";
+        for (addr, pid) in [(dead, 9_999_999), (mine, std::process::id())] {
+            let st = Command::new("ip")
+                .args(["addr", "add", addr, "dev", "lo", "label"])
+                .arg(address_label(pid))
+                .status()
+                .expect("run ip");
+            assert!(st.success(), "ip addr add {addr}");
+        }
+        sweep_dead_addresses();
+        let (dead_left, mine_left) = (on_lo(dead), on_lo(mine));
+        for addr in [dead, mine] {
+            let _ = Command::new("ip")
+                .args(["addr", "del", addr, "dev", "lo"])
+                .status();
+        }
+        assert!(!dead_left, "the dead process's address was not removed");
+        assert!(mine_left, "a live process's address was removed");
     }
 }
