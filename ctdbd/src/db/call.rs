@@ -32,6 +32,7 @@ use ctdb_protocol::{Body, Header, Marshal, Operation, Packet};
 use tracing::{debug, error, info, warn};
 
 use super::ltdb::{self, StoreCtx};
+use super::readonly::{self, RoStep};
 use super::{Databases, Effect, Env, Work};
 use crate::messaging::ClientId;
 
@@ -74,6 +75,11 @@ impl Calls {
     /// Number of calls waiting for another node.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The call waiting for another node under request id `reqid`.
+    pub(crate) fn pending_call(&self, reqid: u32) -> Option<&PendingCall> {
+        self.pending.get(&reqid)
     }
 }
 
@@ -131,6 +137,8 @@ fn call_local(
 enum ClientStep {
     Answered(i32, Vec<u8>),
     Remote(u32),
+    /// Read-only delegations decided otherwise ([`readonly`]).
+    Ro(RoStep),
 }
 
 /// What a node's `REQ_CALL` turned into.
@@ -139,6 +147,8 @@ enum NodeStep {
     /// The record went to the requester; this packet carries it on.
     Migrated(Bytes, u32),
     Answered(i32, Vec<u8>),
+    /// Read-only delegations decided otherwise ([`readonly`]).
+    Ro(RoStep),
 }
 
 impl Databases {
@@ -156,7 +166,10 @@ impl Databases {
         let db_id = call.db_id;
         let collapse = env.tunables.fetch_collapse == 1;
         // No read-only delegations without a tracking database.
-        call.flags &= !call_flags::WANT_READONLY;
+        if !self.ro_enabled(db_id) {
+            call.flags &= !call_flags::WANT_READONLY;
+        }
+        let want_ro = call.flags & call_flags::WANT_READONLY != 0;
         let step = {
             let Some(db) = self.dbs.get_mut(&db_id) else {
                 warn!("Unknown database in request. db_id==0x{db_id:08x}");
@@ -206,12 +219,17 @@ impl Databases {
             }
             let ctx = Self::store_ctx(env, db.volatile(), &key);
             let persistent = db.persistent();
-            let callid = call.callid;
+            let callid = readonly::sent_call(&call).callid;
             let Some(tdb) = db.tdb.as_ref() else {
                 return;
             };
+            let ro = &mut self.ro;
             let r = with_record(tdb, &key, |rec| {
                 let (mut h, data) = ltdb::fetch_or_initial(&ctx, persistent, rec)?;
+                match ro.check(db_id, &ctx, rec, &mut h, &data, want_ro, None)? {
+                    RoStep::Go => {}
+                    other => return Ok(ClientStep::Ro(other)),
+                }
                 if h.dmaster == pnn {
                     let (st, reply) = call_local(&ctx, rec, &mut h, &data, callid)?;
                     Ok(ClientStep::Answered(st, reply))
@@ -247,8 +265,20 @@ impl Databases {
                     env,
                     client,
                     reqid,
-                    Body::ReplyCall(ReplyCall { status, data }),
+                    Body::ReplyCall(ReplyCall {
+                        status,
+                        data: readonly::client_reply(&call, data),
+                    }),
                 );
+            }
+            ClientStep::Ro(step) => {
+                let key = call.key.clone();
+                let w = Work::Client {
+                    client,
+                    reqid,
+                    call,
+                };
+                self.ro_step(env, db_id, &key, w, step, None);
             }
             ClientStep::Remote(dest) => {
                 let r = self.calls.new_reqid();
@@ -260,10 +290,7 @@ impl Databases {
                         .entry(call.key.clone())
                         .or_default();
                 }
-                let req = ReqCall {
-                    hopcount: 0,
-                    ..call.clone()
-                };
+                let req = readonly::sent_call(&call);
                 self.calls.pending.insert(
                     r,
                     PendingCall {
@@ -346,6 +373,9 @@ impl Databases {
                 Err(e) => warn!("malformed REPLY_DMASTER from node {}: {e}", hdr.srcnode),
             },
             Operation::ReplyCall => match ReplyCall::pull(body) {
+                // A read-only copy is stored here first (which may have to
+                // wait for the record's lock).
+                Ok((c, _)) if !self.ro_store_copy(env, hdr.reqid, &c, &pkt) => {}
                 Ok((c, _)) => match self.calls.pending.remove(&hdr.reqid) {
                     Some(p) => self.complete_call(env, p, c.status, c.data),
                     None => debug!("reqid {} not found for REPLY_CALL", hdr.reqid),
@@ -401,6 +431,9 @@ impl Databases {
             );
             return;
         }
+        if self.sticky_defer(c.db_id, &c.key, pkt) {
+            return;
+        }
         if self.node_work_ready(c.db_id, &c.key, pkt).is_err() {
             return;
         }
@@ -425,8 +458,16 @@ impl Databases {
         let Some(tdb) = db.tdb.as_ref() else {
             return;
         };
+        let want_ro = c.flags & call_flags::WANT_READONLY != 0
+            && db.flags & ctdb_protocol::types::db_flags::READONLY != 0;
+        let ro = &mut self.ro;
         let r = with_record(tdb, &c.key, |rec| {
             let (mut h, data) = ltdb::fetch_or_initial(&ctx, persistent, rec)?;
+            let node = Some((src, c.callid));
+            match ro.check(db_id, &ctx, rec, &mut h, &data, want_ro, node)? {
+                RoStep::Go => {}
+                other => return Ok(NodeStep::Ro(other)),
+            }
             if h.dmaster != pnn && h.flags & record_flags::RO_HAVE_DELEGATIONS == 0 {
                 // Not ours: the lmaster knows, and the lmaster sends it on
                 // to the dmaster.
@@ -494,12 +535,19 @@ impl Databases {
                 return;
             }
         };
-        if !matches!(step, NodeStep::Redirect(_)) {
+        if !matches!(step, NodeStep::Redirect(_) | NodeStep::Ro(_)) {
             // Hops the call took to find the record.
             let bucket = (32 - c.hopcount.leading_zeros()) as usize;
             db.stats.hop_count_bucket[bucket.min(MAX_COUNT_BUCKETS - 1)] += 1;
         }
+        if matches!(step, NodeStep::Migrated(..) | NodeStep::Answered(..)) {
+            self.sticky_hops(env, db_id, &c.key, c.hopcount);
+        }
         match step {
+            NodeStep::Ro(step) => {
+                let w = Work::Node { pkt: pkt.clone() };
+                self.ro_step(env, db_id, &c.key, w, step, Some((src, hdr.reqid)));
+            }
             NodeStep::Redirect(dest) => {
                 let hop = c.hopcount + 1;
                 if hop >= MAX_HOPCOUNT {
@@ -658,7 +706,10 @@ impl Databases {
                 error!("ctdb_req_dmaster from non-master. Force a recovery.");
                 self.recovery_active("REQ_DMASTER from a node that is not dmaster");
             }
-            Step::Become(p, st, reply) => self.became_dmaster(env, p, st, reply),
+            Step::Become(p, st, reply) => {
+                self.sticky_became_dmaster(env, c.db_id, &c.key);
+                self.became_dmaster(env, p, st, reply)
+            }
             Step::Reply(b, dest) => self.effect(Effect::ToNode(dest, b)),
         }
     }
@@ -693,7 +744,10 @@ impl Databases {
             )
         });
         match r {
-            Try::Done((p, st, reply)) => self.became_dmaster(env, p, st, reply),
+            Try::Done((p, st, reply)) => {
+                self.sticky_became_dmaster(env, c.db_id, &c.key);
+                self.became_dmaster(env, p, st, reply)
+            }
             Try::Busy => {
                 db.wait_for_lock(c.key.clone(), Work::Node { pkt: pkt.clone() }, &self.ev_tx)
             }
@@ -722,7 +776,10 @@ impl Databases {
             env,
             p.client,
             p.client_reqid,
-            Body::ReplyCall(ReplyCall { status, data }),
+            Body::ReplyCall(ReplyCall {
+                status,
+                data: readonly::client_reply(&p.call, data),
+            }),
         );
         self.release_inflight(p.db, &p.call.key);
     }
@@ -756,10 +813,7 @@ impl Databases {
                 continue;
             };
             let nr = self.calls.new_reqid();
-            let req = ReqCall {
-                hopcount: 0,
-                ..p.call.clone()
-            };
+            let req = readonly::sent_call(&p.call);
             self.calls.pending.insert(nr, p);
             self.send_node(env, env.pnn(), nr, Body::ReqCall(req));
         }

@@ -63,8 +63,8 @@ impl Databases {
             Rq::DbOpenFlags(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::DbOpenFlags(d.tdb_flags as i32))
             })),
-            Rq::SetDbReadonly(id) => Some(self.set_flag(*id, db_flags::READONLY, "readonly")),
-            Rq::SetDbSticky(id) => Some(self.set_flag(*id, db_flags::STICKY, "sticky")),
+            Rq::SetDbReadonly(id) => Some(self.set_db_readonly(env, *id)),
+            Rq::SetDbSticky(id) => Some(self.set_db_sticky(*id)),
             Rq::GetDbStatistics(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::GetDbStatistics(Box::new(d.stats.clone())))
             })),
@@ -125,28 +125,6 @@ impl Databases {
             Some(d) => f(d),
             None => unknown(id),
         }
-    }
-
-    fn set_flag(&mut self, id: u32, flag: u8, what: &str) -> ReplyControl {
-        let Some(d) = self.dbs.get_mut(&id) else {
-            return unknown(id);
-        };
-        if !d.volatile() {
-            error!("Non-volatile databases do not support {what} flag");
-            return ReplyControl::error(
-                -1,
-                format!("Non-volatile databases do not support {what} flag"),
-            );
-        }
-        if d.flags & flag == 0 {
-            d.flags |= flag;
-            info!("{what} property set on DB {}", d.name);
-        }
-        ReplyControl::ok(if flag == db_flags::READONLY {
-            ControlReply::SetDbReadonly
-        } else {
-            ControlReply::SetDbSticky
-        })
     }
 
     /// `DB_ATTACH[_PERSISTENT|_REPLICATED]`.

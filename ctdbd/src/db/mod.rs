@@ -28,8 +28,10 @@ pub mod lockwait;
 pub mod ltdb;
 pub mod persistent;
 pub mod pin;
+pub mod readonly;
 pub mod recovery;
 pub mod seqnum;
+pub mod sticky;
 #[cfg(test)]
 pub(crate) mod test_layer;
 pub mod traverse;
@@ -199,6 +201,9 @@ pub enum Work {
         key: Vec<u8>,
         hdr: ctdb_protocol::types::LtdbHeader,
     },
+    /// The final store of a revocation of read-only copies, waiting for
+    /// the record's lock ([`readonly`]).
+    RevokeFinish { key: Vec<u8> },
 }
 
 /// The database layer.
@@ -224,6 +229,10 @@ pub struct Databases {
     pub(crate) seqnum_next: Option<Instant>,
     /// Delete queues, vacuum timers and the vacuum run ([`vacuum`]).
     pub(crate) vacuum: vacuum::Vacuum,
+    /// Tracking databases and revocations ([`readonly`]).
+    pub(crate) ro: readonly::ReadOnly,
+    /// Sticky records and their pin-downs ([`sticky`]).
+    pub(crate) sticky: sticky::Sticky,
 }
 
 impl Databases {
@@ -248,6 +257,8 @@ impl Databases {
                 deferred_attach: Vec::new(),
                 seqnum_next: None,
                 vacuum: Default::default(),
+                ro: Default::default(),
+                sticky: Default::default(),
             },
             ev_rx,
         )
@@ -273,6 +284,7 @@ impl Databases {
     pub fn take_effects(&mut self) -> Vec<Effect> {
         let mut fx = std::mem::take(&mut self.effects);
         self.vacuum_replies(&mut fx);
+        self.ro_flush_counts();
         fx
     }
 
@@ -307,6 +319,7 @@ impl Databases {
             Work::VacuumDelete { run, key, hdr } => {
                 self.vacuum_locked_delete(env, db, run, key, hdr)
             }
+            Work::RevokeFinish { key } => self.revoke_finish(env, db, key),
         }
     }
 
@@ -319,6 +332,8 @@ impl Databases {
             .chain(self.seqnum_next())
             .chain(self.vacuum_wakeup())
             .chain(self.pin_wakeup())
+            .chain(self.ro_wakeup())
+            .chain(self.sticky_wakeup())
             .min()
     }
 
@@ -331,6 +346,8 @@ impl Databases {
         self.seqnum_check(env, now);
         self.vacuum_tick(env, now);
         self.pin_deadlines(env, now);
+        self.ro_tick(now);
+        self.sticky_tick(now);
     }
 
     // ---- helpers for the other modules ----------------------------------

@@ -150,6 +150,8 @@ impl Databases {
     pub fn control_reply(&mut self, env: &Env, tag: u64, r: Result<ReplyControl, String>) {
         if self.trans3.by_tag.contains_key(&tag) {
             self.trans3_update_done(env, tag, r);
+        } else if self.ro_control_reply(env, tag, &r) {
+            // A revocation of read-only copies (readonly.rs).
         } else {
             self.vacuum_control_reply(tag, &r);
         }

@@ -583,6 +583,7 @@ impl Databases {
             return Some(ReplyControl::error(-1, "DB push not started"));
         };
         self.recovery.pushes.remove(&srvid);
+        self.ro_recovered(id);
         let tag = self.park(to);
         if !self.session_send(id, Cmd::PushConfirm { tag }) {
             self.parked_fail(tag, "freeze session gone");
