@@ -90,22 +90,29 @@ impl DirectConn {
         Ok(self.reqid)
     }
 
+    /// Reads the next packet, waiting at most the timeout (as for a reply
+    /// to control `op`).
+    async fn read_frame(&mut self, op: Opcode) -> Result<(Header, bytes::BytesMut)> {
+        let frame = match tokio::time::timeout(self.timeout, self.rd.next()).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    what: format!("control {}", op.name()),
+                    opcode: Some(op),
+                });
+            }
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(ClientError::Other(e.to_string())),
+            Ok(None) => return Err(ClientError::Disconnected),
+        };
+        let (header, _) = Header::pull(&frame)?;
+        Ok((header, frame))
+    }
+
     /// Reads the next packet: a message, or the reply to control `reqid`
     /// of opcode `op` (replies to other controls are skipped).
     pub async fn next(&mut self, reqid: u32, op: Opcode) -> Result<Incoming> {
         loop {
-            let frame = match tokio::time::timeout(self.timeout, self.rd.next()).await {
-                Err(_) => {
-                    return Err(ClientError::Timeout {
-                        what: format!("control {}", op.name()),
-                        opcode: Some(op),
-                    });
-                }
-                Ok(Some(Ok(f))) => f,
-                Ok(Some(Err(e))) => return Err(ClientError::Other(e.to_string())),
-                Ok(None) => return Err(ClientError::Disconnected),
-            };
-            let (header, _) = Header::pull(&frame)?;
+            let (header, frame) = self.read_frame(op).await?;
             match header.operation {
                 Operation::ReqMessage => {
                     let (srvid, data) = ReqMessage::raw_payload(&frame[HEADER_LEN..])?;
@@ -167,18 +174,7 @@ impl DirectConn {
     /// The next control reply of any reqid (messages are dropped).
     async fn next_reply(&mut self, op: Opcode) -> Result<(u32, ReplyControl)> {
         loop {
-            let frame = match tokio::time::timeout(self.timeout, self.rd.next()).await {
-                Err(_) => {
-                    return Err(ClientError::Timeout {
-                        what: format!("control {}", op.name()),
-                        opcode: Some(op),
-                    });
-                }
-                Ok(Some(Ok(f))) => f,
-                Ok(Some(Err(e))) => return Err(ClientError::Other(e.to_string())),
-                Ok(None) => return Err(ClientError::Disconnected),
-            };
-            let (header, _) = Header::pull(&frame)?;
+            let (header, frame) = self.read_frame(op).await?;
             if header.operation == Operation::ReplyControl {
                 return Ok((header.reqid, decode_reply(&frame, op)?));
             }
