@@ -29,6 +29,8 @@ pub mod ltdb;
 pub mod persistent;
 pub mod pin;
 pub mod readonly;
+#[cfg(test)]
+mod readonly_tests;
 pub mod recovery;
 pub mod seqnum;
 pub mod sticky;

@@ -515,7 +515,10 @@ impl Databases {
                 false
             }
         };
-        self.revoke_done(db_id, &key, ok);
+        // After a failed revocation every call waits a moment (CTDB runs
+        // writers again at once there, which, with a node that cannot be
+        // reached, only starts the next failing revocation).
+        self.revoke_done(db_id, &key, ok && !failed);
     }
 
     fn ro_store_ctx(env: &Env, key: &[u8]) -> StoreCtx {
@@ -528,7 +531,7 @@ impl Databases {
 
     /// The revocation of `key` is over: calls wanting write access run now,
     /// read-only requests after [`RO_GRACE`] (all of them after it when
-    /// the revocation failed).
+    /// the revocation failed: `ok` false).
     fn revoke_done(&mut self, db: u32, key: &[u8], ok: bool) {
         let Some(rv) = self.ro.dbs.get_mut(&db).and_then(|d| d.revokes.remove(key)) else {
             return;
@@ -670,6 +673,12 @@ impl Databases {
     /// Number of revocations under way (for tests and statistics).
     pub fn ro_revokes_active(&self) -> usize {
         self.ro.dbs.values().map(|d| d.revokes.len()).sum()
+    }
+
+    /// Database `id`'s tracking database.
+    #[cfg(test)]
+    pub(crate) fn ro_tracking(&self, id: u32) -> Option<&tdb::Tdb> {
+        self.ro.dbs.get(&id).map(|d| &d.tracking)
     }
 }
 

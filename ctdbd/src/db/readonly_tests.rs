@@ -1,0 +1,402 @@
+//! Read-only delegations through the layer, on node 1 of three
+//! (generation 5, volatile `t.tdb` marked read-only): copies handed out
+//! instead of migrations, the revocation a write or migration waits for,
+//! its failure, and the reader's side.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ctdb_protocol::call::{ReplyCall, ReqCall, call_flags, call_id};
+use ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
+use ctdb_protocol::types::{LtdbHeader, db_flags, record_flags as rf};
+use ctdb_protocol::{Body, ControlRequest, Header, Operation, Packet, ReplyControl};
+
+use super::readonly::{RO_GRACE, tracking_nodes};
+use super::{Databases, Effect, Env, ltdb};
+use crate::messaging::ClientId;
+use crate::node::NodeState;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dbs: Databases,
+    node: NodeState,
+    tunables: ctdb_protocol::types::TunableList,
+    clients: BTreeMap<ClientId, crate::control::ClientInfo>,
+    id: u32,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (dbs, _rx, mut node, id) =
+        crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", false);
+    for p in 0..3 {
+        node.node_mut(p).unwrap().flags = 0;
+    }
+    node.recovery_mode = CTDB_RECOVERY_NORMAL;
+    let mut f = Fixture {
+        _dir: dir,
+        dbs,
+        node,
+        tunables: crate::tunables::defaults(),
+        clients: BTreeMap::new(),
+        id,
+    };
+    let r = f.with(|d, env| d.set_db_readonly(env, id));
+    assert_eq!(r.status, 0);
+    assert_ne!(f.dbs.dbs[&id].flags & db_flags::READONLY, 0);
+    f
+}
+
+/// A key whose lmaster (in a map of 0, 1, 2) is node `lm`.
+fn key_for(lm: u32) -> Vec<u8> {
+    (0u32..)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| ltdb::key_hash(k) % 3 == lm)
+        .unwrap()
+}
+
+impl Fixture {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
+        let env = Env {
+            node: &self.node,
+            tunables: &self.tunables,
+            clients: &self.clients,
+        };
+        f(&mut self.dbs, &env)
+    }
+
+    fn put(&self, key: &[u8], h: LtdbHeader, data: &[u8]) {
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        tdb.storev(
+            key,
+            &[&ltdb::header_bytes(&h), data],
+            tdb::StoreMode::Replace,
+        )
+        .unwrap();
+    }
+
+    fn get(&self, key: &[u8]) -> (LtdbHeader, Vec<u8>) {
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        let v = tdb.fetch(key).unwrap().unwrap();
+        let (h, d) = ltdb::split(&v).unwrap();
+        (h, d.to_vec())
+    }
+
+    fn node_call(
+        &mut self,
+        src: u32,
+        reqid: u32,
+        flags: u32,
+        callid: u32,
+        key: &[u8],
+    ) -> Vec<Effect> {
+        let call = ReqCall {
+            flags,
+            db_id: self.id,
+            callid,
+            hopcount: 1,
+            key: key.to_vec(),
+            calldata: Vec::new(),
+        };
+        let mut h = Header::new(Operation::ReqCall, 1, src, reqid);
+        h.generation = 5;
+        let b: Bytes = Packet::new(h, Body::ReqCall(call)).encode().into();
+        self.packet(b)
+    }
+
+    fn packet(&mut self, b: Bytes) -> Vec<Effect> {
+        self.with(|d, env| {
+            d.node_packet(env, b);
+            d.take_effects()
+        })
+    }
+
+    fn run_ready(&mut self) -> Vec<Effect> {
+        self.with(|d, env| {
+            d.run_ready(env);
+            d.take_effects()
+        })
+    }
+
+    fn tracked(&self, key: &[u8]) -> Vec<u32> {
+        let t = &self.dbs.ro_tracking(self.id).unwrap();
+        tracking_nodes(&t.fetch(key).unwrap().unwrap_or_default())
+    }
+}
+
+const RO: u32 = call_flags::IMMEDIATE_MIGRATION | call_flags::WANT_READONLY;
+
+fn decode(e: &Effect) -> (u32, Packet) {
+    match e {
+        Effect::ToNode(d, b) => (*d, Packet::decode_request(b).unwrap()),
+        other => panic!("unexpected effect {other:?}"),
+    }
+}
+
+/// The `UPDATE_RECORD`s of a revocation: (node, tag, header, data).
+fn updates(fx: &[Effect]) -> Vec<(u32, u64, LtdbHeader, Vec<u8>)> {
+    fx.iter()
+        .map(|e| match e {
+            Effect::Control {
+                dest,
+                req,
+                tag: Some(tag),
+            } => match &req.data {
+                ControlRequest::UpdateRecord(rb) => {
+                    let rec = rb.iter().next().unwrap();
+                    let (h, d) = rec.header().unwrap();
+                    (*dest, *tag, h, d.to_vec())
+                }
+                other => panic!("unexpected control {other:?}"),
+            },
+            other => panic!("unexpected effect {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn copies_are_delegated_and_revoked_before_a_migration() {
+    let mut f = fixture();
+    let key = key_for(1);
+    f.put(
+        &key,
+        LtdbHeader {
+            rsn: 10,
+            dmaster: 1,
+            ..Default::default()
+        },
+        b"v1",
+    );
+    // Nodes 2 and 0 ask for read-only copies: they get them, the record
+    // stays here.
+    for src in [2, 0] {
+        let fx = f.node_call(src, 40 + src, RO, call_id::FETCH_WITH_HEADER_FUNC, &key);
+        assert_eq!(fx.len(), 1, "{fx:?}");
+        let (dest, p) = decode(&fx[0]);
+        assert_eq!(dest, src);
+        let Body::ReplyCall(r) = p.body else {
+            panic!("{:?}", p.body)
+        };
+        let (h, d) = ltdb::split(&r.data).unwrap();
+        assert_eq!(
+            (h.rsn, h.dmaster, h.flags, d),
+            (11, 1, rf::RO_HAVE_READONLY, &b"v1"[..])
+        );
+    }
+    let (h, _) = f.get(&key);
+    assert_eq!(
+        (h.rsn, h.dmaster, h.flags),
+        (13, 1, rf::RO_HAVE_DELEGATIONS)
+    );
+    assert_eq!(f.tracked(&key), [0, 2]);
+    assert_eq!(f.dbs.dbs[&f.id].stats.db_ro_delegations, 2);
+
+    // Node 2 wants the record itself: the copies are revoked first.
+    let fx = f.node_call(
+        2,
+        50,
+        call_flags::IMMEDIATE_MIGRATION,
+        call_id::NULL_FUNC,
+        &key,
+    );
+    let ups = updates(&fx);
+    assert_eq!(ups.iter().map(|u| u.0).collect::<Vec<_>>(), [0, 2]);
+    for (_, _, h, d) in &ups {
+        assert_eq!((h.rsn, h.dmaster, h.flags), (12, 1, rf::MIGRATED_WITH_DATA));
+        assert_eq!(d, b"v1");
+    }
+    let (h, _) = f.get(&key);
+    assert_eq!(h.flags, rf::RO_HAVE_DELEGATIONS | rf::RO_REVOKING_READONLY);
+    // Calls meanwhile wait, read-only requests included.
+    assert!(
+        f.node_call(0, 51, RO, call_id::FETCH_WITH_HEADER_FUNC, &key)
+            .is_empty()
+    );
+    assert_eq!(f.dbs.ro_revokes_active(), 1);
+
+    // Both copies revoked: the revocation is complete, the migration runs.
+    f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
+    assert!(!f.dbs.has_ready(), "one holder has not answered");
+    f.with(|d, env| d.control_reply(env, ups[1].1, Ok(ReplyControl::status(0))));
+    assert_eq!(f.dbs.ro_revokes_active(), 0);
+    let (h, _) = f.get(&key);
+    assert_eq!(h.rsn, 14);
+    assert_ne!(h.flags & rf::RO_REVOKE_COMPLETE, 0);
+    let fx = f.run_ready();
+    assert_eq!(fx.len(), 1, "only the migration runs now: {fx:?}");
+    let (dest, p) = decode(&fx[0]);
+    assert_eq!((dest, p.header.reqid), (2, 50));
+    let Body::ReplyDmaster(r) = p.body else {
+        panic!("{:?}", p.body)
+    };
+    assert_eq!((r.rsn, r.record_flags & rf::RO_FLAGS), (15, 0));
+    let (h, _) = f.get(&key);
+    assert_eq!((h.dmaster, h.flags & rf::RO_FLAGS), (2, 0));
+    assert!(f.tracked(&key).is_empty());
+    assert_eq!(f.dbs.dbs[&f.id].stats.db_ro_revokes, 1);
+
+    // The read-only request waits out the grace, then finds the record
+    // gone: redirected to its new dmaster.
+    f.dbs.ro_tick(Instant::now());
+    assert!(!f.dbs.has_ready());
+    f.dbs
+        .ro_tick(Instant::now() + RO_GRACE + Duration::from_millis(1));
+    let fx = f.run_ready();
+    let (dest, p) = decode(&fx[0]);
+    assert_eq!((dest, p.header.reqid, p.header.srcnode), (2, 51, 0));
+    assert!(matches!(p.body, Body::ReqCall(_)));
+}
+
+#[test]
+fn a_failed_revocation_keeps_the_delegations_and_is_tried_again() {
+    let mut f = fixture();
+    let key = key_for(1);
+    f.put(
+        &key,
+        LtdbHeader {
+            rsn: 4,
+            dmaster: 1,
+            ..Default::default()
+        },
+        b"x",
+    );
+    f.node_call(2, 1, RO, call_id::FETCH_WITH_HEADER_FUNC, &key);
+    let fx = f.node_call(
+        0,
+        2,
+        call_flags::IMMEDIATE_MIGRATION,
+        call_id::NULL_FUNC,
+        &key,
+    );
+    let ups = updates(&fx);
+    assert_eq!(ups.len(), 1);
+    f.with(|d, env| d.control_reply(env, ups[0].1, Err("node is disconnected".into())));
+    let (h, _) = f.get(&key);
+    assert_eq!(
+        h.flags,
+        rf::RO_HAVE_DELEGATIONS,
+        "revoking cleared, delegations kept"
+    );
+    assert!(
+        !f.dbs.has_ready(),
+        "after a failure every call waits a moment"
+    );
+    f.dbs
+        .ro_tick(Instant::now() + RO_GRACE + Duration::from_millis(1));
+    let fx = f.run_ready();
+    // The call starts the next revocation.
+    assert_eq!(updates(&fx).len(), 1);
+}
+
+#[test]
+fn a_readers_copy_is_stored_and_a_local_write_revokes_on_the_dmaster() {
+    let mut f = fixture();
+    // A record node 0 masters: a local client asks for a read-only copy.
+    let key = key_for(0);
+    f.put(
+        &key,
+        LtdbHeader {
+            rsn: 7,
+            dmaster: 0,
+            ..Default::default()
+        },
+        b"old",
+    );
+    let call = ReqCall {
+        flags: RO,
+        db_id: f.id,
+        callid: call_id::NULL_FUNC,
+        hopcount: 0,
+        key: key.clone(),
+        calldata: Vec::new(),
+    };
+    let fx = f.with(|d, env| {
+        d.client_call(env, 9, 77, call);
+        d.take_effects()
+    });
+    let (dest, p) = decode(&fx[0]);
+    assert_eq!(dest, 0);
+    let Body::ReqCall(sent) = p.body else {
+        panic!()
+    };
+    assert_eq!(
+        sent.callid,
+        call_id::FETCH_WITH_HEADER_FUNC,
+        "turned into a fetch with header"
+    );
+    assert_ne!(sent.flags & call_flags::WANT_READONLY, 0);
+    // Node 0's copy arrives: stored here with its read-only flag.
+    let copy = LtdbHeader {
+        rsn: 9,
+        dmaster: 0,
+        reserved1: 0,
+        flags: rf::RO_HAVE_READONLY,
+    };
+    let mut data = ltdb::header_bytes(&copy).to_vec();
+    data.extend_from_slice(b"new");
+    let mut h = Header::new(Operation::ReplyCall, 1, 0, p.header.reqid);
+    h.generation = 5;
+    let b: Bytes = Packet::new(
+        h,
+        Body::ReplyCall(ReplyCall {
+            status: 0,
+            data: data.clone(),
+        }),
+    )
+    .encode()
+    .into();
+    let fx = f.packet(b);
+    assert!(matches!(&fx[0], Effect::ToClient(9, _)), "{fx:?}");
+    assert_eq!(f.get(&key), (copy, b"new".to_vec()));
+
+    // On a record this node masters with delegations, a local client's
+    // write waits for the revocation.
+    let mine = key_for(1);
+    f.put(
+        &mine,
+        LtdbHeader {
+            rsn: 20,
+            dmaster: 1,
+            reserved1: 0,
+            flags: 0,
+        },
+        b"m",
+    );
+    f.node_call(2, 3, RO, call_id::FETCH_WITH_HEADER_FUNC, &mine);
+    let call = ReqCall {
+        flags: call_flags::IMMEDIATE_MIGRATION,
+        db_id: f.id,
+        callid: call_id::NULL_FUNC,
+        hopcount: 0,
+        key: mine.clone(),
+        calldata: Vec::new(),
+    };
+    let fx = f.with(|d, env| {
+        d.client_call(env, 9, 78, call);
+        d.take_effects()
+    });
+    let ups = updates(&fx);
+    assert_eq!(ups.len(), 1, "{fx:?}");
+    f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
+    let fx = f.run_ready();
+    assert!(matches!(&fx[0], Effect::ToClient(9, _)), "{fx:?}");
+    let (h, _) = f.get(&mine);
+    // 20 +3 (delegation), +1 (complete), +1 (flags cleared), +1 (the call).
+    assert_eq!((h.rsn, h.flags), (26, 0));
+
+    // A recovery abandons a revocation under way; its calls run again.
+    f.node_call(2, 4, RO, call_id::FETCH_WITH_HEADER_FUNC, &mine);
+    let fx = f.node_call(
+        0,
+        5,
+        call_flags::IMMEDIATE_MIGRATION,
+        call_id::NULL_FUNC,
+        &mine,
+    );
+    assert_eq!(updates(&fx).len(), 1);
+    f.dbs.ro_recovered(f.id);
+    assert_eq!(f.dbs.ro_revokes_active(), 0);
+    assert!(f.dbs.has_ready());
+    assert!(f.tracked(&mine).is_empty());
+}
