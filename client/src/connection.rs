@@ -70,6 +70,7 @@ struct Shared {
     writer: Notify,
     waiting: Mutex<HashMap<u32, Waiter>>,
     handlers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    tunnels: Mutex<crate::tunnel::Handlers>,
     next_reqid: AtomicU32,
     pnn: AtomicU32,
     closed: AtomicBool,
@@ -126,6 +127,7 @@ impl Client {
             writer: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
+            tunnels: Mutex::new(HashMap::new()),
             next_reqid: AtomicU32::new(1),
             pnn: AtomicU32::new(CTDB_UNKNOWN_PNN),
             closed: AtomicBool::new(false),
@@ -166,6 +168,18 @@ impl Client {
     /// Whether the daemon has closed the connection.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_reqid(&self) -> u32 {
+        self.reqid()
+    }
+
+    pub(crate) fn tunnel_handlers(&self) -> &Mutex<crate::tunnel::Handlers> {
+        &self.shared.tunnels
+    }
+
+    pub(crate) fn send_packet(&self, pkt: &Packet) -> Result<()> {
+        self.send(pkt)
     }
 
     fn reqid(&self) -> u32 {
@@ -524,6 +538,7 @@ async fn read_loop(sock: Arc<AsyncFd<Socket>>, shared: Arc<Shared>) {
         }
     }
     shared.handlers.lock().unwrap().clear();
+    shared.tunnels.lock().unwrap().clear();
 }
 
 /// Reads and dispatches packets until end of file (`None`) or an error.
@@ -601,6 +616,7 @@ fn dispatch(shared: &Shared, frame: BytesMut) {
                 Err(e) => tracing::warn!("bad message from daemon: {e}"),
             }
         }
+        Operation::ReqTunnel => crate::tunnel::dispatch(&shared.tunnels, &header, &frame),
         op => tracing::debug!("ignoring {op:?} from daemon"),
     }
 }

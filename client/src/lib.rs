@@ -2,7 +2,7 @@
 //!
 //! [`Client`] is one connection to a daemon's unix socket: controls to any
 //! node (typed wrappers in [`controls`]), messages to and from srvids,
-//! record calls, and traverses. Database access (attach, record locks,
+//! record calls, traverses, and tunnels ([`tunnel`]). Database access (attach, record locks,
 //! persistent transactions) builds on these.
 
 pub mod connection;
@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod paths;
 pub mod traverse;
+pub mod tunnel;
 pub mod unix_io;
 
 pub use connection::{Client, DEFAULT_TIMEOUT, Message};
@@ -18,6 +19,7 @@ pub use db::{Db, LockedRecord, Transaction, Update};
 pub use error::{ClientError, Result};
 pub use paths::Paths;
 pub use traverse::{Traverse, TraverseRecord};
+pub use tunnel::{Tunnel, TunnelPacket};
 
 /// The three kinds of CTDB database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

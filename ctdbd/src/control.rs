@@ -177,6 +177,8 @@ pub struct Core {
     pub stats: Stats,
     pub log: LogControl,
     pub srvids: SrvidRegistry,
+    /// Tunnel ids registered by local clients.
+    pub tunnels: crate::tunnel::Tunnels,
     pub clients: BTreeMap<ClientId, ClientInfo>,
     /// The cluster lock setting (`[cluster] cluster lock`).
     pub cluster_lock: Option<String>,
@@ -205,6 +207,7 @@ impl Core {
             stats: Stats::new(),
             log,
             srvids: SrvidRegistry::default(),
+            tunnels: Default::default(),
             clients: BTreeMap::new(),
             cluster_lock,
             nodes_file,
@@ -465,10 +468,9 @@ impl Core {
                 "{}: IP failover is not supported by this ctdbd",
                 req.opcode().name()
             )),
-            Rq::TunnelRegister | Rq::TunnelDeregister => Outcome::fail(format!(
-                "{}: tunnels are not supported by this ctdbd",
-                req.opcode().name()
-            )),
+            Rq::TunnelRegister | Rq::TunnelDeregister => {
+                Outcome::Reply(self.tunnels.control(ctx, req))
+            }
             _ => {
                 error!("Unknown CTDB control opcode {}", req.opcode() as u32);
                 Outcome::status(-1)

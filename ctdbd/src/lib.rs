@@ -7,7 +7,8 @@
 //! * [`tunables`]: the tunables table and `ctdb.tunables`;
 //! * [`logging`]: CTDB's log levels and line format on `tracing`;
 //! * [`node`]: the node map, flags, bans, run state (pure state);
-//! * [`messaging`]: srvid registrations;
+//! * [`messaging`]: srvid registrations; [`tunnel`]: tunnel ids and
+//!   `REQ_TUNNEL` routing;
 //! * [`control`]: answering controls ([`control::Core`], reusable without
 //!   sockets), and the [`control::DbLayer`] hook for databases;
 //! * [`db`]: the databases: attach, record calls and migration,
@@ -44,3 +45,4 @@ pub mod stats;
 pub mod takeover;
 pub mod transport;
 pub mod tunables;
+pub mod tunnel;

@@ -832,6 +832,7 @@ impl Server {
             c.close();
         }
         self.core.srvids.remove_client(id);
+        self.core.tunnels.remove_client(id);
         self.pending
             .retain(|_, p| !matches!(p.kind, PendingKind::Forward { id: i, .. } if i == id));
         self.with_dbs(|d, env| d.client_gone(env, id));
@@ -902,7 +903,10 @@ impl Server {
             }
             Operation::ReqTunnel => {
                 self.core.stats.bump(|s| s.client.req_tunnel += 1);
-                debug!("client {id}: tunnel packet dropped (tunnels not supported)");
+                let (nodes, pnn, g) = (self.core.node.nodes.len(), self.pnn(), self.generation());
+                if let Some(f) = self.core.tunnels.from_client(id, &pkt, nodes, pnn, g) {
+                    self.send_node(f.dest, f.bytes);
+                }
             }
             op => {
                 error!("client {id}: unexpected {op:?} packet; closing its connection");
@@ -1713,7 +1717,10 @@ impl Server {
             }
             Operation::ReqTunnel => {
                 self.core.stats.bump(|s| s.node.req_tunnel += 1);
-                debug!("tunnel packet from node {pnn} dropped");
+                let (me, g) = (self.pnn(), self.generation());
+                if let Some((id, b)) = self.core.tunnels.from_node(pnn, &pkt, me, g) {
+                    self.send_client(id, b);
+                }
             }
         }
     }
