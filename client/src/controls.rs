@@ -326,12 +326,20 @@ impl Client {
             crate::DbKind::Volatile => ControlRequest::DbAttach(name.to_owned()),
             crate::DbKind::Persistent => ControlRequest::DbAttachPersistent(name.to_owned()),
             crate::DbKind::Replicated => ControlRequest::DbAttachReplicated(name.to_owned()),
+            k @ crate::DbKind::InMemory => {
+                ControlRequest::DbAttachExt(ctdb_protocol::types::DbAttachExt {
+                    flags: u32::from(k.flags()),
+                    probe: false,
+                    name: name.to_owned(),
+                })
+            }
         };
         let r = self.control_flags(dest, req, flags).await?;
         match r.data {
             Some(ControlReply::DbAttach(id))
             | Some(ControlReply::DbAttachPersistent(id))
-            | Some(ControlReply::DbAttachReplicated(id)) => Ok(id),
+            | Some(ControlReply::DbAttachReplicated(id))
+            | Some(ControlReply::DbAttachExt(id)) => Ok(id),
             _ => Err(ClientError::UnexpectedReply(Opcode::DbAttach)),
         }
     }

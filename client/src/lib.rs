@@ -21,7 +21,7 @@ pub use paths::Paths;
 pub use traverse::{Traverse, TraverseRecord};
 pub use tunnel::{Tunnel, TunnelPacket};
 
-/// The three kinds of CTDB database.
+/// The kinds of database: CTDB's three, and ctdb-rs's in-memory persistent one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DbKind {
     /// Records live on the node that last used them and migrate on demand.
@@ -31,13 +31,36 @@ pub enum DbKind {
     /// Every node holds every record; changes are replicated without
     /// persistent transactions.
     Replicated,
+    /// ctdb-rs extension: persistent (every node holds every record,
+    /// changes are cluster-wide transactions) but kept in memory only,
+    /// never synced to disk; it survives as long as one node stays up.
+    /// Attached with `DB_ATTACH_EXT`, which CTDB 4.17 refuses.
+    InMemory,
 }
 
 impl DbKind {
+    /// The database flags a database of this kind has in `GET_DBMAP`.
+    pub fn flags(self) -> u8 {
+        use ctdb_protocol::types::db_flags;
+        match self {
+            DbKind::Volatile => 0,
+            DbKind::Persistent => db_flags::PERSISTENT,
+            DbKind::Replicated => db_flags::REPLICATED,
+            DbKind::InMemory => db_flags::PERSISTENT | db_flags::INMEMORY,
+        }
+    }
+
+    /// Has a persistent database's cluster-wide transactions.
+    pub fn transactional(self) -> bool {
+        matches!(self, DbKind::Persistent | DbKind::InMemory)
+    }
+
     /// The kind a database's `ctdb_dbid` flags describe.
     pub fn from_flags(flags: u8) -> DbKind {
         use ctdb_protocol::types::db_flags;
-        if flags & db_flags::PERSISTENT != 0 {
+        if flags & db_flags::INMEMORY != 0 {
+            DbKind::InMemory
+        } else if flags & db_flags::PERSISTENT != 0 {
             DbKind::Persistent
         } else if flags & db_flags::REPLICATED != 0 {
             DbKind::Replicated

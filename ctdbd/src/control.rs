@@ -102,6 +102,7 @@ pub fn is_db_control(op: Opcode) -> bool {
             | DbAttach
             | DbAttachPersistent
             | DbAttachReplicated
+            | DbAttachExt
             | TraverseStart
             | TraverseAll
             | TraverseData

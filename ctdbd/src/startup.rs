@@ -337,6 +337,7 @@ fn install_databases(server: &mut Server, cfg: &Config) {
                 error!("Failed to attach to persistent database '{name}': {e}");
             }
         }
+        d.attach_remembered(&env);
     }
     server.install_databases(dbs, rx);
 }

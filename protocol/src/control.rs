@@ -311,6 +311,8 @@ controls! {
     EchoData = 156, [EchoData], [EchoData];
     DisableNode = 157, [], [];
     EnableNode = 158, [], [];
+    // ctdb-rs extensions, numbered far from CTDB's own opcodes.
+    DbAttachExt = 0x5253_0001, [DbAttachExt], [u32];
 }
 
 /// Decodes exactly `buf` as a payload: the payload must use every byte.

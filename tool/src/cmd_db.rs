@@ -88,7 +88,17 @@ pub struct Attached {
 pub async fn attach_db(ctx: &Ctx, name: &str, flags: u8) -> Result<Attached, i32> {
     use crate::ctx::CtrlError::{Status, Transport};
     let me = ctx.pnn;
-    let (req, what) = if flags & db_flags::PERSISTENT != 0 {
+    let (req, what) = if flags & db_flags::EXTENDED != 0 {
+        // ctdb-rs kinds (in-memory persistent): CTDB 4.17 refuses this.
+        (
+            Q::DbAttachExt(ctdb_protocol::types::DbAttachExt {
+                flags: u32::from(flags & !(db_flags::READONLY | db_flags::STICKY)),
+                probe: false,
+                name: name.to_owned(),
+            }),
+            "DB_ATTACH_EXT",
+        )
+    } else if flags & db_flags::PERSISTENT != 0 {
         (
             Q::DbAttachPersistent(name.to_owned()),
             "DB_ATTACH_PERSISTENT",
@@ -122,7 +132,8 @@ pub async fn attach_db(ctx: &Ctx, name: &str, flags: u8) -> Result<Attached, i32
     )? {
         Some(R::DbAttach(id))
         | Some(R::DbAttachPersistent(id))
-        | Some(R::DbAttachReplicated(id)) => id,
+        | Some(R::DbAttachReplicated(id))
+        | Some(R::DbAttachExt(id)) => id,
         _ => return Err(1),
     };
     let path = match step(
@@ -420,6 +431,7 @@ pub async fn attach(ctx: &mut Ctx, args: &[String]) -> i32 {
         Some("readonly") => db_flags::READONLY,
         Some("sticky") => db_flags::STICKY,
         Some("replicated") => db_flags::REPLICATED,
+        Some("inmemory") => db_flags::PERSISTENT | db_flags::INMEMORY,
         Some(_) => usage(Some("attach")),
     };
     match attach_db(ctx, &args[0], flags).await {

@@ -133,11 +133,7 @@ impl Client {
         }
         let tdb_flags = self.db_open_flags(dest, id).await?;
         let file = open_local(PathBuf::from(path), tdb_flags as u32)?;
-        let kind_flags = match kind {
-            DbKind::Volatile => 0,
-            DbKind::Persistent => db_flags::PERSISTENT,
-            DbKind::Replicated => db_flags::REPLICATED,
-        };
+        let kind_flags = kind.flags();
         Ok(Db {
             client: self.clone(),
             id,

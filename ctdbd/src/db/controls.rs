@@ -41,6 +41,7 @@ impl Databases {
             Rq::DbAttach(n) => self.attach(env, ctx, req, to, n, 0),
             Rq::DbAttachPersistent(n) => self.attach(env, ctx, req, to, n, db_flags::PERSISTENT),
             Rq::DbAttachReplicated(n) => self.attach(env, ctx, req, to, n, db_flags::REPLICATED),
+            Rq::DbAttachExt(a) => self.attach_ext(env, ctx, req, to, a),
             Rq::DbDetach(id) => self.detach(env, ctx, *id),
             Rq::GetDbPath(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::GetDbPath(d.path.display().to_string()))
@@ -127,8 +128,8 @@ impl Databases {
         }
     }
 
-    /// `DB_ATTACH[_PERSISTENT|_REPLICATED]`.
-    fn attach(
+    /// `DB_ATTACH[_PERSISTENT|_REPLICATED|_EXT]`.
+    pub(crate) fn attach(
         &mut self,
         env: &Env,
         ctx: &ControlCtx,
@@ -212,6 +213,7 @@ impl Databases {
         let data = match req.data.clone() {
             ControlRequest::DbAttachPersistent(n) => ControlRequest::DbAttachPersistent(n),
             ControlRequest::DbAttachReplicated(n) => ControlRequest::DbAttachReplicated(n),
+            ControlRequest::DbAttachExt(a) => ControlRequest::DbAttachExt(a),
             _ => ControlRequest::DbAttach(name.to_owned()),
         };
         let others: Vec<u32> = env
@@ -325,6 +327,7 @@ fn attach_reply(req: &ReqControl, id: u32) -> ControlReply {
     match req.data {
         ControlRequest::DbAttachPersistent(_) => ControlReply::DbAttachPersistent(id),
         ControlRequest::DbAttachReplicated(_) => ControlReply::DbAttachReplicated(id),
+        ControlRequest::DbAttachExt(_) => ControlReply::DbAttachExt(id),
         _ => ControlReply::DbAttach(id),
     }
 }

@@ -90,7 +90,10 @@ impl Db {
 /// The tdb flags CTDB 4.17 opens a database with.
 pub fn tdb_flags(flags: u8, mutexes: bool) -> u32 {
     use tdb::flags as f;
-    let base = if flags & db_flags::PERSISTENT != 0 {
+    let base = if flags & db_flags::INMEMORY != 0 {
+        // ctdb-rs in-memory persistent: a persistent file that never syncs.
+        f::NOSYNC
+    } else if flags & db_flags::PERSISTENT != 0 {
         f::DEFAULT
     } else if flags & db_flags::REPLICATED != 0 {
         f::NOSYNC | f::CLEAR_IF_FIRST | f::INCOMPATIBLE_HASH
@@ -106,7 +109,7 @@ pub fn tdb_flags(flags: u8, mutexes: bool) -> u32 {
 
 /// Where database `name` lives on node `pnn`.
 pub fn db_path(cfg: &DbConfig, name: &str, flags: u8, pnn: u32) -> PathBuf {
-    let dir = if flags & db_flags::PERSISTENT != 0 {
+    let dir = if flags & db_flags::PERSISTENT != 0 && flags & db_flags::INMEMORY == 0 {
         &cfg.persistent_dir
     } else {
         &cfg.volatile_dir
@@ -150,8 +153,8 @@ pub fn open(
     }
     let tflags = tdb_flags(flags, cfg.mutexes);
     let tdb = open_file(&path, tflags, hash_size, max_dead)?;
-    if flags & db_flags::PERSISTENT == 0 {
-        // Volatile and replicated databases start empty, even if a stale
+    if flags & db_flags::PERSISTENT == 0 || flags & db_flags::INMEMORY != 0 {
+        // Volatile, replicated and in-memory databases start empty, even if a stale
         // process still had the file open (so the clear did not happen).
         let n = tdb.record_count().map_err(|e| e.to_string())?;
         if n != 0 {

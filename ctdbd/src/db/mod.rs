@@ -24,6 +24,7 @@
 pub mod call;
 pub mod controls;
 pub mod file;
+pub mod inmemory;
 pub mod lockwait;
 pub mod ltdb;
 pub mod persistent;
@@ -231,6 +232,8 @@ pub struct Databases {
     pub(crate) seqnum_next: Option<Instant>,
     /// Delete queues, vacuum timers and the vacuum run ([`vacuum`]).
     pub(crate) vacuum: vacuum::Vacuum,
+    /// Attaches of extension kinds waiting for their probes ([`inmemory`]).
+    pub(crate) ext: inmemory::ExtAttaches,
     /// Tracking databases and revocations ([`readonly`]).
     pub(crate) ro: readonly::ReadOnly,
     /// Sticky records and their pin-downs ([`sticky`]).
@@ -259,6 +262,7 @@ impl Databases {
                 deferred_attach: Vec::new(),
                 seqnum_next: None,
                 vacuum: Default::default(),
+                ext: Default::default(),
                 ro: Default::default(),
                 sticky: Default::default(),
             },

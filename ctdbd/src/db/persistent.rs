@@ -150,6 +150,8 @@ impl Databases {
     pub fn control_reply(&mut self, env: &Env, tag: u64, r: Result<ReplyControl, String>) {
         if self.trans3.by_tag.contains_key(&tag) {
             self.trans3_update_done(env, tag, r);
+        } else if self.ext.owns(tag) {
+            self.ext_probe_reply(env, tag, r);
         } else if self.ro_control_reply(env, tag, &r) {
             // A revocation of read-only copies (readonly.rs).
         } else {
@@ -283,6 +285,7 @@ impl Databases {
         let db_id = db.id;
         let name = db.name.clone();
         let tag = self.park(to);
+        self.stats.childwrite_started(tag);
         let rb = rb.clone();
         let ev = self.ev_tx.clone();
         tokio::task::spawn_blocking(move || {

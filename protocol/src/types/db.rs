@@ -12,6 +12,17 @@ pub mod db_flags {
     pub const READONLY: u8 = 0x02;
     pub const STICKY: u8 = 0x04;
     pub const REPLICATED: u8 = 0x08;
+    /// ctdb-rs extension (not in CTDB 4.17, whose highest flag is 0x08):
+    /// a persistent database kept in memory only, never synced to disk.
+    /// Always set together with `PERSISTENT`. Only attached through
+    /// `DB_ATTACH_EXT`, which CTDB 4.17 does not know.
+    pub const INMEMORY: u8 = 0x10;
+    /// ctdb-rs extension, reserved: persistent database with per-key
+    /// transactions (not implemented yet).
+    pub const KEYED: u8 = 0x20;
+    /// The extension flags: databases with any of them are attached with
+    /// `DB_ATTACH_EXT` only.
+    pub const EXTENDED: u8 = INMEMORY | KEYED;
 }
 
 /// `CTDB_LMASTER_ANY`: pull records whatever their lmaster.
@@ -140,5 +151,39 @@ impl Marshal for DbVacuum {
             },
             r.pos(),
         ))
+    }
+}
+
+/// `DB_ATTACH_EXT` (ctdb-rs extension): attach a database of a kind CTDB
+/// 4.17 does not have. `flags` are database flags ([`db_flags`]); with
+/// `probe` set nothing is attached: the node only answers whether it
+/// would accept such an attach (a CTDB 4.17 node answers every
+/// `DB_ATTACH_EXT` with an error, as for any control it does not know).
+/// On the wire: flags (u32), probe (u32), the name with its NUL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbAttachExt {
+    pub flags: u32,
+    pub probe: bool,
+    pub name: String,
+}
+
+impl Marshal for DbAttachExt {
+    fn len(&self) -> usize {
+        8 + self.name.len() + 1
+    }
+    fn push(&self, buf: &mut [u8]) -> usize {
+        let mut w = Writer::new(buf);
+        w.u32(self.flags);
+        w.u32(u32::from(self.probe));
+        w.cstr(Some(&self.name));
+        w.pos()
+    }
+    fn pull(buf: &[u8]) -> Result<(Self, usize)> {
+        let mut r = Reader::new(buf);
+        let flags = r.u32("attach_ext flags")?;
+        let probe = r.u32("attach_ext probe")? != 0;
+        let rest = buf.len() - r.pos();
+        let name = r.cstr(rest, "attach_ext name")?.unwrap_or_default();
+        Ok((DbAttachExt { flags, probe, name }, r.pos()))
     }
 }
