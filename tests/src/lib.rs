@@ -7,6 +7,8 @@
 //! through that script, with `CTDBD` pointing at the daemon under test.
 
 pub mod cluster;
+pub mod etcd;
+pub mod faults;
 pub mod netns;
 pub mod output;
 pub mod samba;

@@ -222,9 +222,64 @@ impl Network {
         }
     }
 
+    /// Node `k` drops `percent`% of the packets arriving from the other
+    /// nodes and of those it sends them (nftables `numgen random`: this
+    /// kernel has no `sch_netem`, so `tc netem loss` is not available).
+    pub fn lossy(&self, k: usize, percent: u32) {
+        let net = format!("{}/24", Ipv4Addr::new(192, 0, 2, 0));
+        self.nft(
+            k,
+            &format!(
+                "add rule inet ctdbrs input ip saddr {net} numgen random mod 100 < {percent} drop"
+            ),
+        );
+        self.nft(
+            k,
+            &format!(
+                "add chain inet ctdbrs output {{ type filter hook output priority 0; policy accept; }}; add rule inet ctdbrs output ip daddr {net} numgen random mod 100 < {percent} drop"
+            ),
+        );
+    }
+
+    /// Node `k`'s link becomes slow: what it sends leaves through a token
+    /// bucket of `kbit` kbit/s (`tc tbf`), so packets wait in its queue
+    /// (up to `max_delay_ms`; what would wait longer is dropped). This is
+    /// the delay this kernel can make: it has neither `sch_netem` (fixed
+    /// per-packet delay) nor `sch_fq`/`sch_etf` (departure times) nor
+    /// nftables `queue` (a userspace delayer), so a fixed added latency is
+    /// impossible here; the delay grows with the traffic instead.
+    pub fn slow(&self, k: usize, kbit: u32, max_delay_ms: u32) {
+        let out = self
+            .command_in(k, "tc")
+            .args(["qdisc", "replace", "dev", "eth0", "root", "tbf", "rate"])
+            .arg(format!("{kbit}kbit"))
+            .args(["burst", "1600", "latency"])
+            .arg(format!("{max_delay_ms}ms"))
+            .output()
+            .expect("run tc");
+        must(&format!("tbf on node {k}'s link"), out);
+    }
+
+    /// Node `k` drops every TCP segment to or from `port` (its end of a
+    /// service's links, e.g. an etcd member's peer port 2380), other
+    /// traffic untouched.
+    pub fn cut_port(&self, k: usize, port: u16) {
+        self.nft(
+            k,
+            &format!(
+                "add rule inet ctdbrs input tcp dport {port} drop; add rule inet ctdbrs input tcp sport {port} drop"
+            ),
+        );
+    }
+
     /// Removes every cut.
     pub fn heal(&self) {
         for k in 0..self.nodes {
+            // A slow link's queue (none there is fine).
+            let _ = self
+                .command_in(k, "tc")
+                .args(["qdisc", "del", "dev", "eth0", "root"])
+                .output();
             self.nft(k, "flush chain inet ctdbrs input");
             let _ = Command::new("ip")
                 .args([

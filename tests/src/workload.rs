@@ -1,7 +1,8 @@
 //! A client workload for whole-cluster tests: on every node a separate
 //! client process (`ctdb-increment persistent-loop`, as real clients are
 //! processes: a client's g_lock dies with it) increments its own key in
-//! persistent transactions without pause, and is started again whenever it
+//! persistent transactions without pause (or, [`Mode::Volatile`], under
+//! fetch-lock in a volatile database), and is started again whenever it
 //! exits (its node went away, a commit gave up during a recovery), until
 //! the workload is stopped. Each node's [`ClientLoad`] counts the commits
 //! attempted and acknowledged, when each was acknowledged, and the errors
@@ -13,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::our_bin;
 
@@ -27,6 +28,8 @@ pub struct ClientLoad {
     acked: AtomicU64,
     attempted: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Per client process: when it started, and its acks.
+    processes: Mutex<Vec<(SystemTime, u64)>>,
 }
 
 impl ClientLoad {
@@ -45,21 +48,37 @@ impl ClientLoad {
         self.acks.lock().unwrap().clone()
     }
 
+    /// Acks of the client processes started after `t` (those that can
+    /// only have spoken to a daemon started again after a kill before
+    /// `t`); a process still running counts once the workload stopped.
+    pub fn acked_by_clients_started_after(&self, t: SystemTime) -> u64 {
+        self.processes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s > t)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The distinct errors client processes exited with (the first ten).
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap().clone()
     }
 
-    fn line(&self, line: &str) {
+    /// Counts one output line of a client; true for an ack.
+    fn line(&self, line: &str) -> bool {
         match line {
             "attempt" => {
                 self.attempted.fetch_add(1, Ordering::SeqCst);
+                false
             }
             "ack" => {
                 self.acks.lock().unwrap().push(Instant::now());
                 self.acked.fetch_add(1, Ordering::SeqCst);
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -71,6 +90,26 @@ impl ClientLoad {
         let mut e = self.errors.lock().unwrap();
         if !e.iter().any(|m| m == msg) && e.len() < MAX_ERRORS {
             e.push(msg.to_owned());
+        }
+    }
+}
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Persistent transactions (`ctdb-increment persistent-loop`); an ack
+    /// is a commit the daemon acknowledged.
+    Persistent,
+    /// Fetch-lock increments in a volatile database (`ctdb-increment
+    /// volatile-loop`); an ack is an increment stored under the lock.
+    Volatile,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Persistent => "persistent-loop",
+            Mode::Volatile => "volatile-loop",
         }
     }
 }
@@ -88,6 +127,12 @@ impl Workload {
     /// key `{key_prefix}{k}` of persistent database `db` (attached
     /// beforehand).
     pub fn start(sockets: Vec<PathBuf>, db: &str, key_prefix: &str) -> Workload {
+        Workload::start_mode(sockets, Mode::Persistent, db, key_prefix)
+    }
+
+    /// Starts one client per socket doing `mode`'s increments of key
+    /// `{key_prefix}{k}` of `db` (attached beforehand, of `mode`'s kind).
+    pub fn start_mode(sockets: Vec<PathBuf>, mode: Mode, db: &str, key_prefix: &str) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let mut w = Workload {
             stop,
@@ -101,7 +146,7 @@ impl Workload {
             let (stop, l, ch) = (w.stop.clone(), load.clone(), child.clone());
             let (db, key) = (db.to_owned(), format!("{key_prefix}{k}"));
             w.workers.push(std::thread::spawn(move || {
-                client_loop(&socket, &db, &key, &stop, &l, &ch)
+                client_loop(&socket, mode, &db, &key, &stop, &l, &ch)
             }));
             w.loads.push(load);
             w.children.push(child);
@@ -159,6 +204,7 @@ impl Drop for Workload {
 /// One node's client, started again whenever it exits, until `stop`.
 fn client_loop(
     socket: &std::path::Path,
+    mode: Mode,
     db: &str,
     key: &str,
     stop: &AtomicBool,
@@ -166,9 +212,10 @@ fn client_loop(
     child: &Mutex<Option<Child>>,
 ) {
     while !stop.load(Ordering::SeqCst) {
+        let started = SystemTime::now();
         let mut ch = Command::new(our_bin("ctdb-increment"))
             .arg(socket)
-            .args(["persistent-loop", db, key])
+            .args([mode.arg(), db, key])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -183,9 +230,11 @@ fn client_loop(
             let _ = err.read_to_string(&mut msg);
             msg
         });
+        let mut acks = 0;
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            load.line(&line);
+            acks += u64::from(load.line(&line));
         }
+        load.processes.lock().unwrap().push((started, acks));
         if let Some(mut ch) = child.lock().unwrap().take() {
             let _ = ch.wait();
         }

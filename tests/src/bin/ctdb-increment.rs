@@ -8,6 +8,12 @@
 //!     increment the decimal number in KEY in persistent transactions
 //!     until an error or until killed, printing "attempt" before each
 //!     commit and "ack" after each acknowledged one
+//! ctdb-increment SOCKET volatile-loop DB KEY
+//!     increment the decimal number in KEY of a volatile database under
+//!     fetch-lock until an error or until killed, printing "attempt"
+//!     before each and "ack" once the record holds the new value; one
+//!     increment a millisecond at most (a record that stays on its node
+//!     is otherwise incremented as fast as a CPU allows)
 //! ctdb-increment SOCKET hold-lock DB KEY
 //!     lock KEY's record chain in the local file, print "locked", and
 //!     hold it until killed
@@ -110,6 +116,23 @@ async fn run(args: &[String]) -> Result<(), String> {
                 say("attempt");
                 t.commit().await.map_err(|e| format!("commit: {e}"))?;
                 say("ack");
+            }
+        }
+        "volatile-loop" => {
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            loop {
+                say("attempt");
+                db.fetch_lock(key, |r| {
+                    let v: u64 = String::from_utf8_lossy(&r.data).parse().unwrap_or(0);
+                    (Update::Store((v + 1).to_string().into_bytes()), ())
+                })
+                .await
+                .map_err(|e| format!("fetch_lock: {e}"))?;
+                say("ack");
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         "hold-lock" => {
