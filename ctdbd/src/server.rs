@@ -306,6 +306,7 @@ impl Server {
         rx: mpsc::UnboundedReceiver<DbEvent>,
     ) {
         self.core.db = Box::new(crate::db::DbHandle(Rc::clone(&dbs)));
+        dbs.borrow_mut().stats = self.core.stats.handle();
         self.dbs = Some(dbs);
         self.db_rx = Some(rx);
     }

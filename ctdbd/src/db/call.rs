@@ -27,7 +27,7 @@ use ctdb_protocol::call::{
     ReplyCall, ReplyDmaster, ReplyError, ReqCall, ReqDmaster, call_flags, call_id,
 };
 use ctdb_protocol::header::HEADER_LEN;
-use ctdb_protocol::types::{LtdbHeader, MAX_COUNT_BUCKETS, node_flags, record_flags};
+use ctdb_protocol::types::{LtdbHeader, node_flags, record_flags};
 use ctdb_protocol::{Body, Header, Marshal, Operation, Packet};
 use tracing::{debug, error, info, warn};
 
@@ -47,6 +47,8 @@ pub struct PendingCall {
     pub client: ClientId,
     pub client_reqid: u32,
     pub call: ReqCall,
+    /// When the client's call arrived (`call_latency`).
+    pub started: std::time::Instant,
 }
 
 /// Calls in flight from this node.
@@ -164,6 +166,8 @@ impl Databases {
     pub fn client_call(&mut self, env: &Env, client: ClientId, reqid: u32, mut call: ReqCall) {
         let pnn = env.pnn();
         let db_id = call.db_id;
+        let started = std::time::Instant::now();
+        self.stats.bump(|s| s.total_calls += 1);
         let collapse = env.tunables.fetch_collapse == 1;
         // No read-only delegations without a tracking database.
         if !self.ro_enabled(db_id) {
@@ -260,6 +264,8 @@ impl Databases {
         };
         match step {
             ClientStep::Answered(status, data) => {
+                self.stats
+                    .latency(|s| &mut s.call_latency, started.elapsed());
                 self.calls.pins.join(db_id, &call.key, client);
                 self.send_client(
                     env,
@@ -298,8 +304,10 @@ impl Databases {
                         client,
                         client_reqid: reqid,
                         call,
+                        started,
                     },
                 );
+                self.stats.bump(|s| s.pending_calls += 1);
                 self.send_node(env, dest, r, Body::ReqCall(req));
             }
         }
@@ -389,6 +397,7 @@ impl Databases {
                             .trim_end_matches('\0')
                             .to_owned();
                         warn!("call failed on node {}: {msg}", hdr.srcnode);
+                        self.call_done(&p);
                         self.client_error(env, p.client, p.client_reqid, e.status, &msg);
                         self.release_inflight(p.db, &p.call.key);
                     }
@@ -537,8 +546,7 @@ impl Databases {
         };
         if !matches!(step, NodeStep::Redirect(_) | NodeStep::Ro(_)) {
             // Hops the call took to find the record.
-            let bucket = (32 - c.hopcount.leading_zeros()) as usize;
-            db.stats.hop_count_bucket[bucket.min(MAX_COUNT_BUCKETS - 1)] += 1;
+            self.stats.hops(&mut db.stats, c.hopcount);
         }
         if matches!(step, NodeStep::Migrated(..) | NodeStep::Answered(..)) {
             self.sticky_hops(env, db_id, &c.key, c.hopcount);
@@ -760,6 +768,11 @@ impl Databases {
 
     fn became_dmaster(&mut self, env: &Env, p: Option<PendingCall>, status: i32, reply: Vec<u8>) {
         if let Some(p) = p {
+            if let Some(db) = self.dbs.get_mut(&p.db).filter(|d| d.volatile()) {
+                let now = std::time::Instant::now();
+                db.migrations
+                    .migrated(&db.name, &mut db.stats, &p.call.key, now);
+            }
             // The client has yet to lock the record: keep it here until it
             // has had its look.
             self.calls
@@ -772,6 +785,7 @@ impl Databases {
     /// Answers the client of a finished call and lets calls that waited for
     /// its migration run.
     fn complete_call(&mut self, env: &Env, p: PendingCall, status: i32, data: Vec<u8>) {
+        self.call_done(&p);
         self.send_client(
             env,
             p.client,
@@ -782,6 +796,13 @@ impl Databases {
             }),
         );
         self.release_inflight(p.db, &p.call.key);
+    }
+
+    /// A client call that waited for another node is over.
+    fn call_done(&self, p: &PendingCall) {
+        self.stats.decrement(|s| &mut s.pending_calls);
+        self.stats
+            .latency(|s| &mut s.call_latency, p.started.elapsed());
     }
 
     fn release_inflight(&mut self, db: u32, key: &[u8]) {
@@ -839,6 +860,7 @@ impl Databases {
             .collect();
         for r in gone {
             if let Some(p) = self.calls.pending.remove(&r) {
+                self.stats.decrement(|s| &mut s.pending_calls);
                 self.release_inflight(p.db, &p.call.key);
             }
         }

@@ -60,6 +60,8 @@ pub struct Db {
     /// Srvid of a running `DB_PUSH`.
     pub push: Option<u64>,
     pub stats: DbStatistics,
+    /// Migrations here per key, for the hot keys.
+    pub migrations: crate::stats::MigrationCounts,
 }
 
 impl Db {
@@ -193,6 +195,7 @@ pub fn open(
             num_hot_keys: ctdb_protocol::types::MAX_HOT_KEYS as u32,
             ..Default::default()
         },
+        migrations: Default::default(),
     })
 }
 

@@ -28,6 +28,10 @@ use tracing::{debug, error, warn};
 use super::file::Db;
 use super::{Databases, DbEvent, Env, Work};
 
+/// Work waiting for its record's chain: the key, the work, and when it
+/// started waiting (the lock statistics).
+type Queued = (Vec<u8>, Work, std::time::Instant);
+
 /// A helper waiting for (or holding) one chain.
 struct Helper {
     id: u64,
@@ -40,7 +44,7 @@ pub struct LockWaits {
     ev: Option<mpsc::UnboundedSender<DbEvent>>,
     waiter: Option<tdb::ChainWaiter>,
     /// Work waiting for a chain, by chain, in arrival order.
-    queues: HashMap<u32, VecDeque<(Vec<u8>, Work)>>,
+    queues: HashMap<u32, VecDeque<Queued>>,
     /// Keys with queued work (later work for them queues behind it).
     keys: HashMap<Vec<u8>, u32>,
     /// Chains a helper waits for or holds.
@@ -87,9 +91,9 @@ impl LockWaits {
     }
 
     /// Takes chain `bucket`'s queued work, in order.
-    fn take(&mut self, bucket: u32) -> VecDeque<(Vec<u8>, Work)> {
+    fn take(&mut self, bucket: u32) -> VecDeque<Queued> {
         let q = self.queues.remove(&bucket).unwrap_or_default();
-        for (k, _) in &q {
+        for (k, _, _) in &q {
             if let Some(n) = self.keys.get_mut(k) {
                 *n -= 1;
                 if *n == 0 {
@@ -220,7 +224,10 @@ impl Db {
             l.ev = Some(ev.clone());
         }
         *l.keys.entry(key.clone()).or_default() += 1;
-        l.queues.entry(bucket).or_default().push_back((key, w));
+        l.queues
+            .entry(bucket)
+            .or_default()
+            .push_back((key, w, std::time::Instant::now()));
         l.want(self.id, tdb, bucket);
     }
 
@@ -269,7 +276,8 @@ impl Databases {
         if let Err(e) = result {
             warn!("{}: waiting for a record lock failed: {e}", db.name);
             let work = db.locks.take(bucket);
-            self.ready.extend(work.into_iter().map(|(_, w)| (id, w)));
+            lock_stats(&self.stats, &mut db.stats, &work, false);
+            self.ready.extend(work.into_iter().map(|(_, w, _)| (id, w)));
             drop(helper_entry);
             if let Some(db) = self.dbs.get_mut(&id) {
                 let tdb = db.tdb.as_ref();
@@ -283,7 +291,8 @@ impl Databases {
                 db.locks.orphans.push(bucket);
             }
             let work = db.locks.take(bucket);
-            db.deferred.extend(work.into_iter().map(|(_, w)| w));
+            lock_stats(&self.stats, &mut db.stats, &work, true);
+            db.deferred.extend(work.into_iter().map(|(_, w, _)| w));
             drop(helper_entry);
             db.locks.start_pending(id, None);
             return;
@@ -300,15 +309,17 @@ impl Databases {
             Err(e) => {
                 error!("{}: cannot adopt chain {bucket}: {e}", db.name);
                 let work = db.locks.take(bucket);
+                lock_stats(&self.stats, &mut db.stats, &work, false);
                 drop(helper_entry);
                 db.locks.start_pending(id, db.tdb.as_ref());
-                self.ready.extend(work.into_iter().map(|(_, w)| (id, w)));
+                self.ready.extend(work.into_iter().map(|(_, w, _)| (id, w)));
                 return;
             }
         }
         let work = db.locks.take(bucket);
+        lock_stats(&self.stats, &mut db.stats, &work, true);
         let mut work = work.into_iter();
-        for (_, w) in work.by_ref() {
+        for (_, w, _) in work.by_ref() {
             self.run_work(env, id, w);
             if self.dbs.get(&id).is_none_or(|d| d.tdb.is_none()) {
                 break;
@@ -317,7 +328,7 @@ impl Databases {
         let Some(db) = self.dbs.get_mut(&id) else {
             return;
         };
-        db.deferred.extend(work.map(|(_, w)| w));
+        db.deferred.extend(work.map(|(_, w, _)| w));
         if let Some(tdb) = db.tdb.as_ref()
             && let Err(e) = tdb.release_adopted(bucket)
         {
@@ -326,5 +337,18 @@ impl Databases {
         drop(helper_entry);
         let tdb = db.tdb.as_ref();
         db.locks.start_pending(id, tdb);
+    }
+}
+
+/// Counts the requests that waited for a chain as CTDB counts its lock
+/// requests: one call each, with the time it waited (or a failure).
+fn lock_stats(
+    stats: &crate::stats::StatsHandle,
+    db: &mut ctdb_protocol::types::DbStatistics,
+    work: &VecDeque<Queued>,
+    locked: bool,
+) {
+    for (_, _, since) in work {
+        stats.lock_done(db, since.elapsed(), locked);
     }
 }

@@ -238,6 +238,8 @@ pub struct Databases {
     pub(crate) ro: readonly::ReadOnly,
     /// Sticky records and their pin-downs ([`sticky`]).
     pub(crate) sticky: sticky::Sticky,
+    /// The daemon's counters (`ctdb statistics`), shared with the loop.
+    pub stats: crate::stats::StatsHandle,
 }
 
 impl Databases {
@@ -265,6 +267,7 @@ impl Databases {
                 ext: Default::default(),
                 ro: Default::default(),
                 sticky: Default::default(),
+                stats: Default::default(),
             },
             ev_rx,
         )
@@ -424,6 +427,7 @@ impl Databases {
         match ev {
             DbEvent::Returned { db, tdb, done } => {
                 if let Some((tag, r)) = done {
+                    self.stats.childwrite_done(tag);
                     self.complete(tag, r);
                 }
                 self.handle_returned(env, db, *tdb);

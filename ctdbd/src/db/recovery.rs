@@ -295,13 +295,16 @@ impl Databases {
 
     /// A session reported its freeze.
     pub(crate) fn frozen(&mut self, env: &Env, id: u32, result: Result<(), String>) {
-        let _ = env;
         // The thread is no longer waiting: never signal it again.
-        self.recovery.freezing.remove(&id);
+        let since = (self.recovery.freezing.remove(&id))
+            .and_then(|f| f.deadline.checked_sub(Self::freeze_timeout(env)));
         let waiters = self.recovery.waiters.remove(&id).unwrap_or_default();
         let ok = result.is_ok();
         let mut reply = ReplyControl::ok(ControlReply::DbFreeze);
         if let Some(db) = self.dbs.get_mut(&id) {
+            // A database lock request, in CTDB's lock statistics.
+            let waited = since.map(|t| t.elapsed()).unwrap_or_default();
+            self.stats.lock_done(&mut db.stats, waited, ok);
             match result {
                 Ok(()) => {
                     if let Freeze::Pending(tx) = std::mem::take(&mut db.freeze) {
@@ -483,6 +486,7 @@ impl Databases {
             Some(_) => {}
         }
         let tag = self.park(to);
+        self.health_commit_asked(env, tag);
         let info = StoreInfo {
             pnn: env.pnn(),
             vnnmap: env.node.vnnmap.clone(),
@@ -502,6 +506,7 @@ impl Databases {
 
     /// A session committed a recovery transaction.
     pub(crate) fn committed(&mut self, id: u32, tid: u32, tag: u64, result: Result<(), String>) {
+        self.health_commit_done(id, tag, result.is_ok());
         let reply = match result {
             Ok(()) => {
                 if let Some(db) = self.dbs.get_mut(&id) {

