@@ -62,6 +62,10 @@ pub struct WorkerArgs {
     /// does (retry every millisecond) instead of our client's queue.
     #[arg(long)]
     pub ctdb_glock: bool,
+    /// Transactions: attach the database as in-memory persistent (ctdb-rs
+    /// extension) instead of persistent.
+    #[arg(long)]
+    pub inmemory: bool,
     /// Concurrent operations in flight (load).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
@@ -258,7 +262,12 @@ async fn contend(a: &WorkerArgs, c: &Client) -> Result<Report> {
 }
 
 async fn trans(a: &WorkerArgs, c: &Client) -> Result<Report> {
-    let db = c.attach(&a.db, DbKind::Persistent, 0).await?;
+    let kind = if a.inmemory {
+        DbKind::InMemory
+    } else {
+        DbKind::Persistent
+    };
+    let db = c.attach(&a.db, kind, 0).await?;
     let key = if a.disjoint {
         format!("key{}", a.id)
     } else {

@@ -1,6 +1,7 @@
 //! The workloads, and running worker processes for them.
 
 mod contention;
+mod inmemory;
 mod latency;
 mod locks;
 mod memory;
@@ -75,6 +76,7 @@ const WORKLOADS: &[(&str, Workload)] = &[
     ("fetch-lock", locks::contended),
     ("one-record", contention::run),
     ("ptrans", transactions::run),
+    ("ptrans-inmemory", inmemory::run),
     ("message-ring", messages::ring),
     ("message-ring-3", messages::rings_3),
     ("ping", latency::ping),
@@ -102,6 +104,7 @@ fn rows_of(name: &str) -> &'static [&'static str] {
             "ptrans 16 clients same key (commits/s)",
             "ptrans 16 clients disjoint keys (commits/s)",
         ],
+        "ptrans-inmemory" => &[inmemory::ROW],
         "message-ring" => &[
             "message ring (messages/s)",
             "daemon CPU per message, ring (µs)",
