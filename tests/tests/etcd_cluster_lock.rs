@@ -1,7 +1,11 @@
 //! The cluster lock in etcd, through CTDB's own `ctdb_etcd_lock` helper,
-//! with an etcd server in the bridge namespace of a cluster in network
-//! namespaces: the leader holds the lock; when it dies another node takes
-//! the lock and leads. Never two leaders.
+//! with a 3-member etcd cluster, one member in each node's network
+//! namespace ([`ctdb_tests::etcd`]): the leader holds the lock; when it dies
+//! another node takes the lock and leads; when the leader's etcd member is
+//! cut from its peers (the leader's link to the lock store; the CTDB
+//! traffic untouched), it loses the lock and, once the cut is gone, the
+//! cluster heals. Never two holders of the lock at once (from the logs),
+//! never two self-declared leaders.
 //!
 //! The two daemons die differently here: the reference runs in test mode
 //! (no process group of its own), so killing it leaves its recovery daemon
@@ -16,62 +20,13 @@
 //! process tree, helper included, its nodes retried every 5 s and had no
 //! leader after 100 s). Ours lengthens the leader timeout after each lost lock
 //! election (`leader::Recoverd::leader_timeout_len`), so it takes over in
-//! about 15-20 s. A leader cut off from etcd (not from the other nodes) is
-//! not replaced within two minutes on the reference either;
-//! `Network::cut_from_bridge` is there to test that once it is settled.
+//! about 15-20 s.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, require_reference};
-
-const HELPER: &str = "/usr/libexec/ctdb/ctdb_etcd_lock";
-
-/// An etcd server in the cluster's bridge namespace; killed on drop.
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_etcd(c: &Cluster) -> Etcd {
-    let net = c.net();
-    let ip = net.bridge_ip();
-    let data = c.dir().join("etcd");
-    let client = format!("http://{ip}:2379");
-    let child = net
-        .command_in_bridge("/usr/bin/etcd")
-        .args(["--name", "ctdbrs", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-        .args(["--initial-cluster", "ctdbrs=http://127.0.0.1:2380"])
-        .args(["--enable-v2=true", "--log-outputs", "stderr"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(c.dir().join("etcd.log")).unwrap())
-        .spawn()
-        .expect("start etcd (apt-get install etcd-server)");
-    let etcd = Etcd(child);
-    poll_until(Duration::from_secs(30), "etcd answering", || {
-        let probe = format!("import socket; socket.create_connection(('{ip}', 2379), 1)");
-        net.command_in(0, "/usr/bin/python3")
-            .args(["-c", &probe])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-    });
-    etcd
-}
+use ctdb_tests::etcd::{self, Etcd};
+use ctdb_tests::faults;
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, require_reference};
 
 /// The leader node `k` reports, if it answers.
 fn leader_seen_by(c: &Cluster, k: usize) -> Option<usize> {
@@ -91,7 +46,7 @@ fn self_declared(c: &Cluster, nodes: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// `poll_until`, with every node's log in the failure message.
+/// `poll_until`, with every node's recovery log lines in the failure message.
 fn wait_for<T>(c: &Cluster, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + limit;
     loop {
@@ -102,44 +57,48 @@ fn wait_for<T>(c: &Cluster, limit: Duration, what: &str, mut f: impl FnMut() -> 
             std::time::Instant::now() < deadline,
             "{:?}: timed out after {limit:?} waiting for {what}\n{}",
             c.daemon(),
-            c.log_tails()
+            faults::recoverd_tails(c, 30)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn etcd_lock(daemon: Daemon) {
+/// A cluster of `daemon` with its lock in a fresh 3-member etcd cluster.
+fn start(daemon: &Daemon) -> (Cluster, Etcd) {
     require_reference();
-    for p in [HELPER, "/usr/bin/etcd"] {
-        assert!(
-            std::path::Path::new(p).exists(),
-            "{p} missing: run scripts/install-deps.sh (ctdb, etcd-server, python3-etcd)"
-        );
-    }
-    // The helper reads its etcd endpoint from a config file.
-    let conf_dir = tempfile::tempdir().unwrap();
-    let conf = conf_dir.path().join("etcd.conf");
-    std::fs::write(
-        &conf,
-        "host = 192.0.2.254\nport = 2379\nlock_ttl = 9\nrefresh = 2\n",
-    )
-    .unwrap();
-    let setting = format!("!{HELPER} -c {}", conf.display());
+    let mut etcd = Etcd::new();
     let mut opts = ClusterOptions::new(daemon.clone(), 3);
-    // The helper runs `python3` from PATH and needs Debian's python3-etcd:
-    // the system's interpreter, whatever else the test's PATH has first.
-    opts.env
-        .push(("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    opts.env.push(etcd::system_path());
+    // The lock holds are read from INFO lines.
+    opts.log_level = "INFO".into();
     let c = Cluster::launch(
         opts.in_namespaces()
-            .cluster_lock(setting.clone())
+            .cluster_lock(etcd.lock_setting())
             .tunable("KeepaliveInterval", 1)
-            .tunable("KeepaliveLimit", 3),
+            .tunable("KeepaliveLimit", 3)
+            .tunable("RecoveryBanPeriod", 20),
     );
-    let _etcd = start_etcd(&c);
+    etcd.start(c.net(), 3);
+    c.wait_healthy(Duration::from_secs(120));
+    assert_eq!(c.tool_ok(0, &["getreclock"]).trim(), etcd.lock_setting());
+    (c, etcd)
+}
+
+/// Fails when two nodes' logs show them holding the lock at once.
+fn no_two_holders(c: &Cluster, kills: &[(usize, std::time::SystemTime)]) {
+    let holds = faults::lock_holds(c, kills);
+    let both = faults::overlaps(&holds);
+    println!("{:?}: lock holds {holds:?}", c.daemon());
+    assert!(
+        both.is_empty(),
+        "{:?}: two holders at once: {both:?}",
+        c.daemon()
+    );
+}
+
+fn etcd_lock(daemon: Daemon) {
+    let (c, etcd) = start(&daemon);
     let limit = Duration::from_secs(120);
-    c.wait_healthy(limit);
-    assert_eq!(c.tool_ok(0, &["getreclock"]).trim(), setting);
     let all = [0, 1, 2];
     let leader = wait_for(&c, limit, "one leader", || {
         let s = self_declared(&c, &all);
@@ -149,11 +108,16 @@ fn etcd_lock(daemon: Daemon) {
 
     // The leader dies: another node takes the lock and leads.
     c.kill(leader);
+    let kills = [(leader, std::time::SystemTime::now())];
     let killed = std::time::Instant::now();
     let rest: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
     let next = wait_for(&c, limit, "a new leader after the old one died", || {
         let s = self_declared(&c, &rest);
-        assert!(s.len() <= 1, "two leaders: {s:?}\n{}", c.log_tails());
+        assert!(
+            s.len() <= 1,
+            "two leaders: {s:?}\n{}",
+            faults::recoverd_tails(&c, 30)
+        );
         (s.len() == 1).then(|| s[0])
     });
     println!(
@@ -163,7 +127,65 @@ fn etcd_lock(daemon: Daemon) {
     );
     c.restart_with(leader, &daemon);
     c.wait_healthy(limit);
-    drop(_etcd);
+    no_two_holders(&c, &kills);
+    drop(etcd);
+    c.stop();
+}
+
+/// The leader's etcd member is cut from its peers for 30 s (longer than
+/// the lock's TTL), the CTDB traffic untouched.
+fn lock_store_cut(daemon: Daemon, strict: bool) {
+    let (c, etcd) = start(&daemon);
+    let limit = Duration::from_secs(120);
+    let all = [0, 1, 2];
+    let leader = wait_for(&c, limit, "one leader", || {
+        let s = self_declared(&c, &all);
+        (s.len() == 1).then(|| s[0])
+    });
+    etcd.cut(c.net(), leader);
+    let cut = std::time::Instant::now();
+    let mut lost = None;
+    let mut others = None;
+    while cut.elapsed() < Duration::from_secs(30) {
+        let s = self_declared(&c, &all);
+        assert!(
+            s.len() <= 1,
+            "two leaders: {s:?}\n{}",
+            faults::recoverd_tails(&c, 30)
+        );
+        if lost.is_none() && faults::log_text(&c, leader).contains("Cluster lock helper terminated")
+        {
+            lost = Some(cut.elapsed());
+        }
+        if others.is_none() && s.len() == 1 && s[0] != leader {
+            others = Some((s[0], cut.elapsed()));
+        }
+    }
+    println!(
+        "{:?}: leader {leader} cut from the lock store: lost its lock after {lost:?}; another node led: {others:?}",
+        c.daemon()
+    );
+    if strict {
+        assert!(
+            lost.is_some(),
+            "the leader cut from etcd never lost its lock\n{}",
+            faults::recoverd_tails(&c, 30)
+        );
+    }
+    c.net().heal();
+    let healed = std::time::Instant::now();
+    c.wait_healthy(limit);
+    let l = wait_for(&c, limit, "one leader after the cut", || {
+        let s = self_declared(&c, &all);
+        (s.len() == 1).then(|| s[0])
+    });
+    println!(
+        "{:?}: healthy with leader {l} {:.1}s after the cut was removed",
+        c.daemon(),
+        healed.elapsed().as_secs_f64()
+    );
+    no_two_holders(&c, &[]);
+    drop(etcd);
     c.stop();
 }
 
@@ -175,4 +197,14 @@ fn etcd_cluster_lock_reference() {
 #[test]
 fn etcd_cluster_lock_ours() {
     etcd_lock(Daemon::ours());
+}
+
+#[test]
+fn etcd_lock_store_cut_reference() {
+    lock_store_cut(Daemon::Reference, false);
+}
+
+#[test]
+fn etcd_lock_store_cut_ours() {
+    lock_store_cut(Daemon::ours(), true);
 }
