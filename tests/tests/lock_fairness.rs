@@ -3,17 +3,21 @@
 //! each, every process looping fetch-lock + increment + release on ONE
 //! volatile record for `LOCK_FAIRNESS_SECS` (20 s by default); then
 //! persistent transactions incrementing one key, with the g_lock taken
-//! the way CTDB's own client library takes it and then by our client's
-//! queue. Every process must complete at least 5% of the mean
-//! per-process count, except with CTDB's g_lock, which serves whoever
-//! looks first after a release and starves single processes on the
-//! reference too: there every node must commit in every run, and over
-//! all runs at least `NODE_SHARE` of the mean per node. The final value
-//! must equal the sum of the acknowledged increments, and no node of ours
-//! may log "High hopcount". The whole round runs `LOCK_FAIRNESS_RUNS`
-//! times (2 by default; the starvation this guards against showed in 2
-//! or 3 runs out of 4). `LOCK_FAIRNESS_MODES` (comma-separated, default
+//! the way CTDB's own client library takes it (`ptrans-ctdb`) and then by
+//! our client's queue (`ptrans`). In every run and every phase, every one
+//! of the 12 processes must complete at least 5% of the mean per-process
+//! count of that run (each run's counts are printed, per process and per
+//! node, before anything is asserted). After each phase the record's
+//! value (the persistent key's on every node) must equal the sum of the
+//! acknowledged increments; no node of ours may log "High hopcount". The
+//! whole round runs `LOCK_FAIRNESS_RUNS` times (3 by default; the
+//! starvation this guards against showed in 2 or 3 runs out of 4).
+//! `LOCK_FAIRNESS_MODES` (comma-separated, default
 //! `fetch-lock,ptrans-ctdb,ptrans`) picks the phases, for experiments.
+//!
+//! The reference is held to the same, except with CTDB's g_lock, where it
+//! starves processes (and nodes) on a loaded machine: there its numbers
+//! are printed (see [`fairness_reference`]).
 //!
 //! On our daemon only, the latency checks: a request for a record that a
 //! client on another node holds for 2 s completes within 100 ms of the
@@ -31,13 +35,6 @@ use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
 
 const CLIENTS_PER_NODE: usize = 4;
 
-/// With CTDB's g_lock, the least a node may commit over all runs, as a
-/// fraction of the mean per node. Measured (10 s runs, summed over 2-3
-/// runs): the reference 66-69% on a quiet and on a loaded machine, ours
-/// 39-95% with record pins; before pins, ours gave one node 20 commits
-/// against 383 and 1448 in a full-suite run.
-const NODE_SHARE: f64 = 0.2;
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -52,7 +49,7 @@ fn secs() -> u64 {
 
 /// How many times the whole round runs.
 fn runs() -> u64 {
-    env_or("LOCK_FAIRNESS_RUNS", 2)
+    env_or("LOCK_FAIRNESS_RUNS", 3)
 }
 
 struct Proc {
@@ -132,17 +129,33 @@ fn contend(c: &Cluster, mode: &str, db: &str, key: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Every process (or node) did at least 5% of the mean.
-fn check_fair(counts: &[u64], what: &str) {
+/// The processes of one phase of one run that did less than 5% of the
+/// mean per-process count (as "process i on node k: n"); prints the
+/// counts, per process and per node.
+fn short_of_share(counts: &[u64], what: &str) -> Vec<String> {
     let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
-    eprintln!("{what}: counts {counts:?} (mean {mean:.0})");
-    assert!(mean > 0.0, "{what}: nobody made progress");
-    for (i, &n) in counts.iter().enumerate() {
-        assert!(
-            n as f64 >= 0.05 * mean,
-            "{what}: number {i} did {n}, below 5% of the mean {mean:.0}: {counts:?}"
-        );
+    let nodes: Vec<u64> = (0..3)
+        .map(|k| counts.iter().skip(k).step_by(3).sum())
+        .collect();
+    let lowest = *counts.iter().min().unwrap_or(&0) as f64;
+    eprintln!(
+        "{what}: per process {counts:?} (mean {mean:.1}, lowest {:.0}% of it), per node {nodes:?}",
+        100.0 * lowest / mean.max(1e-9)
+    );
+    if mean == 0.0 {
+        return vec![format!("{what}: nobody made progress")];
     }
+    counts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &n)| (n as f64) < 0.05 * mean)
+        .map(|(i, &n)| {
+            format!(
+                "{what}: process {i} (node {}) did {n}, below 5% of the mean {mean:.1}: {counts:?}",
+                i % 3
+            )
+        })
+        .collect()
 }
 
 fn value(v: &[u8]) -> u64 {
@@ -178,7 +191,11 @@ fn read_persistent(c: &Cluster, db: &str, key: &[u8]) -> Vec<u64> {
     })
 }
 
-fn fairness(daemon: Daemon) {
+/// Runs every phase `runs()` times on `daemon`; returns, by phase, the
+/// processes that fell short of 5% of the mean in some run (every run's
+/// counts are printed first). The final values are asserted on either
+/// daemon, the absence of "High hopcount" lines on ours.
+fn fairness(daemon: Daemon) -> Vec<(&'static str, String)> {
     require_reference();
     let c = Cluster::start(ClusterOptions::new(daemon, 3));
     let name = match c.daemon() {
@@ -186,16 +203,23 @@ fn fairness(daemon: Daemon) {
         _ => "ours",
     };
     let (mut vol, mut pers) = (0u64, 0u64);
-    // Commits per node with CTDB's g_lock, over all runs.
-    let mut ctdb_nodes = [0u64; 3];
+    let mut short = Vec::new();
     let modes = std::env::var("LOCK_FAIRNESS_MODES")
         .unwrap_or_else(|_| "fetch-lock,ptrans-ctdb,ptrans".into());
     for run in 1..=runs() {
-        if modes.contains("fetch-lock") {
+        if modes.split(',').any(|m| m == "fetch-lock") {
             let counts = contend(&c, "fetch-lock", "fair_vol.tdb", "hot");
-            check_fair(&counts, &format!("{name} run {run}: fetch-lock"));
+            short.extend(
+                short_of_share(&counts, &format!("{name} run {run}: fetch-lock"))
+                    .into_iter()
+                    .map(|m| ("fetch-lock", m)),
+            );
             vol += counts.iter().sum::<u64>();
-            assert_eq!(read_volatile(&c, "fair_vol.tdb", b"hot"), vol);
+            assert_eq!(
+                read_volatile(&c, "fair_vol.tdb", b"hot"),
+                vol,
+                "{name}: the record's value differs from the acknowledged increments"
+            );
         }
         for mode in ["ptrans-ctdb", "ptrans"] {
             if !modes.split(',').any(|m| m == mode) {
@@ -203,84 +227,67 @@ fn fairness(daemon: Daemon) {
             }
             let counts = contend(&c, mode, "fair_pers.tdb", "hot");
             let what = format!("{name} run {run}: {mode}");
-            if mode == "ptrans-ctdb" {
-                // CTDB's client retries a taken g_lock every millisecond,
-                // first come first served: its processes are not served
-                // evenly on either daemon, so the issue asks for every
-                // node (not every process) to get its share.
-                eprintln!("{what}: per-process counts {counts:?}");
-                let nodes: Vec<u64> = (0..3)
-                    .map(|k| counts.iter().skip(k).step_by(3).sum())
-                    .collect();
-                // Per run, the share a node gets depends on which node's
-                // look comes first after each release: even the reference
-                // gave one node 4 of 134 commits in a run on a loaded
-                // machine. Every node must get some in every run, and over
-                // all runs its fair part (see NODE_SHARE).
-                let mean = nodes.iter().sum::<u64>() as f64 / 3.0;
-                eprintln!(
-                    "{what} per node: {nodes:?} (lowest {:.0}% of the mean)",
-                    100.0 * *nodes.iter().min().unwrap() as f64 / mean.max(1.0)
-                );
-                assert!(
-                    nodes.iter().all(|&n| n > 0),
-                    "{what}: a node made no commit at all: {nodes:?}"
-                );
-                for (k, n) in nodes.iter().enumerate() {
-                    ctdb_nodes[k] += n;
-                }
-            } else {
-                check_fair(&counts, &what);
-            }
+            short.extend(
+                short_of_share(&counts, &what)
+                    .into_iter()
+                    .map(|m| (mode, m)),
+            );
             eprintln!(
                 "{what}: {:.1} commits/s",
                 counts.iter().sum::<u64>() as f64 / secs() as f64
             );
             pers += counts.iter().sum::<u64>();
-            for v in read_persistent(&c, "fair_pers.tdb", b"hot") {
+            for (k, v) in read_persistent(&c, "fair_pers.tdb", b"hot")
+                .into_iter()
+                .enumerate()
+            {
                 assert_eq!(
                     v, pers,
-                    "{mode}: a node's value differs from the increments"
+                    "{name} {mode}: node {k}'s value differs from the acknowledged increments"
                 );
             }
         }
     }
-    if ctdb_nodes.iter().any(|&n| n > 0) {
-        let mean = ctdb_nodes.iter().sum::<u64>() as f64 / 3.0;
-        eprintln!(
-            "{name}: ptrans-ctdb over {} runs, per node: {ctdb_nodes:?} (lowest {:.0}% of the mean; {:.0}% required)",
-            runs(),
-            100.0 * *ctdb_nodes.iter().min().unwrap() as f64 / mean,
-            100.0 * NODE_SHARE
-        );
-        for (k, &n) in ctdb_nodes.iter().enumerate() {
-            assert!(
-                n as f64 >= NODE_SHARE * mean,
-                "{name}: with CTDB's g_lock node {k} made {n} commits over all runs, below {:.0}% of the mean {mean:.0}: {ctdb_nodes:?}",
-                100.0 * NODE_SHARE
-            );
-        }
-    }
     for k in 0..3 {
-        let log = c.log_text(k);
-        let n = log.matches("High hopcount").count();
+        let n = c.log_text(k).matches("High hopcount").count();
         eprintln!("{name}: node {k} logged {n} High hopcount warnings");
-        // The reference logs a few now and then (6 in one full-suite run);
-        // ours must log none.
+        // The reference logs a few now and then (6 in one full-suite
+        // run): reported; ours must log none.
         if name == "ours" {
-            assert_eq!(n, 0, "node {k} logged {n} High hopcount warnings");
+            assert_eq!(n, 0, "{name}: node {k} logged {n} High hopcount warnings");
         }
     }
+    for (_, s) in &short {
+        eprintln!("SHORT OF SHARE: {s}");
+    }
+    short
 }
 
 #[test]
 fn fairness_ours() {
-    fairness(Daemon::ours());
+    let short = fairness(Daemon::ours());
+    assert!(
+        short.is_empty(),
+        "processes short of 5% of the mean: {short:#?}"
+    );
 }
 
+/// The reference passes the check with fetch-lock and with our client's
+/// g_lock queue. With CTDB's own g_lock algorithm it does not on a loaded
+/// machine (5 runs side by side with ours, both clusters at once: it
+/// failed 4, its lowest process making 1 commit against a mean of 24-27,
+/// while ours passed all 5, its lowest at 26-48% of the mean): those
+/// numbers are printed, not asserted.
 #[test]
 fn fairness_reference() {
-    fairness(Daemon::Reference);
+    let short: Vec<_> = fairness(Daemon::Reference)
+        .into_iter()
+        .filter(|(mode, _)| *mode != "ptrans-ctdb")
+        .collect();
+    assert!(
+        short.is_empty(),
+        "processes short of 5% of the mean: {short:#?}"
+    );
 }
 
 fn now_us() -> u128 {
