@@ -1,0 +1,75 @@
+//! `ctdb-tickle-server`: a TCP server that registers its connections with
+//! its node's `ctdbd` as Samba's smbd does, for the tickle tests.
+//!
+//! ```text
+//! ctdb-tickle-server SOCKET ADDRESS:PORT
+//! ```
+//!
+//! Listens on `ADDRESS:PORT` (a public address of the node it runs on) and
+//! prints `listening`. For each connection it accepts it connects to the
+//! daemon at `SOCKET` (one daemon client per TCP connection, as each smbd
+//! is one) and sends `TCP_CLIENT` with the client's address as source and
+//! its own as destination, then prints `registered CLIENT_IP:PORT` (or
+//! `refused CLIENT_IP:PORT: ERROR` when the daemon fails the control, as
+//! CTDB does for an address it does not host). The TCP connection and
+//! the daemon client are both held until the process is killed: CTDB
+//! forgets a client's connections when the client goes.
+
+use std::io::Write;
+
+use ctdb_client::Client;
+use ctdb_protocol::ControlRequest;
+use ctdb_protocol::header::CTDB_CURRENT_NODE;
+use ctdb_protocol::types::Connection;
+
+fn say(s: &str) {
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "{s}");
+    let _ = o.flush();
+}
+
+async fn run(socket: String, listen: String) -> Result<(), String> {
+    let l = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    say("listening");
+    // What is accepted stays open until the process ends.
+    let mut held = Vec::new();
+    loop {
+        let (tcp, peer) = l.accept().await.map_err(|e| format!("accept: {e}"))?;
+        let local = tcp
+            .local_addr()
+            .map_err(|e| format!("local address: {e}"))?;
+        let c = Client::connect(&socket)
+            .await
+            .map_err(|e| format!("connect to {socket}: {e}"))?;
+        let conn = Connection {
+            src: peer.into(),
+            dst: local.into(),
+        };
+        match c
+            .control(CTDB_CURRENT_NODE, ControlRequest::TcpClient(conn))
+            .await
+        {
+            Ok(_) => say(&format!("registered {peer}")),
+            Err(e) => say(&format!("refused {peer}: {e}")),
+        }
+        held.push((tcp, c));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [socket, listen] = <[String; 2]>::try_from(args).unwrap_or_else(|_| {
+        eprintln!("usage: ctdb-tickle-server SOCKET ADDRESS:PORT");
+        std::process::exit(2)
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(socket, listen)) {
+        eprintln!("ctdb-tickle-server: {e}");
+        std::process::exit(1);
+    }
+}
