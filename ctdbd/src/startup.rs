@@ -237,7 +237,7 @@ async fn serve(
             bail!("Unable to setup public IP addresses");
         }
     }
-    install_databases(&mut server, cfg);
+    install_databases(&mut server, cfg)?;
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());
     if let Some(addr) = cfg.metrics_address {
@@ -313,8 +313,10 @@ async fn start_monitor(
 }
 
 /// Creates the database layer and attaches the persistent databases
-/// found on disk, as CTDB does at start-up.
-fn install_databases(server: &mut Server, cfg: &Config) {
+/// found on disk, as CTDB does at start-up: the daemon does not start if
+/// the health file or one of them cannot be opened, fails its check or is
+/// marked unhealthy (`db::health`).
+fn install_databases(server: &mut Server, cfg: &Config) -> anyhow::Result<()> {
     let mutexes = cfg.tdb_mutexes && server.core.tunables.mutex_enabled != 0;
     let (dbs, rx) = Databases::new(DbConfig {
         volatile_dir: cfg.volatile_db_dir.clone(),
@@ -332,14 +334,23 @@ fn install_databases(server: &mut Server, cfg: &Config) {
             clients: &core.clients,
         };
         let mut d = dbs.borrow_mut();
+        if let Err(e) = d.open_health(core.node.pnn) {
+            error!("{e}");
+            error!("ctdb fatal error: Failed to attach to databases");
+            bail!("Failed to attach to databases");
+        }
         for name in persistent_names(&cfg.persistent_db_dir, core.node.pnn) {
             if let Err(e) = d.attach_existing(&env, &name) {
-                error!("Failed to attach to persistent database '{name}': {e}");
+                error!("{e}");
+                error!("Failed to attach to persistent database '{name}'");
+                error!("ctdb fatal error: Failed to attach to databases");
+                bail!("Failed to attach to databases");
             }
         }
         d.attach_remembered(&env);
     }
     server.install_databases(dbs, rx);
+    Ok(())
 }
 
 /// Many clients mean many descriptors: use the hard limit.

@@ -416,8 +416,29 @@ impl Cluster {
         self.restart_with_env(k, daemon, &[]);
     }
 
+    /// Starts node `k` with `daemon` and returns the launcher's exit status
+    /// without judging it (for daemons expected to refuse to start).
+    pub fn launch_node(&self, k: usize, daemon: &Daemon) -> std::process::ExitStatus {
+        self.launch_node_env(k, daemon, &[])
+    }
+
+    /// Whether node `k`'s daemon (from its pid file) is running.
+    pub fn running(&self, k: usize) -> bool {
+        self.pid(k).is_some_and(alive)
+    }
+
     /// Starts node `k` again with `daemon` and extra environment `env`.
     pub fn restart_with_env(&self, k: usize, daemon: &Daemon, env: &[(&str, &str)]) {
+        let st = self.launch_node_env(k, daemon, env);
+        assert!(st.success(), "restarting node {k} failed");
+    }
+
+    fn launch_node_env(
+        &self,
+        k: usize,
+        daemon: &Daemon,
+        env: &[(&str, &str)],
+    ) -> std::process::ExitStatus {
         let bin = match daemon {
             Daemon::Reference => PathBuf::from("/usr/sbin/ctdbd"),
             Daemon::Ours(p) => p.clone(),
@@ -445,8 +466,7 @@ impl Cluster {
         for (key, v) in env {
             cmd.env(key, v);
         }
-        let st = cmd.status().unwrap();
-        assert!(st.success(), "restarting node {k} failed");
+        cmd.status().unwrap()
     }
 
     /// Stops the cluster: asks each daemon to shut down, then kills

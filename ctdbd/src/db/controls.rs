@@ -49,18 +49,8 @@ impl Databases {
             Rq::GetDbName(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::GetDbName(d.name.clone()))
             })),
-            Rq::DbGetHealth(id) => Some(self.with_db(*id, |d| {
-                ReplyControl::ok(ControlReply::DbGetHealth(d.health.clone()))
-            })),
-            Rq::DbSetHealthy(id) => match self.dbs.get_mut(id) {
-                Some(d) => {
-                    if d.health.take().is_some() {
-                        info!("Updated db health for db({}): OK", d.name);
-                    }
-                    ok(ControlReply::DbSetHealthy)
-                }
-                None => Some(unknown(*id)),
-            },
+            Rq::DbGetHealth(id) => Some(self.db_get_health(*id)),
+            Rq::DbSetHealthy(id) => Some(self.db_set_healthy(env, *id)),
             Rq::DbOpenFlags(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::DbOpenFlags(d.tdb_flags as i32))
             })),
@@ -192,6 +182,12 @@ impl Databases {
             );
             return Some(ReplyControl::error(-1, "database id collision"));
         }
+        if flags & db_flags::PERSISTENT != 0
+            && let Err(e) = self.health_attach_check(name)
+        {
+            error!("{e}");
+            return Some(ReplyControl::error(-1, e));
+        }
         let db = match file::open(
             &self.cfg,
             name,
@@ -231,6 +227,7 @@ impl Databases {
 
     /// Attaches a persistent database found on disk at start-up.
     pub fn attach_existing(&mut self, env: &Env, name: &str) -> Result<u32, String> {
+        self.health_attach_check(name)?;
         let db = file::open(
             &self.cfg,
             name,

@@ -24,6 +24,7 @@
 pub mod call;
 pub mod controls;
 pub mod file;
+pub mod health;
 pub mod inmemory;
 pub mod lockwait;
 pub mod ltdb;
@@ -238,6 +239,8 @@ pub struct Databases {
     pub(crate) ro: readonly::ReadOnly,
     /// Sticky records and their pin-downs ([`sticky`]).
     pub(crate) sticky: sticky::Sticky,
+    /// `persistent_health.tdb` and recovery commits in flight ([`health`]).
+    pub(crate) health: health::Health,
     /// The daemon's counters (`ctdb statistics`), shared with the loop.
     pub stats: crate::stats::StatsHandle,
 }
@@ -267,6 +270,7 @@ impl Databases {
                 ext: Default::default(),
                 ro: Default::default(),
                 sticky: Default::default(),
+                health: Default::default(),
                 stats: Default::default(),
             },
             ev_rx,
