@@ -117,6 +117,35 @@ tunables! {
     "AllowMixedVersions", 0, false, allow_mixed_versions;
 }
 
+/// The non-obsolete tunables this daemon accepts, reports and stores but
+/// does not act on, each with why (the ctdbd README's tunables table says
+/// what CTDB 4.17 does with each). Every other non-obsolete tunable is
+/// read by the daemon or its helpers.
+pub const NOT_ACTED_ON: &[(&str, &str)] = &[
+    (
+        "VerboseMemoryNames",
+        "CTDB names its packet-queue buffers for talloc reports; there is no talloc here",
+    ),
+    (
+        "RecdPingTimeout",
+        "CTDB restarts a recovery daemon process that stops pinging; ours is a task of the daemon",
+    ),
+    (
+        "RecdFailCount",
+        "as RecdPingTimeout: the number of missed pings before that restart",
+    ),
+    ("LogLatencyMs", "read by nothing in CTDB 4.17"),
+    ("RecLockLatencyMs", "read by nothing in CTDB 4.17"),
+    ("DBRecordCountWarn", "read by nothing in CTDB 4.17"),
+    ("DBRecordSizeWarn", "read by nothing in CTDB 4.17"),
+    ("DBSizeWarn", "read by nothing in CTDB 4.17"),
+    ("PullDBPreallocation", "read by nothing in CTDB 4.17"),
+    (
+        "QueueBufferSize",
+        "CTDB's socket read size; ours reads what the socket has into a growing buffer",
+    ),
+];
+
 /// Looks a tunable up by name, case-insensitively.
 pub fn find(name: &str) -> Option<&'static TunableDef> {
     TUNABLES.iter().find(|t| t.name.eq_ignore_ascii_case(name))
@@ -222,6 +251,15 @@ fn parse_u32(s: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunables_not_acted_on_are_real_and_current() {
+        for (name, why) in NOT_ACTED_ON {
+            let t = find(name).unwrap_or_else(|| panic!("{name} is no tunable"));
+            assert!(!t.obsolete, "{name} is obsolete: no need to list it");
+            assert!(!why.is_empty());
+        }
+    }
 
     #[test]
     fn table_covers_every_wire_field_once() {
