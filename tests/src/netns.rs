@@ -77,6 +77,19 @@ fn remove_stale() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // What still runs in it is that test's: daemons started
+            // without CTDB's test mode (NO_TEST_MODE of
+            // scripts/local-cluster.sh) do not end with their starter,
+            // and would keep the namespace alive after its name is gone.
+            let pids = ip(&["netns", "pids", name]);
+            for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                if let Ok(p) = p.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
             let _ = ip(&["netns", "delete", name]);
         }
     }
