@@ -86,6 +86,10 @@ pub trait DbLayer {
     /// Any database control (attach, records, transactions, recovery of
     /// databases...). `None` means "not mine".
     fn control(&mut self, ctx: &ControlCtx, req: &ReqControl, node: &NodeState) -> Option<Outcome>;
+    /// Its areas of `ctdb dumpmemory`.
+    fn memory(&self) -> Vec<crate::memory::MemArea> {
+        Vec::new()
+    }
 }
 
 /// No database layer yet: an empty map, and a clear refusal of database
@@ -271,13 +275,7 @@ impl Core {
                 }
                 _ => Outcome::status(-1),
             },
-            Rq::DumpMemory => Outcome::ok(ControlReply::DumpMemory(format!(
-                "ctdbd (ctdb-rs): {} clients, {} srvid registrations\n",
-                self.clients.len(),
-                self.srvids
-                    .recipients(ctdb_protocol::message::srvid::ALL)
-                    .len()
-            ))),
+            Rq::DumpMemory => Outcome::ok(ControlReply::DumpMemory(crate::memory::report(self))),
             Rq::GetPid => Outcome::status(std::process::id() as i32),
             Rq::Freeze => Outcome::fail("FREEZE not handled by the database layer"),
             Rq::GetPnn => Outcome::status(pnn as i32),
@@ -572,7 +570,7 @@ impl Core {
     /// A recovery is over (after the `recovered` event): count it, note
     /// when, and leave FIRST_RECOVERY.
     pub fn end_recovery(&mut self) {
-        self.stats.bump(|s| s.num_recoveries += 1);
+        self.stats.recovery_ended(self.node.last_recovery_started);
         self.node.last_recovery_finished = Timeval::now();
         if self.node.runstate == Runstate::FirstRecovery {
             self.set_runstate(Runstate::Startup);

@@ -33,6 +33,7 @@ pub mod db;
 pub mod event_loop;
 pub mod eventd_client;
 pub mod logging;
+pub mod memory;
 pub mod messaging;
 pub mod metrics;
 pub mod monitor;

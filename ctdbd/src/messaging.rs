@@ -15,6 +15,15 @@ pub struct SrvidRegistry {
 }
 
 impl SrvidRegistry {
+    /// Registrations (a srvid registered by two clients counts twice).
+    pub fn len(&self) -> usize {
+        self.by_srvid.values().map(BTreeSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_srvid.is_empty()
+    }
+
     pub fn register(&mut self, id: u64, client: ClientId) {
         self.by_srvid.entry(id).or_default().insert(client);
     }

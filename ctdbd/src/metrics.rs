@@ -30,6 +30,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use ctdb_client::Client;
@@ -39,6 +40,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,9 +58,120 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What only the metrics record, filled by the event loop as things
+/// happen (through [`crate::stats::Stats`]) and read by the scrapes: the
+/// loop only ever touches atomics and uncontended locks here, never waits
+/// for a scrape.
+#[derive(Debug)]
+pub struct Live {
+    recovery_seconds: Histogram,
+    last_recovery_seconds: Gauge<f64, AtomicU64>,
+    lock_wait_seconds: Histogram,
+    control_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    db_migrations: Family<Labels, Counter<u64>>,
+    queue_bytes: Family<Labels, Gauge<i64>>,
+}
+
+/// Record-lock waits: CTDB's lock-latency buckets.
+const LOCK_BUCKETS: [f64; 10] = [0.001, 0.01, 0.1, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+const CONTROL_BUCKETS: [f64; 11] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+const RECOVERY_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+fn control_histogram() -> Histogram {
+    Histogram::new(CONTROL_BUCKETS)
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live::new()
+    }
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live {
+            recovery_seconds: Histogram::new(RECOVERY_BUCKETS),
+            last_recovery_seconds: Gauge::default(),
+            lock_wait_seconds: Histogram::new(LOCK_BUCKETS),
+            control_seconds: Family::new_with_constructor(control_histogram),
+            db_migrations: Family::default(),
+            queue_bytes: Family::default(),
+        }
+    }
+
+    /// A recovery took `secs`.
+    pub fn recovery(&self, secs: f64) {
+        self.recovery_seconds.observe(secs);
+        self.last_recovery_seconds.set(secs);
+    }
+
+    /// A record-lock request waited `secs` for its lock.
+    pub fn lock_wait(&self, secs: f64) {
+        self.lock_wait_seconds.observe(secs);
+    }
+
+    /// Control `name` took `secs` from its arrival to its reply.
+    pub fn control(&self, name: &str, secs: f64) {
+        self.control_seconds
+            .get_or_create(&labels(&[("control", name)]))
+            .observe(secs);
+    }
+
+    /// A record of database `db` migrated here.
+    pub fn migration(&self, db: &str) {
+        self.db_migrations
+            .get_or_create(&labels(&[("db", db)]))
+            .inc();
+    }
+
+    /// Bytes waiting to be written to clients and to nodes.
+    pub fn queues(&self, clients: u64, nodes: u64) {
+        for (peer, v) in [("client", clients), ("node", nodes)] {
+            self.queue_bytes
+                .get_or_create(&labels(&[("peer", peer)]))
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "recovery_duration_seconds",
+            "Recoveries by how long they took (START_RECOVERY to END_RECOVERY)",
+            self.recovery_seconds.clone(),
+        );
+        reg.register(
+            "last_recovery_duration_seconds",
+            "How long the last recovery took",
+            self.last_recovery_seconds.clone(),
+        );
+        reg.register(
+            "lock_wait_seconds",
+            "Record-lock requests by how long they waited for a lock a client held",
+            self.lock_wait_seconds.clone(),
+        );
+        reg.register(
+            "control_duration_seconds",
+            "Controls answered by this daemon, by control, from arrival to reply",
+            self.control_seconds.clone(),
+        );
+        reg.register(
+            "db_migrations",
+            "Records of a volatile database that migrated to this node",
+            self.db_migrations.clone(),
+        );
+        reg.register(
+            "queue_bytes",
+            "Bytes waiting to be written, to clients and to nodes",
+            self.queue_bytes.clone(),
+        );
+    }
+}
+
 /// Binds `addr` and serves `/metrics` from the daemon at `socket` in the
-/// background.
-pub async fn spawn(addr: SocketAddr, socket: PathBuf) -> std::io::Result<()> {
+/// background; `live` holds what the loop records for the metrics.
+pub async fn spawn(addr: SocketAddr, socket: PathBuf, live: Arc<Live>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     info!("Serving metrics on http://{addr}/metrics");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -77,8 +190,9 @@ pub async fn spawn(addr: SocketAddr, socket: PathBuf) -> std::io::Result<()> {
                 }
             };
             let socket = socket.clone();
+            let live = live.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve(conn, &socket).await {
+                if let Err(e) = serve(conn, &socket, &live).await {
                     debug!("metrics: {peer}: {e}");
                 }
                 drop(permit);
@@ -89,13 +203,13 @@ pub async fn spawn(addr: SocketAddr, socket: PathBuf) -> std::io::Result<()> {
 }
 
 /// Answers one request on `conn`.
-async fn serve(mut conn: TcpStream, socket: &std::path::Path) -> std::io::Result<()> {
+async fn serve(mut conn: TcpStream, socket: &std::path::Path, live: &Live) -> std::io::Result<()> {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn)).await {
         Ok(h) => h?,
         Err(_) => return Ok(()),
     };
     let (status, ctype, body) = match route(&head) {
-        Route::Metrics => ("200 OK", CONTENT_TYPE, scrape(socket).await),
+        Route::Metrics => ("200 OK", CONTENT_TYPE, scrape(socket, live).await),
         Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         Route::BadMethod => (
             "405 Method Not Allowed",
@@ -161,7 +275,7 @@ fn route(head: &[u8]) -> Route {
 }
 
 /// The exposition of one scrape.
-async fn scrape(socket: &std::path::Path) -> String {
+async fn scrape(socket: &std::path::Path, live: &Live) -> String {
     let mut reg = Registry::with_prefix("ctdb");
     let up = Gauge::<i64>::default();
     reg.register("up", "Whether the daemon answered this scrape", up.clone());
@@ -171,6 +285,7 @@ async fn scrape(socket: &std::path::Path) -> String {
             match collect(&c, &mut reg).await {
                 Ok(()) => {
                     up.set(1);
+                    live.register(&mut reg);
                 }
                 Err(e) => debug!("metrics: scrape failed: {e}"),
             }
@@ -375,6 +490,59 @@ async fn collect(c: &Client, reg: &mut Registry) -> Result<(), ctdb_client::Clie
             .inc_by(u64::from(v));
     }
     reg.register("timeouts", "Timeouts by type", timeouts);
+    counter(
+        reg,
+        "childwrites",
+        "Persistent commits written here (UPDATE_RECORD)",
+        s.childwrite_calls,
+    );
+    counter(
+        reg,
+        "max_hop_count",
+        "Most hops a record call took to reach its dmaster",
+        s.max_hop_count,
+    );
+
+    // Per database, from its statistics (GET_DB_STATISTICS).
+    let db_calls = Family::<Labels, Counter<u64>>::default();
+    let db_locks = Family::<Labels, Counter<u64>>::default();
+    let db_lock_failed = Family::<Labels, Counter<u64>>::default();
+    let db_hot = Family::<Labels, Gauge<i64>>::default();
+    for d in &dbmap.dbs {
+        let name = c.get_dbname(me, d.db_id).await?;
+        let ds = c.get_db_statistics(me, d.db_id).await?;
+        let l = labels(&[("db", &name)]);
+        let calls: u64 = ds.hop_count_bucket.iter().map(|&v| u64::from(v)).sum();
+        db_calls.get_or_create(&l).inc_by(calls);
+        db_locks
+            .get_or_create(&l)
+            .inc_by(u64::from(ds.locks.num_calls));
+        db_lock_failed
+            .get_or_create(&l)
+            .inc_by(u64::from(ds.locks.num_failed));
+        let hottest = ds.hot_keys.iter().map(|k| k.count).max().unwrap_or(0);
+        db_hot.get_or_create(&l).set(i64::from(hottest));
+    }
+    reg.register(
+        "db_calls",
+        "Record calls this node answered as the record's dmaster, by database",
+        db_calls,
+    );
+    reg.register(
+        "db_lock_calls",
+        "Record-lock requests that waited for a lock, by database",
+        db_locks,
+    );
+    reg.register(
+        "db_lock_failed",
+        "Record-lock requests that failed, by database",
+        db_lock_failed,
+    );
+    reg.register(
+        "db_hot_key_count",
+        "The hottest key's migrations in a row (the first hot key of ctdb dbstatistics), by database",
+        db_hot,
+    );
     Ok(())
 }
 

@@ -1196,6 +1196,7 @@ impl Server {
     /// Answers a control addressed to this node.
     fn local_control(&mut self, ctx: ControlCtx, req: &ReqControl, to: ReplyTo) {
         let op = req.opcode();
+        self.core.stats.control_started(&to, op);
         if self.dbs.is_some() && crate::db::controls::handles(op) {
             self.with_dbs(|d, env| d.control(env, ctx, req, to));
             self.after_event();
@@ -1363,6 +1364,7 @@ impl Server {
 
     /// Sends a control reply.
     fn reply(&mut self, to: ReplyTo, r: ReplyControl) {
+        self.core.stats.control_answered(&to);
         let (dest, reqid) = match to {
             ReplyTo::Nobody => return,
             ReplyTo::Client { reqid, .. } => (0, reqid),
@@ -1817,6 +1819,11 @@ impl Server {
             self.next_stat_rotation = now + Duration::from_secs(every);
             self.core.stats.rotate();
         }
+        let clients = self.clients.values().map(|c| c.queued_bytes() as u64).sum();
+        let nodes = (self.links.values().filter_map(|l| l.link.as_ref()))
+            .map(|l| l.queued_bytes() as u64)
+            .sum();
+        self.core.stats.set_queued(clients, nodes);
         if now >= self.next_keepalive {
             self.next_keepalive = now + self.keepalive_interval();
             self.keepalive_round();

@@ -179,6 +179,8 @@ async fn serve(
         lock.clone(),
         setup.paths.nodes_file(),
     );
+    let live = (cfg.metrics_address).map(|_| std::sync::Arc::new(crate::metrics::Live::new()));
+    core.stats.set_live(live.clone());
     for d in [
         &cfg.volatile_db_dir,
         &cfg.persistent_db_dir,
@@ -240,8 +242,8 @@ async fn serve(
     install_databases(&mut server, cfg)?;
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());
-    if let Some(addr) = cfg.metrics_address {
-        crate::metrics::spawn(addr, socket.clone())
+    if let (Some(addr), Some(live)) = (cfg.metrics_address, live) {
+        crate::metrics::spawn(addr, socket.clone(), live)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }

@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctdb_protocol::types::{
@@ -28,8 +29,15 @@ use ctdb_protocol::types::{
 };
 use tracing::info;
 
+use crate::metrics::Live;
+use crate::server::ReplyTo;
+use ctdb_protocol::Opcode;
+
 /// Entries of history kept, as in CTDB.
 pub const MAX_STAT_HISTORY: usize = 100;
+
+/// Controls timed at once for the metrics (beyond, the table restarts).
+const MAX_CONTROLS_TIMED: usize = 10_000;
 
 #[derive(Debug)]
 struct Inner {
@@ -40,6 +48,14 @@ struct Inner {
     history: Vec<Statistics>,
     /// `UPDATE_RECORD` writes running, by the tag of their reply.
     childwrites: HashMap<u64, Instant>,
+    /// With metrics on: what only they record ([`crate::metrics::Live`]).
+    live: Option<Arc<Live>>,
+    /// With metrics on: controls being answered, by who asked and their
+    /// request id (the control-latency histogram).
+    controls: HashMap<(u64, u32), (Instant, &'static str)>,
+    /// Bytes waiting to be written to clients and to nodes, as of the
+    /// last tick.
+    queued: (u64, u64),
 }
 
 impl Inner {
@@ -53,6 +69,9 @@ impl Inner {
             current: fresh,
             history: Vec::new(),
             childwrites: HashMap::new(),
+            live: None,
+            controls: HashMap::new(),
+            queued: (0, 0),
         }
     }
 }
@@ -121,6 +140,9 @@ impl StatsHandle {
     pub fn lock_done(&self, db: &mut DbStatistics, waited: Duration, locked: bool) {
         let b = lock_bucket(waited);
         let secs = waited.as_secs_f64();
+        if locked && let Some(l) = self.live() {
+            l.lock_wait(secs);
+        }
         db.locks.num_calls += 1;
         if locked {
             db.locks.buckets[b] += 1;
@@ -164,6 +186,26 @@ impl StatsHandle {
         }
     }
 
+    /// The metrics' own recorders, when metrics are on.
+    fn live(&self) -> Option<Arc<Live>> {
+        self.0.borrow().live.clone()
+    }
+
+    /// A record of database `db_name` migrated here (hot keys; the
+    /// metrics' per-database migrations).
+    pub fn migrated(
+        &self,
+        counts: &mut MigrationCounts,
+        db_name: &str,
+        db: &mut DbStatistics,
+        key: &[u8],
+    ) {
+        counts.migrated(db_name, db, key, Instant::now());
+        if let Some(l) = self.live() {
+            l.migration(db_name);
+        }
+    }
+
     /// A copy of the totals (no live values filled in).
     pub fn totals(&self) -> Statistics {
         self.0.borrow().s
@@ -201,6 +243,68 @@ impl Stats {
         self.shared.bump(f);
     }
 
+    /// Turns on what only the metrics record.
+    pub fn set_live(&self, live: Option<Arc<Live>>) {
+        self.shared.0.borrow_mut().live = live;
+    }
+
+    /// A recovery ended (`END_RECOVERY`); it started at `started`.
+    pub fn recovery_ended(&self, started: Timeval) {
+        self.bump(|s| s.num_recoveries += 1);
+        if let Some(l) = self.shared.live() {
+            let now = Timeval::now();
+            let secs = (now.sec - started.sec) as f64 + (now.usec - started.usec) as f64 / 1e6;
+            l.recovery(secs.max(0.0));
+        }
+    }
+
+    /// A control whose reply goes to `to` is being answered (metrics
+    /// only).
+    pub fn control_started(&self, to: &ReplyTo, op: Opcode) {
+        let mut i = self.shared.0.borrow_mut();
+        if i.live.is_none() {
+            return;
+        }
+        let Some((who, reqid)) = asker(to) else {
+            return;
+        };
+        let name = op.name();
+        // Controls never answered (their asker went) must not pile up.
+        if i.controls.len() >= MAX_CONTROLS_TIMED {
+            i.controls.clear();
+        }
+        i.controls.insert((who, reqid), (Instant::now(), name));
+    }
+
+    /// The reply to a control is sent to `to` (metrics only).
+    pub fn control_answered(&self, to: &ReplyTo) {
+        let mut i = self.shared.0.borrow_mut();
+        if i.controls.is_empty() {
+            return;
+        }
+        let Some((who, reqid)) = asker(to) else {
+            return;
+        };
+        if let (Some((t, name)), Some(l)) = (i.controls.remove(&(who, reqid)), i.live.as_ref()) {
+            l.control(name, t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The bytes waiting to be written to clients and to nodes now.
+    pub fn set_queued(&self, clients: u64, nodes: u64) {
+        let mut i = self.shared.0.borrow_mut();
+        i.queued = (clients, nodes);
+        if let Some(l) = &i.live {
+            l.queues(clients, nodes);
+        }
+    }
+
+    /// Bytes waiting to be written to clients and to nodes, as of the last
+    /// tick.
+    pub fn queued(&self) -> (u64, u64) {
+        self.shared.0.borrow().queued
+    }
+
     /// `STATISTICS_RESET`: zero the totals, restart their collection time.
     /// Live counts (pending calls, lock waits) are kept: they are not
     /// totals, and what is pending now will still end.
@@ -231,6 +335,11 @@ impl Stats {
         };
     }
 
+    /// History entries kept so far.
+    pub fn history_len(&self) -> usize {
+        self.shared.0.borrow().history.len()
+    }
+
     /// `GET_STAT_HISTORY`: always [`MAX_STAT_HISTORY`] entries, unused
     /// ones zero.
     pub fn history(&self) -> StatisticsList {
@@ -248,6 +357,16 @@ impl Stats {
         s.memory_used = memory_used().min(u64::from(u32::MAX)) as u32;
         s.statistics_current_time = Timeval::now();
         s
+    }
+}
+
+/// Who asked a control and its request id: a client id, or a node's pnn
+/// with bit 63 set.
+fn asker(to: &ReplyTo) -> Option<(u64, u32)> {
+    match *to {
+        ReplyTo::Client { id, reqid } => Some((u64::from(id), reqid)),
+        ReplyTo::Node { pnn, reqid } => Some((1 << 63 | u64::from(pnn), reqid)),
+        ReplyTo::Nobody => None,
     }
 }
 

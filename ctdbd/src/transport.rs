@@ -71,6 +71,11 @@ impl OutLink {
         }
     }
 
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.bytes()
+    }
+
     /// Queues a packet; `true` if the link must be flushed.
     pub fn queue(&self, b: Bytes) -> bool {
         self.outbox.push(b)

@@ -144,6 +144,9 @@ fn statistics(c: &Cluster, k: usize) -> BTreeMap<String, f64> {
 struct Run {
     stats: Vec<BTreeMap<String, f64>>,
     dbstats: Vec<String>,
+    /// `ctdb dumpmemory` and `ctdb rddumpmemory` of node 0.
+    dumpmemory: String,
+    rddumpmemory: String,
 }
 
 fn run(daemon: Daemon) -> Run {
@@ -153,7 +156,15 @@ fn run(daemon: Daemon) -> Run {
     let dbstats = (0..3)
         .map(|k| c.tool_ok(k, &["dbstatistics", VOL]))
         .collect();
-    Run { stats, dbstats }
+    // -T: a recovery daemon that does not answer fails the tool in 10 s.
+    let dumpmemory = c.tool_ok(0, &["-T", "10", "dumpmemory"]);
+    let rddumpmemory = c.tool_ok(0, &["-T", "10", "rddumpmemory"]);
+    Run {
+        stats,
+        dbstats,
+        dumpmemory,
+        rddumpmemory,
+    }
 }
 
 #[test]
@@ -175,6 +186,37 @@ fn statistics_count_where_the_reference_counts() {
         println!("ours dbstatistics:\n{}", ours.dbstats[k]);
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+    // Both daemons report their memory, and so do their recovery daemons.
+    for (who, run) in [("reference", &theirs), ("ours", &ours)] {
+        println!("{who} dumpmemory:\n{}", run.dumpmemory);
+        println!("{who} rddumpmemory:\n{}", run.rddumpmemory);
+        assert!(!run.dumpmemory.trim().is_empty(), "{who}: empty dumpmemory");
+        assert!(
+            !run.rddumpmemory.trim().is_empty(),
+            "{who}: empty rddumpmemory"
+        );
+    }
+    // Ours by area: the process, the clients, each database.
+    for area in [
+        "  process: resident ",
+        "  clients: ",
+        "      reply queues: ",
+        "  nodes: 3 in the node map",
+        "  databases: ",
+        "      stat_vol.tdb: volatile, mapped ",
+        "      stat_pers.tdb: persistent, mapped ",
+    ] {
+        assert!(
+            ours.dumpmemory.lines().any(|l| l.starts_with(area)),
+            "no {area:?} in\n{}",
+            ours.dumpmemory
+        );
+    }
+    assert!(
+        ours.rddumpmemory.contains("  recovery daemon: "),
+        "{}",
+        ours.rddumpmemory
+    );
     // The contended record is a hot key on both (on the nodes it migrated
     // to).
     for (who, run) in [("reference", &theirs), ("ours", &ours)] {

@@ -51,8 +51,9 @@ pub struct Config {
     /// beyond which its requests are no longer read and messages for it
     /// are dropped.
     pub client_queue_limit: usize,
-    /// `metrics address`: where to serve Prometheus metrics
-    /// (`IP:PORT`); none by default ([`crate::metrics`]).
+    /// `[metrics] address` (or `[ctdb-rs] metrics address`, the older
+    /// spelling): where to serve Prometheus metrics (`IP:PORT`); none by
+    /// default ([`crate::metrics`]).
     pub metrics_address: Option<std::net::SocketAddr>,
 }
 
@@ -237,7 +238,7 @@ impl Config {
                 }
                 self.client_queue_limit = n;
             }
-            ("ctdb-rs", "metrics address") => {
+            ("metrics", "address") | ("ctdb-rs", "metrics address") => {
                 let a = v
                     .parse()
                     .map_err(|_| "not an address and port (IP:PORT, [IPv6]:PORT)".to_string())?;
@@ -250,7 +251,7 @@ impl Config {
 }
 
 const SECTIONS: &[&str] = &[
-    "logging", "cluster", "database", "event", "failover", "legacy", "ctdb-rs",
+    "logging", "cluster", "database", "event", "failover", "legacy", "ctdb-rs", "metrics",
 ];
 
 /// A size in bytes, with an optional `K`, `M` or `G` suffix.
@@ -362,6 +363,10 @@ mod tests {
         assert_eq!(c.metrics_address, Some("[::1]:9779".parse().unwrap()));
         assert!(load("[ctdb-rs]\nmetrics address = 127.0.0.1\n").is_err());
         assert!(load("[ctdb-rs]\nmetrics address = localhost:80\n").is_err());
+        let (c, w) = load("[metrics]\n\taddress = 127.0.0.2:9780\n").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.metrics_address, Some("127.0.0.2:9780".parse().unwrap()));
+        assert!(load("[metrics]\naddress = nowhere\n").is_err());
     }
 
     #[test]

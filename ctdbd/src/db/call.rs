@@ -769,9 +769,8 @@ impl Databases {
     fn became_dmaster(&mut self, env: &Env, p: Option<PendingCall>, status: i32, reply: Vec<u8>) {
         if let Some(p) = p {
             if let Some(db) = self.dbs.get_mut(&p.db).filter(|d| d.volatile()) {
-                let now = std::time::Instant::now();
-                db.migrations
-                    .migrated(&db.name, &mut db.stats, &p.call.key, now);
+                let (counts, stats) = (&mut db.migrations, &mut db.stats);
+                self.stats.migrated(counts, &db.name, stats, &p.call.key);
             }
             // The client has yet to lock the record: keep it here until it
             // has had its look.

@@ -515,6 +515,10 @@ impl DbLayer for DbHandle {
         self.0.borrow().dbmap()
     }
 
+    fn memory(&self) -> Vec<crate::memory::MemArea> {
+        crate::memory::databases(&self.0.borrow())
+    }
+
     fn control(
         &mut self,
         _ctx: &ControlCtx,

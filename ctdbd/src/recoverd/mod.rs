@@ -156,6 +156,7 @@ const SRVIDS: &[u64] = &[
     srvid::DISABLE_IP_CHECK,
     srvid::REBALANCE_NODE,
     srvid::SET_NODE_FLAGS,
+    srvid::MEM_DUMP,
 ];
 
 async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
@@ -339,6 +340,18 @@ impl Recoverd {
                         self.recoveries_disabled_until = None;
                     }
                     self.srvid_reply(d.pnn, d.srvid, self.pnn as i32);
+                }
+            }
+            srvid::MEM_DUMP => {
+                if let Ok((r, _)) = SrvidMessage::pull(&m.data) {
+                    let (n, c, t) = (
+                        self.nodemap.nodes.len(),
+                        self.culprits.len(),
+                        self.takeover_requests.len(),
+                    );
+                    let mut text = crate::memory::recoverd_report(n, c, t).into_bytes();
+                    text.push(0);
+                    self.send(r.pnn, r.srvid, &text);
                 }
             }
             srvid::SET_NODE_FLAGS => {
