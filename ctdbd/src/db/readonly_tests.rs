@@ -27,9 +27,20 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(false).0
+}
+
+/// With robust mutexes for record locks when `mutexes`; the layer's event
+/// receiver too.
+fn fixture_with(
+    mutexes: bool,
+) -> (
+    Fixture,
+    tokio::sync::mpsc::UnboundedReceiver<crate::db::DbEvent>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let (dbs, _rx, mut node, id) =
-        crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", false);
+    let (dbs, rx, mut node, id) =
+        crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", mutexes);
     for p in 0..3 {
         node.node_mut(p).unwrap().flags = 0;
     }
@@ -45,7 +56,7 @@ fn fixture() -> Fixture {
     let r = f.with(|d, env| d.set_db_readonly(env, id));
     assert_eq!(r.status, 0);
     assert_ne!(f.dbs.dbs[&id].flags & db_flags::READONLY, 0);
-    f
+    (f, rx)
 }
 
 /// A key whose lmaster (in a map of 0, 1, 2) is node `lm`.
@@ -399,4 +410,77 @@ fn a_readers_copy_is_stored_and_a_local_write_revokes_on_the_dmaster() {
     assert_eq!(f.dbs.ro_revokes_active(), 0);
     assert!(f.dbs.has_ready());
     assert!(f.tracked(&mine).is_empty());
+}
+
+#[test]
+fn the_end_of_a_revocation_waits_for_a_clients_record_lock() {
+    let (mut f, mut rx) = fixture_with(true);
+    let key = key_for(1);
+    f.put(
+        &key,
+        LtdbHeader {
+            rsn: 2,
+            dmaster: 1,
+            ..Default::default()
+        },
+        b"v",
+    );
+    f.node_call(2, 1, RO, call_id::FETCH_WITH_HEADER_FUNC, &key);
+    let fx = f.node_call(
+        0,
+        2,
+        call_flags::IMMEDIATE_MIGRATION,
+        call_id::NULL_FUNC,
+        &key,
+    );
+    let ups = updates(&fx);
+    // A client holds the record's lock when the holders have answered.
+    let (waiter, bucket) = {
+        let tdb = f.dbs.dbs[&f.id].tdb.as_ref().unwrap();
+        assert!(tdb.uses_mutexes());
+        (tdb.chain_waiter().unwrap(), tdb.bucket_of(&key))
+    };
+    // (Held by another thread, as a client process would hold it.)
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let held = waiter.lock(bucket).unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        drop(held);
+    });
+    locked_rx.recv().unwrap();
+    f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
+    assert!(!f.dbs.has_ready(), "nothing runs while the lock is held");
+    assert_eq!(f.dbs.ro_revokes_active(), 1);
+    assert_eq!(f.dbs.dbs[&f.id].locks.helpers(), 1, "a helper waits for it");
+    // The client lets go: the helper hands the chain to the layer, the
+    // revocation completes and the migration goes out.
+    drop(release_tx);
+    client.join().unwrap();
+    // (The migration may find the chain still held by the helper that is
+    // letting go, and wait for it once more.)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut fx = Vec::new();
+    for _ in 0..10 {
+        if !fx.is_empty() {
+            break;
+        }
+        let ev = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .expect("the lock helper reports within 10 s")
+            .unwrap();
+        fx = f.with(|d, env| {
+            d.event(env, ev);
+            d.run_ready(env);
+            d.take_effects()
+        });
+    }
+    assert_eq!(f.dbs.ro_revokes_active(), 0);
+    let (dest, p) = decode(&fx[0]);
+    assert_eq!(dest, 0);
+    assert!(matches!(p.body, Body::ReplyDmaster(_)), "{:?}", p.body);
 }
