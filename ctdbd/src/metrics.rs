@@ -1,13 +1,17 @@
-//! An opt-in Prometheus endpoint: with `[ctdb-rs] metrics address =
-//! IP:PORT` in `ctdb.conf`, the daemon answers `GET /metrics` on that
-//! address with the node's state in the OpenMetrics text format (which
-//! Prometheus scrapes), encoded by the `prometheus-client` crate.
+//! An opt-in Prometheus endpoint: with `[metrics] address = IP:PORT` (or
+//! the older `[ctdb-rs] metrics address`) in `ctdb.conf`, the daemon
+//! answers `GET /metrics` on that address with the node's state in the
+//! OpenMetrics text format (which Prometheus scrapes), encoded by the
+//! `prometheus-client` crate.
 //!
-//! It never touches the event loop's state: like the recovery daemon, a
-//! scrape is a client of the daemon's own socket (`GET_PNN`,
-//! `GET_NODEMAP`, `GET_DBMAP`, `GET_RECMODE`, `GET_VNNMAP`,
-//! `GET_STATISTICS`), answered by the loop like any client's controls, in
-//! a task of its own. What it exports:
+//! It never waits on the event loop, nor the loop on it: like the
+//! recovery daemon, a scrape is a client of the daemon's own socket
+//! (`GET_PNN`, `GET_NODEMAP`, `GET_DBMAP`, `GET_RECMODE`, `GET_VNNMAP`,
+//! `GET_STATISTICS`, and `GET_DBNAME` + `GET_DB_STATISTICS` per database),
+//! answered by the loop like any client's controls, in a task of its own;
+//! and what no control reports, the loop records as it happens into
+//! [`Live`] (atomics and the crate's own uncontended locks, only when
+//! metrics are on), which the scrape reads. What it exports:
 //!
 //! * `ctdb_pnn`, `ctdb_node_flag{pnn,flag}` (every node's flags as this
 //!   node sees them: 1 set, 0 clear), `ctdb_recovery_mode` (1 active),
@@ -19,6 +23,20 @@
 //!   `ctdb_packets_total{peer,direction}`, `ctdb_node_requests_total{type}`,
 //!   `ctdb_client_requests_total{type}`, `ctdb_timeouts_total{type}`,
 //!   `ctdb_calls_total`, `ctdb_lock_calls_total`, `ctdb_lock_failed_total`;
+//! * `ctdb_childwrites_total`, `ctdb_max_hop_count_total`;
+//! * per database (`db` label, from its `ctdb dbstatistics`):
+//!   `ctdb_db_calls_total` (record calls answered here as dmaster),
+//!   `ctdb_db_lock_calls_total`, `ctdb_db_lock_failed_total`,
+//!   `ctdb_db_hot_key_count`; and from [`Live`]:
+//!   `ctdb_db_migrations_total` (records that migrated here);
+//! * from [`Live`]: `ctdb_recovery_duration_seconds` (histogram,
+//!   `START_RECOVERY` to `END_RECOVERY` on this node),
+//!   `ctdb_last_recovery_duration_seconds`, `ctdb_lock_wait_seconds`
+//!   (histogram of record-lock waits, CTDB's lock buckets),
+//!   `ctdb_control_duration_seconds{control}` (histogram, arrival to
+//!   reply of each control this daemon answers), `ctdb_queue_bytes{peer}`
+//!   (bytes waiting to be written to clients and to nodes, sampled every
+//!   100 ms);
 //! * `ctdb_up`: 1 when the daemon answered the scrape's controls (0, and
 //!   nothing else, when it did not).
 //!
