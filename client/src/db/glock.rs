@@ -413,68 +413,62 @@ async fn remove_at(glock: &Db, key: &[u8], at: usize, who: ServerId) -> Result<(
 /// Takes the lock `name` for `me` exactly as CTDB's own client library
 /// (`ctdb_g_lock_lock` in 4.17) does, for comparisons with clients that
 /// use it: lock the record; for the first conflicting entry ask whether
-/// its process exists; if it does, let the record go, wait a millisecond
-/// and start again; if not, remove that entry (the last entry takes its
-/// place) and go on; with no conflict left, append `me`.
+/// its process exists, *with the record still locked*; if it does, let
+/// the record go, wait a millisecond and start again; if not, remove that
+/// entry (the last entry takes its place) and go on; with no conflict
+/// left, append `me`, store and let go.
 pub async fn lock_ctdb_style(glock: &Db, name: &[u8], me: ServerId, kind: GLockType) -> Result<()> {
     loop {
-        let step = glock
-            .fetch_lock(name, |rec| {
-                let mut list = match parse(&rec.data) {
-                    Ok(l) => l,
-                    Err(e) => return (Update::Keep, Err(e)),
-                };
-                match take(&mut list, me, kind) {
-                    Take::Held => (
-                        Update::Keep,
-                        Err(ClientError::Other("g_lock_lock: deadlock".into())),
-                    ),
-                    Take::Taken => (Update::Store(list.to_bytes()), Ok(None)),
-                    Take::Conflict(i, h) => (Update::Keep, Ok(Some((i, h)))),
+        let mut h = glock.fetch_lock_handle(name).await?;
+        let mut list = parse(&h.data)?;
+        loop {
+            match take(&mut list, me, kind) {
+                Take::Held => {
+                    return Err(ClientError::Other("g_lock_lock: deadlock".into()));
                 }
-            })
-            .await??;
-        let Some((at, holder)) = step else {
-            return Ok(());
-        };
-        let exists = glock
-            .client()
-            .control_raw(
-                holder.vnn,
-                ReqControl::new(ControlRequest::ProcessExists(holder.pid as i32)),
-            )
-            .await?
-            .status
-            == 0;
-        if exists {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
+                Take::Taken => {
+                    h.store(&list.to_bytes())?;
+                    return Ok(());
+                }
+                Take::Conflict(at, holder) => {
+                    let exists = glock
+                        .client()
+                        .control_raw(
+                            holder.vnn,
+                            ReqControl::new(ControlRequest::ProcessExists(holder.pid as i32)),
+                        )
+                        .await?
+                        .status
+                        == 0;
+                    if exists {
+                        break;
+                    }
+                    // Gone: its entry goes (the last one takes its place).
+                    list.locks.swap_remove(at);
+                    h.store(&list.to_bytes())?;
+                }
+            }
         }
-        // Gone: drop its entry (if it is still where we saw it).
-        remove_at(glock, name, at, holder).await?;
+        drop(h);
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 /// Releases a lock taken with [`lock_ctdb_style`] as CTDB's client library
-/// does: remove our entry (the last entry takes its place), and delete
-/// the record once nobody is left. Nobody is woken.
+/// does: remove our entry (the last entry takes its place) and store the
+/// rest; once nobody is left, delete the record, keeping it locked until
+/// the daemon has answered the `SCHEDULE_FOR_DELETION`. Nobody is woken.
 pub async fn unlock_ctdb_style(glock: &Db, name: &[u8], me: ServerId) -> Result<()> {
-    glock
-        .fetch_lock(name, |rec| {
-            let mut list = match parse(&rec.data) {
-                Ok(l) => l,
-                Err(e) => return (Update::Keep, Err(e)),
-            };
-            if let Some(i) = list.locks.iter().position(|l| l.sid == me) {
-                list.locks.swap_remove(i);
-            }
-            if list.locks.is_empty() {
-                (Update::Delete, Ok(()))
-            } else {
-                (Update::Store(list.to_bytes()), Ok(()))
-            }
-        })
-        .await?
+    let mut h = glock.fetch_lock_handle(name).await?;
+    let mut list = parse(&h.data)?;
+    if let Some(i) = list.locks.iter().position(|l| l.sid == me) {
+        list.locks.swap_remove(i);
+    }
+    if list.locks.is_empty() {
+        h.delete().await
+    } else {
+        h.store(&list.to_bytes())
+    }
 }
 
 #[cfg(test)]

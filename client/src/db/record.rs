@@ -273,3 +273,161 @@ impl Db {
         self.fetch_lock(key, |_| (Update::Delete, ())).await
     }
 }
+
+/// A record locked on this node for as long as the handle lives, which
+/// (unlike [`Db::fetch_lock`]'s closure) may be kept across awaits: CTDB's
+/// client library's record handle (`ctdb_fetch_lock`), whose g_lock keeps
+/// the lock record locked while it asks whether a holder's process exists
+/// and while the daemon confirms a delete. A helper thread holds the
+/// chain ([`Db::wait_chain`]); the file's handle has adopted it until the
+/// handle drops.
+pub(crate) struct RecordHandle {
+    db: Db,
+    key: Vec<u8>,
+    bucket: u32,
+    _held: Held,
+    pub header: LtdbHeader,
+    pub data: Vec<u8>,
+}
+
+/// What [`Db::fetch_lock_handle`] found under the chain a helper got.
+enum Found {
+    /// The chain was taken by another process meanwhile (fcntl).
+    Retry,
+    /// Not mastered here.
+    Migrate,
+    Usable(LtdbHeader, Vec<u8>),
+}
+
+impl Db {
+    /// Locks `key` on this node, migrating it here first if needed, and
+    /// keeps it locked until the returned handle drops.
+    pub(crate) async fn fetch_lock_handle(&self, key: &[u8]) -> Result<RecordHandle> {
+        if self.kind() != DbKind::Volatile {
+            return Err(ClientError::Other(format!(
+                "fetch_lock on non-volatile database {}",
+                self.name
+            )));
+        }
+        let pnn = self.client.pnn();
+        loop {
+            let held = self.wait_chain(key).await?;
+            let bucket = held.bucket;
+            let found = self.file.with(|tdb| -> Result<Found> {
+                match tdb.adopt_chain(bucket) {
+                    Ok(()) => {}
+                    // fcntl: released and taken by another process since.
+                    Err(tdb::Error::WouldBlock) => return Ok(Found::Retry),
+                    Err(e) => return Err(tdb_err(e)),
+                }
+                let value = tdb
+                    .chainlock_nonblock(key)
+                    .and_then(|l| l.fetch(key))
+                    .map_err(tdb_err);
+                let usable = match value {
+                    Ok(Some(v)) if v.len() >= LtdbHeader::WIRE_SIZE => {
+                        match LtdbHeader::split(&v) {
+                            Ok((h, d))
+                                if h.dmaster == pnn
+                                    && h.flags & record_flags::RO_HAVE_DELEGATIONS == 0 =>
+                            {
+                                Some((h, d.to_vec()))
+                            }
+                            Ok(_) => None,
+                            Err(e) => {
+                                let _ = tdb.release_adopted(bucket);
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        let _ = tdb.release_adopted(bucket);
+                        return Err(e);
+                    }
+                };
+                match usable {
+                    Some((h, d)) => Ok(Found::Usable(h, d)),
+                    None => {
+                        tdb.release_adopted(bucket).map_err(tdb_err)?;
+                        Ok(Found::Migrate)
+                    }
+                }
+            })?;
+            match found {
+                Found::Retry => continue,
+                Found::Usable(header, data) => {
+                    return Ok(RecordHandle {
+                        db: self.clone(),
+                        key: key.to_vec(),
+                        bucket,
+                        _held: held,
+                        header,
+                        data,
+                    });
+                }
+                Found::Migrate => {
+                    // Let go before asking for the record, as CTDB's
+                    // client does.
+                    drop(held);
+                    self.migrate(key, false).await?;
+                }
+            }
+        }
+    }
+}
+
+impl RecordHandle {
+    /// Stores `data` under the record's header.
+    pub(crate) fn store(&mut self, data: &[u8]) -> Result<()> {
+        let mut hb = [0u8; LtdbHeader::WIRE_SIZE];
+        self.header.push(&mut hb);
+        let key = &self.key;
+        self.db.file.with(|tdb| {
+            tdb.chainlock_nonblock(key)
+                .and_then(|l| l.storev(key, &[&hb, data], tdb::StoreMode::Replace))
+                .map_err(tdb_err)
+        })?;
+        self.data = data.to_vec();
+        Ok(())
+    }
+
+    /// Deletes the record as CTDB's client does: an empty record, then
+    /// `SCHEDULE_FOR_DELETION`, whose reply is waited for with the record
+    /// still locked.
+    pub(crate) async fn delete(&mut self) -> Result<()> {
+        self.store(&[])?;
+        let kd = ctdb_protocol::types::KeyData {
+            db_id: self.db.id,
+            header: self.header,
+            key: self.key.clone(),
+        };
+        let r = self
+            .db
+            .client
+            .control_raw(
+                CTDB_CURRENT_NODE,
+                ctdb_protocol::ReqControl::new(ctdb_protocol::ControlRequest::ScheduleForDeletion(
+                    kd,
+                )),
+            )
+            .await?;
+        if r.status != 0 {
+            return Err(ClientError::Other(format!(
+                "SCHEDULE_FOR_DELETION failed with status {}",
+                r.status
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RecordHandle {
+    fn drop(&mut self) {
+        // The helper (`_held`, dropped after this) lets go of the chain.
+        let bucket = self.bucket;
+        self.db.file.with(|tdb| {
+            let _ = tdb.release_adopted(bucket);
+        });
+    }
+}
