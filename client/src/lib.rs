@@ -36,6 +36,11 @@ pub enum DbKind {
     /// never synced to disk; it survives as long as one node stays up.
     /// Attached with `DB_ATTACH_EXT`, which CTDB 4.17 refuses.
     InMemory,
+    /// ctdb-rs extension: every node holds every record, on disk, and
+    /// transactions lock the keys they name ([`db::KeyedTransaction`]):
+    /// transactions on disjoint keys commit concurrently. Recovered per
+    /// record (highest rsn wins). Attached with `DB_ATTACH_EXT`.
+    Keyed,
 }
 
 impl DbKind {
@@ -47,6 +52,7 @@ impl DbKind {
             DbKind::Persistent => db_flags::PERSISTENT,
             DbKind::Replicated => db_flags::REPLICATED,
             DbKind::InMemory => db_flags::PERSISTENT | db_flags::INMEMORY,
+            DbKind::Keyed => db_flags::KEYED,
         }
     }
 
@@ -58,7 +64,9 @@ impl DbKind {
     /// The kind a database's `ctdb_dbid` flags describe.
     pub fn from_flags(flags: u8) -> DbKind {
         use ctdb_protocol::types::db_flags;
-        if flags & db_flags::INMEMORY != 0 {
+        if flags & db_flags::KEYED != 0 {
+            DbKind::Keyed
+        } else if flags & db_flags::INMEMORY != 0 {
             DbKind::InMemory
         } else if flags & db_flags::PERSISTENT != 0 {
             DbKind::Persistent

@@ -129,7 +129,8 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
     hold(ctx, db_id).await;
 
     let policy = match db.kind() {
-        DbKind::Volatile => Policy::Merge { mypnn: ctx.mypnn },
+        // Keyed databases (ctdb-rs) merge per record, as volatile ones.
+        DbKind::Volatile | DbKind::Keyed => Policy::Merge { mypnn: ctx.mypnn },
         _ => Policy::Single {
             persistent: db.persistent(),
         },

@@ -432,6 +432,7 @@ pub async fn attach(ctx: &mut Ctx, args: &[String]) -> i32 {
         Some("sticky") => db_flags::STICKY,
         Some("replicated") => db_flags::REPLICATED,
         Some("inmemory") => db_flags::PERSISTENT | db_flags::INMEMORY,
+        Some("keyed") => db_flags::KEYED,
         Some(_) => usage(Some("attach")),
     };
     match attach_db(ctx, &args[0], flags).await {

@@ -15,6 +15,7 @@
 //! locks belong to the process, as in libtdb.
 
 pub mod glock;
+pub mod keyed;
 pub mod record;
 pub mod transaction;
 
@@ -30,6 +31,7 @@ use crate::DbKind;
 use crate::connection::Client;
 use crate::error::{ClientError, Result};
 
+pub use keyed::KeyedTransaction;
 pub use record::{LockedRecord, Update};
 pub use transaction::Transaction;
 

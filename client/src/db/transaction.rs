@@ -69,6 +69,12 @@ impl Db {
                 self.name
             )));
         }
+        if self.kind() == DbKind::Keyed {
+            return Err(ClientError::Other(format!(
+                "{} is a keyed database: use keyed_transaction",
+                self.name
+            )));
+        }
         let glock = self.glock_db().await?;
         let mut lock_name = format!("transaction_db_0x{:08x}", self.id).into_bytes();
         lock_name.push(0);

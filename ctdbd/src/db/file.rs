@@ -65,8 +65,10 @@ pub struct Db {
 }
 
 impl Db {
+    /// Persistent, or ctdb-rs's keyed kind (which is persistent in every
+    /// way but its recovery, see `db::inmemory`).
     pub fn persistent(&self) -> bool {
-        self.flags & db_flags::PERSISTENT != 0
+        self.flags & (db_flags::PERSISTENT | db_flags::KEYED) != 0
     }
 
     pub fn replicated(&self) -> bool {
@@ -92,7 +94,9 @@ impl Db {
 /// The tdb flags CTDB 4.17 opens a database with.
 pub fn tdb_flags(flags: u8, mutexes: bool) -> u32 {
     use tdb::flags as f;
-    let base = if flags & db_flags::INMEMORY != 0 {
+    let base = if flags & db_flags::KEYED != 0 {
+        f::DEFAULT
+    } else if flags & db_flags::INMEMORY != 0 {
         // ctdb-rs in-memory persistent: a persistent file that never syncs.
         f::NOSYNC
     } else if flags & db_flags::PERSISTENT != 0 {
@@ -111,7 +115,13 @@ pub fn tdb_flags(flags: u8, mutexes: bool) -> u32 {
 
 /// Where database `name` lives on node `pnn`.
 pub fn db_path(cfg: &DbConfig, name: &str, flags: u8, pnn: u32) -> PathBuf {
-    let dir = if flags & db_flags::PERSISTENT != 0 && flags & db_flags::INMEMORY == 0 {
+    let dir = if flags & db_flags::KEYED != 0 {
+        // Not found by the start-up scan of classic persistent files.
+        return cfg
+            .persistent_dir
+            .join("keyed")
+            .join(format!("{name}.{pnn}"));
+    } else if flags & db_flags::PERSISTENT != 0 && flags & db_flags::INMEMORY == 0 {
         &cfg.persistent_dir
     } else {
         &cfg.volatile_dir
@@ -155,7 +165,7 @@ pub fn open(
     }
     let tflags = tdb_flags(flags, cfg.mutexes);
     let tdb = open_file(&path, tflags, hash_size, max_dead)?;
-    if flags & db_flags::PERSISTENT == 0 || flags & db_flags::INMEMORY != 0 {
+    if (flags & (db_flags::PERSISTENT | db_flags::KEYED) == 0) || flags & db_flags::INMEMORY != 0 {
         // Volatile, replicated and in-memory databases start empty, even if a stale
         // process still had the file open (so the clear did not happen).
         let n = tdb.record_count().map_err(|e| e.to_string())?;

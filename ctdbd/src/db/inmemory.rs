@@ -21,6 +21,16 @@
 //! a disconnected node cannot be asked: either way the client's attach fails
 //! with a message naming the node, and nothing is attached anywhere.
 //!
+//! The second kind, keyed (`db_flags::KEYED`, without the persistent bit),
+//! is a persistent database on disk (`PERSISTENT_DIR/keyed/NAME.PNN`,
+//! synced) whose clients lock the keys of a transaction, not the database
+//! (the client crate's `KeyedTransaction`), so this daemon takes concurrent
+//! `TRANS3_COMMIT`s for it. Without the persistent bit in its flags, both
+//! recovery helpers recover it as they recover a volatile database: every
+//! node's copy is pulled and merged record by record, highest rsn winning.
+//! Inside this daemon it is persistent in every other respect
+//! (`Db::persistent`): no migration, no vacuuming, tdb transactions.
+//!
 //! The kind of every extension database is remembered in
 //! `STATE_DIR/extended-dbs/NAME.PNN` (the flags, in decimal), so that a
 //! restarting daemon attaches it again at start-up, empty, with its kind:
@@ -43,14 +53,12 @@ use crate::server::ReplyTo;
 /// The extension flag combinations this daemon can attach.
 pub fn supported(flags: u32) -> Result<u8, String> {
     const INMEMORY: u32 = (db_flags::PERSISTENT | db_flags::INMEMORY) as u32;
+    const KEYED: u32 = db_flags::KEYED as u32;
     match flags {
-        INMEMORY => Ok(flags as u8),
-        f if f & u32::from(db_flags::KEYED) != 0 => Err(format!(
-            "database flags 0x{f:x}: per-key (KEYED) databases are not implemented yet"
-        )),
+        INMEMORY | KEYED => Ok(flags as u8),
         f => Err(format!(
             "database flags 0x{f:x} are not an extension kind this node supports \
-             (in-memory persistent is 0x{INMEMORY:x})"
+             (in-memory persistent 0x{INMEMORY:x}, keyed 0x{KEYED:x})"
         )),
     }
 }
@@ -139,7 +147,7 @@ impl Databases {
             if !n.is_connected() {
                 let why = format!(
                     "node {} is not connected: cannot check that it supports \
-                     in-memory persistent databases",
+                     this database kind (ctdb-rs extension)",
                     n.pnn
                 );
                 error!("DB_ATTACH_EXT {} refused: {why}", a.name);
@@ -216,9 +224,10 @@ impl Databases {
                 .map(|(p, why)| format!("node {p} refused DB_ATTACH_EXT: {why}"))
                 .collect();
             let why = format!(
-                "cannot attach in-memory persistent database {}: {}; \
+                "cannot attach database {} (flags 0x{:x}): {}; \
                  every node must run ctdb-rs (CTDB 4.17 does not know this kind)",
                 w.name,
+                w.flags,
                 list.join(", ")
             );
             error!("{why}");
@@ -314,11 +323,11 @@ impl Databases {
                         error!("db_id 0x{id:x} hash collision for '{name}'");
                         continue;
                     }
-                    info!("Attached in-memory persistent database {name} again (empty)");
+                    info!("Attached database {name} (flags 0x{flags:x}) again");
                     self.dbs.insert(id, db);
                     self.order.push(id);
                 }
-                Err(e) => error!("Failed to attach in-memory database '{name}': {e}"),
+                Err(e) => error!("Failed to attach database '{name}' (flags 0x{flags:x}): {e}"),
             }
         }
     }
@@ -334,11 +343,8 @@ mod tests {
         assert_eq!(supported(im), Ok(0x11));
         assert!(supported(u32::from(db_flags::INMEMORY)).is_err());
         assert!(supported(u32::from(db_flags::PERSISTENT)).is_err());
-        assert!(
-            supported(u32::from(db_flags::PERSISTENT | db_flags::KEYED))
-                .unwrap_err()
-                .contains("not implemented")
-        );
+        assert_eq!(supported(u32::from(db_flags::KEYED)), Ok(0x20));
+        assert!(supported(u32::from(db_flags::PERSISTENT | db_flags::KEYED)).is_err());
     }
 
     /// Its file never syncs, lives in the volatile directory and starts

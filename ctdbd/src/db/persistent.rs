@@ -87,7 +87,10 @@ impl Databases {
                 format!("unknown database 0x{:08x}", rb.db_id),
             ));
         };
-        if self.trans3.by_tag.values().any(|t| t.db == db.id) {
+        // ctdb-rs keyed databases: commits of one database overlap (their
+        // clients hold the keys' locks).
+        let keyed = db.flags & ctdb_protocol::types::db_flags::KEYED != 0;
+        if !keyed && self.trans3.by_tag.values().any(|t| t.db == db.id) {
             error!(
                 "ctdb_control_trans3_commit called while a transaction commit is active. db_id[0x{:08x}]",
                 db.id

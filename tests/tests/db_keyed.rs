@@ -1,0 +1,297 @@
+//! Keyed persistent databases (ctdb-rs extension, `DB_ATTACH_EXT` with
+//! flags `KEYED`): per-key transactions. While one client holds a
+//! transaction on key A open for 1 s, a transaction on key B from another
+//! node commits in under 50 ms; a transaction on key A from a third node
+//! waits for the first and sees its value; every node holds every commit;
+//! a recovery merges the nodes' copies per record; no lost updates while a
+//! client-less node is killed with SIGKILL and restarted. In a mixed
+//! cluster (reference node + ours) attaching one fails cleanly.
+
+use std::time::{Duration, Instant};
+
+use ctdb_client::{Client, DbKind};
+use ctdb_protocol::types::db_flags;
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+
+const DB: &str = "keyed_test.tdb";
+
+fn ours() -> Daemon {
+    Daemon::Ours(our_bin("ctdbd"))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn value(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|d| {
+        d.get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    })
+    .unwrap_or(0)
+}
+
+fn one_generation(c: &Cluster) {
+    c.wait_healthy(Duration::from_secs(120));
+    poll_until(
+        Duration::from_secs(90),
+        "one generation on every node",
+        || {
+            let g: Vec<String> = (0..c.len())
+                .map(|k| {
+                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Generation:"))
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect();
+            (!g[0].is_empty() && g[0] != "INVALID" && g.iter().all(|x| *x == g[0])).then_some(())
+        },
+    );
+}
+
+/// Every node's copy: (key, value), sorted.
+fn copy(c: &Cluster, k: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    rt().block_on(async {
+        let cl = Client::connect(c.socket(k)).await.unwrap();
+        let d = cl.attach(DB, DbKind::Keyed, 0).await.unwrap();
+        let mut v: Vec<_> = d
+            .traverse_local()
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.data.is_empty())
+            .map(|r| (r.key, r.data))
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+#[test]
+fn keyed_disjoint_keys_commit_concurrently() {
+    require_reference();
+    let c = Cluster::start(ClusterOptions::new(ours(), 3));
+    one_generation(&c);
+    let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt().block_on(async {
+        let c0 = Client::connect(c.socket(0)).await.unwrap();
+        let c1 = Client::connect(c.socket(1)).await.unwrap();
+        let c2 = Client::connect(c.socket(2)).await.unwrap();
+        let d0 = c0.attach(DB, DbKind::Keyed, 0).await.unwrap();
+        let d1 = c1.attach(DB, DbKind::Keyed, 0).await.unwrap();
+        let d2 = c2.attach(DB, DbKind::Keyed, 0).await.unwrap();
+        assert!(
+            d0.transaction_start(false).await.is_err(),
+            "classic transaction on a keyed db"
+        );
+
+        // Warm up: each client has attached g_lock.tdb and committed once
+        // (the check is about waiting for key A, not a first attach).
+        for (d, k) in [(&d0, b"A"), (&d1, b"B")] {
+            let mut t = d.keyed_transaction(&[k]).await.unwrap();
+            t.store(k, &0u64.to_le_bytes()).unwrap();
+            t.commit().await.unwrap();
+        }
+        // Node 0 holds key A for 1 s.
+        let mut ta = d0.keyed_transaction(&[b"A"]).await.unwrap();
+        ta.store(b"A", &1u64.to_le_bytes()).unwrap();
+        assert!(
+            ta.store(b"B", b"x").is_err(),
+            "a key not locked was written"
+        );
+        let held = Instant::now();
+        let a_done = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ta.commit().await.unwrap();
+            Instant::now()
+        });
+        // Node 1: key B, meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        let mut tb = d1.keyed_transaction(&[b"B"]).await.unwrap();
+        let locked = t0.elapsed();
+        tb.store(b"B", &2u64.to_le_bytes()).unwrap();
+        tb.commit().await.unwrap();
+        let took = t0.elapsed();
+        eprintln!("key B committed in {took:?} (locked after {locked:?}) while key A was held");
+        assert!(took < Duration::from_millis(50), "key B took {took:?}");
+        assert!(
+            held.elapsed() < Duration::from_secs(1),
+            "A was not held meanwhile"
+        );
+        // Node 2: key A waits for node 0's transaction, then sees its value.
+        let mut ta2 = d2.keyed_transaction(&[b"A", b"B"]).await.unwrap();
+        let waited = held.elapsed();
+        a_done.await.unwrap();
+        assert!(
+            waited >= Duration::from_millis(950),
+            "key A was given to node 2 after {waited:?}, while node 0 held it"
+        );
+        assert_eq!(value(ta2.fetch(b"A").unwrap()), 1);
+        assert_eq!(value(ta2.fetch(b"B").unwrap()), 2);
+        ta2.store(b"A", &3u64.to_le_bytes()).unwrap();
+        ta2.store(b"B", &4u64.to_le_bytes()).unwrap();
+        ta2.commit().await.unwrap();
+    });
+    for k in 0..3 {
+        let v = copy(&c, k);
+        assert_eq!(
+            v,
+            vec![
+                (b"A".to_vec(), 3u64.to_le_bytes().to_vec()),
+                (b"B".to_vec(), 4u64.to_le_bytes().to_vec())
+            ],
+            "node {k}"
+        );
+    }
+    // A recovery merges the copies record by record: everything stays.
+    c.tool_ok(1, &["recover"]);
+    one_generation(&c);
+    for k in 0..3 {
+        assert_eq!(copy(&c, k), copy(&c, 0), "node {k}");
+        assert_eq!(copy(&c, k).len(), 2, "node {k}");
+    }
+    // Its kind in every database map.
+    rt().block_on(async {
+        for k in 0..3 {
+            let cl = Client::connect(c.socket(k)).await.unwrap();
+            let map = cl
+                .get_dbmap(ctdb_protocol::header::CTDB_CURRENT_NODE)
+                .await
+                .unwrap();
+            let id = cl.attach(DB, DbKind::Keyed, 0).await.unwrap().id();
+            let f = map.dbs.iter().find(|d| d.db_id == id).map(|d| d.flags);
+            assert_eq!(f, Some(db_flags::KEYED), "node {k}");
+        }
+    });
+}
+
+/// 3 nodes x 8 client processes, each incrementing its own key and a
+/// shared one in per-key transactions, while node 3 (no clients) is killed
+/// and restarted: acknowledged increments are all there, the shared key
+/// is the sum of the own keys, every copy is identical.
+#[test]
+fn keyed_no_lost_updates_with_node_kills() {
+    const CLIENT_NODES: usize = 3;
+    const PER_NODE: usize = 8;
+    const KILLS: usize = 3;
+    require_reference();
+    let c = Cluster::start(ClusterOptions::new(ours(), 4));
+    one_generation(&c);
+    let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stop = c.dir().join("stop-increments");
+    let mut children = Vec::new();
+    for node in 0..CLIENT_NODES {
+        for i in 0..PER_NODE {
+            let own = format!("own_{node}_{i}");
+            let child = std::process::Command::new(our_bin("ctdb-inmem-increment"))
+                .arg(c.socket(node))
+                .args([DB, own.as_str()])
+                .arg(&stop)
+                .arg("keyed")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            children.push((own, child));
+        }
+    }
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_secs(3));
+        c.kill(3);
+        std::thread::sleep(Duration::from_secs(1));
+        c.restart(3);
+        one_generation(&c);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, b"").unwrap();
+    let results: Vec<(String, u64, u64)> = children
+        .into_iter()
+        .map(|(own, child)| {
+            let o = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{own} failed: {err}");
+            let out = String::from_utf8_lossy(&o.stdout);
+            let mut it = out.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+            (own, it.next().unwrap(), it.next().unwrap())
+        })
+        .collect();
+    one_generation(&c);
+    let (acked, unsure) = results
+        .iter()
+        .fold((0u64, 0u64), |(a, u), r| (a + r.1, u + r.2));
+    eprintln!("{acked} acknowledged increments, {unsure} failed commits");
+    assert!(acked > 0);
+    let copies: Vec<_> = (0..4).map(|k| copy(&c, k)).collect();
+    for k in 1..4 {
+        assert!(
+            copies[k] == copies[0],
+            "node {k}'s copy differs from node 0's"
+        );
+    }
+    let get = |key: &[u8]| {
+        value(
+            copies[0]
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone()),
+        )
+    };
+    for (own, a, u) in &results {
+        let v = get(own.as_bytes());
+        assert!(
+            *a <= v && v <= a + u,
+            "{own}: value {v}, acknowledged {a}, failed {u}"
+        );
+    }
+    let shared = get(b"shared");
+    let sum: u64 = results.iter().map(|r| get(r.0.as_bytes())).sum();
+    assert_eq!(
+        shared, sum,
+        "the shared key and the clients' own keys disagree"
+    );
+}
+
+/// Reference node 2 among ours: a keyed attach fails on both kinds of node.
+#[test]
+fn mixed_cluster_refuses_keyed_attach() {
+    require_reference();
+    let c = Cluster::start(
+        ClusterOptions::new(ours(), 3).recovery_helper("/usr/libexec/ctdb/ctdb_recovery_helper"),
+    );
+    c.kill(2);
+    c.restart_with(2, &Daemon::Reference);
+    one_generation(&c);
+    for k in [0, 2] {
+        let out = c.tool_with(&our_bin("ctdb"), k, &["attach", DB, "keyed"]);
+        assert!(!out.status.success(), "keyed attach on node {k} succeeded");
+    }
+    let err = rt().block_on(async {
+        let cl = Client::connect(c.socket(1)).await.unwrap();
+        cl.attach(DB, DbKind::Keyed, 0).await.err()
+    });
+    let err = err.expect("keyed attach on node 1 succeeded").to_string();
+    assert!(
+        err.contains("node 2 refused DB_ATTACH_EXT"),
+        "unclear error: {err}"
+    );
+    for k in 0..3 {
+        let map = c.tool_ok(k, &["getdbmap"]);
+        assert!(!map.contains(DB), "node {k} has {DB}:\n{map}");
+    }
+}
