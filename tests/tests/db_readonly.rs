@@ -217,14 +217,21 @@ fn readonly_delegations(daemon: Daemon) {
         "{d:?}: node 1's copy revoked"
     );
     assert_eq!(db_stat(&c, 0, db, "db_ro_revokes"), 2, "{d:?}");
+    // The daemon's totals count the same.
     let stats = c.tool_ok(0, &["statistics"]);
-    println!(
-        "{d:?}: {}",
+    let total = |name: &str| -> u32 {
         stats
             .lines()
-            .filter(|l| l.contains("total_ro_"))
-            .collect::<Vec<_>>()
-            .join(";")
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in statistics:\n{stats}"))
+    };
+    assert_eq!(
+        (total("total_ro_delegations"), total("total_ro_revokes")),
+        (4, 2),
+        "{d:?}"
     );
 }
 

@@ -65,11 +65,8 @@ pub struct ReadOnly {
     tags: HashMap<u64, (u32, Vec<u8>)>,
     /// Calls released by a revocation that wait out [`RO_GRACE`].
     delayed: Vec<(Instant, u32, Work)>,
-    /// Delegations and revokes since start, for the daemon's statistics
-    /// (`total_ro_delegations`, `total_ro_revokes`).
-    pub total_delegations: u32,
-    pub total_revokes: u32,
-    /// Per-database counts not yet added to the database's statistics.
+    /// Counts not yet added to the database's and the daemon's statistics
+    /// (`db_ro_delegations`/`total_ro_delegations`, and the revokes).
     counts: Vec<(u32, Count)>,
 }
 
@@ -186,7 +183,6 @@ impl ReadOnly {
                     Err(e) => error!("Failed to clear out trackingdb record: {e}"),
                 }
             }
-            self.total_revokes += 1;
             self.counts.push((db, Count::Revoke));
         }
         let active = self
@@ -246,7 +242,6 @@ impl ReadOnly {
                 copy.flags &= !rf::RO_HAVE_DELEGATIONS;
                 let mut out = ltdb::header_bytes(&copy).to_vec();
                 out.extend_from_slice(data);
-                self.total_delegations += 1;
                 self.counts.push((db, Count::Delegation));
                 Ok(RoStep::Delegated(out))
             }
@@ -639,12 +634,17 @@ impl Databases {
         }
     }
 
-    /// Counts delegations and revokes in the databases' statistics.
+    /// Counts delegations and revokes in the databases' and the daemon's
+    /// statistics.
     pub(crate) fn ro_flush_counts(&mut self) {
         if self.ro.counts.is_empty() {
             return;
         }
         for (db, c) in std::mem::take(&mut self.ro.counts) {
+            match c {
+                Count::Delegation => self.stats.bump(|s| s.total_ro_delegations += 1),
+                Count::Revoke => self.stats.bump(|s| s.total_ro_revokes += 1),
+            }
             if let Some(d) = self.dbs.get_mut(&db) {
                 match c {
                     Count::Delegation => d.stats.db_ro_delegations += 1,
