@@ -86,6 +86,10 @@ pub trait DbLayer {
     /// Any database control (attach, records, transactions, recovery of
     /// databases...). `None` means "not mine".
     fn control(&mut self, ctx: &ControlCtx, req: &ReqControl, node: &NodeState) -> Option<Outcome>;
+    /// Whether `FREEZE` froze every database (`ctdb statistics`' `frozen`).
+    fn all_frozen(&self) -> bool {
+        false
+    }
     /// Its areas of `ctdb dumpmemory`.
     fn memory(&self) -> Vec<crate::memory::MemArea> {
         Vec::new()
@@ -236,10 +240,11 @@ impl Core {
         let pnn = self.node.pnn;
         match &req.data {
             Rq::ProcessExists(pid) => self.process_exists(*pid),
-            Rq::Statistics => Outcome::ok(ControlReply::Statistics(Box::new(
-                self.stats
-                    .snapshot(self.num_clients(), self.node.in_recovery()),
-            ))),
+            Rq::Statistics => {
+                let mut s = (self.stats).snapshot(self.num_clients(), self.node.in_recovery());
+                s.frozen = u32::from(self.db.all_frozen());
+                Outcome::ok(ControlReply::Statistics(Box::new(s)))
+            }
             Rq::Ping => Outcome::status(self.num_clients() as i32),
             Rq::GetVnnMap => Outcome::ok(ControlReply::GetVnnMap(self.node.vnnmap.clone())),
             Rq::SetVnnMap(m) => match self.node.set_vnnmap(m.clone()) {

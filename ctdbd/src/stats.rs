@@ -11,6 +11,7 @@
 //! | `max_hop_count`, `hop_count_bucket` (daemon and database) | a node's `REQ_CALL` that reached the record's dmaster: the hops it took (`db/call.rs`) |
 //! | `locks.*` (daemon and database) | record-lock waits: a request that found its record locked waits for a helper (`num_pending`), the helpers (`num_current`), each request once its helper has the lock (`num_calls`, `latency`, `buckets`) or failed (`num_failed`); a database freeze counts as one lock request (`db/lockwait.rs`, the freeze) |
 //! | `childwrite_calls`, `pending_childwrite_calls`, `childwrite_latency` | `UPDATE_RECORD` (the per-node write of a persistent transaction's commit) |
+//! | `frozen` | at the snapshot: `FREEZE` froze every database (an inactive node), until recovery mode is NORMAL again |
 //! | `memory_used` | at the snapshot: the daemon's private resident memory (CTDB: talloc's total) |
 //! | `num_recoveries`, `reclock_*`, `timeouts.*` | recovery end, cluster-lock checks, timed-out controls and traverses |
 //!

@@ -6,11 +6,14 @@
 //! reference tool, compared field by field: wherever a node of the
 //! reference shows a non-zero value, the same node of ours must too
 //! (except the fields listed in [`EXCEPTIONS`], each with its reason).
-//! `ctdb dbstatistics` of the volatile database lists hot keys on both,
+//! `ctdb dbstatistics` of the volatile database lists hot keys on both; a
+//! stopped node shows `frozen` 1 on both, and 0 once it continues;
 //! `ctdb dumpmemory` reports memory by area and `ctdb rddumpmemory`
-//! answers.
+//! answers on both.
 
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
+use std::time::Duration;
+
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -156,6 +159,15 @@ fn run(daemon: Daemon) -> Run {
     let dbstats = (0..3)
         .map(|k| c.tool_ok(k, &["dbstatistics", VOL]))
         .collect();
+    // A stopped node is frozen (FREEZE): `frozen` says so until it
+    // continues.
+    c.tool_ok(2, &["stop"]);
+    poll_until(Duration::from_secs(60), "node 2 frozen", || {
+        (statistics(&c, 2).get("frozen") == Some(&1.0)).then_some(())
+    });
+    c.tool_ok(2, &["continue"]);
+    c.wait_healthy(Duration::from_secs(90));
+    assert_eq!(statistics(&c, 2).get("frozen"), Some(&0.0));
     // -T: a recovery daemon that does not answer fails the tool in 10 s.
     let dumpmemory = c.tool_ok(0, &["-T", "10", "dumpmemory"]);
     let rddumpmemory = c.tool_ok(0, &["-T", "10", "rddumpmemory"]);

@@ -519,6 +519,10 @@ impl DbLayer for DbHandle {
         crate::memory::databases(&self.0.borrow())
     }
 
+    fn all_frozen(&self) -> bool {
+        self.0.borrow().all_frozen()
+    }
+
     fn control(
         &mut self,
         _ctx: &ControlCtx,

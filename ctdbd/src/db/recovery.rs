@@ -383,6 +383,12 @@ impl Databases {
         }
     }
 
+    /// Whether `FREEZE` froze every database (until recovery mode goes
+    /// back to NORMAL).
+    pub(crate) fn all_frozen(&self) -> bool {
+        self.recovery.frozen_all
+    }
+
     /// `SET_RECMODE` went to NORMAL: databases frozen by `FREEZE` thaw.
     pub fn recmode_normal(&mut self, env: &Env) {
         if std::mem::take(&mut self.recovery.frozen_all) {
