@@ -79,6 +79,7 @@ impl Etcd {
     /// Starts one member in each of `net`'s first `nodes` node namespaces
     /// and waits until each commits a write.
     pub fn start(&mut self, net: &Network, nodes: usize) {
+        kill_stale();
         let cluster: Vec<String> = (0..nodes)
             .map(|k| format!("m{k}=http://{}:{PEER_PORT}", net.ip(k)))
             .collect();
@@ -145,6 +146,34 @@ impl Etcd {
     /// [`Network::heal`] removes the cut.
     pub fn cut(&self, net: &Network, k: usize) {
         net.cut_port(k, PEER_PORT);
+    }
+}
+
+/// Kills the members of test processes that are gone (a guard does not run
+/// when a runner's timeout SIGKILLs its test): their cluster token names
+/// the test's pid (`ctdbrs-ctdbrs-<pid hex>-...`, see [`Network::prefix`]).
+fn kill_stale() {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let Some(owner) = cmd
+            .split_once("\0ctdbrs-ctdbrs-")
+            .and_then(|(_, r)| r.split('-').next())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{owner}")).exists() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
