@@ -272,7 +272,14 @@ impl Databases {
             return Some(Instant::now());
         }
         let due = v.dbs.values().filter_map(|d| d.due).min();
-        let run = v.run.as_ref().map(|r| r.deadline);
+        // A repack is not timed (its thread cannot be stopped): past the
+        // deadline, a wakeup at that instant would spin the loop until the
+        // thread reports.
+        let run = v
+            .run
+            .as_ref()
+            .filter(|r| r.phase != Phase::Repack)
+            .map(|r| r.deadline);
         due.into_iter().chain(run).min()
     }
 

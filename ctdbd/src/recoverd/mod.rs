@@ -17,6 +17,7 @@
 //!   helper (`ctdb_recovery_helper <write fd> <socket> <generation>`), and
 //!   the banning of nodes that keep causing recoveries.
 
+mod helper;
 mod leader;
 mod recovery;
 mod takeover_run;

@@ -3,9 +3,7 @@
 //! on every active node and installs a new vnn map with a new generation.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, INVALID_GENERATION};
@@ -14,6 +12,7 @@ use ctdb_protocol::types::node_flags;
 use tracing::{error, info, warn};
 
 use super::Recoverd;
+use super::helper::{HelperEnd, StatusPipe};
 
 /// The recovery helper: `CTDB_RECOVERY_HELPER`, else
 /// `ctdb_recovery_helper` in the helper directory.
@@ -132,107 +131,35 @@ impl Recoverd {
     /// Runs `ctdb_recovery_helper <write fd> <socket> <generation>` and
     /// reads the status it writes to that fd (nothing means failure).
     async fn run_recovery_helper(&mut self) -> bool {
+        const WHAT: &str = "recovery helper";
         let prog = self.cfg.recovery_helper.clone();
         let generation = new_generation();
-        let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(p) => p,
-            Err(e) => {
-                error!("Failed to create pipe for recovery helper: {e}");
-                return false;
-            }
-        };
-        // The child must inherit the write end under its own number.
-        if let Err(e) = nix::fcntl::fcntl(
-            wr.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        ) {
-            error!("Failed to prepare pipe for recovery helper: {e}");
+        let Some(pipe) = StatusPipe::new(WHAT) else {
             return false;
-        }
+        };
         let mut cmd = tokio::process::Command::new(&prog);
-        cmd.arg(wr.as_raw_fd().to_string())
+        cmd.arg(pipe.write_fd())
             .arg(&self.cfg.socket)
             .arg(generation.to_string())
-            .env("CTDB_DBDIR_STATE", &self.cfg.state_dir)
-            .envs(self.cfg.helper_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        match self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok()) {
-            Some(f) => {
-                if let Ok(f2) = f.try_clone() {
-                    cmd.stdout(f2);
-                }
-                cmd.stderr(f);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
+            .env("CTDB_DBDIR_STATE", &self.cfg.state_dir);
         info!(
             "Running recovery helper {} with generation {generation}",
             prog.display()
         );
-        let child = cmd.spawn();
-        drop(wr);
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                error!("Failed to run recovery helper {}: {e}", prog.display());
-                return false;
-            }
-        };
         let limit = Duration::from_secs(u64::from(self.tunables.recover_timeout.max(1)) * 4);
-        // Keep telling the cluster who leads while the helper works, so a
-        // long recovery does not look like a dead leader.
-        let deadline = Instant::now() + limit;
-        let waited = loop {
-            let tick = tokio::time::sleep(Duration::from_secs(1));
-            tokio::select! {
-                r = child.wait() => break Ok(r),
-                _ = tick => {
-                    if Instant::now() >= deadline {
-                        break Err(());
-                    }
-                    if self.is_leader() {
-                        self.leader_broadcast_send(self.leader);
-                    }
-                }
-            }
-        };
-        match waited {
-            Ok(Ok(st)) if st.success() => {}
-            Ok(Ok(st)) => {
-                error!("recovery helper exited with {st}");
-                return false;
-            }
-            Ok(Err(e)) => {
-                error!("waiting for recovery helper failed: {e}");
-                return false;
-            }
-            Err(()) => {
-                error!("recovery helper timed out");
-                let _ = child.kill().await;
-                return false;
-            }
-        }
-        // Whatever the helper wrote is in the pipe by now; never wait on
-        // a write end some stray grandchild might still hold.
-        let _ = nix::fcntl::fcntl(
-            rd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        let mut f = std::fs::File::from(rd);
-        let mut b = [0u8; 4];
-        match f.read_exact(&mut b) {
-            Ok(()) if i32::from_le_bytes(b) == 0 => true,
-            Ok(()) => {
-                error!("recovery helper reported {}", i32::from_le_bytes(b));
+        match self.run_status_helper(WHAT, cmd, pipe, limit).await {
+            HelperEnd::Exited {
+                success: true,
+                status: Some(0),
+            } => true,
+            HelperEnd::Exited {
+                success: true,
+                status: Some(st),
+            } => {
+                error!("recovery helper reported {st}");
                 false
             }
-            Err(_) => {
-                error!("recovery helper wrote no status");
-                false
-            }
+            _ => false,
         }
     }
 }

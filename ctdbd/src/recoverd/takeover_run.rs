@@ -19,10 +19,7 @@
 //!   and the leader's hold) stop both for a while; `REBALANCE_NODE`
 //!   names nodes the next run may move addresses onto.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE, CTDB_UNKNOWN_PNN};
@@ -32,6 +29,7 @@ use ctdb_protocol::{ControlReply, ControlRequest, Marshal};
 use tracing::{debug, error, info, warn};
 
 use super::Recoverd;
+use super::helper::{HelperEnd, StatusPipe};
 use crate::takeover::addresses::{canonical_ip, have_ip};
 
 /// `GET_PUBLIC_IPS` flag: only the addresses the node could host now.
@@ -182,23 +180,13 @@ impl Recoverd {
 
     /// Runs the takeover helper and reads the status it writes.
     async fn run_takeover_helper(&mut self, rebalance: &[u32]) -> bool {
+        const WHAT: &str = "takeover helper";
         let prog = takeover_helper_path(&self.cfg.helper_dir);
-        let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(p) => p,
-            Err(e) => {
-                error!("Failed to create pipe for takeover helper: {e}");
-                return false;
-            }
-        };
-        if let Err(e) = nix::fcntl::fcntl(
-            wr.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        ) {
-            error!("Failed to prepare pipe for takeover helper: {e}");
+        let Some(pipe) = StatusPipe::new(WHAT) else {
             return false;
-        }
+        };
         let mut cmd = tokio::process::Command::new(&prog);
-        cmd.arg(wr.as_raw_fd().to_string()).arg(&self.cfg.socket);
+        cmd.arg(pipe.write_fd()).arg(&self.cfg.socket);
         if !rebalance.is_empty() {
             let list: Vec<String> = rebalance.iter().map(u32::to_string).collect();
             cmd.arg(list.join(","));
@@ -206,78 +194,20 @@ impl Recoverd {
         if self.cfg.failover_disabled {
             cmd.env("CTDB_DISABLE_IP_FAILOVER", "1");
         }
-        cmd.envs(self.cfg.helper_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        match self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok()) {
-            Some(f) => {
-                if let Ok(f2) = f.try_clone() {
-                    cmd.stdout(f2);
-                }
-                cmd.stderr(f);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
-        let child = cmd.spawn();
-        drop(wr);
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                error!(
-                    "Failed to create child for takeover helper {}: {e}",
-                    prog.display()
-                );
-                return false;
-            }
-        };
         // The helper's own stages are bounded by 3 x TakeoverTimeout;
         // allow for its start and reads on top.
         let limit = Duration::from_secs(u64::from(self.tunables.takeover_timeout.max(1)) * 4 + 10);
-        let deadline = Instant::now() + limit;
-        let waited = loop {
-            let tick = tokio::time::sleep(Duration::from_secs(1));
-            tokio::select! {
-                r = child.wait() => break Ok(r),
-                _ = tick => {
-                    if Instant::now() >= deadline {
-                        break Err(());
-                    }
-                    if self.is_leader() {
-                        self.leader_broadcast_send(self.leader);
-                    }
+        match self.run_status_helper(WHAT, cmd, pipe, limit).await {
+            HelperEnd::Exited {
+                success,
+                status: Some(st),
+            } => {
+                if st != 0 {
+                    debug!("takeover helper reported {st}");
                 }
+                success && st == 0
             }
-        };
-        let exited_ok = match waited {
-            Ok(Ok(st)) => st.success(),
-            Ok(Err(e)) => {
-                error!("waiting for takeover helper failed: {e}");
-                false
-            }
-            Err(()) => {
-                error!("takeover helper timed out");
-                let _ = child.kill().await;
-                return false;
-            }
-        };
-        let _ = nix::fcntl::fcntl(
-            rd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        let mut f = std::fs::File::from(rd);
-        let mut b = [0u8; 4];
-        match f.read_exact(&mut b) {
-            Ok(()) if i32::from_le_bytes(b) == 0 && exited_ok => true,
-            Ok(()) => {
-                debug!("takeover helper reported {}", i32::from_le_bytes(b));
-                false
-            }
-            Err(_) => {
-                error!("takeover helper wrote no status");
-                false
-            }
+            _ => false,
         }
     }
 
