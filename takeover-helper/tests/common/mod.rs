@@ -103,14 +103,42 @@ impl Fake {
     }
 }
 
+impl Fake {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+    }
+
+    /// How many sockets the fake has open (a client connection is one
+    /// until the fake has handled everything the client sent).
+    fn open_fds(&self) -> Option<usize> {
+        let pid = self.pid()?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        Some(
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count(),
+        )
+    }
+
+    /// Waits (up to 10 s) until the fake has at most `n` sockets open:
+    /// the connections of clients that are gone have been read to their
+    /// end. A helper's last message (a ban request) may still be in its
+    /// socket when the helper exits, and stopping the fake then loses it.
+    fn settle(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.open_fds().is_some_and(|m| m > n) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 impl Drop for Fake {
     fn drop(&mut self) {
         use nix::sys::signal::{Signal, kill};
         use nix::unistd::Pid;
-        let Some(pid) = std::fs::read_to_string(&self.pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        else {
+        let Some(pid) = self.pid() else {
             return;
         };
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -182,6 +210,7 @@ fn message(line: &str) -> String {
 pub fn run(helper: &Path, case: &Case, dir: &Path, level: &str) -> Outcome {
     let control_log = dir.join("controls");
     let fake = Fake::start(dir, &case.script, &control_log);
+    let idle_fds = fake.open_fds().unwrap_or(usize::MAX);
     let socket = dir.join("sock");
     set_tunables(&socket, &case.tunables);
 
@@ -222,6 +251,7 @@ pub fn run(helper: &Path, case: &Case, dir: &Path, level: &str) -> Outcome {
         std::thread::sleep(Duration::from_millis(2));
     };
     let stderr = errs.join().unwrap();
+    fake.settle(idle_fds);
     drop(fake);
     let mut controls: Vec<String> = std::fs::read_to_string(&control_log)
         .unwrap_or_default()
