@@ -6,12 +6,13 @@
 # (network-namespace tests), systemd (systemd-analyze, for the package test),
 # etcd and python3-etcd (the cluster lock through CTDB's ctdb_etcd_lock),
 # ethtool and iptables (CTDB's 10.interface.script, in the IP failover test),
+# procps (ps, for the rolling-upgrade snapshot of client processes),
 # and rustfmt/clippy.
 # Idempotent and non-interactive; safe to run on every test run.
 set -euo pipefail
 
 need_pkgs=()
-for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2 nftables systemd etcd-server python3-etcd ethtool iptables; do
+for p in ctdb tdb-tools python3-tdb libtdb-dev gcc samba python3-impacket iproute2 nftables systemd etcd-server python3-etcd ethtool iptables procps; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
