@@ -96,18 +96,7 @@ impl KeyedTransaction {
     }
 
     fn current(&self, key: &[u8]) -> Result<(LtdbHeader, Vec<u8>)> {
-        if let Some((h, v)) = self.changes.get(key) {
-            return Ok((*h, v.clone()));
-        }
-        Ok(self.db.fetch_local(key)?.unwrap_or_else(|| {
-            (
-                LtdbHeader {
-                    dmaster: ctdb_protocol::header::CTDB_UNKNOWN_PNN,
-                    ..Default::default()
-                },
-                Vec::new(),
-            )
-        }))
+        super::transaction::seen(&self.db, &self.changes, key)
     }
 
     /// Reads `key` (one of the transaction's keys).

@@ -103,6 +103,28 @@ impl Db {
     }
 }
 
+/// Header and value of `key` as a transaction with `changes` sees it: its
+/// own change, else the local copy, else nothing (an empty value under a
+/// header with no data master).
+pub(super) fn seen(
+    db: &Db,
+    changes: &HashMap<Vec<u8>, (LtdbHeader, Vec<u8>)>,
+    key: &[u8],
+) -> Result<(LtdbHeader, Vec<u8>)> {
+    if let Some((h, v)) = changes.get(key) {
+        return Ok((*h, v.clone()));
+    }
+    Ok(db.fetch_local(key)?.unwrap_or_else(|| {
+        (
+            LtdbHeader {
+                dmaster: ctdb_protocol::header::CTDB_UNKNOWN_PNN,
+                ..Default::default()
+            },
+            Vec::new(),
+        )
+    }))
+}
+
 impl Transaction {
     pub fn db(&self) -> &Db {
         &self.db
@@ -110,18 +132,7 @@ impl Transaction {
 
     /// Current header and value of `key` as this transaction sees it.
     fn current(&self, key: &[u8]) -> Result<(LtdbHeader, Vec<u8>)> {
-        if let Some((h, v)) = self.changes.get(key) {
-            return Ok((*h, v.clone()));
-        }
-        Ok(self.db.fetch_local(key)?.unwrap_or_else(|| {
-            (
-                LtdbHeader {
-                    dmaster: ctdb_protocol::header::CTDB_UNKNOWN_PNN,
-                    ..Default::default()
-                },
-                Vec::new(),
-            )
-        }))
+        seen(&self.db, &self.changes, key)
     }
 
     /// Reads `key`: `None` when it does not exist (or is empty).
