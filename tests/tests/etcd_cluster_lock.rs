@@ -146,11 +146,23 @@ fn lock_store_cut(daemon: Daemon, strict: bool) {
     let cut = std::time::Instant::now();
     let mut lost = None;
     let mut others = None;
+    // The nodes are asked one after the other, so one poll can see a node
+    // that has just lost an election still saying it leads beside the
+    // winner. Two leaders count when two nodes say so in three polls
+    // in a row (the lock holds from the logs are checked at the end).
+    let mut two_in_a_row = 0;
     while cut.elapsed() < Duration::from_secs(30) {
         let s = self_declared(&c, &all);
+        two_in_a_row = if s.len() > 1 { two_in_a_row + 1 } else { 0 };
+        if s.len() > 1 {
+            println!(
+                "{:.1}s after the cut: two say they lead: {s:?}",
+                cut.elapsed().as_secs_f64()
+            );
+        }
         assert!(
-            s.len() <= 1,
-            "two leaders: {s:?}\n{}",
+            two_in_a_row < 3,
+            "two leaders in three polls in a row: {s:?}\n{}",
             faults::recoverd_tails(&c, 30)
         );
         if lost.is_none() && faults::log_text(&c, leader).contains("Cluster lock helper terminated")
