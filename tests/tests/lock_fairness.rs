@@ -1,7 +1,7 @@
 //! Record-lock fairness under contention (issue 14), against our daemon
 //! and the reference with the same code: 3 nodes x 4 client processes
 //! each, every process looping fetch-lock + increment + release on ONE
-//! volatile record for `LOCK_FAIRNESS_SECS` (20 s by default); then
+//! volatile record for `LOCK_FAIRNESS_SECS` (12 s by default); then
 //! persistent transactions incrementing one key, with the g_lock taken
 //! the way CTDB's own client library takes it (`ptrans-ctdb`) and then by
 //! our client's queue (`ptrans`). In every run and every phase, every one
@@ -44,7 +44,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// Seconds each contention phase lasts.
 fn secs() -> u64 {
-    env_or("LOCK_FAIRNESS_SECS", 20)
+    env_or("LOCK_FAIRNESS_SECS", 12)
 }
 
 /// How many times the whole round runs.
