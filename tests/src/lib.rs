@@ -6,6 +6,7 @@
 //! under `DIR/node.K`, test mode, one `ctdb.conf` per node) and are started
 //! through that script, with `CTDBD` pointing at the daemon under test.
 
+pub mod client_prog;
 pub mod cluster;
 pub mod etcd;
 pub mod faults;

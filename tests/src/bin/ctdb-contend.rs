@@ -20,23 +20,11 @@
 //! Every process starts its loop when its standard input says "go" (one
 //! line), so that all of them start together.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ctdb_client::{Client, DbKind, Update};
-
-fn get_u64(d: &[u8]) -> u64 {
-    d.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn say(s: &str) {
-    let mut o = std::io::stdout();
-    let _ = writeln!(o, "{s}");
-    let _ = o.flush();
-}
+use ctdb_client::{DbKind, Update};
+use ctdb_tests::client_prog::{connect, fetch_lock_increment, say, transaction_increment};
 
 fn now_us() -> u128 {
     SystemTime::now()
@@ -60,10 +48,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         return Err(usage.into());
     };
     let key = key.as_bytes();
-    let c = Client::connect(socket)
-        .await
-        .map_err(|e| format!("connect: {e}"))?
-        .with_timeout(Duration::from_secs(60));
+    let c = connect(socket).await?;
     let num = || -> Result<u64, String> {
         rest.first()
             .and_then(|n| n.parse().ok())
@@ -81,14 +66,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             let end = Instant::now() + Duration::from_secs(secs);
             let mut n = 0u64;
             while Instant::now() < end {
-                db.fetch_lock(key, |r| {
-                    (
-                        Update::Store((get_u64(&r.data) + 1).to_le_bytes().to_vec()),
-                        (),
-                    )
-                })
-                .await
-                .map_err(|e| format!("fetch_lock: {e}"))?;
+                fetch_lock_increment(&db, key).await?;
                 n += 1;
             }
             say(&format!("count {n}"));
@@ -104,19 +82,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             let end = Instant::now() + Duration::from_secs(secs);
             let mut n = 0u64;
             while Instant::now() < end {
-                let mut t = if mode == "ptrans" {
-                    db.transaction_start(false).await
-                } else {
-                    db.transaction_start_ctdb_style(false).await
-                }
-                .map_err(|e| format!("transaction_start: {e}"))?;
-                let v = t
-                    .fetch(key)
-                    .map_err(|e| format!("fetch: {e}"))?
-                    .map_or(0, |v| get_u64(&v));
-                t.store(key, &(v + 1).to_le_bytes())
-                    .map_err(|e| format!("store: {e}"))?;
-                t.commit().await.map_err(|e| format!("commit: {e}"))?;
+                transaction_increment(&db, key, mode == "ptrans-ctdb").await?;
                 n += 1;
             }
             say(&format!("count {n}"));

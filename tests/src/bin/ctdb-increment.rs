@@ -24,23 +24,10 @@
 //!
 //! Exit status 0 on success; errors go to stderr.
 
-use std::io::Write;
 use std::time::Duration;
 
-use ctdb_client::{Client, DbKind, Update};
-
-fn get_u64(d: &[u8]) -> u64 {
-    d.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn say(s: &str) {
-    let mut o = std::io::stdout();
-    let _ = writeln!(o, "{s}");
-    let _ = o.flush();
-}
+use ctdb_client::{DbKind, Update};
+use ctdb_tests::client_prog::{connect, fetch_lock_increment, say, transaction_increment};
 
 async fn run(args: &[String]) -> Result<(), String> {
     let usage = "usage: ctdb-increment SOCKET MODE DB KEY [COUNT]";
@@ -48,10 +35,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         return Err(usage.into());
     };
     let key = key.as_bytes();
-    let c = Client::connect(socket)
-        .await
-        .map_err(|e| format!("connect: {e}"))?
-        .with_timeout(Duration::from_secs(60));
+    let c = connect(socket).await?;
     let count = || -> Result<u64, String> {
         rest.first()
             .and_then(|n| n.parse().ok())
@@ -65,14 +49,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("attach: {e}"))?;
             for _ in 0..n {
-                db.fetch_lock(key, |r| {
-                    (
-                        Update::Store((get_u64(&r.data) + 1).to_le_bytes().to_vec()),
-                        (),
-                    )
-                })
-                .await
-                .map_err(|e| format!("fetch_lock: {e}"))?;
+                fetch_lock_increment(&db, key).await?;
             }
             say(&format!("done {n}"));
         }
@@ -83,17 +60,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("attach: {e}"))?;
             for _ in 0..n {
-                let mut t = db
-                    .transaction_start(false)
-                    .await
-                    .map_err(|e| format!("transaction_start: {e}"))?;
-                let v = t
-                    .fetch(key)
-                    .map_err(|e| format!("fetch: {e}"))?
-                    .map_or(0, |v| get_u64(&v));
-                t.store(key, &(v + 1).to_le_bytes())
-                    .map_err(|e| format!("store: {e}"))?;
-                t.commit().await.map_err(|e| format!("commit: {e}"))?;
+                transaction_increment(&db, key, false).await?;
             }
             say(&format!("done {n}"));
         }
