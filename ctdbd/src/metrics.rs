@@ -28,7 +28,12 @@
 //!   `ctdb_db_calls_total` (record calls answered here as dmaster),
 //!   `ctdb_db_lock_calls_total`, `ctdb_db_lock_failed_total`,
 //!   `ctdb_db_hot_key_count`; and from [`Live`]:
-//!   `ctdb_db_migrations_total` (records that migrated here);
+//!   `ctdb_db_migrations_total` (records that migrated here),
+//!   `ctdb_db_commit_updates_total` (`UPDATE_RECORD`s applied here),
+//!   `ctdb_db_commit_transactions_total` (the tdb transactions they took:
+//!   fewer than the updates when group commit batched them, see
+//!   `db/group_commit.rs`), `ctdb_db_commit_syncs_total` (the data syncs
+//!   those transactions did);
 //! * from [`Live`]: `ctdb_recovery_duration_seconds` (histogram,
 //!   `START_RECOVERY` to `END_RECOVERY` on this node),
 //!   `ctdb_last_recovery_duration_seconds`, `ctdb_lock_wait_seconds`
@@ -87,6 +92,9 @@ pub struct Live {
     lock_wait_seconds: Histogram,
     control_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     db_migrations: Family<Labels, Counter<u64>>,
+    db_commit_updates: Family<Labels, Counter<u64>>,
+    db_commit_transactions: Family<Labels, Counter<u64>>,
+    db_commit_syncs: Family<Labels, Counter<u64>>,
     queue_bytes: Family<Labels, Gauge<i64>>,
 }
 
@@ -115,6 +123,9 @@ impl Live {
             lock_wait_seconds: Histogram::new(LOCK_BUCKETS),
             control_seconds: Family::new_with_constructor(control_histogram),
             db_migrations: Family::default(),
+            db_commit_updates: Family::default(),
+            db_commit_transactions: Family::default(),
+            db_commit_syncs: Family::default(),
             queue_bytes: Family::default(),
         }
     }
@@ -142,6 +153,17 @@ impl Live {
         self.db_migrations
             .get_or_create(&labels(&[("db", db)]))
             .inc();
+    }
+
+    /// A batch of `updates` `UPDATE_RECORD`s of database `db` took
+    /// `transactions` tdb transactions and `syncs` data syncs.
+    pub fn commit_batch(&self, db: &str, updates: u64, transactions: u64, syncs: u64) {
+        let l = labels(&[("db", db)]);
+        self.db_commit_updates.get_or_create(&l).inc_by(updates);
+        self.db_commit_transactions
+            .get_or_create(&l)
+            .inc_by(transactions);
+        self.db_commit_syncs.get_or_create(&l).inc_by(syncs);
     }
 
     /// Bytes waiting to be written to clients and to nodes.
@@ -178,6 +200,21 @@ impl Live {
             "db_migrations",
             "Records of a volatile database that migrated to this node",
             self.db_migrations.clone(),
+        );
+        reg.register(
+            "db_commit_updates",
+            "UPDATE_RECORDs (a persistent commit's write on this node) applied here",
+            self.db_commit_updates.clone(),
+        );
+        reg.register(
+            "db_commit_transactions",
+            "tdb transactions the UPDATE_RECORDs were applied in (group commit shares one)",
+            self.db_commit_transactions.clone(),
+        );
+        reg.register(
+            "db_commit_syncs",
+            "Data syncs (fdatasync) done by the UPDATE_RECORDs' transactions",
+            self.db_commit_syncs.clone(),
         );
         reg.register(
             "queue_bytes",

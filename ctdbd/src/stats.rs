@@ -187,6 +187,15 @@ impl StatsHandle {
         }
     }
 
+    /// A batch of `updates` `UPDATE_RECORD`s of database `db_name` was
+    /// applied in `transactions` tdb transactions doing `syncs` data syncs
+    /// (group commit; only the metrics count it).
+    pub fn commit_batch(&self, db_name: &str, updates: u64, transactions: u64, syncs: u64) {
+        if let Some(l) = self.live() {
+            l.commit_batch(db_name, updates, transactions, syncs);
+        }
+    }
+
     /// The metrics' own recorders, when metrics are on.
     fn live(&self) -> Option<Arc<Live>> {
         self.0.borrow().live.clone()

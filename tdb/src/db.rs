@@ -950,6 +950,13 @@ impl Tdb {
         self.inner.borrow().io.size as u64
     }
 
+    /// How many data syncs (`fdatasync`, each after its `msync`) this
+    /// handle has done: none with `TDB_NOSYNC`, four per committed
+    /// transaction otherwise.
+    pub fn sync_count(&self) -> u64 {
+        self.inner.borrow().io.syncs
+    }
+
     /// Set how many dead records per chain are kept for reuse.
     pub fn set_max_dead(&self, n: u32) {
         self.inner.borrow_mut().max_dead = n;

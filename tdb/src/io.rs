@@ -34,6 +34,8 @@ pub(crate) struct Io {
     use_mmap: bool,
     pub page_size: u32,
     pub no_sync: bool,
+    /// Data syncs (`fdatasync`) done through this handle so far.
+    pub syncs: u64,
 }
 
 impl Io {
@@ -52,6 +54,7 @@ impl Io {
             use_mmap,
             page_size,
             no_sync,
+            syncs: 0,
         }
     }
 
@@ -291,6 +294,7 @@ impl Io {
             }
         }
         self.file.sync_data()?;
+        self.syncs += 1;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@
 pub mod call;
 pub mod controls;
 pub mod file;
+pub mod group_commit;
 pub mod health;
 pub mod inmemory;
 pub mod lockwait;
@@ -161,6 +162,9 @@ pub enum DbEvent {
     TraverseEnd { id: u64, ok: bool },
     /// Vacuuming's background work ([`vacuum`]).
     Vacuum(vacuum::VacEvent),
+    /// A batch of `UPDATE_RECORD`s is applied, with the handle back
+    /// ([`group_commit`]).
+    Applied(Box<group_commit::Applied>),
 }
 
 impl std::fmt::Debug for DbEvent {
@@ -176,6 +180,7 @@ impl std::fmt::Debug for DbEvent {
             DbEvent::TraverseRecords { id, .. } => write!(f, "TraverseRecords({id})"),
             DbEvent::TraverseEnd { id, ok } => write!(f, "TraverseEnd({id}, {ok})"),
             DbEvent::Vacuum(v) => write!(f, "Vacuum({v:?})"),
+            DbEvent::Applied(a) => write!(f, "Applied(0x{:08x}, {})", a.db, a.updates.len()),
         }
     }
 }
@@ -225,6 +230,8 @@ pub struct Databases {
     parked: HashMap<u64, ReplyTo>,
     pub(crate) calls: call::Calls,
     pub(crate) trans3: persistent::Trans3s,
+    /// The `UPDATE_RECORD` batch being formed ([`group_commit`]).
+    pub(crate) group: group_commit::GroupCommit,
     pub(crate) travs: traverse::Traverses,
     pub(crate) recovery: recovery::RecoveryState,
     /// Attaches from clients waiting for recovery to end.
@@ -262,6 +269,7 @@ impl Databases {
                 parked: HashMap::new(),
                 calls: Default::default(),
                 trans3: Default::default(),
+                group: Default::default(),
                 travs: Default::default(),
                 recovery: Default::default(),
                 deferred_attach: Vec::new(),
@@ -462,6 +470,7 @@ impl Databases {
             DbEvent::TraverseRecords { id, data } => self.local_traverse_records(env, id, &data),
             DbEvent::TraverseEnd { id, ok } => self.local_traverse_end(env, id, ok),
             DbEvent::Vacuum(v) => self.vacuum_event(env, v),
+            DbEvent::Applied(a) => self.batch_applied(env, *a),
         }
     }
 

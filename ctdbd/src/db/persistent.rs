@@ -30,7 +30,7 @@ use ctdb_protocol::types::{LtdbHeader, RecBuffer, node_flags};
 use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl, ReqControl};
 use tracing::{error, info};
 
-use super::{Databases, DbEvent, Effect, Env, Work, ltdb};
+use super::{Databases, Effect, Env, Work, group_commit, ltdb};
 use crate::control::ControlCtx;
 use crate::messaging::ClientId;
 use crate::server::ReplyTo;
@@ -277,34 +277,20 @@ impl Databases {
             return Some(ReplyControl::status(-1));
         }
         let Some(tdb) = db.tdb.take() else {
-            db.deferred.push_back(Work::Control {
-                ctx: *ctx,
-                req: req.clone(),
-                to,
-            });
+            // Group commit: into the batch being formed, else queued
+            // behind the apply that has the handle (group_commit.rs).
+            if !self.group.join(to, rb) {
+                db.deferred.push_back(Work::Control {
+                    ctx: *ctx,
+                    req: req.clone(),
+                    to,
+                });
+            }
             return None;
         };
         let replace_only = db.volatile();
         let db_id = db.id;
-        let name = db.name.clone();
-        let tag = self.park(to);
-        self.stats.childwrite_started(tag);
-        let rb = rb.clone();
-        let ev = self.ev_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let reply = match apply_update(&tdb, &rb, replace_only) {
-                Ok(()) => ReplyControl::ok(ControlReply::UpdateRecord),
-                Err(e) => {
-                    error!("{name}: failed to write persistent data: {e}");
-                    ReplyControl::error(-1, e)
-                }
-            };
-            let _ = ev.send(DbEvent::Returned {
-                db: db_id,
-                tdb: Box::new(tdb),
-                done: Some((tag, reply)),
-            });
-        });
+        self.apply_updates(env, db_id, tdb, replace_only, (to, rb.clone()));
         None
     }
 
@@ -373,37 +359,13 @@ pub fn read_seqnum(tdb: &tdb::Tdb) -> tdb::Result<u64> {
 /// Applies an update buffer in one transaction. A record whose rsn is not
 /// newer than the stored one (with different data) fails the whole update.
 /// With `replace_only` (volatile databases) absent records are skipped.
+/// (Batches of updates: [`group_commit::apply_batch`].)
 pub fn apply_update(tdb: &tdb::Tdb, rb: &RecBuffer, replace_only: bool) -> Result<(), String> {
     let tx = tdb
         .transaction_start()
         .map_err(|e| format!("failed to start transaction: {e}"))?;
-    for rec in rb.iter() {
-        let (h, data) = rec
-            .header()
-            .map_err(|e| format!("bad record in update: {e}"))?;
-        let old = tx
-            .parse(rec.key, |v| ltdb::split(v).map(|(oh, od)| (oh, od == data)))
-            .map_err(|e| e.to_string())?
-            .flatten();
-        if replace_only && old.is_none() {
-            continue;
-        }
-        if let Some((oh, same)) = old
-            && oh.rsn >= h.rsn
-            && !same
-        {
-            return Err(format!(
-                "existing header has larger RSN {} than new RSN {}",
-                oh.rsn, h.rsn
-            ));
-        }
-        tx.storev(
-            rec.key,
-            &[&ltdb::header_bytes(&h), data],
-            tdb::StoreMode::Replace,
-        )
-        .map_err(|e| format!("failed to store record: {e}"))?;
-    }
+    let plan = group_commit::plan(&tx, rb, replace_only)?;
+    group_commit::store(&tx, &plan)?;
     tx.commit()
         .map_err(|e| format!("failed to commit transaction: {e}"))
 }
