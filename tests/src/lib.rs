@@ -8,6 +8,7 @@
 
 pub mod client_prog;
 pub mod cluster;
+pub mod contend;
 pub mod etcd;
 pub mod faults;
 pub mod netns;

@@ -25,13 +25,12 @@
 //! within 100 ms of the release, and the daemon burns less than 50 ms of
 //! CPU meanwhile (it waits, it does not poll).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::{ControlRequest, ReqControl};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
+use ctdb_tests::contend::Contender;
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, require_reference};
 
 const CLIENTS_PER_NODE: usize = 4;
 
@@ -52,66 +51,12 @@ fn runs() -> u64 {
     env_or("LOCK_FAIRNESS_RUNS", 3)
 }
 
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl Proc {
-    fn start(c: &Cluster, node: usize, args: &[&str]) -> Proc {
-        let mut child = Command::new(our_bin("ctdb-contend"))
-            .arg(c.socket(node))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Proc { child, stdin, out }
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.out.read_line(&mut l).unwrap();
-        l.trim().to_owned()
-    }
-
-    fn expect(&mut self, what: &str) -> String {
-        let l = self.line();
-        assert!(
-            l.starts_with(what),
-            "client said {l:?}, expected {what:?} (exit: {:?})",
-            self.child.try_wait()
-        );
-        l
-    }
-
-    fn go(&mut self) {
-        let mut i = self.stdin.take().unwrap();
-        i.write_all(b"go\n").unwrap();
-    }
-
-    /// The number after `word` in the next line.
-    fn number(&mut self, word: &str) -> u128 {
-        let l = self.expect(word);
-        l[word.len()..].trim().parse().unwrap()
-    }
-
-    fn finish(mut self) {
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "client failed: {st}");
-    }
-}
-
 /// Runs `mode` from 4 processes per node at once, all starting together;
 /// returns each process's acknowledged count.
 fn contend(c: &Cluster, mode: &str, db: &str, key: &str) -> Vec<u64> {
     let secs = secs().to_string();
-    let mut procs: Vec<Proc> = (0..3 * CLIENTS_PER_NODE)
-        .map(|i| Proc::start(c, i % 3, &[mode, db, key, &secs]))
+    let mut procs: Vec<Contender> = (0..3 * CLIENTS_PER_NODE)
+        .map(|i| Contender::start(c, i % 3, &[mode, db, key, &secs]))
         .collect();
     for p in &mut procs {
         p.expect("ready");
@@ -119,14 +64,7 @@ fn contend(c: &Cluster, mode: &str, db: &str, key: &str) -> Vec<u64> {
     for p in &mut procs {
         p.go();
     }
-    procs
-        .into_iter()
-        .map(|mut p| {
-            let n = p.number("count") as u64;
-            p.finish();
-            n
-        })
-        .collect()
+    procs.into_iter().map(Contender::count).collect()
 }
 
 /// The processes of one phase of one run that did less than 5% of the
@@ -324,15 +262,15 @@ fn lock_waits_end_at_the_release_ours() {
     let c = Cluster::start(ClusterOptions::new(Daemon::ours(), 3));
     // Attach everywhere first.
     for k in 0..3 {
-        let mut p = Proc::start(&c, k, &["fetch-once", "latency.tdb", "warm"]);
+        let mut p = Contender::start(&c, k, &["fetch-once", "latency.tdb", "warm"]);
         p.expect("ready");
         p.go();
         p.expect("done");
         p.finish();
     }
-    let mut holder = Proc::start(&c, 1, &["hold", "latency.tdb", "hot", "2000"]);
+    let mut holder = Contender::start(&c, 1, &["hold", "latency.tdb", "hot", "2000"]);
     holder.expect("locked");
-    let mut asker = Proc::start(&c, 0, &["fetch-once", "latency.tdb", "hot"]);
+    let mut asker = Contender::start(&c, 0, &["fetch-once", "latency.tdb", "hot"]);
     asker.expect("ready");
     asker.go();
     let released = holder.number("released");
@@ -352,7 +290,7 @@ fn lock_waits_end_at_the_release_ours() {
 
     // The freeze.
     let pid = c.pid(1).unwrap();
-    let mut holder = Proc::start(&c, 1, &["hold", "latency.tdb", "frozen", "3000"]);
+    let mut holder = Contender::start(&c, 1, &["hold", "latency.tdb", "frozen", "3000"]);
     holder.expect("locked");
     let id = ctdb_tests::db_id("latency.tdb");
     let (cpu, frozen_at) = rt().block_on(async {

@@ -13,59 +13,21 @@
 //! which fails. (When our waiters sat in the lock record, CTDB's clients
 //! saw them as holders: a reference `pfetch` gave up after 120 s.)
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ctdb_client::{Client, DbKind};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
+use ctdb_tests::contend::Contender;
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, require_reference};
 
 const DB: &str = "glock_mix.tdb";
 const SECS: u64 = 15;
 const OURS_PER_NODE: usize = 2;
 /// Runs each reference command loop must complete.
 const MIN_TOOL_RUNS: usize = 3;
-
-struct Ours {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl Ours {
-    fn start(c: &Cluster, node: usize) -> Ours {
-        let mut child = Command::new(our_bin("ctdb-contend"))
-            .arg(c.socket(node))
-            .args(["ptrans", DB, "hot", &SECS.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Ours { child, stdin, out }
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.out.read_line(&mut l).unwrap();
-        l.trim().to_owned()
-    }
-
-    fn count(mut self) -> u64 {
-        let l = self.line();
-        let n = l
-            .strip_prefix("count ")
-            .unwrap_or_else(|| panic!("client said {l:?}"))
-            .parse()
-            .unwrap();
-        assert!(self.child.wait().unwrap().success(), "our client failed");
-        n
-    }
-}
 
 /// One run of the reference tool on node `k`, with `input` on stdin.
 fn ref_tool(c: &Cluster, k: usize, args: &[&str], input: &str) -> (bool, String) {
@@ -116,12 +78,12 @@ fn mixed(daemon: Daemon) {
     };
     // The database exists everywhere before anyone starts.
     c.tool_ok(0, &["attach", DB, "persistent"]);
-    let mut ours: Vec<Ours> = (0..3 * OURS_PER_NODE)
-        .map(|i| Ours::start(&c, i % 3))
+    let secs = SECS.to_string();
+    let mut ours: Vec<Contender> = (0..3 * OURS_PER_NODE)
+        .map(|i| Contender::start(&c, i % 3, &["ptrans", DB, "hot", &secs]))
         .collect();
     for o in &mut ours {
-        let l = o.line();
-        assert_eq!(l, "ready", "our client said {l:?}");
+        o.expect("ready");
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
@@ -163,9 +125,9 @@ fn mixed(daemon: Daemon) {
         }
     }
     for o in &mut ours {
-        o.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        o.go();
     }
-    let counts: Vec<u64> = ours.into_iter().map(Ours::count).collect();
+    let counts: Vec<u64> = ours.into_iter().map(Contender::count).collect();
     stop.store(true, Ordering::Relaxed);
     let loops: Vec<Loop> = loops.into_iter().map(|t| t.join().unwrap()).collect();
     eprintln!("{name}: our clients' commits {counts:?}");
