@@ -113,6 +113,9 @@ fn errno_err(e: i32) -> Error {
     }
 }
 
+/// Tries of [`Inner::brlock_soon`] (1 ms apart).
+const UPGRADE_TRIES: u32 = 20;
+
 thread_local! {
     /// How long blocking locks taken on this thread may wait (see
     /// [`crate::Tdb::lockall_until`]).
@@ -540,9 +543,13 @@ impl Inner {
         if !self.nolock {
             if self.mutexes.is_some() {
                 self.mutex_allrecord_upgrade()?;
-                if let Err(e) =
-                    self.brlock_retry(LockType::Write, lockoff::chain(self.hash_size), 0)
-                {
+                let rest = lockoff::chain(self.hash_size);
+                let r = if self.tx.as_ref().is_some_and(|t| t.yield_at_commit) {
+                    self.brlock_soon(LockType::Write, rest, 0)
+                } else {
+                    self.brlock_retry(LockType::Write, rest, 0)
+                };
+                if let Err(e) = r {
                     if let Some(m) = &self.mutexes {
                         m.set_allrecord_state(mutex::F_RDLCK);
                     }
@@ -555,6 +562,20 @@ impl Inner {
         self.allrecord.ltype = Some(LockType::Write);
         self.allrecord.upgradable = false;
         Ok(())
+    }
+
+    /// A lock tried for a short while ([`UPGRADE_TRIES`] times, 1 ms
+    /// apart), else [`Error::WouldBlock`].
+    fn brlock_soon(&mut self, lt: LockType, off: u32, len: u64) -> Result<()> {
+        for i in 0..UPGRADE_TRIES {
+            match self.brlock(lt, off, len, false) {
+                Err(Error::WouldBlock) if i + 1 < UPGRADE_TRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r => return r,
+            }
+        }
+        Err(Error::WouldBlock)
     }
 
     /// Blocking lock that rides out the kernel's over-eager fcntl deadlock

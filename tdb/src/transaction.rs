@@ -49,6 +49,9 @@ use crate::freelist::expand_adjust;
 use crate::io::Io;
 use crate::lock::LockType;
 
+/// How long [`Tdb::repack`] keeps trying when readers are in the way.
+pub const REPACK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// In-memory state of a running transaction.
 pub(crate) struct Tx {
     /// Private copies of touched pages, indexed by page number.
@@ -65,6 +68,8 @@ pub(crate) struct Tx {
     /// Where we set the recovery magic (to clear it when done).
     magic_offset: Option<u32>,
     expanded: bool,
+    /// Commit only if the exclusive lock comes soon ([`Transaction::commit_or_yield`]).
+    pub(crate) yield_at_commit: bool,
 }
 
 impl Tx {
@@ -79,6 +84,7 @@ impl Tx {
             prepared: false,
             magic_offset: None,
             expanded: false,
+            yield_at_commit: false,
         }
     }
 
@@ -625,6 +631,26 @@ impl Transaction<'_> {
         self.commit_inner(true)
     }
 
+    /// [`Self::commit`], but if the exclusive lock the commit needs is not
+    /// had soon, the transaction is cancelled and [`Error::WouldBlock`]
+    /// returned, so that the caller can let go of everything and try again.
+    ///
+    /// With mutexes, a reader's traverse (libtdb's or ours) keeps its
+    /// current record locked with `fcntl` while it takes the next chain;
+    /// once the commit has made the all-record lock exclusive that reader
+    /// waits for the all-record mutex, which the committer holds until it
+    /// is done, while the committer waits for the reader's record lock: a
+    /// deadlock no waiting ends. Giving up the transaction lets the reader
+    /// through.
+    pub fn commit_or_yield(self) -> Result<()> {
+        if let Ok(mut i) = self.tdb.inner()
+            && let Some(tx) = i.tx.as_deref_mut()
+        {
+            tx.yield_at_commit = true;
+        }
+        self.commit_inner(false)
+    }
+
     fn commit_inner(mut self, allow_repack: bool) -> Result<()> {
         self.done = true;
         let need_repack = self.tdb.inner()?.transaction_commit()?;
@@ -697,17 +723,32 @@ impl Tdb {
     /// Rewrite the database compactly: all records are copied out, the file
     /// is wiped and they are stored back, in one transaction. The file does
     /// not shrink, but its free space becomes one block.
+    ///
+    /// A commit that would wait for a reader which waits for us (see
+    /// [`Transaction::commit_or_yield`]) is given up and the repack done
+    /// again a little later, for up to [`REPACK_PATIENCE`].
     pub fn repack(&self) -> Result<()> {
-        let tx = self.transaction_start()?;
-        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        self.traverse_read(|k, v| {
-            records.push((k.to_vec(), v.to_vec()));
-            std::ops::ControlFlow::Continue(())
-        })?;
-        self.wipe_all()?;
-        for (k, v) in &records {
-            self.store(k, v, crate::StoreMode::Insert)?;
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            let tx = self.transaction_start()?;
+            let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            self.traverse_read(|k, v| {
+                records.push((k.to_vec(), v.to_vec()));
+                std::ops::ControlFlow::Continue(())
+            })?;
+            self.wipe_all()?;
+            for (k, v) in &records {
+                self.store(k, v, crate::StoreMode::Insert)?;
+            }
+            match tx.commit_or_yield() {
+                Err(Error::WouldBlock) if started.elapsed() < REPACK_PATIENCE => {
+                    tracing::debug!("repack: readers hold records, trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
         }
-        tx.commit_inner(false)
     }
 }

@@ -128,6 +128,18 @@ def main():
                     return 0
                 rc = lib.tdb_traverse_read(t, TRAVERSE_FN(fn), None)
                 r = ("items " + " ".join(items)) if rc >= 0 else "fail"
+            elif op == "items_slow":
+                # A read traverse that takes args[0] ms over each record
+                # (holding it, as libtdb's traverse does).
+                import time
+                n = [0]
+
+                def fn(_t, k, v, _p):
+                    n[0] += 1
+                    time.sleep(int(args[0]) / 1000.0)
+                    return 0
+                rc = lib.tdb_traverse_read(t, TRAVERSE_FN(fn), None)
+                r = ("count %d" % n[0]) if rc >= 0 else "fail"
             elif op in ("get_seqnum", "get_flags"):
                 r = str(getattr(lib, "tdb_" + op)(t) & 0xFFFFFFFF)
             elif op in ("enable_seqnum", "increment_seqnum_nonblock"):
