@@ -66,6 +66,10 @@ pub struct WorkerArgs {
     /// extension) instead of persistent.
     #[arg(long)]
     pub inmemory: bool,
+    /// Transactions: attach the database as keyed (ctdb-rs extension) and
+    /// take per-key transactions on the worker's key.
+    #[arg(long)]
+    pub keyed: bool,
     /// Concurrent operations in flight (load).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
@@ -262,7 +266,9 @@ async fn contend(a: &WorkerArgs, c: &Client) -> Result<Report> {
 }
 
 async fn trans(a: &WorkerArgs, c: &Client) -> Result<Report> {
-    let kind = if a.inmemory {
+    let kind = if a.keyed {
+        DbKind::Keyed
+    } else if a.inmemory {
         DbKind::InMemory
     } else {
         DbKind::Persistent
@@ -279,14 +285,21 @@ async fn trans(a: &WorkerArgs, c: &Client) -> Result<Report> {
     tokio::time::sleep_until(w.start.into()).await;
     while !w.over() {
         let t0 = Instant::now();
-        let mut t = if a.ctdb_glock {
-            db.transaction_start_ctdb_style(false).await?
+        if a.keyed {
+            let mut t = db.keyed_transaction(&[key.as_bytes()]).await?;
+            let v = t.fetch(key.as_bytes())?.map_or(0, |v| get_u64(&v));
+            t.store(key.as_bytes(), &(v + 1).to_le_bytes())?;
+            t.commit().await?;
         } else {
-            db.transaction_start(false).await?
-        };
-        let v = t.fetch(key.as_bytes())?.map_or(0, |v| get_u64(&v));
-        t.store(key.as_bytes(), &(v + 1).to_le_bytes())?;
-        t.commit().await?;
+            let mut t = if a.ctdb_glock {
+                db.transaction_start_ctdb_style(false).await?
+            } else {
+                db.transaction_start(false).await?
+            };
+            let v = t.fetch(key.as_bytes())?.map_or(0, |v| get_u64(&v));
+            t.store(key.as_bytes(), &(v + 1).to_le_bytes())?;
+            t.commit().await?;
+        }
         r.ops_total += 1;
         if w.in_window(t0) {
             r.ops_window += 1;

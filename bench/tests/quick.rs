@@ -28,6 +28,7 @@ fn bench_quick_runs_green_against_both_daemons() {
         "ptrans 1 client",
         "ptrans 16 clients same key",
         "ptrans 16 clients disjoint keys",
+        "ptrans 16 clients disjoint keys, keyed",
         "message ring",
         "ping p50",
         "ping p99",

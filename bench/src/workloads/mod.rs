@@ -2,6 +2,7 @@
 
 mod contention;
 mod inmemory;
+mod keyed;
 mod latency;
 mod locks;
 mod memory;
@@ -77,6 +78,7 @@ const WORKLOADS: &[(&str, Workload)] = &[
     ("one-record", contention::run),
     ("ptrans", transactions::run),
     ("ptrans-inmemory", inmemory::run),
+    ("ptrans-keyed", keyed::run),
     ("message-ring", messages::ring),
     ("message-ring-3", messages::rings_3),
     ("ping", latency::ping),
@@ -105,6 +107,7 @@ fn rows_of(name: &str) -> &'static [&'static str] {
             "ptrans 16 clients disjoint keys (commits/s)",
         ],
         "ptrans-inmemory" => &[inmemory::ROW],
+        "ptrans-keyed" => &[keyed::ROW],
         "message-ring" => &[
             "message ring (messages/s)",
             "daemon CPU per message, ring (µs)",
