@@ -63,12 +63,126 @@ pub enum Policy {
     Single { persistent: bool },
     /// Volatile databases: every node's copies, merged by [`Rank`].
     Merge { mypnn: u32 },
+    /// ctdb-rs keyed databases: the copies of the nodes whose copy epoch is
+    /// the highest ([`Epochs`]), merged by [`Rank`]; the other nodes' copies
+    /// are left out, and the result carries the next epoch. `current` is
+    /// filled in by the store once every node was pulled.
+    Keyed { mypnn: u32, current: NodeSet },
 }
 
 impl Policy {
     /// Whether records from several nodes must be merged.
     pub fn merges(&self) -> bool {
-        matches!(self, Policy::Merge { .. })
+        matches!(self, Policy::Merge { .. } | Policy::Keyed { .. })
+    }
+
+    /// Whether a copy pulled from the node at `node_idx` takes part.
+    pub fn takes(&self, node_idx: u32) -> bool {
+        match self {
+            Policy::Keyed { current, .. } => current.contains(node_idx),
+            _ => true,
+        }
+    }
+}
+
+/// A set of node indexes (in the node list of the recovery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSet([u64; 4]);
+
+impl NodeSet {
+    /// The most node indexes a set holds; nodes past it count as members
+    /// (CTDB clusters are far smaller).
+    pub const CAPACITY: u32 = 256;
+
+    pub fn all() -> NodeSet {
+        NodeSet([u64::MAX; 4])
+    }
+
+    pub fn empty() -> NodeSet {
+        NodeSet([0; 4])
+    }
+
+    pub fn insert(&mut self, i: u32) {
+        if i < Self::CAPACITY {
+            self.0[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    }
+
+    pub fn contains(&self, i: u32) -> bool {
+        i >= Self::CAPACITY || self.0[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+}
+
+/// The copy epoch of each node's copy of a keyed database, as pulled.
+///
+/// Every keyed recovery by this helper writes the epoch record
+/// ([`ctdb_protocol::types::KEYED_EPOCH_KEY`]) with the next epoch into the merged result, so
+/// every node that took part holds the same epoch afterwards, and a node
+/// that missed a recovery (dead, disconnected, banned, stopped) keeps an
+/// older one. Every acknowledged commit was applied on every node of the
+/// generation, so the nodes with the highest epoch hold every
+/// acknowledged commit; an older copy can only add commits that were
+/// never acknowledged — and, merged per record, it would bring back part
+/// of such a commit (a record nobody wrote since) next to newer records
+/// that replaced the rest of it. Those copies are left out.
+#[derive(Debug, Default, Clone)]
+pub struct Epochs {
+    by_node: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Epochs {
+    /// Notes the epoch record of the node at `node_idx` (its stored
+    /// value: header, then u64 little-endian).
+    pub fn note(&mut self, node_idx: u32, value: &[u8]) {
+        let e = value
+            .get(LtdbHeader::WIRE_SIZE..LtdbHeader::WIRE_SIZE + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            .unwrap_or(0);
+        let slot = self.by_node.entry(node_idx).or_insert(0);
+        *slot = (*slot).max(e);
+    }
+
+    /// The highest epoch among `nodes` node indexes (0 without any).
+    pub fn highest(&self) -> u64 {
+        self.by_node.values().copied().max().unwrap_or(0)
+    }
+
+    /// The nodes whose copies take part: those at the highest epoch (a
+    /// node without the record is at epoch 0).
+    pub fn current(&self) -> NodeSet {
+        let top = self.highest();
+        if top == 0 {
+            return NodeSet::all();
+        }
+        let mut set = NodeSet::empty();
+        for (&n, &e) in &self.by_node {
+            if e == top {
+                set.insert(n);
+            }
+        }
+        set
+    }
+
+    /// Node indexes left out, with their epochs (for the log).
+    pub fn stale(&self) -> Vec<(u32, u64)> {
+        let top = self.highest();
+        self.by_node
+            .iter()
+            .filter(|&(_, &e)| e < top)
+            .map(|(&n, &e)| (n, e))
+            .collect()
+    }
+
+    /// The epoch record pushed with the merged copy: the next epoch.
+    pub fn next_record(&self, mypnn: u32) -> Vec<u8> {
+        let next = self.highest() + 1;
+        LtdbHeader {
+            rsn: next,
+            dmaster: mypnn,
+            reserved1: 0,
+            flags: 0,
+        }
+        .prepend(&next.to_le_bytes())
     }
 }
 

@@ -33,7 +33,7 @@ use ctdb_protocol::{ControlReply, ControlRequest};
 use crate::ctx::Ctx;
 use crate::dbs::DbEntry;
 use crate::error::{Error, Result};
-use crate::merge::Policy;
+use crate::merge::{NodeSet, Policy};
 use crate::pull::{Forward, pull};
 use crate::push::{Pusher, push};
 use crate::store::RecordStore;
@@ -127,10 +127,18 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
     )?;
 
     hold(ctx, db_id).await;
+    // Persistent: only what changed, when every node's log allows (catchup.rs).
+    let caught_up = crate::catchup::caught_up(ctx, db, &name).await?;
 
     let policy = match db.kind() {
-        // Keyed databases (ctdb-rs) merge per record, as volatile ones.
-        DbKind::Volatile | DbKind::Keyed => Policy::Merge { mypnn: ctx.mypnn },
+        // Partially replicated (ctdb-rs): as volatile, highest rsn wins.
+        DbKind::Volatile | DbKind::PartiallyReplicated => Policy::Merge { mypnn: ctx.mypnn },
+        // Keyed databases (ctdb-rs) merge per record the copies of the
+        // nodes at the highest copy epoch (merge.rs).
+        DbKind::Keyed => Policy::Keyed {
+            mypnn: ctx.mypnn,
+            current: NodeSet::all(),
+        },
         _ => Policy::Single {
             persistent: db.persistent(),
         },
@@ -147,10 +155,12 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         ctx.share,
         dir,
     )));
-    if policy.merges() {
+    if caught_up {
+    } else if policy.merges() {
         collect_all(ctx, db_id, &name, &store).await?;
         let store = unshare(store)?;
         log_spill(&store, db_id, &name);
+        log_stale(ctx, &store, &name);
         credit(
             ctx,
             &name,
@@ -215,6 +225,26 @@ fn unshare(store: Arc<Mutex<RecordStore>>) -> Result<RecordStore> {
         .ok_or_else(|| Error::Other("record store still shared".into()))?
         .into_inner()
         .unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Keyed databases: the nodes whose copies were left out (older epoch).
+fn log_stale(ctx: &Ctx, store: &RecordStore, name: &str) {
+    let stale = store.epochs().stale();
+    if stale.is_empty() {
+        return;
+    }
+    let list: Vec<String> = stale
+        .iter()
+        .map(|&(i, e)| {
+            let pnn = ctx.nodes.pnns.get(i as usize).copied().unwrap_or(u32::MAX);
+            format!("node {pnn} (epoch {e})")
+        })
+        .collect();
+    tracing::warn!(
+        "keyed db {name}: copies of {} left out, behind epoch {}",
+        list.join(", "),
+        store.epochs().highest()
+    );
 }
 
 fn log_spill(store: &RecordStore, db_id: u32, name: &str) {

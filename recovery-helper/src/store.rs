@@ -37,7 +37,8 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 
 use crate::budget::Budget;
-use crate::merge::{Policy, Rank};
+use crate::merge::{Epochs, Policy, Rank};
+use ctdb_protocol::types::KEYED_EPOCH_KEY;
 
 /// Number of spill files of a volatile database, at each level of splitting.
 pub const PARTITIONS: usize = 64;
@@ -142,8 +143,11 @@ impl MemTable {
         Ok(())
     }
 
-    /// The best copy of each key, by [`Rank`].
-    fn index(&self, mypnn: u32) -> (HashTable<Loc>, DefaultHashBuilder) {
+    /// The best copy of each key, by [`Rank`], among the copies `policy`
+    /// takes (a keyed database: those of current nodes, without the epoch
+    /// record).
+    fn index(&self, mypnn: u32, policy: Policy) -> (HashTable<Loc>, DefaultHashBuilder) {
+        let keyed = matches!(policy, Policy::Keyed { .. });
         let hasher = DefaultHashBuilder::default();
         let mut index: HashTable<Loc> = HashTable::new();
         let chunks = &self.chunks;
@@ -156,6 +160,9 @@ impl MemTable {
                     off: off as u32,
                 };
                 off += rec.raw.len();
+                if keyed && (!policy.takes(rec.reqid) || rec.key == KEYED_EPOCH_KEY) {
+                    continue;
+                }
                 let rank = Rank::of_value(rec.value, rec.reqid, mypnn).expect("validated header");
                 let h = hasher.hash_one(rec.key);
                 match index.find_mut(h, |l| Self::rec_at(chunks, *l).key == rec.key) {
@@ -181,8 +188,8 @@ impl MemTable {
     /// The surviving records (merging stores) or all of them (others).
     fn emit(&self, policy: Policy, sink: &mut Sink<'_>) -> Result<()> {
         match policy {
-            Policy::Merge { mypnn } => {
-                let (index, _) = self.index(mypnn);
+            Policy::Merge { mypnn } | Policy::Keyed { mypnn, .. } => {
+                let (index, _) = self.index(mypnn, policy);
                 for loc in index.iter() {
                     let r = Self::rec_at(&self.chunks, *loc);
                     sink(r.key, r.value)?;
@@ -343,6 +350,8 @@ pub struct RecordStore {
     dir: PathBuf,
     state: State,
     stats: StoreStats,
+    /// Keyed databases: each node's copy epoch.
+    epochs: Epochs,
 }
 
 impl RecordStore {
@@ -356,6 +365,7 @@ impl RecordStore {
             dir,
             state: State::Memory(MemTable::new()),
             stats: StoreStats::default(),
+            epochs: Epochs::default(),
         }
     }
 
@@ -393,6 +403,12 @@ impl RecordStore {
             }
             if vlen == ctdb_protocol::types::LtdbHeader::WIRE_SIZE {
                 self.stats.empty += 1;
+            }
+            if matches!(self.policy, Policy::Keyed { .. }) {
+                let r = parse_rec(&buf[off..])?;
+                if r.key == KEYED_EPOCH_KEY {
+                    self.epochs.note(node_idx, r.value);
+                }
             }
             buf[off + 4..off + 8].copy_from_slice(&node_idx.to_le_bytes());
             off += len;
@@ -440,8 +456,31 @@ impl RecordStore {
         Ok(())
     }
 
+    /// Keyed databases: each node's copy epoch, as pulled.
+    pub fn epochs(&self) -> &Epochs {
+        &self.epochs
+    }
+
     /// Emits every surviving record as (key, value), consuming the store.
+    /// A keyed database's survivors come from the current nodes only, and
+    /// the next epoch record is emitted last.
     pub fn drain(mut self, sink: &mut Sink<'_>) -> Result<()> {
+        let mut epoch_record = None;
+        if let Policy::Keyed { mypnn, .. } = self.policy {
+            self.policy = Policy::Keyed {
+                mypnn,
+                current: self.epochs.current(),
+            };
+            epoch_record = Some(self.epochs.next_record(mypnn));
+        }
+        self.drain_records(sink)?;
+        match epoch_record {
+            Some(v) => sink(KEYED_EPOCH_KEY, &v),
+            None => Ok(()),
+        }
+    }
+
+    fn drain_records(&mut self, sink: &mut Sink<'_>) -> Result<()> {
         let state = std::mem::replace(&mut self.state, State::Memory(MemTable::new()));
         match state {
             State::Memory(table) => {
@@ -534,6 +573,81 @@ mod tests {
             assert_eq!(out.len(), 3);
             assert_eq!(budget.used(), 0);
         }
+    }
+
+    /// A keyed database: copies of nodes behind the highest copy epoch are
+    /// left out (a commit only a stale node holds does not come back, not
+    /// even a record nobody else has), the rest merge by rsn, and the next
+    /// epoch record goes out with them; in memory and spilled alike.
+    #[test]
+    fn keyed_merges_only_current_copies_and_moves_the_epoch_on() {
+        let epoch = |e: u64| {
+            let v = LtdbHeader {
+                rsn: e,
+                dmaster: 0,
+                reserved1: 0,
+                flags: 0,
+            }
+            .prepend(&e.to_le_bytes());
+            let mut rb = RecBuffer::new(0x1234);
+            let (h, d) = LtdbHeader::split(&v).unwrap();
+            rb.add(0, Some(&h), KEYED_EPOCH_KEY, d);
+            rb.to_bytes()
+        };
+        for limit in [usize::MAX / 2, 0] {
+            let budget = Arc::new(Budget::new(limit));
+            let mut s = RecordStore::new(
+                Policy::Keyed {
+                    mypnn: 0,
+                    current: crate::merge::NodeSet::all(),
+                },
+                budget.clone(),
+                1,
+                std::env::temp_dir(),
+            );
+            // Node 0 and 1 went through recovery 3; node 2 missed it and
+            // holds an unacknowledged commit of "own" and "shared".
+            s.add_chunk(0, chunk(&[("shared", 7, 1, "s-acked"), ("a", 2, 1, "a0")]))
+                .unwrap();
+            s.add_chunk(0, epoch(3)).unwrap();
+            s.add_chunk(1, chunk(&[("shared", 7, 1, "s-acked"), ("a", 3, 1, "a1")]))
+                .unwrap();
+            s.add_chunk(1, epoch(3)).unwrap();
+            s.add_chunk(
+                2,
+                chunk(&[("shared", 9, 2, "s-stale"), ("own", 1, 2, "o-stale")]),
+            )
+            .unwrap();
+            s.add_chunk(2, epoch(2)).unwrap();
+            assert_eq!(s.epochs().stale(), vec![(2, 2)]);
+            let out = drain(s);
+            let key = String::from_utf8(KEYED_EPOCH_KEY.to_vec()).unwrap();
+            assert_eq!(out["shared"], (7, "s-acked".into()));
+            assert_eq!(out["a"], (3, "a1".into()));
+            assert!(!out.contains_key("own"), "a stale commit came back");
+            assert_eq!(out[&key].0, 4);
+            assert_eq!(out.len(), 3);
+            assert_eq!(budget.used(), 0);
+        }
+        // Without any epoch record (a first recovery) every copy counts.
+        let budget = Arc::new(Budget::new(usize::MAX / 2));
+        let mut s = RecordStore::new(
+            Policy::Keyed {
+                mypnn: 0,
+                current: crate::merge::NodeSet::all(),
+            },
+            budget,
+            1,
+            std::env::temp_dir(),
+        );
+        s.add_chunk(0, chunk(&[("a", 1, 1, "x")])).unwrap();
+        s.add_chunk(1, chunk(&[("b", 1, 1, "y")])).unwrap();
+        let out = drain(s);
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            out[&String::from_utf8(KEYED_EPOCH_KEY.to_vec()).unwrap()].0,
+            1
+        );
     }
 
     #[test]

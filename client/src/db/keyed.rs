@@ -10,17 +10,25 @@
 //! incremented and this node as data master; the commit sends the changed
 //! records in one `TRANS3_COMMIT`, which the daemon applies on every node.
 //! There is no database sequence number (it would be one record every
-//! commit writes): whether an interrupted commit landed is read from the
-//! records themselves (their rsn and value).
+//! commit writes). A commit that a recovery ended is checked against the
+//! local copy (after a recovery every node holds the same records, so the
+//! local copy says whether the merge kept it); any other failed commit is
+//! sent again, unchanged, while the keys stay locked: applying the same
+//! records twice is harmless, and the daemon stamps each send with the
+//! generation it goes out in, so a send that a recovery overtook is
+//! refused wherever it arrives late.
 
 use std::collections::{BTreeSet, HashMap};
 
 use ctdb_protocol::header::CTDB_CURRENT_NODE;
-use ctdb_protocol::types::{GLockType, LtdbHeader, RecBuffer, ServerId};
+use ctdb_protocol::types::{GLockType, KEYED_EPOCH_KEY, LtdbHeader, RecBuffer, ServerId};
 
 use super::{Db, glock};
 use crate::DbKind;
 use crate::error::{ClientError, Result};
+
+/// The status of a commit that a recovery interrupted.
+const RECOVERY_ENDED: i32 = 2;
 
 /// An open per-key transaction; finish it with [`commit`] or [`cancel`].
 ///
@@ -51,6 +59,11 @@ impl Db {
     /// Starts a per-key transaction over `keys` (waits for each key's
     /// lock, in sorted order).
     pub async fn keyed_transaction(&self, keys: &[&[u8]]) -> Result<KeyedTransaction> {
+        if keys.contains(&KEYED_EPOCH_KEY) {
+            return Err(ClientError::Other(
+                "the keyed epoch record belongs to the recovery".into(),
+            ));
+        }
         if self.kind() != DbKind::Keyed {
             return Err(ClientError::Other(format!(
                 "per-key transactions need a keyed database; {} is {:?}",
@@ -139,9 +152,22 @@ impl KeyedTransaction {
     }
 
     /// Commits: every node applies all changes or none.
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        self.commit_point().await.map(drop)
+    }
+
+    /// [`commit`](KeyedTransaction::commit), returning each written key
+    /// with its new rsn, for a reader on another node to wait for
+    /// ([`Db::wait_for`](super::Db::wait_for)).
+    pub async fn commit_point(mut self) -> Result<super::CommitPoint> {
+        let point = super::CommitPoint::Keys(
+            self.order
+                .iter()
+                .map(|k| (k.clone(), self.changes[k].0.rsn))
+                .collect(),
+        );
         if self.order.is_empty() {
-            return self.cancel().await;
+            return self.cancel().await.map(|()| point);
         }
         let mut buf = RecBuffer::new(self.db.id);
         for key in &self.order {
@@ -168,7 +194,11 @@ impl KeyedTransaction {
                     return Err(e);
                 }
             };
-            if reply.status == 0 || self.landed()? {
+            // Only after a recovery (status 2, "ended by recovery") does the
+            // local copy speak for every node; after anything else (a
+            // timeout, a refusal) the commit may be on some nodes only, and
+            // is sent again.
+            if reply.status == 0 || (reply.status == RECOVERY_ENDED && self.landed()?) {
                 break;
             }
             if attempts >= super::transaction::COMMIT_ATTEMPTS {
@@ -182,7 +212,7 @@ impl KeyedTransaction {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_secs(1));
         }
-        self.release().await
+        self.release().await.map(|()| point)
     }
 
     /// Abandons the transaction, releasing its keys.

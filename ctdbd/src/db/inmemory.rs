@@ -42,7 +42,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use ctdb_protocol::control::CTDB_CTRL_FLAG_ATTACH_RECOVERY;
-use ctdb_protocol::types::{DbAttachExt, db_flags};
+use ctdb_protocol::types::{DbAttachExt, KEYED_EPOCH_KEY, RecBuffer, db_flags};
 use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl, ReqControl};
 use tracing::{error, info, warn};
 
@@ -54,11 +54,13 @@ use crate::server::ReplyTo;
 pub fn supported(flags: u32) -> Result<u8, String> {
     const INMEMORY: u32 = (db_flags::PERSISTENT | db_flags::INMEMORY) as u32;
     const KEYED: u32 = db_flags::KEYED as u32;
+    const PARTIAL: u32 = db_flags::PARTIAL_REPLICA as u32;
     match flags {
-        INMEMORY | KEYED => Ok(flags as u8),
+        INMEMORY | KEYED | PARTIAL => Ok(flags as u8),
         f => Err(format!(
             "database flags 0x{f:x} are not an extension kind this node supports \
-             (in-memory persistent 0x{INMEMORY:x}, keyed 0x{KEYED:x})"
+             (in-memory persistent 0x{INMEMORY:x}, keyed 0x{KEYED:x}, \
+             partially replicated 0x{PARTIAL:x})"
         )),
     }
 }
@@ -333,6 +335,48 @@ impl Databases {
     }
 }
 
+/// Keyed databases: the commit the coordinating node sends out, with
+/// every record stamped with the current generation (`reserved1` of its
+/// header). A node applies a keyed update only in the generation it was
+/// stamped in ([`keyed_update_current`]): an update sent before a recovery
+/// and delivered after it (a busy node reads its sockets late) is refused,
+/// so what a recovery merged is never changed afterwards by a commit that
+/// the recovery ended and whose client may since have given up its keys.
+/// A client's commit may not write the epoch record the recovery helper
+/// keeps ([`ctdb_protocol::types::KEYED_EPOCH_KEY`]).
+pub fn keyed_stamp(rb: &RecBuffer, generation: u32) -> Result<RecBuffer, String> {
+    let mut out = RecBuffer::new(rb.db_id);
+    for rec in rb.iter() {
+        let (mut h, data) = rec
+            .header()
+            .map_err(|e| format!("bad record in keyed commit: {e}"))?;
+        if rec.key == KEYED_EPOCH_KEY {
+            return Err("a keyed commit may not write the epoch record".into());
+        }
+        h.reserved1 = generation;
+        out.add(rec.reqid, Some(&h), rec.key, data);
+    }
+    Ok(out)
+}
+
+/// Whether a keyed update was stamped in generation `generation` (see
+/// [`keyed_stamp`]).
+pub fn keyed_update_current(rb: &RecBuffer, generation: u32) -> Result<(), String> {
+    for rec in rb.iter() {
+        let (h, _) = rec
+            .header()
+            .map_err(|e| format!("bad record in keyed update: {e}"))?;
+        if h.reserved1 != generation {
+            return Err(format!(
+                "keyed update of generation {} refused in generation {generation} \
+                 (sent before a recovery)",
+                h.reserved1
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +389,31 @@ mod tests {
         assert!(supported(u32::from(db_flags::PERSISTENT)).is_err());
         assert_eq!(supported(u32::from(db_flags::KEYED)), Ok(0x20));
         assert!(supported(u32::from(db_flags::PERSISTENT | db_flags::KEYED)).is_err());
+    }
+
+    #[test]
+    fn keyed_updates_are_stamped_and_checked_by_generation() {
+        use ctdb_protocol::types::LtdbHeader;
+        let mut rb = RecBuffer::new(7);
+        let h = LtdbHeader {
+            rsn: 3,
+            dmaster: 1,
+            ..Default::default()
+        };
+        rb.add(0, Some(&h), b"a", b"x");
+        rb.add(0, Some(&h), b"b", b"y");
+        let s = keyed_stamp(&rb, 42).unwrap();
+        assert_eq!(s.count(), 2);
+        for r in s.iter() {
+            let (sh, _) = r.header().unwrap();
+            assert_eq!((sh.rsn, sh.dmaster, sh.reserved1), (3, 1, 42));
+        }
+        assert!(keyed_update_current(&s, 42).is_ok());
+        let e = keyed_update_current(&s, 43).unwrap_err();
+        assert!(e.contains("generation 42"), "{e}");
+        let mut bad = RecBuffer::new(7);
+        bad.add(0, Some(&h), KEYED_EPOCH_KEY, b"z");
+        assert!(keyed_stamp(&bad, 1).is_err());
     }
 
     /// Its file never syncs, lives in the volatile directory and starts

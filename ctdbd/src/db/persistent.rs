@@ -98,6 +98,19 @@ impl Databases {
             return Some(ReplyControl::status(-1));
         }
         let db_id = db.id;
+        // Keyed: every record stamped with the generation (inmemory.rs).
+        let stamped;
+        let rb = if keyed {
+            match super::inmemory::keyed_stamp(rb, env.generation()) {
+                Ok(b) => {
+                    stamped = b;
+                    &stamped
+                }
+                Err(why) => return Some(ReplyControl::error(-1, why)),
+            }
+        } else {
+            rb
+        };
         // Every node of the current generation must take the commit. A
         // member that is gone (disconnected, banned, stopped) means this
         // node may be cut off from the rest: committing on the members it
@@ -155,6 +168,8 @@ impl Databases {
             self.trans3_update_done(env, tag, r);
         } else if self.ext.owns(tag) {
             self.ext_probe_reply(env, tag, r);
+        } else if self.replicas.owns(tag) {
+            self.replica_reply(tag, r);
         } else if self.ro_control_reply(env, tag, &r) {
             // A revocation of read-only copies (readonly.rs).
         } else {
@@ -223,6 +238,7 @@ impl Databases {
         if env.node.in_recovery() {
             return;
         }
+        self.seqwait_recovery_ended(env);
         for (_, t) in std::mem::take(&mut self.trans3.by_tag) {
             self.reply(
                 t.to,
@@ -275,6 +291,12 @@ impl Databases {
                 db.name
             );
             return Some(ReplyControl::status(-1));
+        }
+        if db.flags & ctdb_protocol::types::db_flags::KEYED != 0
+            && let Err(why) = super::inmemory::keyed_update_current(rb, env.generation())
+        {
+            error!("{}: {why}", db.name);
+            return Some(ReplyControl::error(-1, why));
         }
         let Some(tdb) = db.tdb.take() else {
             // Group commit: into the batch being formed, else queued

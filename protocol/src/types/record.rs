@@ -19,6 +19,12 @@ pub mod record_flags {
         RO_HAVE_DELEGATIONS | RO_HAVE_READONLY | RO_REVOKING_READONLY | RO_REVOKE_COMPLETE;
 }
 
+/// ctdb-rs keyed databases: the record in which the recovery helper keeps
+/// each node's copy epoch (the number of keyed recoveries the copy went
+/// through; value: u64 little-endian after the header). Clients never
+/// write it.
+pub const KEYED_EPOCH_KEY: &[u8] = b"__keyed_epoch__\0";
+
 /// `ctdb_ltdb_header`: the 24 bytes in front of every value stored in a
 /// CTDB database file: record sequence number, data master, a reserved
 /// word, flags, and 4 bytes of padding.
