@@ -127,12 +127,9 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
     )?;
 
     hold(ctx, db_id).await;
-    // Persistent: only what changed, when every node's log allows (catchup.rs).
-    let caught_up = crate::catchup::caught_up(ctx, db, &name).await?;
 
     let policy = match db.kind() {
-        // Partially replicated (ctdb-rs): as volatile, highest rsn wins.
-        DbKind::Volatile | DbKind::PartiallyReplicated => Policy::Merge { mypnn: ctx.mypnn },
+        DbKind::Volatile => Policy::Merge { mypnn: ctx.mypnn },
         // Keyed databases (ctdb-rs) merge per record the copies of the
         // nodes at the highest copy epoch (merge.rs).
         DbKind::Keyed => Policy::Keyed {
@@ -155,8 +152,7 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         ctx.share,
         dir,
     )));
-    if caught_up {
-    } else if policy.merges() {
+    if policy.merges() {
         collect_all(ctx, db_id, &name, &store).await?;
         let store = unshare(store)?;
         log_spill(&store, db_id, &name);

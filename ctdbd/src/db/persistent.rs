@@ -168,8 +168,6 @@ impl Databases {
             self.trans3_update_done(env, tag, r);
         } else if self.ext.owns(tag) {
             self.ext_probe_reply(env, tag, r);
-        } else if self.replicas.owns(tag) {
-            self.replica_reply(tag, r);
         } else if self.ro_control_reply(env, tag, &r) {
             // A revocation of read-only copies (readonly.rs).
         } else {
@@ -238,7 +236,6 @@ impl Databases {
         if env.node.in_recovery() {
             return;
         }
-        self.seqwait_recovery_ended(env);
         for (_, t) in std::mem::take(&mut self.trans3.by_tag) {
             self.reply(
                 t.to,
