@@ -32,6 +32,20 @@ pub enum ClientError {
     UnexpectedReply(Opcode),
     #[error("call failed with status {status}: {msg}")]
     CallFailed { status: i32, msg: String },
+    /// A `DB_WAIT_SEQNUM` ([`crate::db::seqwait`]) ended at its deadline
+    /// without the database reaching the point.
+    #[error("waiting on node {node} timed out: {msg}")]
+    WaitTimedOut { node: u32, msg: String },
+    /// The node does not know a ctdb-rs extension control (a CTDB 4.17
+    /// daemon answers unknown controls with status -1 and no message).
+    #[error(
+        "node {node} does not support {what} (a ctdb-rs extension; CTDB 4.17 daemons answer it with status {status})"
+    )]
+    NotSupported {
+        node: u32,
+        what: &'static str,
+        status: i32,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -15,7 +15,7 @@ pub mod tunnel;
 pub mod unix_io;
 
 pub use connection::{Client, DEFAULT_TIMEOUT, Message};
-pub use db::{Db, LockedRecord, Transaction, Update};
+pub use db::{CommitPoint, Db, LockedRecord, Transaction, Update};
 pub use error::{ClientError, Result};
 pub use paths::Paths;
 pub use traverse::{Traverse, TraverseRecord};

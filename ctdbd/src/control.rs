@@ -111,6 +111,7 @@ pub fn is_db_control(op: Opcode) -> bool {
             | DbAttachPersistent
             | DbAttachReplicated
             | DbAttachExt
+            | DbWaitSeqnum
             | TraverseStart
             | TraverseAll
             | TraverseData

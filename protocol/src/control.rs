@@ -313,6 +313,8 @@ controls! {
     EnableNode = 158, [], [];
     // ctdb-rs extensions, numbered far from CTDB's own opcodes.
     DbAttachExt = 0x5253_0001, [DbAttachExt], [u32];
+    // Read-your-writes (issue 21): answered once a database reached a point.
+    DbWaitSeqnum = 0x5253_0030, [DbWaitSeqnum], [u64];
 }
 
 /// Decodes exactly `buf` as a payload: the payload must use every byte.

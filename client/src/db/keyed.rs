@@ -152,9 +152,22 @@ impl KeyedTransaction {
     }
 
     /// Commits: every node applies all changes or none.
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        self.commit_point().await.map(drop)
+    }
+
+    /// [`commit`](KeyedTransaction::commit), returning each written key
+    /// with its new rsn, for a reader on another node to wait for
+    /// ([`Db::wait_for`](super::Db::wait_for)).
+    pub async fn commit_point(mut self) -> Result<super::CommitPoint> {
+        let point = super::CommitPoint::Keys(
+            self.order
+                .iter()
+                .map(|k| (k.clone(), self.changes[k].0.rsn))
+                .collect(),
+        );
         if self.order.is_empty() {
-            return self.cancel().await;
+            return self.cancel().await.map(|()| point);
         }
         let mut buf = RecBuffer::new(self.db.id);
         for key in &self.order {
@@ -199,7 +212,7 @@ impl KeyedTransaction {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_secs(1));
         }
-        self.release().await
+        self.release().await.map(|()| point)
     }
 
     /// Abandons the transaction, releasing its keys.

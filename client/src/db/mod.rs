@@ -17,6 +17,7 @@
 pub mod glock;
 pub mod keyed;
 pub mod record;
+pub mod seqwait;
 pub mod transaction;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::error::{ClientError, Result};
 
 pub use keyed::KeyedTransaction;
 pub use record::{LockedRecord, Update};
+pub use seqwait::CommitPoint;
 pub use transaction::Transaction;
 
 /// The key under which a persistent database keeps its sequence number.

@@ -183,9 +183,18 @@ impl Transaction {
     }
 
     /// Commits: every node applies all changes or none.
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        self.commit_seq().await.map(drop)
+    }
+
+    /// [`commit`](Transaction::commit), returning the database sequence
+    /// number after it (the current one when there was nothing to
+    /// commit), for a reader on another node to wait for
+    /// ([`Db::wait_seqnum`](super::Db::wait_seqnum)).
+    pub async fn commit_seq(mut self) -> Result<u64> {
         if self.readonly || self.order.is_empty() {
-            return self.cancel().await;
+            let now = self.seqnum()?;
+            return self.cancel().await.map(|()| now);
         }
         let old = self.seqnum()?;
         self.store(DB_SEQNUM_KEY, &(old + 1).to_le_bytes())?;
@@ -243,7 +252,7 @@ impl Transaction {
             }
             break;
         }
-        self.release().await
+        self.release().await.map(|()| old + 1)
     }
 
     /// Abandons the transaction.

@@ -68,6 +68,7 @@ impl Databases {
             Rq::TryDeleteRecords(rb) => self.try_delete_records(env, ctx, req, to, rb),
             Rq::DbVacuum(v) => self.db_vacuum(env, to, v),
             Rq::Trans3Commit(rb) => self.trans3_commit(env, ctx, req, to, rb),
+            Rq::DbWaitSeqnum(w) => self.wait_seqnum(env, ctx, req, to, w),
             Rq::UpdateRecord(rb) => self.update_record(env, ctx, req, to, rb),
             Rq::TraverseStart(t) => self.traverse_start(
                 env,

@@ -36,6 +36,7 @@ pub mod readonly;
 mod readonly_tests;
 pub mod recovery;
 pub mod seqnum;
+pub mod seqwait;
 pub mod sticky;
 #[cfg(test)]
 pub(crate) mod test_layer;
@@ -250,6 +251,8 @@ pub struct Databases {
     pub(crate) health: health::Health,
     /// The daemon's counters (`ctdb statistics`), shared with the loop.
     pub stats: crate::stats::StatsHandle,
+    /// Parked `DB_WAIT_SEQNUM`s ([`seqwait`]).
+    pub(crate) seqwait: seqwait::SeqWaits,
 }
 
 impl Databases {
@@ -280,6 +283,7 @@ impl Databases {
                 sticky: Default::default(),
                 health: Default::default(),
                 stats: Default::default(),
+                seqwait: Default::default(),
             },
             ev_rx,
         )
@@ -355,6 +359,7 @@ impl Databases {
             .chain(self.pin_wakeup())
             .chain(self.ro_wakeup())
             .chain(self.sticky_wakeup())
+            .chain(self.seqwait_wakeup())
             .min()
     }
 
@@ -369,6 +374,7 @@ impl Databases {
         self.pin_deadlines(env, now);
         self.ro_tick(now);
         self.sticky_tick(now);
+        self.seqwait_tick(env, now);
     }
 
     // ---- helpers for the other modules ----------------------------------
@@ -484,6 +490,7 @@ impl Databases {
         db.lock_waits_home();
         let thawed = std::mem::take(&mut db.thawing);
         self.seqnum_handle_back(id);
+        self.seqwait_notify(env, id);
         // Run what waited, in order, for as long as the handle stays here
         // (a waiting update may take it away again).
         while let Some(w) = self
@@ -503,6 +510,7 @@ impl Databases {
     pub fn client_gone(&mut self, env: &Env, client: ClientId) {
         self.calls_client_gone(client);
         self.trans3_client_gone(client);
+        self.seqwait_client_gone(client);
         self.traverse_client_gone(env, client);
         self.deferred_attach
             .retain(|(ctx, _, _, _)| ctx.client != Some(client));

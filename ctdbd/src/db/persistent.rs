@@ -236,6 +236,7 @@ impl Databases {
         if env.node.in_recovery() {
             return;
         }
+        self.seqwait_recovery_ended(env);
         for (_, t) in std::mem::take(&mut self.trans3.by_tag) {
             self.reply(
                 t.to,
