@@ -24,6 +24,46 @@ fn lock_backoff(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << doublings)
 }
 
+/// How long the check that this node still holds the lock may take.
+const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a second helper's answer confirms that the lock is held (by
+/// this node, which holds one): only contention does. Taking it means the
+/// store lost our hold; a timeout or an error means it cannot be reached.
+fn lock_check_passed(status: LockStatus) -> bool {
+    status == LockStatus::Contention
+}
+
+/// What a `LEADER` broadcast means to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broadcast {
+    /// From the leader this node knows: it still leads.
+    Same,
+    /// Someone started an election (the leader is unknown).
+    Election,
+    /// Another node leads now.
+    NewLeader,
+    /// This node's own broadcast, sent while it led, read after it stopped
+    /// leading (it lost the cluster lock or an election meanwhile).
+    Stale,
+}
+
+/// How node `me`, which takes `leader` for the leader, reads a broadcast
+/// naming `announced`. A node learns that it leads by taking the lock or
+/// winning an election, never from a broadcast: one naming itself when it
+/// does not lead is old.
+fn broadcast_step(me: u32, leader: u32, announced: u32) -> Broadcast {
+    if announced == leader {
+        Broadcast::Same
+    } else if announced == CTDB_UNKNOWN_PNN {
+        Broadcast::Election
+    } else if announced == me {
+        Broadcast::Stale
+    } else {
+        Broadcast::NewLeader
+    }
+}
+
 impl Recoverd {
     /// Every second: the leader tells everyone it leads.
     pub(super) async fn leader_broadcast_tick(&mut self) {
@@ -42,24 +82,34 @@ impl Recoverd {
 
     /// A `LEADER` broadcast arrived.
     pub(super) async fn leader_message(&mut self, pnn: u32) {
-        self.leader_timeout_at = None;
-        if pnn == self.leader {
-            self.restart_leader_timeout();
-            return;
-        }
-        if pnn == CTDB_UNKNOWN_PNN {
-            // Someone started an election; no timeout until it is over.
-            let was = self.election_in_progress;
-            self.election_in_progress = true;
-            if self.cluster_lock_enabled() && !was {
-                self.cluster_lock_election().await;
+        match broadcast_step(self.pnn, self.leader, pnn) {
+            Broadcast::Stale => {
+                // Our own broadcast from when we led, read only now (the
+                // loop was waiting for the lock helper): we no longer
+                // lead, and taking it for a leader's word would make this
+                // node act as a leader without the lock (and ban itself,
+                // discarding its volatile records).
+                info!("Ignoring this node's own leader broadcast: it no longer leads");
             }
-            return;
+            Broadcast::Same => {
+                self.restart_leader_timeout();
+            }
+            Broadcast::Election => {
+                // Someone started an election; no timeout until it is over.
+                self.leader_timeout_at = None;
+                let was = self.election_in_progress;
+                self.election_in_progress = true;
+                if self.cluster_lock_enabled() && !was {
+                    self.cluster_lock_election().await;
+                }
+            }
+            Broadcast::NewLeader => {
+                info!("Received leader broadcast, leader={pnn}");
+                self.leader = pnn;
+                self.lock_failures = 0;
+                self.restart_leader_timeout();
+            }
         }
-        info!("Received leader broadcast, leader={pnn}");
-        self.leader = pnn;
-        self.lock_failures = 0;
-        self.restart_leader_timeout();
     }
 
     fn restart_leader_timeout(&mut self) {
@@ -187,6 +237,40 @@ impl Recoverd {
         }
     }
 
+    /// Before a recovery pushes anything: whether the lock store still
+    /// says this node holds the lock (a second helper must meet
+    /// contention). A recovery pushes the records it could pull with this
+    /// node as their data master, and their rsn goes up by one on this
+    /// node each time; a leader cut off from the other nodes and from the
+    /// lock store (a partition) that kept recovering alone until its
+    /// helper noticed would raise its stale copies above the live ones on
+    /// the nodes it cannot see, and the next full recovery would keep the
+    /// stale ones (seed 12345 of the fault suite: two such recoveries, an
+    /// rsn tie, 10000 increments lost on two nodes that never failed).
+    /// CTDB tests the lock only when the recovery ends.
+    pub(super) async fn cluster_lock_still_held(&mut self) -> bool {
+        let Some(lock) = self.cfg.cluster_lock.clone() else {
+            return true;
+        };
+        let log = self.cfg.log_file.as_ref().and_then(|f| f.try_clone().ok());
+        let (status, held) = cluster_mutex::take(
+            &lock,
+            &self.cfg.helper_dir,
+            log.as_ref(),
+            &self.cfg.helper_env,
+            LOCK_CHECK_TIMEOUT,
+        )
+        .await;
+        if let Some(h) = held {
+            h.release();
+        }
+        let ok = lock_check_passed(status);
+        if !ok {
+            error!("Cluster lock check before recovery failed ({status:?}) - not recovering");
+        }
+        ok
+    }
+
     pub(super) fn release_cluster_lock(&mut self) {
         if let Some(h) = self.lock.take() {
             info!("Releasing cluster lock");
@@ -292,6 +376,31 @@ impl Recoverd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_contention_confirms_the_lock() {
+        assert!(lock_check_passed(LockStatus::Contention));
+        for s in [LockStatus::Taken, LockStatus::Timeout, LockStatus::Error] {
+            assert!(!lock_check_passed(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn own_broadcast_after_losing_the_lead_is_stale() {
+        const U: u32 = CTDB_UNKNOWN_PNN;
+        // Node 0 led, lost the lock (leader unknown), then reads the
+        // broadcast it sent while it led.
+        assert_eq!(broadcast_step(0, U, 0), Broadcast::Stale);
+        // Or another node leads by now.
+        assert_eq!(broadcast_step(0, 2, 0), Broadcast::Stale);
+        // Its own broadcast while it leads, or the leader's.
+        assert_eq!(broadcast_step(0, 0, 0), Broadcast::Same);
+        assert_eq!(broadcast_step(1, 0, 0), Broadcast::Same);
+        assert_eq!(broadcast_step(1, U, 0), Broadcast::NewLeader);
+        assert_eq!(broadcast_step(1, 2, 0), Broadcast::NewLeader);
+        assert_eq!(broadcast_step(1, 0, U), Broadcast::Election);
+        assert_eq!(broadcast_step(1, U, U), Broadcast::Same);
+    }
 
     #[test]
     fn lock_backoff_doubles_up_to_the_cap() {

@@ -72,6 +72,9 @@ impl Recoverd {
             self.ban_node(pnn).await;
             return;
         }
+        if self.cluster_lock_enabled() && !self.cluster_lock_still_held().await {
+            return;
+        }
         info!(
             "Recovery initiated due to problem with node {}",
             self.last_culprit
