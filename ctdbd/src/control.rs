@@ -144,6 +144,8 @@ pub fn is_db_control(op: Opcode) -> bool {
             | TraverseKill
             | VacuumFetch
             | DbVacuum
+            | DbChangelogInfo
+            | DbChangesPull
     )
 }
 

@@ -320,6 +320,10 @@ async fn start_monitor(
 /// marked unhealthy (`db::health`).
 fn install_databases(server: &mut Server, cfg: &Config) -> anyhow::Result<()> {
     let mutexes = cfg.tdb_mutexes && server.core.tunables.mutex_enabled != 0;
+    crate::db::changelog::set_limits(crate::db::changelog::Limits {
+        max_bytes: cfg.changelog_max_bytes,
+        max_age: std::time::Duration::from_secs(cfg.changelog_max_age.into()),
+    });
     let (dbs, rx) = Databases::new(DbConfig {
         volatile_dir: cfg.volatile_db_dir.clone(),
         persistent_dir: cfg.persistent_db_dir.clone(),

@@ -82,6 +82,7 @@
 //!   pulling, so a test can break a node at a known point.
 
 pub mod budget;
+pub mod catchup;
 pub mod conn;
 pub mod ctx;
 pub mod dbs;

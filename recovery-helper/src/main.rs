@@ -57,6 +57,7 @@ fn run(fd: i32, socket: &str, generation: u32) -> anyhow::Result<()> {
     })?;
     // The daemon kills the helper as soon as it has read the status, so
     // everything else must be said before.
+    ctdb_recovery_helper::catchup::trace_io();
     let rss = trace::peak_rss_kib().unwrap_or(0);
     trace_event!("exit", "status=0 peak_rss_kib={rss}");
     tracing::debug!("recovery done, peak memory {rss} KiB");

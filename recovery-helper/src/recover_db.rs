@@ -127,6 +127,8 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
     )?;
 
     hold(ctx, db_id).await;
+    // Persistent: only what changed, when every node's log allows (catchup.rs).
+    let caught_up = crate::catchup::caught_up(ctx, db, &name).await?;
 
     let policy = match db.kind() {
         DbKind::Volatile => Policy::Merge { mypnn: ctx.mypnn },
@@ -152,7 +154,8 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         ctx.share,
         dir,
     )));
-    if policy.merges() {
+    if caught_up {
+    } else if policy.merges() {
         collect_all(ctx, db_id, &name, &store).await?;
         let store = unshare(store)?;
         log_spill(&store, db_id, &name);

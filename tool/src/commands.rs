@@ -106,9 +106,20 @@ table! {
     "reloadips", false, false, "reload the public addresses file", "[all|<pnn-list>]";
 }
 
+/// ctdb-rs commands CTDB 4.17 does not have: found and run like the
+/// others, left out of the usage text (which is CTDB's), documented in the
+/// tool's README.
+pub const EXTENSIONS: &[Command] = &[Command {
+    name: "dblog",
+    without_daemon: false,
+    remote: true,
+    msg: "show the change log of persistent databases (ctdb-rs)",
+    args: "[<dbname|dbid>]",
+}];
+
 /// The command called `name` (exact match).
 pub fn find(name: &str) -> Option<&'static Command> {
-    COMMANDS.iter().find(|c| c.name == name)
+    COMMANDS.iter().chain(EXTENSIONS).find(|c| c.name == name)
 }
 
 /// A command's line in the usage text.
@@ -208,6 +219,7 @@ pub async fn run(ctx: &mut Ctx, name: &str, args: &[String]) -> i32 {
         "nodestatus" => cmd_node::nodestatus(ctx, args).await,
         "dbstatistics" => cmd_db::dbstatistics(ctx, args).await,
         "reloadips" => cmd_ip::reloadips(ctx, args).await,
+        "dblog" => crate::cmd_dblog::dblog(ctx, args).await,
         _ => unreachable!("{name} runs without the daemon"),
     }
 }

@@ -9,6 +9,7 @@
 //!   backups, public addresses, the rest).
 
 mod cmd_db;
+mod cmd_dblog;
 mod cmd_ip;
 mod cmd_misc;
 mod cmd_node;

@@ -55,6 +55,11 @@ pub struct Config {
     /// spelling): where to serve Prometheus metrics (`IP:PORT`); none by
     /// default ([`crate::metrics`]).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// `[ctdb-rs] changelog max bytes` and `changelog max age` (seconds):
+    /// the bounds of each persistent database's change log
+    /// (`db::changelog`).
+    pub changelog_max_bytes: usize,
+    pub changelog_max_age: u32,
 }
 
 /// The default `client queue limit`: 4 MiB.
@@ -86,6 +91,8 @@ impl Config {
             start_as_disabled: false,
             script_log_level: "ERROR".into(),
             client_queue_limit: DEFAULT_CLIENT_QUEUE_LIMIT,
+            changelog_max_bytes: crate::db::changelog::DEFAULT_MAX_BYTES,
+            changelog_max_age: crate::db::changelog::DEFAULT_MAX_AGE.as_secs() as u32,
             metrics_address: None,
         }
     }
@@ -237,6 +244,14 @@ impl Config {
                     return Err("must be at least 64K".into());
                 }
                 self.client_queue_limit = n;
+            }
+            ("ctdb-rs", "changelog max bytes") => self.changelog_max_bytes = parse_size(v)?,
+            ("ctdb-rs", "changelog max age") => {
+                let n = parse_int(v)?;
+                if n < 0 {
+                    return Err("must not be negative".into());
+                }
+                self.changelog_max_age = n as u32;
             }
             ("metrics", "address") | ("ctdb-rs", "metrics address") => {
                 let a = v

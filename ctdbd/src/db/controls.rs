@@ -105,6 +105,9 @@ impl Databases {
             Rq::DbPull(p) => self.db_pull(env, ctx, to, p),
             Rq::DbPushStart(p) => self.db_push_start(p),
             Rq::DbPushConfirm(id) => self.db_push_confirm(to, *id),
+            // Incremental catch-up (changelog.rs).
+            Rq::DbChangelogInfo(id) => Some(self.changelog_info(*id)),
+            Rq::DbChangesPull(p) => Some(self.changes_pull(p)),
             _ => Some(ReplyControl::error(
                 -1,
                 format!("{} is not a database control", req.opcode().name()),

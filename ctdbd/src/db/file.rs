@@ -62,6 +62,8 @@ pub struct Db {
     pub stats: DbStatistics,
     /// Migrations here per key, for the hot keys.
     pub migrations: crate::stats::MigrationCounts,
+    /// Persistent kinds: content checksum and change log ([`super::changelog`]).
+    pub changelog: Option<std::sync::Arc<super::changelog::DbLog>>,
 }
 
 impl Db {
@@ -183,6 +185,7 @@ pub fn open(
         "Attached to database '{}' with flags 0x{tflags:x}",
         path.display()
     );
+    let changelog = super::changelog::DbLog::open(&tdb, flags);
     Ok(Db {
         id: super::ltdb::db_id(name),
         name: name.to_owned(),
@@ -206,6 +209,7 @@ pub fn open(
             ..Default::default()
         },
         migrations: Default::default(),
+        changelog,
     })
 }
 

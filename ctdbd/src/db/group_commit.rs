@@ -308,12 +308,20 @@ impl Databases {
             });
         }
         let ev = self.ev_tx.clone();
+        let log = self.dbs.get(&db_id).and_then(|d| d.changelog.clone());
         tokio::task::spawn_blocking(move || {
             let before = tdb.sync_count();
             // The batch's one transaction (or, after a failure, one per
             // update): the place where work that must see every applied
             // update on this node's worker thread goes.
-            let transactions = apply_batch(&tdb, &mut updates, replace_only);
+            let transactions = super::changelog::logged_batch(
+                log.as_deref(),
+                &tdb,
+                &mut updates,
+                |u| &u.rb,
+                |u| u.result.is_ok(),
+                |u| apply_batch(&tdb, u, replace_only),
+            );
             let syncs = tdb.sync_count().saturating_sub(before);
             let _ = ev.send(DbEvent::Applied(Box::new(Applied {
                 db: db_id,

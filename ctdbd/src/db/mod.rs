@@ -22,6 +22,7 @@
 //! but never the daemon.
 
 pub mod call;
+pub mod changelog;
 pub mod controls;
 pub mod file;
 pub mod group_commit;

@@ -169,12 +169,13 @@ impl Databases {
         let ev = self.ev_tx.clone();
         let volatile = db.volatile();
         let name = db.name.clone();
+        let log = super::changelog::RecoveryTx::new(db.changelog.clone());
         db.freeze = Freeze::Pending(tx);
         let deadline = Instant::now() + timeout;
         install_wakeup_signal();
         let spawned = std::thread::Builder::new()
             .name(format!("freeze-{id:08x}"))
-            .spawn(move || session(id, name, tdb, volatile, rx, ev, deadline));
+            .spawn(move || session(id, name, tdb, volatile, rx, ev, deadline, log));
         match spawned {
             Ok(thread) => {
                 self.recovery
@@ -642,6 +643,7 @@ struct Buffered {
 
 /// A freeze session: lock everything, serve recovery requests, thaw, and
 /// send the handle home.
+#[allow(clippy::too_many_arguments)]
 fn session(
     db: u32,
     name: String,
@@ -650,8 +652,9 @@ fn session(
     rx: smpsc::Receiver<Cmd>,
     ev: mpsc::UnboundedSender<DbEvent>,
     deadline: Instant,
+    log: super::changelog::RecoveryTx,
 ) {
-    serve(db, &name, &tdb, volatile, rx, &ev, deadline);
+    serve(db, &name, &tdb, volatile, rx, &ev, deadline, log);
     info!("Release freeze handle for db {name}");
     let _ = ev.send(DbEvent::Returned {
         db,
@@ -713,6 +716,7 @@ fn interrupt(thread: &std::thread::JoinHandle<()>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     db: u32,
     name: &str,
@@ -721,6 +725,7 @@ fn serve(
     rx: smpsc::Receiver<Cmd>,
     ev: &mpsc::UnboundedSender<DbEvent>,
     deadline: Instant,
+    mut log: super::changelog::RecoveryTx,
 ) {
     let lock = match lock_all(tdb, deadline) {
         Ok(x) => x,
@@ -775,6 +780,7 @@ fn serve(
                     match tdb.transaction_start() {
                         Ok(t) => {
                             tx = Some(t);
+                            log.start();
                             Ok(())
                         }
                         Err(e) => Err(format!("Failed to start transaction for db {name}: {e}")),
@@ -783,6 +789,7 @@ fn serve(
                 send_reply(ev, tag, r.map(|()| ControlReply::DbTransactionStart));
             }
             Cmd::TxCancel => {
+                log.cancel();
                 tx = None;
                 buf = None;
             }
@@ -797,7 +804,9 @@ fn serve(
                         None => Err("transaction not started".to_owned()),
                     }
                 } else if tx.is_some() {
-                    tdb.wipe_all().map_err(|e| e.to_string())
+                    let r = tdb.wipe_all().map_err(|e| e.to_string());
+                    log.wiped();
+                    r
                 } else {
                     Err("transaction not started".to_owned())
                 };
@@ -828,7 +837,7 @@ fn serve(
                                 None => store_volatile(tdb, &rb, &info),
                             }
                         } else {
-                            store_plain(tdb, &rb)
+                            log.store(tdb, &rb, store_plain)
                         };
                         r.map(|()| n)
                     }
@@ -858,6 +867,9 @@ fn serve(
                         None => Err("transaction not started".to_owned()),
                     }
                 };
+                if result.is_ok() {
+                    log.committed(tdb);
+                }
                 let _ = ev.send(DbEvent::Committed {
                     db,
                     tid,

@@ -3,6 +3,7 @@
 //! its fields and padding written out in wire order.
 
 mod addr;
+mod changelog;
 mod db;
 mod misc;
 mod node;
@@ -13,6 +14,7 @@ mod traverse;
 mod tunable;
 
 pub use addr::*;
+pub use changelog::*;
 pub use db::*;
 pub use misc::*;
 pub use node::*;

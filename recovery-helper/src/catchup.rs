@@ -1,0 +1,266 @@
+//! Incremental catch-up of persistent databases (ctdb-rs, issue 21).
+//!
+//! Before pulling a classic persistent database whole, the helper asks
+//! every node for its change log (`DB_CHANGELOG_INFO`, see the daemon's
+//! `db::changelog`): the content checksum of its copy and the changes it
+//! committed recently. The source is the node the full path would pull
+//! (the first with the highest sequence number). Every other node whose
+//! checksum differs from the source's must be at a state the source's log
+//! went through; it then gets only the records changed since
+//! (`DB_CHANGES_PULL` from the source, in chunks of RecBufferSizeLimit,
+//! each pushed on as it arrives with `DB_PUSH_START`/messages/
+//! `DB_PUSH_CONFIRM`, inside the recovery transaction, without a wipe).
+//! After the push each caught-up node's checksum must equal the source's;
+//! otherwise the attempt fails (nothing is committed: the next attempt
+//! starts a new transaction) and this run uses the full pull for that
+//! database.
+//!
+//! The full pull is used whenever anything does not fit: a node that does
+//! not answer `DB_CHANGELOG_INFO` (CTDB's daemon answers -1 to the
+//! unknown opcode, so a cluster with any reference node never takes this
+//! path), a node whose checksum is not followed, a log that does not reach
+//! back far enough, a keyed database (its recovery writes the next copy
+//! epoch into every node's copy, `merge::Epochs`, which a catch-up would
+//! have to do too: not built), replicated and volatile databases, and
+//! `CTDB_RECOVERY_HELPER_NO_CATCHUP` naming a file that exists (a test
+//! hook to force full pulls).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ctdb_client::DbKind;
+use ctdb_protocol::types::{
+    CHANGELOG_TRACKED, ChangelogInfo, ChangesPull, DbSeqnumRequest, RecBuffer,
+};
+use ctdb_protocol::{ControlReply, ControlRequest};
+
+use crate::ctx::Ctx;
+use crate::dbs::DbEntry;
+use crate::error::{Error, Result};
+use crate::push::Pusher;
+use crate::trace_event;
+
+/// Databases whose catch-up failed its check in this run: full pulls.
+static FAILED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+fn failed(db_id: u32) -> bool {
+    FAILED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|s| s.contains(&db_id))
+}
+
+fn mark_failed(db_id: u32) {
+    FAILED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(db_id);
+}
+
+/// The test hook's file, if set and present.
+fn forced_full() -> bool {
+    std::env::var_os("CTDB_RECOVERY_HELPER_NO_CATCHUP")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .is_some_and(|p| p.exists())
+}
+
+/// Brings every node's copy of `db` to the source's by sending only what
+/// changed, inside the recovery transaction that is open on every node.
+/// `Ok(true)`: done, only the commit and thaw remain. `Ok(false)`: nothing
+/// was sent; recover the database in full. An error after records were
+/// sent fails the attempt.
+pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool> {
+    let db_id = db.db_id;
+    let skip = |why: &str| {
+        trace_event!("catchup-skip", "db=0x{db_id:08x} why={why}");
+        tracing::debug!("db {name}: full recovery ({why})");
+        Ok(false)
+    };
+    if !db.persistent() || db.kind() != DbKind::Persistent && db.kind() != DbKind::InMemory {
+        return skip("kind");
+    }
+    if failed(db_id) {
+        return skip("failed-before");
+    }
+    if forced_full() {
+        return skip("forced");
+    }
+    let t = Instant::now();
+    let nodes = &ctx.nodes.pnns;
+    let mut infos: Vec<ChangelogInfo> = Vec::with_capacity(nodes.len());
+    for (pnn, r) in ctx
+        .client
+        .control_many(nodes, ControlRequest::DbChangelogInfo(db_id))
+        .await
+    {
+        match r.map(|r| r.data) {
+            Ok(Some(ControlReply::DbChangelogInfo(i))) if i.flags & CHANGELOG_TRACKED != 0 => {
+                infos.push(*i)
+            }
+            Ok(_) => return skip(&format!("node-{pnn}-untracked")),
+            Err(_) => return skip(&format!("node-{pnn}-no-log")),
+        }
+    }
+    // The source the full path would pull: the first node with the
+    // highest sequence number.
+    let mut src = 0usize;
+    let mut best = 0u64;
+    for (i, (pnn, r)) in ctx
+        .client
+        .control_many(
+            nodes,
+            ControlRequest::GetDbSeqnum(DbSeqnumRequest { db_id }),
+        )
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let r = r.map_err(Error::node_err("GET_DB_SEQNUM", pnn))?;
+        let Some(ControlReply::GetDbSeqnum(seq)) = r.data else {
+            return Err(Error::Bad {
+                pnn,
+                msg: format!("bad GET_DB_SEQNUM reply for db {name}"),
+            });
+        };
+        if i == 0 || seq > best {
+            (src, best) = (i, seq);
+        }
+    }
+    let src_pnn = nodes[src];
+    let target = infos[src].checksum;
+    // The nodes behind, grouped by where they are.
+    let mut groups: Vec<(u128, Vec<u32>)> = Vec::new();
+    for (&pnn, i) in nodes.iter().zip(&infos) {
+        if i.checksum == target {
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == i.checksum) {
+            Some(g) => g.1.push(pnn),
+            None => groups.push((i.checksum, vec![pnn])),
+        }
+    }
+    let limit = ctx.tun.rec_buffer_size_limit.max(1);
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    for (from, behind) in &groups {
+        let mut offset = 0u64;
+        let mut pusher: Option<Pusher> = None;
+        loop {
+            let req = ChangesPull {
+                db_id,
+                limit,
+                from: *from,
+                offset,
+            };
+            let r = ctx
+                .client
+                .control(src_pnn, ControlRequest::DbChangesPull(req))
+                .await;
+            let chunk = match r.map(|r| r.data) {
+                Ok(Some(ControlReply::DbChangesPull(c))) => c,
+                Ok(_) if pusher.is_none() => return skip("bad-reply"),
+                Err(_) if pusher.is_none() => {
+                    // Only the first group can get here with nothing sent
+                    // before; later groups' records went into the
+                    // transaction already.
+                    if records == 0 {
+                        return skip("log-too-short");
+                    }
+                    mark_failed(db_id);
+                    return Err(Error::Other(format!(
+                        "catch-up of db {name}: node {src_pnn}'s log does not reach nodes {behind:?}"
+                    )));
+                }
+                Ok(_) => {
+                    return Err(Error::Bad {
+                        pnn: src_pnn,
+                        msg: format!("bad DB_CHANGES_PULL reply for db {name}"),
+                    });
+                }
+                Err(e) => return Err(Error::node_err("DB_CHANGES_PULL", src_pnn)(e)),
+            };
+            if pusher.is_none() {
+                pusher = Some(Pusher::start(ctx, behind, db_id, name).await?);
+            }
+            let n = chunk.records.count();
+            offset += u64::from(n);
+            records += u64::from(n);
+            bytes += ctdb_protocol::Marshal::len(&chunk.records) as u64;
+            if n > 0 {
+                let mut rb = RecBuffer::new(db_id);
+                for rec in chunk.records.iter() {
+                    rb.add(0, None, rec.key, rec.data);
+                }
+                if let Some(p) = pusher.as_mut() {
+                    p.send(rb, name).await?;
+                }
+            }
+            if chunk.done || n == 0 {
+                break;
+            }
+        }
+        if let Some(p) = pusher {
+            p.finish(name).await?;
+        }
+    }
+    // The check: every node now holds what the source holds.
+    if !groups.is_empty() {
+        let behind: Vec<u32> = groups.iter().flat_map(|g| g.1.clone()).collect();
+        for (pnn, r) in ctx
+            .client
+            .control_many(&behind, ControlRequest::DbChangelogInfo(db_id))
+            .await
+        {
+            let got = match r.map(|r| r.data) {
+                Ok(Some(ControlReply::DbChangelogInfo(i))) => Some(i.checksum),
+                _ => None,
+            };
+            if got != Some(target) {
+                mark_failed(db_id);
+                trace_event!("catchup-mismatch", "db=0x{db_id:08x} node={pnn}");
+                tracing::error!(
+                    "catch-up of db {name}: node {pnn} has checksum {} instead of {target:032x}; recovering it in full",
+                    got.map_or("?".to_string(), |c| format!("{c:032x}"))
+                );
+                return Err(Error::Other(format!(
+                    "catch-up of db {name} failed its check on node {pnn}"
+                )));
+            }
+        }
+    }
+    trace_event!(
+        "catchup",
+        "db=0x{db_id:08x} name={name} source={src_pnn} nodes={} records={records} bytes={bytes} us={}",
+        groups.iter().map(|g| g.1.len()).sum::<usize>(),
+        t.elapsed().as_micros()
+    );
+    tracing::info!(
+        "db {name}: caught up {} node(s) from node {src_pnn} with {records} records ({bytes} bytes)",
+        groups.iter().map(|g| g.1.len()).sum::<usize>()
+    );
+    Ok(true)
+}
+
+/// Records this process's bytes read and written (`/proc/self/io`: its
+/// sockets, as the helper touches no files but its trace) as a trace
+/// event, so tests can compare what recoveries moved.
+pub fn trace_io() {
+    if !crate::trace::enabled() {
+        return;
+    }
+    let Ok(s) = std::fs::read_to_string("/proc/self/io") else {
+        return;
+    };
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    trace_event!("io", "rchar={} wchar={}", field("rchar:"), field("wchar:"));
+}
