@@ -326,7 +326,9 @@ impl Client {
             crate::DbKind::Volatile => ControlRequest::DbAttach(name.to_owned()),
             crate::DbKind::Persistent => ControlRequest::DbAttachPersistent(name.to_owned()),
             crate::DbKind::Replicated => ControlRequest::DbAttachReplicated(name.to_owned()),
-            k @ (crate::DbKind::InMemory | crate::DbKind::Keyed) => {
+            k @ (crate::DbKind::InMemory
+            | crate::DbKind::Keyed
+            | crate::DbKind::PartiallyReplicated) => {
                 ControlRequest::DbAttachExt(ctdb_protocol::types::DbAttachExt {
                     flags: u32::from(k.flags()),
                     probe: false,

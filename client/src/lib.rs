@@ -41,6 +41,10 @@ pub enum DbKind {
     /// transactions on disjoint keys commit concurrently. Recovered per
     /// record (highest rsn wins). Attached with `DB_ATTACH_EXT`.
     Keyed,
+    /// ctdb-rs extension: volatile, and each record can be synced to a
+    /// second node ([`Db::sync`]), so its synced value survives the loss of
+    /// one node. Attached with `DB_ATTACH_EXT`.
+    PartiallyReplicated,
 }
 
 impl DbKind {
@@ -53,7 +57,14 @@ impl DbKind {
             DbKind::Replicated => db_flags::REPLICATED,
             DbKind::InMemory => db_flags::PERSISTENT | db_flags::INMEMORY,
             DbKind::Keyed => db_flags::KEYED,
+            DbKind::PartiallyReplicated => db_flags::PARTIAL_REPLICA,
         }
+    }
+
+    /// Records live on one node and migrate (`fetch_lock`): volatile and
+    /// partially replicated databases.
+    pub fn migrates(self) -> bool {
+        matches!(self, DbKind::Volatile | DbKind::PartiallyReplicated)
     }
 
     /// Has a persistent database's cluster-wide transactions.
@@ -66,6 +77,8 @@ impl DbKind {
         use ctdb_protocol::types::db_flags;
         if flags & db_flags::KEYED != 0 {
             DbKind::Keyed
+        } else if flags & db_flags::PARTIAL_REPLICA != 0 {
+            DbKind::PartiallyReplicated
         } else if flags & db_flags::INMEMORY != 0 {
             DbKind::InMemory
         } else if flags & db_flags::PERSISTENT != 0 {

@@ -111,6 +111,9 @@ pub fn is_db_control(op: Opcode) -> bool {
             | DbAttachPersistent
             | DbAttachReplicated
             | DbAttachExt
+            | DbSyncRecord
+            | DbReplicaStore
+            | DbReplicaStatus
             | DbWaitSeqnum
             | TraverseStart
             | TraverseAll

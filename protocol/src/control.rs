@@ -313,6 +313,10 @@ controls! {
     EnableNode = 158, [], [];
     // ctdb-rs extensions, numbered far from CTDB's own opcodes.
     DbAttachExt = 0x5253_0001, [DbAttachExt], [u32];
+    // Partially replicated volatile databases (issue 21, types/replica.rs).
+    DbSyncRecord = 0x5253_0020, [KeyData], [u32];
+    DbReplicaStore = 0x5253_0021, [ReplicaStore], [];
+    DbReplicaStatus = 0x5253_0022, [u32], [Box<ReplicaStatus>];
     // Incremental catch-up of persistent databases (issue 21).
     DbChangelogInfo = 0x5253_0010, [u32], [Box<ChangelogInfo>];
     DbChangesPull = 0x5253_0011, [ChangesPull], [ChangesChunk];

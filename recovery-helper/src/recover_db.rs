@@ -131,7 +131,8 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
     let caught_up = crate::catchup::caught_up(ctx, db, &name).await?;
 
     let policy = match db.kind() {
-        DbKind::Volatile => Policy::Merge { mypnn: ctx.mypnn },
+        // Partially replicated (ctdb-rs): as volatile, highest rsn wins.
+        DbKind::Volatile | DbKind::PartiallyReplicated => Policy::Merge { mypnn: ctx.mypnn },
         // Keyed databases (ctdb-rs) merge per record the copies of the
         // nodes at the highest copy epoch (merge.rs).
         DbKind::Keyed => Policy::Keyed {

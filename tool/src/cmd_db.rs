@@ -293,6 +293,9 @@ pub async fn getdbstatus(ctx: &mut Ctx, args: &[String]) -> i32 {
         yn(db_flags::READONLY)
     );
     println!("HEALTH: {}", health.as_deref().unwrap_or("OK"));
+    if db.flags & db_flags::PARTIAL_REPLICA != 0 {
+        return crate::cmd_replica::print_status(ctx, ctx.cmd_pnn, db.id).await;
+    }
     0
 }
 
@@ -433,6 +436,7 @@ pub async fn attach(ctx: &mut Ctx, args: &[String]) -> i32 {
         Some("replicated") => db_flags::REPLICATED,
         Some("inmemory") => db_flags::PERSISTENT | db_flags::INMEMORY,
         Some("keyed") => db_flags::KEYED,
+        Some("partial") => db_flags::PARTIAL_REPLICA,
         Some(_) => usage(Some("attach")),
     };
     match attach_db(ctx, &args[0], flags).await {

@@ -14,6 +14,7 @@ mod cmd_ip;
 mod cmd_misc;
 mod cmd_node;
 mod cmd_rec;
+mod cmd_replica;
 mod commands;
 mod ctx;
 mod format;

@@ -17,6 +17,7 @@
 pub mod glock;
 pub mod keyed;
 pub mod record;
+pub mod replica;
 pub mod seqwait;
 pub mod transaction;
 

@@ -19,7 +19,6 @@ use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_protocol::types::{LtdbHeader, record_flags};
 
 use super::{Db, tdb_err};
-use crate::DbKind;
 use crate::error::{ClientError, Result};
 
 /// What to do with a locked record when the closure returns.
@@ -79,7 +78,7 @@ impl Db {
         readonly: bool,
         f: impl FnOnce(&LockedRecord) -> (Update, R),
     ) -> Result<R> {
-        if self.kind() != DbKind::Volatile {
+        if !self.kind().migrates() {
             return Err(ClientError::Other(format!(
                 "fetch_lock on non-volatile database {}",
                 self.name
@@ -303,7 +302,7 @@ impl Db {
     /// Locks `key` on this node, migrating it here first if needed, and
     /// keeps it locked until the returned handle drops.
     pub(crate) async fn fetch_lock_handle(&self, key: &[u8]) -> Result<RecordHandle> {
-        if self.kind() != DbKind::Volatile {
+        if !self.kind().migrates() {
             return Err(ClientError::Other(format!(
                 "fetch_lock on non-volatile database {}",
                 self.name

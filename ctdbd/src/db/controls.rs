@@ -42,6 +42,10 @@ impl Databases {
             Rq::DbAttachPersistent(n) => self.attach(env, ctx, req, to, n, db_flags::PERSISTENT),
             Rq::DbAttachReplicated(n) => self.attach(env, ctx, req, to, n, db_flags::REPLICATED),
             Rq::DbAttachExt(a) => self.attach_ext(env, ctx, req, to, a),
+            // Partially replicated databases (replica.rs).
+            Rq::DbSyncRecord(k) => self.sync_record(env, ctx, req, to, k),
+            Rq::DbReplicaStore(s) => self.replica_store(env, ctx, req, to, s),
+            Rq::DbReplicaStatus(id) => Some(self.replica_status(env, *id)),
             Rq::DbDetach(id) => self.detach(env, ctx, *id),
             Rq::GetDbPath(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::GetDbPath(d.path.display().to_string()))

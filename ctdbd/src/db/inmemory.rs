@@ -54,11 +54,13 @@ use crate::server::ReplyTo;
 pub fn supported(flags: u32) -> Result<u8, String> {
     const INMEMORY: u32 = (db_flags::PERSISTENT | db_flags::INMEMORY) as u32;
     const KEYED: u32 = db_flags::KEYED as u32;
+    const PARTIAL: u32 = db_flags::PARTIAL_REPLICA as u32;
     match flags {
-        INMEMORY | KEYED => Ok(flags as u8),
+        INMEMORY | KEYED | PARTIAL => Ok(flags as u8),
         f => Err(format!(
             "database flags 0x{f:x} are not an extension kind this node supports \
-             (in-memory persistent 0x{INMEMORY:x}, keyed 0x{KEYED:x})"
+             (in-memory persistent 0x{INMEMORY:x}, keyed 0x{KEYED:x}, \
+             partially replicated 0x{PARTIAL:x})"
         )),
     }
 }

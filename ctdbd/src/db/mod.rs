@@ -36,6 +36,7 @@ pub mod readonly;
 #[cfg(test)]
 mod readonly_tests;
 pub mod recovery;
+pub mod replica;
 pub mod seqnum;
 pub mod seqwait;
 pub mod sticky;
@@ -244,6 +245,8 @@ pub struct Databases {
     pub(crate) vacuum: vacuum::Vacuum,
     /// Attaches of extension kinds waiting for their probes ([`inmemory`]).
     pub(crate) ext: inmemory::ExtAttaches,
+    /// Syncs of partially replicated databases ([`replica`]).
+    pub(crate) replicas: replica::Replicas,
     /// Tracking databases and revocations ([`readonly`]).
     pub(crate) ro: readonly::ReadOnly,
     /// Sticky records and their pin-downs ([`sticky`]).
@@ -280,6 +283,7 @@ impl Databases {
                 seqnum_next: None,
                 vacuum: Default::default(),
                 ext: Default::default(),
+                replicas: Default::default(),
                 ro: Default::default(),
                 sticky: Default::default(),
                 health: Default::default(),

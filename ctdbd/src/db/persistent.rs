@@ -168,6 +168,8 @@ impl Databases {
             self.trans3_update_done(env, tag, r);
         } else if self.ext.owns(tag) {
             self.ext_probe_reply(env, tag, r);
+        } else if self.replicas.owns(tag) {
+            self.replica_reply(tag, r);
         } else if self.ro_control_reply(env, tag, &r) {
             // A revocation of read-only copies (readonly.rs).
         } else {

@@ -20,9 +20,14 @@ pub mod db_flags {
     /// ctdb-rs extension, reserved: persistent database with per-key
     /// transactions (not implemented yet).
     pub const KEYED: u8 = 0x20;
+    /// ctdb-rs extension: a volatile database whose records also have a
+    /// copy on a second node, refreshed on migration and on a client's
+    /// sync (`DB_SYNC_RECORD`), so a synced record survives the loss of
+    /// one node. Without the persistent bit: recovered as volatile.
+    pub const PARTIAL_REPLICA: u8 = 0x40;
     /// The extension flags: databases with any of them are attached with
     /// `DB_ATTACH_EXT` only.
-    pub const EXTENDED: u8 = INMEMORY | KEYED;
+    pub const EXTENDED: u8 = INMEMORY | KEYED | PARTIAL_REPLICA;
 }
 
 /// `CTDB_LMASTER_ANY`: pull records whatever their lmaster.
