@@ -104,6 +104,9 @@ pub struct Schedule {
     nodes: usize,
     kinds: u64,
     deck: Vec<u64>,
+    /// A fixed list of faults (cycled) instead of random ones.
+    script: Vec<(Fault, Duration)>,
+    next: usize,
 }
 
 impl Schedule {
@@ -115,11 +118,29 @@ impl Schedule {
             nodes,
             kinds: if etcd { 8 } else { 7 },
             deck: Vec::new(),
+            script: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// The faults of `script`, in order (and again from the start), each
+    /// held as long as it says: a regression test replays the faults of
+    /// a seeded run that found a bug without the rounds before them.
+    pub fn scripted(script: Vec<(Fault, Duration)>) -> Schedule {
+        assert!(!script.is_empty(), "an empty fault script");
+        Schedule {
+            script,
+            ..Schedule::new(0, 0, false)
         }
     }
 
     /// The next fault and how long to hold it (3-7 s).
     pub fn next_fault(&mut self) -> (Fault, Duration) {
+        if !self.script.is_empty() {
+            let f = self.script[self.next % self.script.len()];
+            self.next += 1;
+            return f;
+        }
         if self.deck.is_empty() {
             self.deck = (0..self.kinds).collect();
             for i in (1..self.deck.len()).rev() {
@@ -300,6 +321,21 @@ pub fn recoverd_tails(c: &Cluster, n: usize) -> String {
     s
 }
 
+/// When node `k`'s daemon froze every database because the node became
+/// inactive (banned or stopped), from its log: both daemons log "Freeze
+/// all" then, and mark the node's volatile records invalid (CTDB's
+/// `invalid_records`: the next recovery pulls none of them), so a
+/// volatile record whose only up-to-date copy was there loses what it had,
+/// as if the node had died.
+pub fn inactive_freezes(c: &Cluster, k: usize) -> Vec<SystemTime> {
+    log_text(c, k)
+        .lines()
+        .filter(|l| l.contains("Freeze all"))
+        .filter_map(log_time_us)
+        .map(|us| UNIX_EPOCH + Duration::from_micros(us.max(0) as u64))
+        .collect()
+}
+
 /// Microseconds since the epoch of a log line's leading RFC 3339 UTC
 /// timestamp (`2026-12-06T20:04:50.824801+00:00 node.0 ...`).
 pub fn log_time_us(line: &str) -> Option<i64> {
@@ -330,6 +366,20 @@ fn us_of(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
+/// How a hold of the cluster lock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// The daemon let it go ("Releasing cluster lock").
+    Released,
+    /// The lock helper told the daemon the lock is gone ("Cluster lock
+    /// helper terminated"): the daemon could not have known earlier.
+    HelperGone,
+    /// The node was killed.
+    Killed,
+    /// Still held at the end.
+    Open,
+}
+
 /// A time node `node` held the cluster lock, by its log: from `from_us`
 /// until `to_us` (microseconds since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +387,7 @@ pub struct Hold {
     pub node: usize,
     pub from_us: i64,
     pub to_us: i64,
+    pub end: HoldEnd,
 }
 
 /// Every time a node held the cluster lock, from the daemons' logs up to
@@ -345,33 +396,38 @@ pub fn lock_holds(c: &Cluster, kills: &[(usize, SystemTime)]) -> Vec<Hold> {
     let now = us_of(SystemTime::now());
     let mut holds = Vec::new();
     for k in 0..c.len() {
-        // Events in time order: (time, true = took, false = let go).
-        let mut ev: Vec<(i64, bool)> = Vec::new();
+        // Events in time order: (time, None = took, Some(how) = let go).
+        let mut ev: Vec<(i64, Option<HoldEnd>)> = Vec::new();
         for line in log_text(c, k).lines() {
-            let took = line.contains("Cluster lock taken successfully");
-            let gone = line.contains("Releasing cluster lock")
-                || line.contains("Cluster lock helper terminated");
-            if (took || gone)
-                && let Some(t) = log_time_us(line)
-            {
-                ev.push((t, took));
+            let e = if line.contains("Cluster lock taken successfully") {
+                None
+            } else if line.contains("Releasing cluster lock") {
+                Some(HoldEnd::Released)
+            } else if line.contains("Cluster lock helper terminated") {
+                Some(HoldEnd::HelperGone)
+            } else {
+                continue;
+            };
+            if let Some(t) = log_time_us(line) {
+                ev.push((t, e));
             }
         }
         for &(n, t) in kills {
             if n == k {
-                ev.push((us_of(t), false));
+                ev.push((us_of(t), Some(HoldEnd::Killed)));
             }
         }
-        ev.sort();
+        ev.sort_by_key(|&(t, _)| t);
         let mut open: Option<i64> = None;
-        for (t, took) in ev {
-            match (took, open) {
-                (true, None) => open = Some(t),
-                (false, Some(from)) => {
+        for (t, e) in ev {
+            match (e, open) {
+                (None, None) => open = Some(t),
+                (Some(end), Some(from)) => {
                     holds.push(Hold {
                         node: k,
                         from_us: from,
                         to_us: t,
+                        end,
                     });
                     open = None;
                 }
@@ -383,6 +439,7 @@ pub fn lock_holds(c: &Cluster, kills: &[(usize, SystemTime)]) -> Vec<Hold> {
                 node: k,
                 from_us: from,
                 to_us: now,
+                end: HoldEnd::Open,
             });
         }
     }
@@ -400,6 +457,30 @@ pub fn overlaps(holds: &[Hold]) -> Vec<(Hold, Hold)> {
         }
     }
     out
+}
+
+/// How long after another node took the lock a holder may still learn
+/// from its helper that it lost it: `ctdb_etcd_lock` renews its key every
+/// `lock_refresh` (2 s) and tells the daemon only when a renewal fails, so
+/// a holder cut off from the lock store (a partition) hears of the loss up
+/// to a renewal (and its request) after the key expired and another node
+/// took it. By the store the lock was never held twice; by the daemons'
+/// logs both held it for that long.
+pub const HELPER_NOTICE: Duration = Duration::from_secs(3);
+
+/// Whether the overlap of `a` and `b` is only the lock helper telling the
+/// earlier holder late (see [`HELPER_NOTICE`]): the earlier hold ended
+/// because its helper said the lock was gone, within that time of the
+/// later hold's start.
+pub fn helper_late(a: &Hold, b: &Hold) -> bool {
+    let (first, second) = if a.from_us <= b.from_us {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    first.end == HoldEnd::HelperGone
+        && first.to_us <= second.to_us
+        && first.to_us - second.from_us <= HELPER_NOTICE.as_micros() as i64
 }
 
 /// What a run did and found, for its report and the README table.
@@ -469,6 +550,140 @@ impl Report {
     }
 }
 
+/// One look at a volatile record in a node's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSample {
+    /// Microseconds since the epoch.
+    pub at_us: i64,
+    pub node: usize,
+    pub rsn: u64,
+    pub dmaster: u32,
+    pub flags: u32,
+    /// The record's data as a decimal counter (0 when empty).
+    pub value: u64,
+}
+
+/// Samples volatile records straight from every node's database file
+/// (read-only, without locks, so it never delays a daemon or a client)
+/// every `period`, until dropped; what it saw tells when and where a
+/// counter went back.
+pub struct RecordSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(String, RecordSample)>>>,
+}
+
+impl RecordSampler {
+    /// Samples `keys` of volatile database `db` on every node of `c`.
+    pub fn start(c: &Cluster, db: &str, keys: Vec<String>, period: Duration) -> RecordSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let files: Vec<std::path::PathBuf> = (0..c.len())
+            .map(|k| c.base(k).join(format!("db/volatile/{db}.{k}")))
+            .collect();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut last: BTreeMap<(String, usize), (u64, u64, u32)> = BTreeMap::new();
+            while !s.load(Ordering::SeqCst) {
+                for (node, f) in files.iter().enumerate() {
+                    let Ok(t) = tdb::OpenOptions::new()
+                        .read_only(true)
+                        .no_lock(true)
+                        .open(f)
+                    else {
+                        continue;
+                    };
+                    for key in &keys {
+                        let Ok(Some(v)) = t.fetch(key.as_bytes()) else {
+                            continue;
+                        };
+                        let Ok((h, d)) = ctdb_protocol::types::LtdbHeader::split(&v) else {
+                            continue;
+                        };
+                        let value = String::from_utf8_lossy(d).parse().unwrap_or(0);
+                        // Only changes of rsn, dmaster or a counter that
+                        // went back are kept (the counter moves all the
+                        // time).
+                        let now = (h.rsn, value, h.dmaster);
+                        let prev = last.insert((key.clone(), node), now);
+                        let changed = prev.is_none_or(|(rsn, v, dm)| {
+                            rsn != h.rsn || dm != h.dmaster || value < v
+                        });
+                        if changed {
+                            out.push((
+                                key.clone(),
+                                RecordSample {
+                                    at_us: us_of(SystemTime::now()),
+                                    node,
+                                    rsn: h.rsn,
+                                    dmaster: h.dmaster,
+                                    flags: h.flags,
+                                    value,
+                                },
+                            ));
+                        }
+                    }
+                }
+                std::thread::sleep(period);
+            }
+            out
+        });
+        RecordSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; the samples of each key, in time order.
+    pub fn finish(mut self) -> BTreeMap<String, Vec<RecordSample>> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut m: BTreeMap<String, Vec<RecordSample>> = BTreeMap::new();
+        if let Some(t) = self.thread.take() {
+            for (k, s) in t.join().unwrap_or_default() {
+                m.entry(k).or_default().push(s);
+            }
+        }
+        m
+    }
+}
+
+impl Drop for RecordSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Prints where `key`'s counter went back on a node (below what that
+/// node's copy held before), with the samples before it.
+pub fn print_rollbacks(key: &str, samples: &[RecordSample]) {
+    let mut last: BTreeMap<usize, u64> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        if let Some(&v) = last.get(&s.node)
+            && s.value < v
+        {
+            println!(
+                "{key}: went back from {v} to {} on node {}:",
+                s.value, s.node
+            );
+            for p in &samples[i.saturating_sub(8)..=i] {
+                println!("  {p:?}");
+            }
+        }
+        last.insert(s.node, s.value);
+    }
+}
+
+/// Copies every node's log to a directory that outlives the cluster
+/// (`$TMPDIR/ctdb-faults-SEED-PID`); returns it.
+pub fn keep_logs(c: &Cluster, seed: u64) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ctdb-faults-{seed}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    for k in 0..c.len() {
+        let _ = std::fs::copy(c.log(k), dir.join(format!("log.ctdb.{k}")));
+    }
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,14 +701,56 @@ mod tests {
     }
 
     #[test]
+    fn schedules() {
+        let a: Vec<_> = {
+            let mut s = Schedule::new(12345, 3, true);
+            (0..16).map(|_| s.next_fault()).collect()
+        };
+        let mut s = Schedule::new(12345, 3, true);
+        let b: Vec<_> = (0..16).map(|_| s.next_fault()).collect();
+        assert_eq!(a, b, "a seed gives one schedule");
+        // Every kind once in the first eight.
+        let mut kinds: Vec<_> = a[..8].iter().map(|(f, _)| f.kind()).collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 8);
+        let hold = Duration::from_secs(4);
+        let mut s = Schedule::scripted(vec![(Fault::SplitAll, hold), (Fault::Pause(1), hold)]);
+        let got: Vec<_> = (0..3).map(|_| s.next_fault().0).collect();
+        assert_eq!(got, [Fault::SplitAll, Fault::Pause(1), Fault::SplitAll]);
+    }
+
+    #[test]
     fn overlapping_holds() {
         let h = |node, from_us, to_us| Hold {
             node,
             from_us,
             to_us,
+            end: HoldEnd::Released,
         };
         assert!(overlaps(&[h(0, 0, 10), h(1, 10, 20), h(0, 20, 30)]).is_empty());
         assert_eq!(overlaps(&[h(0, 0, 10), h(1, 9, 20)]).len(), 1);
         assert!(overlaps(&[h(0, 0, 10), h(0, 5, 20)]).is_empty());
+        // Released late by the daemon itself: never excused.
+        let (a, b) = (h(0, 0, 1_000_000), h(1, 380_000, 5_000_000));
+        assert!(!helper_late(&a, &b));
+        // The helper told it 0.62 s after the other took it: excused.
+        let a = Hold {
+            end: HoldEnd::HelperGone,
+            ..a
+        };
+        assert!(helper_late(&a, &b) && helper_late(&b, &a));
+        // Much later, or still held: not.
+        let long = Hold {
+            to_us: 4_000_000,
+            ..a
+        };
+        assert!(!helper_late(&long, &b));
+        let open = Hold {
+            end: HoldEnd::Open,
+            to_us: 9_000_000,
+            ..a
+        };
+        assert!(!helper_late(&open, &b));
     }
 }

@@ -19,10 +19,18 @@
 //!   client only, so its only up-to-date copy is on that node, and only
 //!   when that node died may increments go; every increment made by a
 //!   client started after the node's last death must be there (all of
-//!   them when it never died);
+//!   them when it never died). CTDB also drops the volatile records of a
+//!   node frozen inactive (banned); the report says when a loss followed
+//!   such a freeze, and ours is held to the stricter rule. A sampler reads
+//!   the records from every node's file while the run goes, so a loss is
+//!   reported with where and when the counter went back (and the logs
+//!   are kept; `CTDB_FAULT_KEEP_LOGS=1` keeps them always);
 //! - at no instant did two nodes hold the cluster lock (holds read from the
-//!   daemons' timestamped log lines, ended at kills), and at no sample did
-//!   two nodes each claim to be the leader;
+//!   daemons' timestamped log lines, ended at kills), except for the time
+//!   `ctdb_etcd_lock` takes to tell a holder cut off from etcd that its
+//!   key expired ([`ctdb_tests::faults::HELPER_NOTICE`]: by etcd the lock
+//!   was never held twice, by the logs both held it; reported), and at no
+//!   sample did two nodes each claim to be the leader;
 //! - after every fault, the cluster was healthy again within `HEAL_BOUND`.
 //!
 //! Ours must pass every check. The reference does not keep every promise
@@ -46,12 +54,14 @@
 //! `CTDB_FAULT_SEED=random` draws one. `CTDB_FAULT_ROUNDS` sets the
 //! number of faults; `CTDB_FAULT_SECS` instead runs faults until that many
 //! seconds have passed (the long run in the README: the `long_run_*`
-//! tests, ignored by default).
+//! tests, ignored by default). A seed that found a bug gets a regression
+//! test named after it that replays the faults that found it
+//! (`seed_12345_*`).
 
 use std::time::{Duration, Instant};
 
 use ctdb_tests::etcd::{self, Etcd};
-use ctdb_tests::faults::{self, Injector, Report, Schedule};
+use ctdb_tests::faults::{self, Fault, HELPER_NOTICE, Injector, Report, Schedule};
 use ctdb_tests::workload::{Mode, Workload};
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, require_reference};
 
@@ -100,6 +110,21 @@ fn volatile_value(c: &Cluster, k: usize, key: &str) -> Option<u64> {
     )
 }
 
+/// How long after a node's "Freeze all" its database may still be taking
+/// its locks (writes acknowledged then are lost with the node's records).
+const FREEZE_MARGIN: Duration = Duration::from_secs(1);
+
+/// How many of `l`'s increments were acknowledged after `t`.
+fn acks_after(l: &ctdb_tests::workload::ClientLoad, t: std::time::SystemTime) -> u64 {
+    let ago = std::time::SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default();
+    let Some(at) = Instant::now().checked_sub(ago) else {
+        return l.acked();
+    };
+    l.acks().iter().filter(|&&a| a > at).count() as u64
+}
+
 /// Waits for a healthy cluster; the time it took, or `None` past `limit`.
 fn heal_time(c: &Cluster, limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
@@ -111,8 +136,23 @@ fn heal_time(c: &Cluster, limit: Duration) -> Option<Duration> {
 /// (the reference) broken promises are reported, and only invented values
 /// fail the run.
 fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
+    run_plan(daemon, strict, default_rounds, None)
+}
+
+/// [`run`], or with `replay` = (seed, faults) the given faults in order
+/// instead of the seed's schedule (a regression test replays the fault
+/// of a seeded run that found a bug, without the rounds before it).
+fn run_plan(
+    daemon: Daemon,
+    strict: bool,
+    default_rounds: usize,
+    replay: Option<(u64, Vec<(Fault, Duration)>)>,
+) -> Report {
     require_reference();
-    let seed = faults::seed_from_env(12345);
+    let seed = match &replay {
+        Some((seed, _)) => *seed,
+        None => faults::seed_from_env(12345),
+    };
     let secs: Option<u64> = std::env::var("CTDB_FAULT_SECS")
         .ok()
         .and_then(|s| s.parse().ok());
@@ -124,10 +164,16 @@ fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
         Some(s) => println!("fault schedule seed {seed} (for {s}s) on {daemon:?}"),
         None => println!("fault schedule seed {seed} ({rounds} rounds) on {daemon:?}"),
     }
+    if let Some((_, faults)) = &replay {
+        println!("replaying faults of seed {seed}: {faults:?}");
+    }
     // CTDB_FAULT_LOCK=file: the lock in a shared file (fcntl) instead;
     // the schedule is the same, its lock-store cuts then cut nothing.
     let file_lock = std::env::var("CTDB_FAULT_LOCK").as_deref() == Ok("file");
-    let mut schedule = Schedule::new(seed, NODES, true);
+    let mut schedule = match replay {
+        Some((_, faults)) => Schedule::scripted(faults),
+        None => Schedule::new(seed, NODES, true),
+    };
     let mut etcd = (!file_lock).then(Etcd::new);
     let mut opts = ClusterOptions::new(daemon.clone(), NODES)
         .in_namespaces()
@@ -162,6 +208,12 @@ fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
     let sockets = || (0..NODES).map(|k| c.socket(k)).collect::<Vec<_>>();
     let mut pload = Workload::start_mode(sockets(), Mode::Persistent, PDB, "node");
     let mut vload = Workload::start_mode(sockets(), Mode::Volatile, VDB, "vnode");
+    let sampler = faults::RecordSampler::start(
+        &c,
+        VDB,
+        (0..NODES).map(|k| format!("vnode{k}")).collect(),
+        Duration::from_millis(100),
+    );
 
     let mut report = Report::default();
     let mut inj = Injector::new(&c, etcd.as_ref());
@@ -260,14 +312,22 @@ fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
     let both = faults::overlaps(&holds);
     report.lock_holds = holds.len();
     report.lock_overlaps = both.len();
+    let mut lock_failures = Vec::new();
     for (a, b) in &both {
-        println!("seed {seed}: two nodes held the cluster lock at once: {a:?} and {b:?}");
+        let msg = format!("seed {seed}: two nodes held the cluster lock at once: {a:?} and {b:?}");
+        println!("{msg}");
+        // ctdb_etcd_lock tells a holder cut off from etcd that its key
+        // expired only when a renewal fails, which may be just after
+        // another node took the lock: that much is the helper's, not the
+        // daemon's (faults::HELPER_NOTICE), and reported. Anything else
+        // fails ours: a daemon that let go late, or held on past its
+        // helper's word.
+        if faults::helper_late(a, b) {
+            println!("  (the earlier holder's helper told it late: within {HELPER_NOTICE:?})");
+        } else {
+            lock_failures.push(msg);
+        }
     }
-    // Reported, not asserted, for now: in one short run of seed 12345
-    // (6 December 2026, 22:01 UTC) ours logged node 2 taking the etcd lock
-    // 0.62 s before node 0 logged losing it (after the 1+1+1 partition):
-    // the daemon learns of a lost lock only when its helper says so. Not
-    // yet analysed or fixed; asserting it would fail the suite at random.
     assert!(
         report.lock_holds > 0,
         "seed {seed}: no cluster lock hold in the logs (INFO lines missing?)"
@@ -329,6 +389,7 @@ fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
             values[0]
         );
     }
+    let mut volatile_failures = Vec::new();
     for k in 0..NODES {
         let l = vload.load(k);
         let (acked, attempted) = (l.acked(), l.attempted());
@@ -338,12 +399,27 @@ fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
             assert!(!strict, "seed {seed}: {key} could not be read");
             continue;
         };
-        let must_keep = match inj.last_kill(k) {
+        let since_kill = match inj.last_kill(k) {
             Some(t) => l.acked_by_clients_started_after(t),
             None => acked,
         };
+        // A node frozen inactive (banned) loses its volatile records as
+        // a dead one does; increments acknowledged well after the freeze
+        // (the database stays frozen until the next recovery) are kept.
+        let since_freeze = faults::inactive_freezes(&c, k)
+            .into_iter()
+            .max()
+            .map(|t| acks_after(l, t + FREEZE_MARGIN));
+        // Ours keeps every increment made since the key's node last died.
+        // CTDB also drops the volatile records of a node frozen inactive
+        // (banned), which the report says; ours is held to the stricter
+        // rule (the bans seed 12345 caused were a bug: a node took its own
+        // stale leader broadcast for a leader's and banned itself).
+        let must_keep = since_kill;
+        let ctdb_keeps = since_freeze.map_or(since_kill, |n| n.min(since_kill));
         println!(
-            "volatile {key}: applied {acked} (since node {k} last died: {must_keep}), attempted {attempted}, value {value}"
+            "volatile {key}: applied {acked} (since node {k} last died: {since_kill}, last frozen inactive: {}), attempted {attempted}, value {value}",
+            since_freeze.map_or("never".to_owned(), |n| n.to_string())
         );
         report.volatile_acked += acked;
         report.volatile_lost += acked.saturating_sub(value);
@@ -357,20 +433,46 @@ fn run(daemon: Daemon, strict: bool, default_rounds: usize) -> Report {
         );
         if value < must_keep {
             report.volatile_lost_kept += must_keep - value;
-            println!(
-                "seed {seed}: {daemon:?} lost volatile increments of {key} that CTDB keeps ({value} < {must_keep})"
+            let why = if value < ctdb_keeps {
+                "CTDB keeps them"
+            } else {
+                "its node was frozen inactive (banned) meanwhile, which drops them in CTDB too"
+            };
+            let msg = format!(
+                "seed {seed}: {daemon:?} lost volatile increments of {key} made since node {k} last died ({value} < {must_keep}; {why})"
             );
+            println!("{msg}");
+            volatile_failures.push(msg);
         }
-        // Reported, not asserted, for now: in one of four short runs of
-        // seed 12345 (6 December 2026, 21:49 UTC) ours lost 9372 of
-        // vnode2's increments although node 2 never died (faults: kill of
-        // node 1, 2+1 around node 1, slow link, one-way cut, SIGSTOP of
-        // node 0, lock-store cut, 40% loss on node 0, 1+1+1). Not yet
-        // found or fixed; asserting it would make the suite fail at
-        // random until it is.
-        let _ = strict;
+    }
+    let samples = sampler.finish();
+    if report.volatile_lost_kept > 0
+        || report.lock_overlaps > 0
+        || std::env::var_os("CTDB_FAULT_KEEP_LOGS").is_some()
+    {
+        for (key, s) in &samples {
+            faults::print_rollbacks(key, s);
+        }
+        let dir = faults::keep_logs(&c, seed);
+        let text: String = samples
+            .iter()
+            .flat_map(|(k, s)| s.iter().map(move |x| format!("{k} {x:?}\n")))
+            .collect();
+        let _ = std::fs::write(dir.join("samples.txt"), text);
+        println!("logs and record samples kept in {}", dir.display());
     }
     report.print(&format!("{daemon:?}"), seed, elapsed);
+    assert!(
+        !strict || lock_failures.is_empty(),
+        "{}\n{}",
+        lock_failures.join("\n"),
+        faults::recoverd_tails(&c, 40)
+    );
+    assert!(
+        !strict || volatile_failures.is_empty(),
+        "{}",
+        volatile_failures.join("\n")
+    );
     drop(inj);
     c.stop();
     report
@@ -387,6 +489,28 @@ fn random_faults_ours() {
     let r = run(Daemon::ours(), true, 8);
     assert_eq!(
         (r.persistent_lost, r.heal_failures, r.unreadable),
+        (0, 0, 0)
+    );
+}
+
+/// Seed 12345 found (round 7, the 1+1+1 partition, in 2 of 4 runs): the
+/// leader, whose solo recovery failed when the partition cut it from etcd,
+/// lost the lock, then read its own leader broadcast from before, took
+/// itself for the leader again without the lock, and banned itself; the
+/// ban froze its databases and discarded their volatile records, among
+/// them the only up-to-date copy of its own key (7000-9000 increments
+/// lost). The 1+1+1 partition of that round, twice, on ours.
+#[test]
+fn seed_12345_split_all_keeps_the_leaders_volatile_records() {
+    let hold = Duration::from_millis(4095);
+    let r = run_plan(
+        Daemon::ours(),
+        true,
+        2,
+        Some((12345, vec![(Fault::SplitAll, hold)])),
+    );
+    assert_eq!(
+        (r.persistent_lost, r.volatile_lost_kept, r.heal_failures),
         (0, 0, 0)
     );
 }
