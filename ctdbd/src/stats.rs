@@ -9,7 +9,7 @@
 //! | `client_packets_*`, `client.*`, `node_packets_*`, `node.*`, `keepalive_*` | the event loop, per packet (`server.rs`) |
 //! | `total_calls`, `pending_calls`, `call_latency` | a client's `REQ_CALL`: counted when it arrives (again when it is requeued, as CTDB does), pending until answered, latency from arrival to the answer (`db/call.rs`) |
 //! | `max_hop_count`, `hop_count_bucket` (daemon and database) | a node's `REQ_CALL` that reached the record's dmaster: the hops it took (`db/call.rs`) |
-//! | `locks.*` (daemon and database) | record-lock waits: a request that found its record locked waits for a helper (`num_pending`), the helpers (`num_current`), each request once its helper has the lock (`num_calls`, `latency`, `buckets`) or failed (`num_failed`); a database freeze counts as one lock request (`db/lockwait.rs`, the freeze) |
+//! | `locks.*` (daemon and database) | record-lock waits: requests waiting now, set after every step of the database layer (`num_current`: those a helper waits for, at most `LockProcessesPerDB` per database, as CTDB runs a lock child per request; `num_pending`: the rest, and a freeze waiting for its locks is one current request), each request once its helper has the lock (`num_calls`, `latency`, `buckets`) or failed (`num_failed`); a database freeze counts as one lock request (`db/lockwait.rs`, the freeze) |
 //! | `childwrite_calls`, `pending_childwrite_calls`, `childwrite_latency` | `UPDATE_RECORD` (the per-node write of a persistent transaction's commit) |
 //! | `frozen` | at the snapshot: `FREEZE` froze every database (an inactive node), until recovery mode is NORMAL again |
 //! | `memory_used` | at the snapshot: the daemon's private resident memory (CTDB: talloc's total) |
@@ -121,22 +121,6 @@ impl StatsHandle {
         });
     }
 
-    /// A record-lock request starts waiting (for a helper slot).
-    pub fn lock_pending(&self, db: &mut DbStatistics) {
-        db.locks.num_pending += 1;
-        self.bump(|s| s.locks.num_pending += 1);
-    }
-
-    /// A lock request has its helper: it moves from pending to current.
-    pub fn lock_started(&self, db: &mut DbStatistics) {
-        db.locks.num_pending = db.locks.num_pending.saturating_sub(1);
-        db.locks.num_current += 1;
-        self.bump(|s| {
-            s.locks.num_pending = s.locks.num_pending.saturating_sub(1);
-            s.locks.num_current += 1;
-        });
-    }
-
     /// A lock request is over: locked after `waited` (or failed).
     pub fn lock_done(&self, db: &mut DbStatistics, waited: Duration, locked: bool) {
         let b = lock_bucket(waited);
@@ -160,12 +144,6 @@ impl StatsHandle {
                 s.locks.num_failed += 1;
             }
         });
-    }
-
-    /// A lock request's helper is gone (the lock was used and released).
-    pub fn lock_released(&self, db: &mut DbStatistics) {
-        db.locks.num_current = db.locks.num_current.saturating_sub(1);
-        self.decrement(|s| &mut s.locks.num_current);
     }
 
     /// An `UPDATE_RECORD` write starts; its reply will carry `tag`.
@@ -576,8 +554,7 @@ mod tests {
         let mut st = Stats::new();
         let h = st.handle();
         let mut db = DbStatistics::default();
-        h.lock_pending(&mut db);
-        h.lock_started(&mut db);
+        h.bump(|s| s.locks.num_current = 1);
         h.lock_done(&mut db, Duration::from_millis(2), true);
         h.hops(&mut db, 3);
         let s = st.snapshot(1, false);
@@ -588,7 +565,7 @@ mod tests {
         st.reset();
         let s = st.snapshot(1, false);
         assert_eq!((s.locks.num_calls, s.locks.num_current), (0, 1));
-        h.lock_released(&mut db);
+        h.bump(|s| s.locks.num_current = 0);
         assert_eq!(st.snapshot(0, false).locks.num_current, 0);
         st.rotate();
         assert_eq!(st.history().stats[0].locks.num_calls, 1);

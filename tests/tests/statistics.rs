@@ -6,7 +6,9 @@
 //! reference tool, compared field by field: wherever a node of the
 //! reference shows a non-zero value, the same node of ours must too
 //! (except the fields listed in [`EXCEPTIONS`], each with its reason).
-//! `ctdb dbstatistics` of the volatile database lists hot keys on both; a
+//! `ctdb dbstatistics` of the volatile database lists hot keys on both;
+//! while two requests wait for records held by clients, with one lock
+//! slot, `locks.num_pending` and `locks.num_current` show them on both; a
 //! stopped node shows `frozen` 1 on both, and 0 once it continues;
 //! `ctdb dumpmemory` reports memory by area and `ctdb rddumpmemory`
 //! answers on both.
@@ -146,6 +148,10 @@ fn statistics(c: &Cluster, k: usize) -> BTreeMap<String, f64> {
 
 struct Run {
     stats: Vec<BTreeMap<String, f64>>,
+    /// Node 1's `locks.num_pending` and `locks.num_current` while two
+    /// requests wait for records its clients hold, and once they are done.
+    locks_waiting: (f64, f64),
+    locks_after: (f64, f64),
     dbstats: Vec<String>,
     /// `ctdb dumpmemory` and `ctdb rddumpmemory` of node 0.
     dumpmemory: String,
@@ -153,12 +159,13 @@ struct Run {
 }
 
 fn run(daemon: Daemon) -> Run {
-    let c = Cluster::start(ClusterOptions::new(daemon, 3));
+    let c = Cluster::start(ClusterOptions::new(daemon, 3).tunable("LockProcessesPerDB", 1));
     workload(&c);
     let stats = (0..3).map(|k| statistics(&c, k)).collect();
     let dbstats = (0..3)
         .map(|k| c.tool_ok(k, &["dbstatistics", VOL]))
         .collect();
+    let (locks_waiting, locks_after) = lock_waits_now(&c);
     // A stopped node is frozen (FREEZE): `frozen` says so until it
     // continues.
     c.tool_ok(2, &["stop"]);
@@ -173,6 +180,8 @@ fn run(daemon: Daemon) -> Run {
     let rddumpmemory = c.tool_ok(0, &["-T", "10", "rddumpmemory"]);
     Run {
         stats,
+        locks_waiting,
+        locks_after,
         dbstats,
         dumpmemory,
         rddumpmemory,
@@ -198,6 +207,13 @@ fn statistics_count_where_the_reference_counts() {
         println!("ours dbstatistics:\n{}", ours.dbstats[k]);
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+    // Lock requests waiting now: the same shape on both.
+    for (who, run) in [("reference", &theirs), ("ours", &ours)] {
+        println!(
+            "{who}: node 1 locks (pending, current) with two requests waiting {:?}, after {:?}",
+            run.locks_waiting, run.locks_after
+        );
+    }
     // Both daemons report their memory, and so do their recovery daemons.
     for (who, run) in [("reference", &theirs), ("ours", &ours)] {
         println!("{who} dumpmemory:\n{}", run.dumpmemory);
@@ -238,6 +254,61 @@ fn statistics_count_where_the_reference_counts() {
             run.dbstats.join("\n")
         );
     }
+}
+
+/// Two records held by clients on node 1 (each in a chain of its own),
+/// one request from node 0 for each; with `LockProcessesPerDB` 1 (set for
+/// the whole run: the other work contends for one record, one lock slot
+/// is all it can use) one lock request waits for its record (`num_current`), the other
+/// for a free lock slot (`num_pending`). Returns node 1's
+/// `(num_pending, num_current)` once both show, and after the holders let
+/// go and the requests are answered.
+fn lock_waits_now(c: &Cluster) -> ((f64, f64), (f64, f64)) {
+    let live = |c: &Cluster| {
+        let s = statistics(c, 1);
+        let get = |f: &str| s.get(f).copied().unwrap_or_else(|| panic!("no {f}"));
+        (get("locks.num_pending"), get("locks.num_current"))
+    };
+    let mut holders: Vec<Proc> = ["held-a", "held-b"]
+        .into_iter()
+        .map(|k| Proc::start(c, 1, &["hold", VOL, k, "8000"]))
+        .collect();
+    for h in &mut holders {
+        h.expect("locked");
+    }
+    let mut askers: Vec<Proc> = ["held-a", "held-b"]
+        .into_iter()
+        .map(|k| Proc::start(c, 0, &["fetch-once", VOL, k]))
+        .collect();
+    for a in &mut askers {
+        a.expect("ready");
+    }
+    for a in &mut askers {
+        a.go();
+    }
+    let waiting = poll_until(
+        Duration::from_secs(7),
+        "two lock requests on node 1",
+        || {
+            let (p, cur) = live(c);
+            (p >= 1.0 && cur >= 1.0).then_some((p, cur))
+        },
+    );
+    for a in &mut askers {
+        a.expect("done");
+    }
+    for p in holders.into_iter().chain(askers) {
+        p.finish();
+    }
+    let after = poll_until(
+        Duration::from_secs(10),
+        "no lock requests on node 1",
+        || {
+            let l = live(c);
+            (l == (0.0, 0.0)).then_some(l)
+        },
+    );
+    (waiting, after)
 }
 
 /// The count of hot key `hex` in `ctdb dbstatistics` output (0: absent).

@@ -57,6 +57,8 @@ pub struct LockWaits {
     /// `LockProcessesPerDB`.
     pub cap: usize,
     next_id: u64,
+    /// The (pending, current) lock requests last put in the statistics.
+    reported: (u32, u32),
 }
 
 impl Default for LockWaits {
@@ -77,7 +79,29 @@ impl LockWaits {
             orphans: Vec::new(),
             cap: 200,
             next_id: 1,
+            reported: (0, 0),
         }
+    }
+
+    /// Lock requests (queued work) as CTDB counts its lock contexts:
+    /// `(pending, current)`. A request is current while a helper waits for
+    /// its chain, at most `cap` of them (CTDB runs a child per request, at
+    /// most `LockProcessesPerDB`); the others are pending.
+    pub fn counts(&self) -> (u32, u32) {
+        let (mut helped, mut waiting) = (0usize, 0usize);
+        for (b, q) in &self.queues {
+            if self.helpers.contains_key(b) {
+                helped += q.len();
+            } else {
+                waiting += q.len();
+            }
+        }
+        let current = helped.min(self.cap.max(1));
+        let pending = waiting + helped - current;
+        (
+            u32::try_from(pending).unwrap_or(u32::MAX),
+            u32::try_from(current).unwrap_or(u32::MAX),
+        )
     }
 
     /// Whether work on `key` is waiting for its lock.
@@ -251,6 +275,40 @@ impl Db {
 }
 
 impl Databases {
+    /// Puts the lock requests waiting now into the statistics (CTDB's
+    /// `locks.num_pending` and `locks.num_current`, daemon-wide and per
+    /// database); a database freeze waiting for its locks is one current
+    /// request, as CTDB's database lock. Called with the effects of every
+    /// step, so a `STATISTICS` answer sees them.
+    pub(crate) fn lock_counts_flush(&mut self) {
+        let mut changed = false;
+        for db in self.dbs.values_mut() {
+            let (p, mut c) = db.locks.counts();
+            if matches!(db.freeze, super::recovery::Freeze::Pending(_)) {
+                c += 1;
+            }
+            if (p, c) != db.locks.reported {
+                db.locks.reported = (p, c);
+                db.stats.locks.num_pending = p;
+                db.stats.locks.num_current = c;
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        let (p, c) = self.dbs.values().fold((0u32, 0u32), |(p, c), d| {
+            (
+                p.saturating_add(d.locks.reported.0),
+                c.saturating_add(d.locks.reported.1),
+            )
+        });
+        self.stats.bump(|s| {
+            s.locks.num_pending = p;
+            s.locks.num_current = c;
+        });
+    }
+
     /// A helper holds chain `bucket` of database `id` (or failed).
     pub(crate) fn lock_held(
         &mut self,

@@ -315,6 +315,7 @@ impl Databases {
         let mut fx = std::mem::take(&mut self.effects);
         self.vacuum_replies(&mut fx);
         self.ro_flush_counts();
+        self.lock_counts_flush();
         fx
     }
 
