@@ -206,6 +206,8 @@ pub struct Core {
     /// Messages a control asked to send, `(dest, srvid, data)`, sent by
     /// the event loop once the control is answered.
     pub pending_messages: Vec<(u32, u64, Vec<u8>)>,
+    /// The recovery daemon's pings (`RecdPingTimeout`).
+    pub recd_ping: crate::recd_ping::RecdPing,
 }
 
 impl Core {
@@ -230,6 +232,7 @@ impl Core {
             start_instant: Instant::now(),
             reloaded: None,
             pending_messages: Vec::new(),
+            recd_ping: Default::default(),
         }
     }
 
@@ -356,7 +359,10 @@ impl Core {
             Rq::GetCapabilities => {
                 Outcome::ok(ControlReply::GetCapabilities(self.node.capabilities))
             }
-            Rq::RecdPing => Outcome::ok(ControlReply::RecdPing),
+            Rq::RecdPing => {
+                self.recd_ping.ping(Instant::now(), &self.tunables);
+                Outcome::ok(ControlReply::RecdPing)
+            }
             Rq::RecdReclockLatency(l) => {
                 self.stats.bump(|s| s.reclock_recd.record(*l));
                 Outcome::ok(ControlReply::RecdReclockLatency)

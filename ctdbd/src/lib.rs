@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod node;
 pub mod outbox;
+pub mod recd_ping;
 pub mod recoverd;
 pub mod server;
 pub mod startup;

@@ -206,6 +206,8 @@ pub struct Monitor {
     /// Started once `setup` succeeds.
     recoverd: Option<RecoverdConfig>,
     recoverd_task: Option<JoinHandle<()>>,
+    /// What a restarted recovery daemon is started with.
+    recoverd_cfg: Option<RecoverdConfig>,
     next_id: u64,
     running: HashMap<u64, (ScriptEvent, Waiter)>,
     /// `ctdb_wait_until_recovered`, `ctdb_run_startup`,
@@ -230,6 +232,7 @@ impl Monitor {
             fast_start: true,
             recoverd: None,
             recoverd_task: None,
+            recoverd_cfg: None,
             next_id: 1,
             running: HashMap::new(),
             wait_recovered_at: None,
@@ -408,7 +411,9 @@ impl Monitor {
                     die("Failed to run setup event");
                 }
                 if let Some(cfg) = self.recoverd.take() {
+                    self.recoverd_cfg = Some(cfg.try_clone());
                     self.recoverd_task = Some(recoverd::spawn(cfg));
+                    core.recd_ping.ping(now, &core.tunables);
                 }
                 core.set_runstate(Runstate::FirstRecovery);
                 self.wait_recovered_at = Some(now + Duration::from_secs(1));
@@ -519,6 +524,9 @@ impl Monitor {
         if self.stopped {
             return;
         }
+        if core.recd_ping.check(now, &core.tunables) == crate::recd_ping::Verdict::Restart {
+            self.restart_recoverd();
+        }
         if self.wait_recovered_at.is_some_and(|t| t <= now) {
             self.wait_recovered_at = None;
             self.wait_until_recovered(core, now);
@@ -592,6 +600,19 @@ impl Monitor {
             self.next_interval = 5;
             self.check_at = Some(now + Duration::from_secs(5));
         }
+    }
+
+    /// The recovery daemon missed `RecdFailCount` pings: a new one is
+    /// started (its first ping sets the timer again).
+    fn restart_recoverd(&mut self) {
+        let Some(cfg) = &self.recoverd_cfg else {
+            return;
+        };
+        if let Some(t) = self.recoverd_task.take() {
+            info!("Shutting down recovery daemon");
+            t.abort();
+        }
+        self.recoverd_task = Some(recoverd::spawn(cfg.try_clone()));
     }
 
     /// The shutdown sequence's part: stop the recovery daemon and

@@ -126,14 +126,6 @@ pub const NOT_ACTED_ON: &[(&str, &str)] = &[
         "VerboseMemoryNames",
         "CTDB names its packet-queue buffers for talloc reports; there is no talloc here",
     ),
-    (
-        "RecdPingTimeout",
-        "CTDB restarts a recovery daemon process that stops pinging; ours is a task of the daemon",
-    ),
-    (
-        "RecdFailCount",
-        "as RecdPingTimeout: the number of missed pings before that restart",
-    ),
     ("LogLatencyMs", "read by nothing in CTDB 4.17"),
     ("RecLockLatencyMs", "read by nothing in CTDB 4.17"),
     ("DBRecordCountWarn", "read by nothing in CTDB 4.17"),

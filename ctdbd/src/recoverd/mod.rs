@@ -103,7 +103,7 @@ pub struct Recoverd {
 }
 
 impl RecoverdConfig {
-    fn try_clone(&self) -> RecoverdConfig {
+    pub(crate) fn try_clone(&self) -> RecoverdConfig {
         RecoverdConfig {
             socket: self.socket.clone(),
             pnn: self.pnn,
