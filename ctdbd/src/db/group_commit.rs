@@ -70,7 +70,7 @@ pub fn max_updates() -> usize {
 /// One `UPDATE_RECORD` of a batch and, once applied, its outcome.
 #[derive(Debug)]
 pub struct Update {
-    /// The parked reply ([`Databases::park`]).
+    /// The parked reply (`Databases::park`).
     pub tag: u64,
     pub rb: RecBuffer,
     pub result: Result<(), String>,
@@ -207,7 +207,7 @@ fn together(
     Ok(results)
 }
 
-/// The batch being formed, while [`Databases::apply_updates`] runs the
+/// The batch being formed, while `Databases::apply_updates` runs the
 /// queued updates through `UPDATE_RECORD`'s checks.
 #[derive(Debug, Default)]
 pub struct GroupCommit {

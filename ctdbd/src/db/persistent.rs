@@ -9,7 +9,9 @@
 //! after the partition will discard (CTDB sends to the active nodes only,
 //! and loses such commits). Each node
 //! applies it in **one tdb transaction** on a worker thread (the handle
-//! goes there and back), checking that no record goes back in rsn. When
+//! goes there and back), checking that no record goes back in rsn; the
+//! updates of the database that queued meanwhile share that transaction
+//! ([`super::group_commit`]), each keeping its own outcome. When
 //! every node has answered the client gets its reply. If any node fails,
 //! this node enters recovery mode and the reply waits for the recovery to
 //! end ("ended by recovery"): the client then learns from the sequence
