@@ -954,6 +954,18 @@ impl Server {
             }
         };
         if dest == self.pnn() {
+            // CTDB queues a client's control to its own node as a node
+            // packet, and the reply too: node_packets_sent counts both,
+            // node.req_control and node.reply_control count them as they
+            // come back in (node_packets_recv does not).
+            self.core.stats.bump(|s| {
+                s.node_packets_sent += 1;
+                s.node.req_control += 1;
+                if !noreply {
+                    s.node_packets_sent += 1;
+                    s.node.reply_control += 1;
+                }
+            });
             let ctx = ControlCtx {
                 srcnode: self.pnn(),
                 client: Some(id),
@@ -975,6 +987,10 @@ impl Server {
             }
             for pnn in self.broadcast_targets(dest) {
                 if pnn == self.pnn() {
+                    self.core.stats.bump(|s| {
+                        s.node_packets_sent += 1;
+                        s.node.req_control += 1;
+                    });
                     let ctx = ControlCtx {
                         srcnode: self.pnn(),
                         client: Some(id),
@@ -1603,7 +1619,9 @@ impl Server {
 
     fn send_node(&mut self, pnn: u32, bytes: Bytes) {
         if pnn == self.pnn() {
-            // Our own packets loop back on the next turn.
+            // Our own packets loop back on the next turn (counted as sent,
+            // as CTDB counts what it queues to itself; not as received).
+            self.core.stats.bump(|s| s.node_packets_sent += 1);
             self.loopback.push(BytesMut::from(&bytes[..]));
             return;
         }
@@ -1624,7 +1642,9 @@ impl Server {
     }
 
     fn node_packet(&mut self, pnn: u32, pkt: BytesMut) {
-        self.core.stats.bump(|s| s.node_packets_recv += 1);
+        if pnn != self.pnn() {
+            self.core.stats.bump(|s| s.node_packets_recv += 1);
+        }
         if let Some(n) = self.core.node.node_mut(pnn) {
             n.rx_cnt = n.rx_cnt.wrapping_add(1);
         }
