@@ -6,7 +6,8 @@
 //! the database at a time, each synced on every node). What a user of
 //! CTDB moving many independent records to the new kind gains. Running
 //! ours with `CTDB_RS_GROUP_COMMIT_MAX=1` in the environment measures it
-//! without group commit.
+//! without group commit. A second row: one client alone (the latency of a
+//! per-key commit against a classic one, nothing to group).
 
 use anyhow::{Result, bail};
 use ctdb_client::{Client, DbKind};
@@ -17,17 +18,26 @@ use crate::worker::Kind;
 
 pub const ROW: &str = "ptrans 16 clients disjoint keys, keyed + group commit (ours) vs classic (reference) (commits/s)";
 
+pub const ROW_ONE: &str = "ptrans 1 client, keyed (ours) vs classic (reference) (commits/s)";
+
 const CLIENTS: usize = 16;
 
 pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let mut rows = clients(ctx, CLIENTS, ROW, "keyed")?;
+    rows.extend(clients(ctx, 1, ROW_ONE, "keyed1")?);
+    Ok(rows)
+}
+
+/// `n` clients spread over the nodes, each incrementing its own key.
+fn clients(ctx: &Ctx, n: usize, row: &str, name: &str) -> Result<Vec<Row>> {
     let keyed = !matches!(ctx.cluster.daemon(), Daemon::Reference);
-    let db = ctx.db_name("keyed");
+    let db = ctx.db_name(name);
     let start = ctx.start_at();
     let mut args = vec!["--db".to_string(), db.clone(), "--disjoint".into()];
     if keyed {
         args.push("--keyed".into());
     }
-    let workers = (0..CLIENTS)
+    let workers = (0..n)
         .map(|i| ctx.spawn(Kind::Trans, i % ctx.cluster.len(), i as u32, start, &args))
         .collect::<Result<Vec<_>>>()?;
     let reports = finish_all(ctx, workers)?;
@@ -61,7 +71,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let p50 = reports.iter().map(|r| r.p50_us).fold(0.0, f64::max);
     let p99 = reports.iter().map(|r| r.p99_us).fold(0.0, f64::max);
     Ok(vec![Row::ok(
-        ROW,
+        row,
         "commits/s",
         true,
         rate(ctx, &reports),

@@ -107,7 +107,7 @@ fn rows_of(name: &str) -> &'static [&'static str] {
             "ptrans 16 clients disjoint keys (commits/s)",
         ],
         "ptrans-inmemory" => &[inmemory::ROW],
-        "ptrans-keyed" => &[keyed::ROW],
+        "ptrans-keyed" => &[keyed::ROW, keyed::ROW_ONE],
         "message-ring" => &[
             "message ring (messages/s)",
             "daemon CPU per message, ring (µs)",
