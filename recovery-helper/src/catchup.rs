@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use ctdb_client::DbKind;
 use ctdb_protocol::types::{
-    CHANGELOG_TRACKED, ChangelogInfo, ChangesPull, DbSeqnumRequest, RecBuffer,
+    CHANGELOG_HAS_EMPTY, CHANGELOG_TRACKED, ChangelogInfo, ChangesPull, DbSeqnumRequest, RecBuffer,
 };
 use ctdb_protocol::{ControlReply, ControlRequest};
 
@@ -132,6 +132,10 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
         }
     }
     let src_pnn = nodes[src];
+    if infos[src].flags & CHANGELOG_HAS_EMPTY != 0 {
+        // The full path drops deleted records from every copy.
+        return skip("empty-records");
+    }
     let target = infos[src].checksum;
     // The nodes behind, grouped by where they are.
     let mut groups: Vec<(u128, Vec<u32>)> = Vec::new();

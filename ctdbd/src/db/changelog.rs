@@ -26,7 +26,9 @@
 //! newest value of each key) bring it to the same content, which the
 //! recovery helper checks by comparing checksums after applying them.
 //! Records are never deleted by commits (a persistent delete stores an
-//! empty record), so changed records are all a catch-up needs.
+//! empty record), so changed records are all a catch-up needs. The log
+//! also counts such empty records: a full recovery drops them from every
+//! copy, so a copy holding any is recovered in full (`CHANGELOG_HAS_EMPTY`).
 //!
 //! The log is bounded by bytes and by age (`[ctdb-rs] changelog max
 //! bytes`, `changelog max age` in `ctdb.conf`); the oldest entries go
@@ -42,8 +44,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ctdb_protocol::types::{
-    CHANGELOG_IN_RECOVERY, CHANGELOG_TRACKED, ChangelogInfo, ChangesChunk, ChangesPull, RecBuffer,
-    db_flags,
+    CHANGELOG_HAS_EMPTY, CHANGELOG_IN_RECOVERY, CHANGELOG_TRACKED, ChangelogInfo, ChangesChunk,
+    ChangesPull, RecBuffer, db_flags,
 };
 use ctdb_protocol::{ControlReply, ReplyControl};
 use tracing::warn;
@@ -100,8 +102,11 @@ struct Inner {
     /// The checksum is known (false only if reading the file failed).
     tracked: bool,
     checksum: u128,
-    /// The checksum inside an open recovery transaction.
+    /// Records with no data (deleted), which a full recovery drops.
+    empty: i64,
+    /// The checksum and empty records inside an open recovery transaction.
     pending: Option<u128>,
+    pending_empty: i64,
     entries: VecDeque<Entry>,
     /// Checksum and sequence number before the oldest entry.
     base: u128,
@@ -125,15 +130,17 @@ impl DbLog {
         if flags & (db_flags::PERSISTENT | db_flags::KEYED) == 0 {
             return None;
         }
-        let (tracked, checksum) = match content_checksum(tdb) {
+        let (tracked, (checksum, empty)) = match content_checksum(tdb) {
             Ok(c) => (true, c),
             Err(e) => {
                 warn!("change log: cannot read the database ({e}); no catch-up from or to it");
-                (false, 0)
+                (false, (0, 0))
             }
         };
         let seqnum = read_seqnum(tdb).unwrap_or(0);
-        Some(Arc::new(DbLog::with(tracked, checksum, seqnum, limits())))
+        let log = DbLog::with(tracked, checksum, seqnum, limits());
+        log.lock().empty = empty;
+        Some(Arc::new(log))
     }
 
     fn with(tracked: bool, checksum: u128, seqnum: u64, limits: Limits) -> DbLog {
@@ -141,7 +148,9 @@ impl DbLog {
             inner: Mutex::new(Inner {
                 tracked,
                 checksum,
+                empty: 0,
                 pending: None,
+                pending_empty: 0,
                 entries: VecDeque::new(),
                 base: checksum,
                 base_seqnum: seqnum,
@@ -166,6 +175,14 @@ impl DbLog {
         }
         if g.pending.is_some() {
             flags |= CHANGELOG_IN_RECOVERY;
+        }
+        let empty = if g.pending.is_some() {
+            g.pending_empty
+        } else {
+            g.empty
+        };
+        if empty > 0 {
+            flags |= CHANGELOG_HAS_EMPTY;
         }
         ChangelogInfo {
             db_id,
@@ -223,9 +240,10 @@ impl DbLog {
     }
 
     /// A committed change moved the checksum by `delta` and left `records`.
-    fn append(&self, delta: u128, seqnum: u64, records: Vec<(Vec<u8>, Vec<u8>)>) {
+    fn append(&self, delta: (u128, i64), seqnum: u64, records: Vec<(Vec<u8>, Vec<u8>)>) {
         let mut g = self.lock();
-        g.checksum = g.checksum.wrapping_add(delta);
+        g.checksum = g.checksum.wrapping_add(delta.0);
+        g.empty += delta.1;
         let bytes = records.iter().map(|(k, v)| k.len() + v.len()).sum();
         let no = g.next_no;
         g.next_no += 1;
@@ -260,8 +278,9 @@ impl Inner {
     }
 
     /// The log starts again from the current content (after a wipe).
-    fn restart(&mut self, checksum: u128, seqnum: u64) {
+    fn restart(&mut self, (checksum, empty): (u128, i64), seqnum: u64) {
         self.checksum = checksum;
+        self.empty = empty;
         self.entries.clear();
         self.bytes = 0;
         self.base = checksum;
@@ -279,21 +298,43 @@ pub fn record_hash(key: &[u8], value: &[u8]) -> u128 {
     m.finish()
 }
 
-/// The checksum of a whole file.
-pub fn content_checksum(tdb: &tdb::Tdb) -> tdb::Result<u128> {
-    let mut sum = 0u128;
+/// A record's part of the checksum, and 1 if it has no data (a deleted
+/// record of a persistent database: only its header).
+fn part(key: &[u8], v: &[u8]) -> (u128, i64) {
+    (
+        record_hash(key, v),
+        i64::from(v.len() <= ltdb_header_size()),
+    )
+}
+
+fn ltdb_header_size() -> usize {
+    ctdb_protocol::types::LtdbHeader::WIRE_SIZE
+}
+
+/// The checksum of a whole file, and its records without data.
+pub fn content_checksum(tdb: &tdb::Tdb) -> tdb::Result<(u128, i64)> {
+    let mut sum = (0u128, 0i64);
     tdb.traverse_read(|k, v| {
-        sum = sum.wrapping_add(record_hash(k, v));
+        let p = part(k, v);
+        sum = (sum.0.wrapping_add(p.0), sum.1 + p.1);
         std::ops::ControlFlow::Continue(())
     })?;
     Ok(sum)
 }
 
-fn hash_of(tdb: &tdb::Tdb, key: &[u8]) -> Result<u128, String> {
+fn hash_of(tdb: &tdb::Tdb, key: &[u8]) -> Result<(u128, i64), String> {
     Ok(tdb
-        .parse(key, |v| record_hash(key, v))
+        .parse(key, |v| part(key, v))
         .map_err(|e| format!("change log: {e}"))?
-        .unwrap_or(0))
+        .unwrap_or((0, 0)))
+}
+
+/// `a + new - old` for checksum parts.
+fn moved(a: (u128, i64), new: (u128, i64), old: (u128, i64)) -> (u128, i64) {
+    (
+        a.0.wrapping_add(new.0).wrapping_sub(old.0),
+        a.1 + new.1 - old.1,
+    )
 }
 
 /// The distinct keys of a buffer, in order of first appearance.
@@ -345,7 +386,7 @@ pub fn logged_batch<U, A>(
         return apply(updates);
     };
     // Every touched key's hash before the batch.
-    let mut current: HashMap<Vec<u8>, u128> = HashMap::new();
+    let mut current: HashMap<Vec<u8>, (u128, i64)> = HashMap::new();
     let mut readable = true;
     for u in updates.iter() {
         for rec in records(u).iter() {
@@ -367,7 +408,7 @@ pub fn logged_batch<U, A>(
     // Each applied update in order, its records as stored (header, data).
     let mut seqnum = log.info(0).seqnum;
     for u in updates.iter().filter(|u| applied(u)) {
-        let mut delta = 0u128;
+        let mut delta = (0u128, 0i64);
         let mut stored: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut at: HashMap<&[u8], usize> = HashMap::new();
         for rec in records(u).iter() {
@@ -376,9 +417,9 @@ pub fn logged_batch<U, A>(
             };
             let mut v = ltdb::header_bytes(&h).to_vec();
             v.extend_from_slice(data);
-            let new = record_hash(rec.key, &v);
-            let old = current.insert(rec.key.to_vec(), new).unwrap_or(0);
-            delta = delta.wrapping_add(new).wrapping_sub(old);
+            let new = part(rec.key, &v);
+            let old = current.insert(rec.key.to_vec(), new).unwrap_or((0, 0));
+            delta = moved(delta, new, old);
             if rec.key == SEQNUM_KEY
                 && let Ok(b) = <[u8; 8]>::try_from(data)
             {
@@ -414,7 +455,7 @@ pub struct RecoveryTx {
     log: Option<Arc<DbLog>>,
     open: bool,
     wiped: bool,
-    sum: u128,
+    sum: (u128, i64),
     /// Pushed records without a wipe (a catch-up of this node).
     records: Vec<(Vec<u8>, Vec<u8>)>,
     broken: bool,
@@ -443,8 +484,9 @@ impl RecoveryTx {
         self.reset();
         if let Some(l) = &self.log {
             let mut g = l.lock();
-            self.sum = g.checksum;
-            g.pending = Some(self.sum);
+            self.sum = (g.checksum, g.empty);
+            g.pending = Some(self.sum.0);
+            g.pending_empty = self.sum.1;
             self.open = true;
         }
     }
@@ -460,14 +502,16 @@ impl RecoveryTx {
             return;
         }
         self.wiped = true;
-        self.sum = 0;
+        self.sum = (0, 0);
         self.records.clear();
         self.publish();
     }
 
     fn publish(&self) {
         if let Some(l) = &self.log {
-            l.lock().pending = Some(self.sum);
+            let mut g = l.lock();
+            g.pending = Some(self.sum.0);
+            g.pending_empty = self.sum.1;
         }
     }
 
@@ -484,8 +528,8 @@ impl RecoveryTx {
             return store(tdb, rb);
         }
         let keys = keys(rb);
-        let old: Result<Vec<u128>, String> = if self.wiped {
-            Ok(vec![0; keys.len()])
+        let old: Result<Vec<(u128, i64)>, String> = if self.wiped {
+            Ok(vec![(0, 0); keys.len()])
         } else {
             keys.iter().map(|k| hash_of(tdb, k)).collect()
         };
@@ -497,8 +541,8 @@ impl RecoveryTx {
         for (k, o) in keys.iter().zip(old) {
             match tdb.fetch(k) {
                 Ok(v) => {
-                    let new = v.as_ref().map_or(0, |v| record_hash(k, v));
-                    self.sum = self.sum.wrapping_add(new).wrapping_sub(o);
+                    let new = v.as_ref().map_or((0, 0), |v| part(k, v));
+                    self.sum = moved(self.sum, new, o);
                     if !self.wiped
                         && let Some(v) = v
                     {
@@ -538,7 +582,10 @@ impl RecoveryTx {
         } else if wiped {
             log.lock().restart(sum, seqnum);
         } else if !records.is_empty() {
-            let delta = sum.wrapping_sub(log.lock().checksum);
+            let delta = {
+                let g = log.lock();
+                (sum.0.wrapping_sub(g.checksum), sum.1 - g.empty)
+            };
             log.append(delta, seqnum, records);
         }
     }
@@ -782,7 +829,7 @@ mod tests {
         );
         commit(&la, &a, &[rb(&[(b"w", 1, b"1")])]);
         assert_eq!(la.info(1).entries, 4);
-        assert_eq!(la.info(1).checksum, content_checksum(&a).unwrap());
+        assert_eq!(la.info(1).checksum, content_checksum(&a).unwrap().0);
         let changes = la.changes_since(at_b).unwrap();
         let keys: Vec<&[u8]> = changes.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(keys, [b"x".as_slice(), b"z", b"w"]);
@@ -806,7 +853,7 @@ mod tests {
         assert_eq!(lb.info(1).checksum, la.info(1).checksum);
         t.commit().unwrap();
         tx.committed(&b);
-        assert_eq!(lb.info(1).checksum, content_checksum(&b).unwrap());
+        assert_eq!(lb.info(1).checksum, content_checksum(&b).unwrap().0);
         assert_eq!(lb.info(1).checksum, la.info(1).checksum);
         // b's log has the catch-up as an entry, from its old state.
         assert_eq!(lb.changes_since(at_b).unwrap().len(), 3);
@@ -827,7 +874,21 @@ mod tests {
         tx.committed(&b);
         let i = lb.info(1);
         assert_eq!(i.entries, 0);
-        assert_eq!(i.checksum, content_checksum(&b).unwrap());
+        assert_eq!(i.checksum, content_checksum(&b).unwrap().0);
+    }
+
+    #[test]
+    fn deleted_records_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(&dir, "a.tdb");
+        let l = DbLog::open(&a, db_flags::PERSISTENT).unwrap();
+        commit(&l, &a, &[rb(&[(b"k", 1, b"v")])]);
+        assert_eq!(l.info(1).flags & CHANGELOG_HAS_EMPTY, 0);
+        commit(&l, &a, &[rb(&[(b"k", 2, b"")])]);
+        assert_ne!(l.info(1).flags & CHANGELOG_HAS_EMPTY, 0);
+        assert_eq!(content_checksum(&a).unwrap(), (l.info(1).checksum, 1));
+        commit(&l, &a, &[rb(&[(b"k", 3, b"w")])]);
+        assert_eq!(l.info(1).flags & CHANGELOG_HAS_EMPTY, 0);
     }
 
     #[test]
@@ -851,6 +912,6 @@ mod tests {
         assert!(i.bytes <= 200 && i.entries >= 1, "{i:?}");
         assert_eq!(i.last, 10);
         assert!(l.changes_since(start).is_none());
-        assert_eq!(i.checksum, content_checksum(&a).unwrap());
+        assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
     }
 }

@@ -21,6 +21,10 @@ pub const CHANGELOG_TRACKED: u32 = 0x1;
 /// [`ChangelogInfo::flags`]: a recovery transaction is open; the checksum
 /// is the one of its uncommitted content.
 pub const CHANGELOG_IN_RECOVERY: u32 = 0x2;
+/// [`ChangelogInfo::flags`]: the copy holds records without data (deleted
+/// records of a persistent database), which a full recovery drops: a
+/// recovery from this copy must be a full one to do the same.
+pub const CHANGELOG_HAS_EMPTY: u32 = 0x4;
 
 /// The reply to `DB_CHANGELOG_INFO` (request: the database id). On the
 /// wire: db_id, flags, entries (u32 each), then checksum (16 bytes, low
