@@ -313,13 +313,13 @@ controls! {
     EnableNode = 158, [], [];
     // ctdb-rs extensions, numbered far from CTDB's own opcodes.
     DbAttachExt = 0x5253_0001, [DbAttachExt], [u32];
+    // Incremental catch-up of persistent databases (issue 21).
+    DbChangelogInfo = 0x5253_0010, [u32], [Box<ChangelogInfo>];
+    DbChangesPull = 0x5253_0011, [ChangesPull], [ChangesChunk];
     // Partially replicated volatile databases (issue 21, types/replica.rs).
     DbSyncRecord = 0x5253_0020, [KeyData], [u32];
     DbReplicaStore = 0x5253_0021, [ReplicaStore], [];
     DbReplicaStatus = 0x5253_0022, [u32], [Box<ReplicaStatus>];
-    // Incremental catch-up of persistent databases (issue 21).
-    DbChangelogInfo = 0x5253_0010, [u32], [Box<ChangelogInfo>];
-    DbChangesPull = 0x5253_0011, [ChangesPull], [ChangesChunk];
     // Read-your-writes (issue 21): answered once a database reached a point.
     DbWaitSeqnum = 0x5253_0030, [DbWaitSeqnum], [u64];
 }
