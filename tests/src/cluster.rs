@@ -354,6 +354,34 @@ impl Cluster {
         self.wait_status(limit, self.opts.nodes, &[]);
     }
 
+    /// The recovery generation node `k`'s `ctdb status` shows, if it
+    /// answers.
+    pub fn generation(&self, k: usize) -> Option<String> {
+        let s = String::from_utf8_lossy(&self.tool(k, &["status"]).stdout).into_owned();
+        s.lines()
+            .find_map(|l| l.strip_prefix("Generation:"))
+            .map(str::to_owned)
+    }
+
+    /// Waits until the cluster is healthy and every node shows the same
+    /// valid generation (a recovery has ended everywhere).
+    pub fn wait_one_generation(&self) {
+        self.wait_healthy(Duration::from_secs(120));
+        crate::poll_until(
+            Duration::from_secs(90),
+            "one generation on every node",
+            || {
+                let g: Vec<Option<String>> = (0..self.len()).map(|k| self.generation(k)).collect();
+                match &g[0] {
+                    Some(g0) if g0 != "INVALID" && g.iter().all(|x| x.as_ref() == Some(g0)) => {
+                        Some(())
+                    }
+                    _ => None,
+                }
+            },
+        );
+    }
+
     /// Waits until node `observer`'s `ctdb status` shows `ok` nodes OK and
     /// recovery mode NORMAL; `skip` lists nodes not to ask.
     pub fn wait_status(&self, limit: Duration, ok: usize, skip: &[usize]) {

@@ -14,13 +14,6 @@ fn ours() -> Daemon {
     Daemon::Ours(our_bin("ctdbd"))
 }
 
-fn generation(c: &Cluster, k: usize) -> Option<String> {
-    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Generation:"))
-        .map(str::to_owned)
-}
-
 fn swap_node_2(first: Daemon, second: Daemon) {
     require_reference();
     let c = Cluster::start(ClusterOptions::new(first, 3).recovery_helper(HELPER));
@@ -31,7 +24,7 @@ fn swap_node_2(first: Daemon, second: Daemon) {
         Duration::from_secs(90),
         "one generation with all three nodes",
         || {
-            let g: Vec<Option<String>> = (0..3).map(|k| generation(&c, k)).collect();
+            let g: Vec<Option<String>> = (0..3).map(|k| c.generation(k)).collect();
             let all_in = (0..3).all(|k| c.tool_ok(k, &["status"]).contains("Size:3"));
             (all_in
                 && g[0].is_some()

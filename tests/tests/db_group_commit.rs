@@ -19,7 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use ctdb_client::{Client, DbKind};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
 
 const KEYED: &str = "gc_keyed.tdb";
 const CLASSIC: &str = "gc_classic.tdb";
@@ -63,26 +63,6 @@ fn counter(body: &str, name: &str, db: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&sample))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {sample}in\n{body}"))
-}
-
-fn one_generation(c: &Cluster) {
-    c.wait_healthy(Duration::from_secs(120));
-    poll_until(
-        Duration::from_secs(90),
-        "one generation on every node",
-        || {
-            let g: Vec<String> = (0..c.len())
-                .map(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Generation:"))
-                        .unwrap_or("")
-                        .to_owned()
-                })
-                .collect();
-            (!g[0].is_empty() && g[0] != "INVALID" && g.iter().all(|x| *x == g[0])).then_some(())
-        },
-    );
 }
 
 /// One classic transaction per round from one client on every node, all
@@ -148,7 +128,7 @@ fn concurrent_keyed_commits_share_transactions_and_syncs() {
         std::fs::write(&conf, text).unwrap();
         c.restart(k);
     }
-    one_generation(&c);
+    c.wait_one_generation();
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", KEYED, "keyed"]);
     assert!(
         out.status.success(),
@@ -250,7 +230,7 @@ fn concurrent_keyed_commits_share_transactions_and_syncs() {
     // The classic part on the reference: the same values and sequence
     // number.
     let r = Cluster::start(ClusterOptions::new(Daemon::Reference, 3));
-    one_generation(&r);
+    r.wait_one_generation();
     r.tool_ok(0, &["attach", CLASSIC, "persistent"]);
     rt().block_on(classic_load(&r));
     check_classic(&r);

@@ -80,26 +80,6 @@ fn wait_value(c: &Cluster, k: usize, key: &str, want: &str, what: &str) {
     });
 }
 
-fn all_healthy_one_generation(c: &Cluster) {
-    c.wait_healthy(Duration::from_secs(120));
-    poll_until(
-        Duration::from_secs(90),
-        "one generation on every node",
-        || {
-            let g: Vec<String> = (0..c.len())
-                .map(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Generation:"))
-                        .unwrap_or("")
-                        .to_owned()
-                })
-                .collect();
-            (!g[0].is_empty() && g[0] != "INVALID" && g.iter().all(|x| *x == g[0])).then_some(())
-        },
-    );
-}
-
 fn replicate_restart_and_cluster_restart(helper: Option<&Path>) {
     require_reference();
     let mut opts = ClusterOptions::new(ours(), 3);
@@ -107,7 +87,7 @@ fn replicate_restart_and_cluster_restart(helper: Option<&Path>) {
         opts = opts.recovery_helper(h);
     }
     let c = Cluster::start(opts);
-    all_healthy_one_generation(&c);
+    c.wait_one_generation();
 
     // Attached through our tool on node 0: every node has it, with the
     // extension flags, in the volatile directory.
@@ -203,7 +183,7 @@ fn replicate_restart_and_cluster_restart(helper: Option<&Path>) {
             .then_some(())
     });
     c.restart(2);
-    all_healthy_one_generation(&c);
+    c.wait_one_generation();
     assert_eq!(db_flags_on(&c, 2, IM), Some(want), "kind after restart");
     wait_value(&c, 2, "while_down", "w", "node 2 to get the new record");
     for key in ["k0", "k1", "n7", "pt1"] {
@@ -224,7 +204,7 @@ fn replicate_restart_and_cluster_restart(helper: Option<&Path>) {
     for k in 0..3 {
         c.restart(k);
     }
-    all_healthy_one_generation(&c);
+    c.wait_one_generation();
     for k in 0..3 {
         assert_eq!(db_flags_on(&c, k, IM), Some(want), "node {k}");
         for key in ["k0", "while_down", "after"] {
@@ -261,7 +241,7 @@ fn mixed_cluster_refuses_inmemory_attach() {
     let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(HELPER));
     c.kill(2);
     c.restart_with(2, &Daemon::Reference);
-    all_healthy_one_generation(&c);
+    c.wait_one_generation();
 
     // Our node: the probe of the reference node fails, the attach with it.
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", IM, "inmemory"]);
@@ -327,7 +307,7 @@ fn inmemory_no_lost_updates_with_node_kills() {
     const KILLS: usize = 3;
     require_reference();
     let c = Cluster::start(ClusterOptions::new(ours(), 4));
-    all_healthy_one_generation(&c);
+    c.wait_one_generation();
     our_tool_ok(&c, 0, &["attach", IM, "inmemory"]);
     let stop = c.dir().join("stop-increments");
     let mut children = Vec::new();
@@ -351,7 +331,7 @@ fn inmemory_no_lost_updates_with_node_kills() {
         c.kill(3);
         std::thread::sleep(Duration::from_secs(1));
         c.restart(3);
-        all_healthy_one_generation(&c);
+        c.wait_one_generation();
     }
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, b"").unwrap();
@@ -370,7 +350,7 @@ fn inmemory_no_lost_updates_with_node_kills() {
             (own, it.next().unwrap(), it.next().unwrap())
         })
         .collect();
-    all_healthy_one_generation(&c);
+    c.wait_one_generation();
     let (acked, unsure): (u64, u64) = results.iter().fold((0, 0), |(a, u), r| (a + r.1, u + r.2));
     eprintln!("{acked} acknowledged increments, {unsure} failed commits");
     assert!(acked > 0, "no commit went through");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::types::{KEYED_EPOCH_KEY, db_flags};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
 
 const DB: &str = "keyed_test.tdb";
 
@@ -33,26 +33,6 @@ fn value(v: Option<Vec<u8>>) -> u64 {
             .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
     })
     .unwrap_or(0)
-}
-
-fn one_generation(c: &Cluster) {
-    c.wait_healthy(Duration::from_secs(120));
-    poll_until(
-        Duration::from_secs(90),
-        "one generation on every node",
-        || {
-            let g: Vec<String> = (0..c.len())
-                .map(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Generation:"))
-                        .unwrap_or("")
-                        .to_owned()
-                })
-                .collect();
-            (!g[0].is_empty() && g[0] != "INVALID" && g.iter().all(|x| *x == g[0])).then_some(())
-        },
-    );
 }
 
 /// Every node's copy: (key, value), sorted, without the recovery's epoch
@@ -77,7 +57,7 @@ fn copy(c: &Cluster, k: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn keyed_disjoint_keys_commit_concurrently() {
     require_reference();
     let c = Cluster::start(ClusterOptions::new(ours(), 3));
-    one_generation(&c);
+    c.wait_one_generation();
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
     assert!(
         out.status.success(),
@@ -165,7 +145,7 @@ fn keyed_disjoint_keys_commit_concurrently() {
     }
     // A recovery merges the copies record by record: everything stays.
     c.tool_ok(1, &["recover"]);
-    one_generation(&c);
+    c.wait_one_generation();
     for k in 0..3 {
         assert_eq!(copy(&c, k), copy(&c, 0), "node {k}");
         assert_eq!(copy(&c, k).len(), 2, "node {k}");
@@ -200,7 +180,7 @@ fn keyed_no_lost_updates_with_node_kills() {
     let c = Cluster::start(
         ClusterOptions::new(ours(), 4).recovery_helper(our_bin("ctdb_recovery_helper")),
     );
-    one_generation(&c);
+    c.wait_one_generation();
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
     assert!(
         out.status.success(),
@@ -230,7 +210,7 @@ fn keyed_no_lost_updates_with_node_kills() {
         c.kill(3);
         std::thread::sleep(Duration::from_secs(1));
         c.restart(3);
-        one_generation(&c);
+        c.wait_one_generation();
     }
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, b"").unwrap();
@@ -245,7 +225,7 @@ fn keyed_no_lost_updates_with_node_kills() {
             (own, it.next().unwrap(), it.next().unwrap())
         })
         .collect();
-    one_generation(&c);
+    c.wait_one_generation();
     let (acked, unsure) = results
         .iter()
         .fold((0u64, 0u64), |(a, u), r| (a + r.1, u + r.2));
@@ -314,7 +294,7 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
             "/usr/libexec/ctdb/ctdb_recovery_helper".into()
         };
         let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(helper));
-        one_generation(&c);
+        c.wait_one_generation();
         let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
         assert!(
             out.status.success(),
@@ -344,7 +324,7 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
             }
         }
         c.restart(2);
-        one_generation(&c);
+        c.wait_one_generation();
         let copies: Vec<_> = (0..3).map(|k| copy(&c, k)).collect();
         for k in 1..3 {
             assert_eq!(
@@ -385,7 +365,7 @@ fn mixed_cluster_refuses_keyed_attach() {
     );
     c.kill(2);
     c.restart_with(2, &Daemon::Reference);
-    one_generation(&c);
+    c.wait_one_generation();
     for k in [0, 2] {
         let out = c.tool_with(&our_bin("ctdb"), k, &["attach", DB, "keyed"]);
         assert!(!out.status.success(), "keyed attach on node {k} succeeded");

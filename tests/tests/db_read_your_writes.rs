@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ctdb_client::{ClientError, CommitPoint, Db, DbKind};
 use ctdb_protocol::header::CTDB_CURRENT_NODE;
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, require_reference};
 
 const KEY: &[u8] = b"ryw_key";
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,26 +25,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn one_generation(c: &Cluster) {
-    c.wait_healthy(Duration::from_secs(120));
-    poll_until(
-        Duration::from_secs(90),
-        "one generation on every node",
-        || {
-            let g: Vec<String> = (0..c.len())
-                .map(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("Generation:"))
-                        .unwrap_or("")
-                        .to_owned()
-                })
-                .collect();
-            (!g[0].is_empty() && g[0] != "INVALID" && g.iter().all(|x| *x == g[0])).then_some(())
-        },
-    );
 }
 
 /// The round number stored under [`KEY`] in `db`'s local copy (0 if none).
@@ -252,7 +232,7 @@ async fn timeouts(c: &Cluster, name: &str, kind: DbKind) {
 fn ours_3() -> Cluster {
     require_reference();
     let c = Cluster::start(ClusterOptions::new(Daemon::Ours(our_bin("ctdbd")), 3));
-    one_generation(&c);
+    c.wait_one_generation();
     c
 }
 
@@ -319,7 +299,7 @@ fn waits_survive_a_recovery() {
             assert!(Instant::now() < deadline, "no new generation on node 2");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        one_generation(&c);
+        c.wait_one_generation();
         // Any answer to the wait was routed before this one.
         rc.get_pnn(CTDB_CURRENT_NODE).await.unwrap();
         tokio::task::yield_now().await;

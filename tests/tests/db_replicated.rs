@@ -55,14 +55,6 @@ fn our_tool(c: &Cluster, k: usize, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn generation(c: &Cluster, k: usize) -> String {
-    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Generation:"))
-        .unwrap_or("")
-        .to_owned()
-}
-
 /// Every listed node in recovery mode NORMAL, with `ok` nodes OK and one
 /// generation that is not `not`.
 fn wait_recovered(c: &Cluster, nodes: &[usize], ok: usize, not: &str) {
@@ -77,7 +69,7 @@ fn wait_recovered(c: &Cluster, nodes: &[usize], ok: usize, not: &str) {
             if n_ok != ok || !s.contains("Recovery mode:NORMAL") {
                 return None;
             }
-            gens.push(generation(c, k));
+            gens.push(c.generation(k).unwrap_or_default());
         }
         (gens.iter().all(|g| g == &gens[0]) && gens[0] != not && gens[0] != "INVALID").then_some(())
     });
@@ -247,7 +239,7 @@ fn synced_records_survive_kill(helper: Option<&Path>) {
     drop(pr);
     drop(classic);
 
-    let before = generation(&c, 0);
+    let before = c.generation(0).unwrap_or_default();
     c.kill(KILLED);
     wait_recovered(&c, &[0, 1], 2, &before);
 
