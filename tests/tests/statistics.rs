@@ -13,12 +13,12 @@
 //! `ctdb dumpmemory` reports memory by area and `ctdb rddumpmemory`
 //! answers on both.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ctdb_tests::contend::Contender;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 const VOL: &str = "stat_vol.tdb";
 const PERS: &str = "stat_pers.tdb";
@@ -30,59 +30,15 @@ const COMMITS: &str = "20";
 /// Fields ours may leave at zero where the reference does not, and why.
 const EXCEPTIONS: &[(&str, &str)] = &[];
 
-/// A `ctdb-contend` client process on a node.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: BufReader<ChildStdout>,
-}
-
-impl Proc {
-    fn start(c: &Cluster, k: usize, args: &[&str]) -> Proc {
-        let mut child = Command::new(our_bin("ctdb-contend"))
-            .arg(c.socket(k))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Proc { child, stdin, out }
-    }
-
-    fn expect(&mut self, what: &str) -> String {
-        let mut l = String::new();
-        self.out.read_line(&mut l).unwrap();
-        assert!(
-            l.starts_with(what),
-            "client said {l:?}, expected {what:?} (exit: {:?})",
-            self.child.try_wait()
-        );
-        l
-    }
-
-    fn go(&mut self) {
-        let mut i = self.stdin.take().unwrap();
-        i.write_all(b"go\n").unwrap();
-    }
-
-    fn finish(mut self) {
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "client failed: {st}");
-    }
-}
-
 /// The fixed workload.
 fn workload(c: &Cluster) {
     c.tool_ok(0, &["attach", VOL]);
     c.tool_ok(0, &["attach", PERS, "persistent"]);
     // Two processes on each of nodes 0 and 1 increment one record for
     // CONTEND_SECS: it migrates between the nodes (calls, hops, hot key).
-    let mut procs: Vec<Proc> = [0, 0, 1, 1]
+    let mut procs: Vec<Contender> = [0, 0, 1, 1]
         .into_iter()
-        .map(|k| Proc::start(c, k, &["fetch-lock", VOL, "hot", CONTEND_SECS]))
+        .map(|k| Contender::start(c, k, &["fetch-lock", VOL, "hot", CONTEND_SECS]))
         .collect();
     for p in &mut procs {
         p.expect("ready");
@@ -112,9 +68,9 @@ fn workload(c: &Cluster) {
     );
     // A record held by a client on node 1 while node 0 asks for it: the
     // migration request waits for the record lock (lock statistics).
-    let mut holder = Proc::start(c, 1, &["hold", VOL, "held", "300"]);
+    let mut holder = Contender::start(c, 1, &["hold", VOL, "held", "300"]);
     holder.expect("locked");
-    let mut asker = Proc::start(c, 0, &["fetch-once", VOL, "held"]);
+    let mut asker = Contender::start(c, 0, &["fetch-once", VOL, "held"]);
     asker.expect("ready");
     asker.go();
     asker.expect("done");
@@ -269,16 +225,16 @@ fn lock_waits_now(c: &Cluster) -> ((f64, f64), (f64, f64)) {
         let get = |f: &str| s.get(f).copied().unwrap_or_else(|| panic!("no {f}"));
         (get("locks.num_pending"), get("locks.num_current"))
     };
-    let mut holders: Vec<Proc> = ["held-a", "held-b"]
+    let mut holders: Vec<Contender> = ["held-a", "held-b"]
         .into_iter()
-        .map(|k| Proc::start(c, 1, &["hold", VOL, k, "8000"]))
+        .map(|k| Contender::start(c, 1, &["hold", VOL, k, "8000"]))
         .collect();
     for h in &mut holders {
         h.expect("locked");
     }
-    let mut askers: Vec<Proc> = ["held-a", "held-b"]
+    let mut askers: Vec<Contender> = ["held-a", "held-b"]
         .into_iter()
-        .map(|k| Proc::start(c, 0, &["fetch-once", VOL, k]))
+        .map(|k| Contender::start(c, 0, &["fetch-once", VOL, k]))
         .collect();
     for a in &mut askers {
         a.expect("ready");
