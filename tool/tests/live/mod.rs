@@ -547,8 +547,27 @@ fn run_step(tool: &Path, tag: &str, c: &Cluster, step: &Step) -> Run {
     (step.before)(c);
     let (args, file) = args_for(step, c, tag);
     let log_marks = log_marks(c);
-    let t = std::time::Instant::now();
+    let mut t = std::time::Instant::now();
     let mut r = run(tool, c, NODE, &args, step.stdin);
+    // The reference tool once ran out of time (120 s) in `ban` on a
+    // reference cluster in CI, waiting for its leader's takeover run; the
+    // ban itself had taken effect. That is the reference's own hiccup: its
+    // run is given one more try from the step's starting state (printed).
+    // Ours gets no second try, nor the reference tool on our daemon.
+    if tag == "reference"
+        && matches!(c.daemon(), Daemon::Reference)
+        && r.rc != 0
+        && r.stderr.contains("Maximum runtime exceeded")
+    {
+        eprintln!(
+            "the reference tool's `ctdb {}` ran out of time after {:.2?}: once more\n{r}",
+            args.join(" "),
+            t.elapsed()
+        );
+        (step.before)(c);
+        t = std::time::Instant::now();
+        r = run(tool, c, NODE, &args, step.stdin);
+    }
     let took = t.elapsed();
     let done = Done {
         tag,
