@@ -188,6 +188,10 @@ fn synced_records_survive_kill(helper: Option<&Path>) {
             let cl = Client::connect(c.socket(k)).await.unwrap();
             let d = cl.attach(PR, DbKind::PartiallyReplicated, 0).await.unwrap();
             assert_eq!(d.kind(), DbKind::PartiallyReplicated);
+            assert!(
+                d.transaction_start(false).await.is_err(),
+                "a transaction on a partially replicated database"
+            );
             let map = cl.get_dbmap(CTDB_CURRENT_NODE).await.unwrap();
             let f = map.dbs.iter().find(|x| x.db_id == d.id()).map(|x| x.flags);
             assert_eq!(f, Some(db_flags::PARTIAL_REPLICA), "node {k}'s db map");

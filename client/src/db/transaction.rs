@@ -63,7 +63,9 @@ impl Db {
         readonly: bool,
         ctdb_style: bool,
     ) -> Result<Transaction> {
-        if self.kind() == DbKind::Volatile {
+        if self.kind().migrates() {
+            // Volatile and partially replicated: records migrate, no
+            // cluster-wide transactions.
             return Err(ClientError::Other(format!(
                 "transactions are not supported on volatile database {}",
                 self.name
