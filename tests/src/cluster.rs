@@ -153,6 +153,17 @@ impl Cluster {
         c
     }
 
+    /// A mixed cluster: `opts`' daemons, then node `k` killed and started
+    /// again as the reference daemon; returns once the cluster is healthy
+    /// with one generation everywhere.
+    pub fn start_with_reference_node(opts: ClusterOptions, k: usize) -> Cluster {
+        let c = Cluster::start(opts);
+        c.kill(k);
+        c.restart_with(k, &Daemon::Reference);
+        c.wait_one_generation();
+        c
+    }
+
     /// Starts the daemons without waiting for health.
     pub fn launch(opts: ClusterOptions) -> Cluster {
         let dir = tempfile::Builder::new()

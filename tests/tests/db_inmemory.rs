@@ -238,10 +238,10 @@ fn inmemory_with_our_recovery_helper() {
 #[test]
 fn mixed_cluster_refuses_inmemory_attach() {
     require_reference();
-    let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(HELPER));
-    c.kill(2);
-    c.restart_with(2, &Daemon::Reference);
-    c.wait_one_generation();
+    let c = Cluster::start_with_reference_node(
+        ClusterOptions::new(ours(), 3).recovery_helper(HELPER),
+        2,
+    );
 
     // Our node: the probe of the reference node fails, the attach with it.
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", IM, "inmemory"]);

@@ -360,12 +360,10 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
 #[test]
 fn mixed_cluster_refuses_keyed_attach() {
     require_reference();
-    let c = Cluster::start(
+    let c = Cluster::start_with_reference_node(
         ClusterOptions::new(ours(), 3).recovery_helper("/usr/libexec/ctdb/ctdb_recovery_helper"),
+        2,
     );
-    c.kill(2);
-    c.restart_with(2, &Daemon::Reference);
-    c.wait_one_generation();
     for k in [0, 2] {
         let out = c.tool_with(&our_bin("ctdb"), k, &["attach", DB, "keyed"]);
         assert!(!out.status.success(), "keyed attach on node {k} succeeded");

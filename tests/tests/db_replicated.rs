@@ -320,10 +320,10 @@ fn synced_records_survive_kill_with_our_recovery_helper() {
 #[test]
 fn mixed_cluster_refuses_partially_replicated_attach() {
     require_reference();
-    let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(HELPER));
-    c.kill(2);
-    c.restart_with(2, &Daemon::Reference);
-    c.wait_healthy(Duration::from_secs(120));
+    let c = Cluster::start_with_reference_node(
+        ClusterOptions::new(ours(), 3).recovery_helper(HELPER),
+        2,
+    );
     wait_recovered(&c, &[0, 1, 2], 3, "");
 
     let (ok, out) = our_tool(&c, 0, &["attach", PR, "partial"]);
