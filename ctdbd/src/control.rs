@@ -6,9 +6,9 @@
 //! once ([`Outcome::Reply`]); a few need the event loop to do something
 //! first ([`Outcome::Async`]) and reply later.
 //!
-//! Database controls go to the [`DbLayer`] hook; until the database layer
-//! exists, [`NoDatabases`] reports an empty database map and refuses
-//! every database control with a clear error.
+//! Database controls are not answered here: the event loop hands them to
+//! the database layer ([`crate::db::Databases::control`]), and the core
+//! refuses one that reaches it with a clear error.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ use ctdb_protocol::types::*;
 use ctdb_protocol::{ControlReply, ControlRequest, Opcode, ReplyControl, ReqControl};
 use tracing::{debug, error, info, warn};
 
+use crate::db::Databases;
 use crate::logging::LogControl;
 use crate::messaging::{ClientId, SrvidRegistry};
 use crate::node::NodeState;
@@ -71,36 +72,6 @@ impl Outcome {
     }
 }
 
-/// The database layer, as the control dispatcher sees it.
-///
-/// Every control reaches [`DbLayer::control`] first (with the node state,
-/// for the generation, recovery mode and PNN). The daemon installs
-/// [`crate::db::DbHandle`] here, which answers `GET_DBMAP`; the event loop
-/// hands database controls (which may need to answer later) and record
-/// traffic straight to [`crate::db::Databases`], so they do not reach
-/// [`Core::handle`] in the daemon. Embedders without databases keep
-/// [`NoDatabases`].
-pub trait DbLayer {
-    /// `GET_DBMAP`.
-    fn dbmap(&self) -> DbidMap;
-    /// Any database control (attach, records, transactions, recovery of
-    /// databases...). `None` means "not mine".
-    fn control(&mut self, ctx: &ControlCtx, req: &ReqControl, node: &NodeState) -> Option<Outcome>;
-    /// Whether `FREEZE` froze every database (`ctdb statistics`' `frozen`).
-    fn all_frozen(&self) -> bool {
-        false
-    }
-    /// Its areas of `ctdb dumpmemory`.
-    fn memory(&self) -> Vec<crate::memory::MemArea> {
-        Vec::new()
-    }
-}
-
-/// No database layer yet: an empty map, and a clear refusal of database
-/// controls (never a fake success).
-#[derive(Debug, Default)]
-pub struct NoDatabases;
-
 /// Controls that belong to the database layer.
 pub fn is_db_control(op: Opcode) -> bool {
     use Opcode::*;
@@ -152,31 +123,6 @@ pub fn is_db_control(op: Opcode) -> bool {
     )
 }
 
-impl DbLayer for NoDatabases {
-    fn dbmap(&self) -> DbidMap {
-        DbidMap::default()
-    }
-    fn control(
-        &mut self,
-        _ctx: &ControlCtx,
-        req: &ReqControl,
-        _node: &NodeState,
-    ) -> Option<Outcome> {
-        if req.opcode() == Opcode::Freeze {
-            // Freezing every database of none is done at once.
-            return Some(Outcome::ok(ControlReply::Freeze));
-        }
-        if is_db_control(req.opcode()) {
-            Some(Outcome::fail(format!(
-                "{}: databases are not supported by this ctdbd yet",
-                req.opcode().name()
-            )))
-        } else {
-            None
-        }
-    }
-}
-
 /// What the daemon knows about a local client.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
@@ -198,7 +144,6 @@ pub struct Core {
     /// The cluster lock setting (`[cluster] cluster lock`).
     pub cluster_lock: Option<String>,
     pub nodes_file: PathBuf,
-    pub db: Box<dyn DbLayer>,
     /// When the daemon started (keepalive uptime).
     pub start_instant: Instant,
     /// Set when a nodes-file reload changed nodes: the PNNs to connect to.
@@ -228,7 +173,6 @@ impl Core {
             clients: BTreeMap::new(),
             cluster_lock,
             nodes_file,
-            db: Box::new(NoDatabases),
             start_instant: Instant::now(),
             reloaded: None,
             pending_messages: Vec::new(),
@@ -241,17 +185,31 @@ impl Core {
     }
 
     /// Answers a control addressed to this node.
-    pub fn handle(&mut self, ctx: &ControlCtx, req: &ReqControl) -> Outcome {
+    ///
+    /// `dbs` is the daemon's database layer, read by `STATISTICS` (whether
+    /// every database is frozen) and `DUMP_MEMORY` (its areas); an embedder
+    /// that keeps its databases elsewhere (the fake daemon) passes `None`.
+    /// Database controls themselves are the layer's
+    /// ([`crate::db::controls::handles`]): the core refuses them.
+    pub fn handle(
+        &mut self,
+        ctx: &ControlCtx,
+        req: &ReqControl,
+        dbs: Option<&Databases>,
+    ) -> Outcome {
         use ControlRequest as Rq;
-        if let Some(o) = self.db.control(ctx, req, &self.node) {
-            return o;
+        if crate::db::controls::handles(req.opcode()) {
+            return Outcome::fail(format!(
+                "{}: a database control, answered by the database layer",
+                req.opcode().name()
+            ));
         }
         let pnn = self.node.pnn;
         match &req.data {
             Rq::ProcessExists(pid) => self.process_exists(*pid),
             Rq::Statistics => {
                 let mut s = (self.stats).snapshot(self.num_clients(), self.node.in_recovery());
-                s.frozen = u32::from(self.db.all_frozen());
+                s.frozen = u32::from(dbs.is_some_and(Databases::all_frozen));
                 Outcome::ok(ControlReply::Statistics(Box::new(s)))
             }
             Rq::Ping => Outcome::status(self.num_clients() as i32),
@@ -268,7 +226,6 @@ impl Core {
                 self.log.set_level(*l as i32);
                 Outcome::ok(ControlReply::SetDebug)
             }
-            Rq::GetDbMap => Outcome::ok(ControlReply::GetDbMap(self.db.dbmap())),
             Rq::GetNodemap => Outcome::ok(ControlReply::GetNodemap(self.node.nodemap())),
             Rq::GetRecmode => Outcome::status(self.node.recovery_mode as i32),
             Rq::SetRecmode(m) => self.set_recmode(*m),
@@ -289,9 +246,10 @@ impl Core {
                 }
                 _ => Outcome::status(-1),
             },
-            Rq::DumpMemory => Outcome::ok(ControlReply::DumpMemory(crate::memory::report(self))),
+            Rq::DumpMemory => {
+                Outcome::ok(ControlReply::DumpMemory(crate::memory::report(self, dbs)))
+            }
             Rq::GetPid => Outcome::status(std::process::id() as i32),
-            Rq::Freeze => Outcome::fail("FREEZE not handled by the database layer"),
             Rq::GetPnn => Outcome::status(pnn as i32),
             Rq::Shutdown => {
                 info!("Received SHUTDOWN command.");
@@ -662,7 +620,7 @@ mod tests {
     }
 
     fn run(c: &mut Core, d: ControlRequest) -> Outcome {
-        c.handle(&ctx(), &ReqControl::new(d))
+        c.handle(&ctx(), &ReqControl::new(d), None)
     }
 
     #[test]
@@ -722,17 +680,19 @@ mod tests {
     }
 
     #[test]
-    fn db_controls_are_refused_not_faked() {
+    fn db_controls_are_left_to_the_database_layer() {
         let mut c = core();
-        let Outcome::Reply(r) = run(&mut c, ControlRequest::DbAttach("x.tdb".into())) else {
-            panic!()
-        };
-        assert_eq!(r.status, -1);
-        assert!(r.errmsg.unwrap().contains("not supported"));
-        assert_eq!(
-            run(&mut c, ControlRequest::GetDbMap),
-            Outcome::ok(ControlReply::GetDbMap(DbidMap::default()))
-        );
+        for d in [
+            ControlRequest::DbAttach("x.tdb".into()),
+            ControlRequest::GetDbMap,
+            ControlRequest::Freeze,
+        ] {
+            let Outcome::Reply(r) = run(&mut c, d) else {
+                panic!()
+            };
+            assert_eq!(r.status, -1);
+            assert!(r.errmsg.unwrap().contains("answered by the database layer"));
+        }
     }
 
     #[test]
@@ -747,7 +707,7 @@ mod tests {
         );
         let mut r = ReqControl::new(ControlRequest::RegisterSrvid);
         r.srvid = 99;
-        assert!(matches!(c.handle(&ctx(), &r), Outcome::Reply(x) if x.status == 0));
+        assert!(matches!(c.handle(&ctx(), &r, None), Outcome::Reply(x) if x.status == 0));
         assert_eq!(
             run(
                 &mut c,

@@ -9,8 +9,8 @@
 //! * [`node`]: the node map, flags, bans, run state (pure state);
 //! * [`messaging`]: srvid registrations; [`tunnel`]: tunnel ids and
 //!   `REQ_TUNNEL` routing;
-//! * [`control`]: answering controls ([`control::Core`], reusable without
-//!   sockets), and the [`control::DbLayer`] hook for databases;
+//! * [`control`]: answering the node's own controls ([`control::Core`],
+//!   reusable without sockets; database controls are [`db`]'s);
 //! * [`db`]: the databases: attach, record calls and migration,
 //!   persistent transactions, traverses, recovery of databases;
 //! * [`server`]: the single-threaded event loop that owns all state and

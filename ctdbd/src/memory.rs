@@ -61,8 +61,9 @@ fn process_memory() -> (u64, u64, u64) {
     (size, resident, shared)
 }
 
-/// The whole report for `DUMP_MEMORY`.
-pub fn report(core: &Core) -> String {
+/// The whole report for `DUMP_MEMORY`: the core's areas, then the
+/// database layer's (none for an embedder without it).
+pub fn report(core: &Core, dbs: Option<&Databases>) -> String {
     let (size, resident, shared) = process_memory();
     let (client_q, node_q) = core.stats.queued();
     let history = core.stats.history_len();
@@ -110,7 +111,7 @@ pub fn report(core: &Core) -> String {
             ),
         ),
     ];
-    areas.extend(core.db.memory());
+    areas.extend(dbs.map(databases).unwrap_or_default());
     render(&areas)
 }
 

@@ -15,11 +15,9 @@
 //! packets the turn's output is written (one vectored write per
 //! connection).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -42,7 +40,7 @@ use tracing::{debug, error, info, trace, warn};
 use crate::clients::ClientSocket;
 use crate::cluster_mutex;
 use crate::control::{AsyncOp, ClientInfo, ControlCtx, Core, Outcome};
-use crate::db::{Databases, DbEvent, Effect, Env};
+use crate::db::{Databases, DbConfig, DbEvent, Effect, Env};
 use crate::event_loop::{Next, ReadyQueue, Token};
 use crate::messaging::ClientId;
 use crate::transport::{self, InLink, OutCmd, OutLink};
@@ -198,9 +196,11 @@ pub struct Server {
     next_keepalive: Instant,
     next_stat_rotation: Instant,
     shutdown: bool,
-    /// The database layer (also installed in `core.db` for `GET_DBMAP`).
-    dbs: Option<Rc<RefCell<Databases>>>,
-    db_rx: Option<mpsc::UnboundedReceiver<DbEvent>>,
+    /// The database layer: record calls, database controls and recovery
+    /// of databases go to it.
+    dbs: Databases,
+    /// What its background work (lock waits, traverses, freezes) reports.
+    db_rx: mpsc::UnboundedReceiver<DbEvent>,
     /// The recovery mode the database layer last saw.
     db_recmode: u32,
     /// Event scripts and node health.
@@ -210,8 +210,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(core: Core, cfg: ServerConfig) -> Server {
+    /// The daemon, with a database layer of `db` that has no databases
+    /// yet (start-up attaches them through [`Server::databases`]).
+    pub fn new(core: Core, cfg: ServerConfig, db: DbConfig) -> Server {
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let (mut dbs, db_rx) = Databases::new(db);
+        dbs.stats = core.stats.handle();
         let monitor = crate::monitor::Monitor::detached(ev_tx.clone());
         Server {
             core,
@@ -232,8 +236,8 @@ impl Server {
             next_keepalive: Instant::now(),
             next_stat_rotation: Instant::now(),
             shutdown: false,
-            dbs: None,
-            db_rx: None,
+            dbs,
+            db_rx,
             db_recmode: CTDB_RECOVERY_ACTIVE,
             monitor,
             takeover: crate::takeover::Takeover::empty(),
@@ -298,49 +302,34 @@ impl Server {
         }
     }
 
-    /// Installs the database layer: record calls, database controls and
-    /// recovery of databases go to it.
-    pub fn install_databases(
-        &mut self,
-        dbs: Rc<RefCell<Databases>>,
-        rx: mpsc::UnboundedReceiver<DbEvent>,
-    ) {
-        self.core.db = Box::new(crate::db::DbHandle(Rc::clone(&dbs)));
-        dbs.borrow_mut().stats = self.core.stats.handle();
-        self.dbs = Some(dbs);
-        self.db_rx = Some(rx);
+    /// The database layer and what it sees of the node, for start-up
+    /// (attaching the databases found on disk). What it asks for is
+    /// carried out once the loop runs.
+    pub fn databases(&mut self) -> (&mut Databases, Env<'_>) {
+        let env = Env {
+            node: &self.core.node,
+            tunables: &self.core.tunables,
+            clients: &self.core.clients,
+        };
+        (&mut self.dbs, env)
     }
 
     /// Runs `f` on the database layer, then carries out what it asked for.
-    fn with_dbs<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> Option<R> {
-        let dbs = self.dbs.clone()?;
+    fn with_dbs<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
         let r = {
-            let env = Env {
-                node: &self.core.node,
-                tunables: &self.core.tunables,
-                clients: &self.core.clients,
-            };
-            let mut d = dbs.borrow_mut();
-            f(&mut d, &env)
+            let (d, env) = self.databases();
+            f(d, &env)
         };
         self.run_db_effects();
-        Some(r)
+        r
     }
 
     /// Carries out the database layer's effects (which may produce more).
     fn run_db_effects(&mut self) {
-        let Some(dbs) = self.dbs.clone() else {
-            return;
-        };
         loop {
             let effects = {
-                let mut d = dbs.borrow_mut();
+                let (d, env) = self.databases();
                 if d.has_ready() {
-                    let env = Env {
-                        node: &self.core.node,
-                        tunables: &self.core.tunables,
-                        clients: &self.core.clients,
-                    };
                     d.run_ready(&env);
                 }
                 d.take_effects()
@@ -504,7 +493,7 @@ impl Server {
                 }
                 self.after_event();
             }
-            let wake = self.dbs.as_ref().and_then(|d| d.borrow().next_wakeup());
+            let wake = self.dbs.next_wakeup();
             if wake != db_timer_at {
                 if let Some(t) = wake {
                     db_timer.as_mut().reset(t.into());
@@ -514,7 +503,7 @@ impl Server {
             tokio::select! {
                 biased;
                 _ = tick.tick() => self.on_tick(Instant::now()),
-                Some(ev) = recv_db(&mut self.db_rx) => {
+                Some(ev) = self.db_rx.recv() => {
                     self.with_dbs(|d, env| d.event(env, ev));
                     self.after_event();
                 }
@@ -874,7 +863,7 @@ impl Server {
                 self.core.stats.bump(|s| s.client.req_message += 1);
                 self.client_message(id, hdr, &mut pkt)
             }
-            Operation::ReqCall if self.dbs.is_some() => {
+            Operation::ReqCall => {
                 self.core.stats.bump(|s| s.client.req_call += 1);
                 match ReqCall::pull(&pkt[HEADER_LEN..]) {
                     Ok((c, _)) => {
@@ -891,16 +880,6 @@ impl Server {
                         self.send_client(id, Packet::new(h, Body::ReplyError(e)).encode().into());
                     }
                 }
-            }
-            Operation::ReqCall => {
-                self.core.stats.bump(|s| s.client.req_call += 1);
-                let e = ReplyError {
-                    status: -1,
-                    msg: b"record calls are not supported by this ctdbd yet\0".to_vec(),
-                };
-                let mut h = Header::new(Operation::ReplyError, 0, self.pnn(), hdr.reqid);
-                h.generation = self.generation();
-                self.send_client(id, Packet::new(h, Body::ReplyError(e)).encode().into());
             }
             Operation::ReqTunnel => {
                 self.core.stats.bump(|s| s.client.req_tunnel += 1);
@@ -1148,7 +1127,7 @@ impl Server {
     /// Delivers a message to the local clients registered for `srvid`
     /// (or to the database layer, for the srvids it listens on).
     fn deliver_local(&mut self, srvid: u64, data: &[u8], from: Sender) {
-        if self.dbs.is_some() && self.with_dbs(|d, env| d.message(env, srvid, data)) == Some(true) {
+        if self.with_dbs(|d, env| d.message(env, srvid, data)) {
             return;
         }
         let recipients = self.core.srvids.recipients(srvid);
@@ -1213,7 +1192,7 @@ impl Server {
     fn local_control(&mut self, ctx: ControlCtx, req: &ReqControl, to: ReplyTo) {
         let op = req.opcode();
         self.core.stats.control_started(&to, op);
-        if self.dbs.is_some() && crate::db::controls::handles(op) {
+        if crate::db::controls::handles(op) {
             self.with_dbs(|d, env| d.control(env, ctx, req, to));
             self.after_event();
             return;
@@ -1241,12 +1220,12 @@ impl Server {
         if let ControlRequest::SetRecmode(m) = &req.data
             && *m == ctdb_protocol::types::CTDB_RECOVERY_NORMAL
             && self.core.node.in_recovery()
-            && let Some(Err(e)) = self.with_dbs(|d, env| d.check_generations(env))
+            && let Err(e) = self.with_dbs(|d, env| d.check_generations(env))
         {
             self.reply(to, ReplyControl::error(-1, e));
             return;
         }
-        match self.core.handle(&ctx, req) {
+        match self.core.handle(&ctx, req, Some(&self.dbs)) {
             Outcome::Reply(r) => self.reply(to, r),
             Outcome::Async(op) => self.start_async(op, to),
         }
@@ -1715,9 +1694,7 @@ impl Server {
             | Operation::ReplyCall
             | Operation::ReqDmaster
             | Operation::ReplyDmaster
-            | Operation::ReplyError
-                if self.dbs.is_some() =>
-            {
+            | Operation::ReplyError => {
                 self.core.stats.bump(|s| match hdr.operation {
                     Operation::ReqCall => s.node.req_call += 1,
                     Operation::ReplyCall => s.node.reply_call += 1,
@@ -1727,16 +1704,6 @@ impl Server {
                 });
                 let b = pkt.freeze();
                 self.with_dbs(|d, env| d.node_packet(env, b));
-            }
-            Operation::ReqCall
-            | Operation::ReplyCall
-            | Operation::ReqDmaster
-            | Operation::ReplyDmaster
-            | Operation::ReplyError => {
-                debug!(
-                    "{:?} from node {pnn} dropped: no database layer",
-                    hdr.operation
-                );
             }
             Operation::ReqTunnel => {
                 self.core.stats.bump(|s| s.node.req_tunnel += 1);
@@ -1921,15 +1888,6 @@ impl Server {
     /// Whether this node may lead (for the recovery daemon).
     pub fn can_lead(&self) -> bool {
         self.core.node.capabilities & capabilities::RECMASTER != 0
-    }
-}
-
-/// The next event of the database layer's background work (never, when
-/// there is no database layer).
-async fn recv_db(rx: &mut Option<mpsc::UnboundedReceiver<DbEvent>>) -> Option<DbEvent> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, CTDB_PORT, Config, DaemonPaths, NodeEntry};
 use crate::control::Core;
+use crate::db::DbConfig;
 use crate::db::file::persistent_names;
-use crate::db::{Databases, DbConfig, Env};
 use crate::logging;
 use crate::monitor::{self, Monitor, ScriptEvent};
 use crate::node::NodeState;
@@ -198,6 +198,7 @@ async fn serve(
             logging::debug_level_name(server_level(cfg)).to_owned(),
         ),
     ];
+    let db_config = database_config(cfg, &core);
     let mut server = Server::new(
         core,
         ServerConfig {
@@ -208,6 +209,7 @@ async fn serve(
             helper_env: helper_env.clone(),
             client_queue_limit: cfg.client_queue_limit,
         },
+        db_config,
     );
     // As CTDB: the event daemon starts in recovery mode, and `init` runs
     // before the transport and the clients are served.
@@ -239,7 +241,7 @@ async fn serve(
             bail!("Unable to setup public IP addresses");
         }
     }
-    install_databases(&mut server, cfg)?;
+    attach_databases(&mut server, cfg)?;
     let ev = server.events();
     clients::spawn_acceptor(ux, ev.clone());
     if let (Some(addr), Some(live)) = (cfg.metrics_address, live) {
@@ -314,48 +316,42 @@ async fn start_monitor(
     Ok(())
 }
 
-/// Creates the database layer and attaches the persistent databases
-/// found on disk, as CTDB does at start-up: the daemon does not start if
-/// the health file or one of them cannot be opened, fails its check or is
-/// marked unhealthy (`db::health`).
-fn install_databases(server: &mut Server, cfg: &Config) -> anyhow::Result<()> {
-    let mutexes = cfg.tdb_mutexes && server.core.tunables.mutex_enabled != 0;
+/// Where the database layer keeps its files, and how it opens them.
+fn database_config(cfg: &Config, core: &Core) -> DbConfig {
     crate::db::changelog::set_limits(crate::db::changelog::Limits {
         max_bytes: cfg.changelog_max_bytes,
         max_age: std::time::Duration::from_secs(cfg.changelog_max_age.into()),
     });
-    let (dbs, rx) = Databases::new(DbConfig {
+    DbConfig {
         volatile_dir: cfg.volatile_db_dir.clone(),
         persistent_dir: cfg.persistent_db_dir.clone(),
         state_dir: cfg.state_db_dir.clone(),
-        mutexes,
+        mutexes: cfg.tdb_mutexes && core.tunables.mutex_enabled != 0,
         traverse_helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ctdbd")),
-    });
-    let dbs = std::rc::Rc::new(std::cell::RefCell::new(dbs));
-    {
-        let core = &server.core;
-        let env = Env {
-            node: &core.node,
-            tunables: &core.tunables,
-            clients: &core.clients,
-        };
-        let mut d = dbs.borrow_mut();
-        if let Err(e) = d.open_health(core.node.pnn) {
+    }
+}
+
+/// Attaches the persistent databases found on disk, as CTDB does at
+/// start-up: the daemon does not start if the health file or one of them
+/// cannot be opened, fails its check or is marked unhealthy
+/// (`db::health`).
+fn attach_databases(server: &mut Server, cfg: &Config) -> anyhow::Result<()> {
+    let (d, env) = server.databases();
+    let pnn = env.node.pnn;
+    if let Err(e) = d.open_health(pnn) {
+        error!("{e}");
+        error!("ctdb fatal error: Failed to attach to databases");
+        bail!("Failed to attach to databases");
+    }
+    for name in persistent_names(&cfg.persistent_db_dir, pnn) {
+        if let Err(e) = d.attach_existing(&env, &name) {
             error!("{e}");
+            error!("Failed to attach to persistent database '{name}'");
             error!("ctdb fatal error: Failed to attach to databases");
             bail!("Failed to attach to databases");
         }
-        for name in persistent_names(&cfg.persistent_db_dir, core.node.pnn) {
-            if let Err(e) = d.attach_existing(&env, &name) {
-                error!("{e}");
-                error!("Failed to attach to persistent database '{name}'");
-                error!("ctdb fatal error: Failed to attach to databases");
-                bail!("Failed to attach to databases");
-            }
-        }
-        d.attach_remembered(&env);
     }
-    server.install_databases(dbs, rx);
+    d.attach_remembered(&env);
     Ok(())
 }
 

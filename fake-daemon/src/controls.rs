@@ -148,7 +148,7 @@ fn core_control(
         client: Some(client),
         client_id: req.client_id,
     };
-    let outcome = d.cluster.core(dest).handle(&ctx, req);
+    let outcome = d.cluster.core(dest).handle(&ctx, req, None);
     match (&req.data, &outcome) {
         (Q::SetBanState(b), Outcome::Reply(r))
             if r.status == 0

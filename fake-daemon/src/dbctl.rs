@@ -1,7 +1,7 @@
 //! The database controls: the fake's database layer, on real TDB files
-//! shared by every scripted node (ctdbd has no database layer to share
-//! yet; its control dispatch hands these controls to a hook, and so does
-//! this fake, ahead of the daemon cores).
+//! shared by every scripted node. As ctdbd's event loop hands them to its
+//! database layer, this fake answers them here, ahead of the daemon cores
+//! (which refuse database controls).
 
 use ctdb_protocol::types::*;
 use ctdb_protocol::{ControlReply as R, ControlRequest as Q, Header, ReplyControl, ReqControl};
@@ -17,11 +17,10 @@ fn not_found() -> ReplyControl {
     ReplyControl::error(ENOENT, "Database not found")
 }
 
-/// Whether this layer answers `req` (every control the daemon hands to
-/// its database hook, and the database map).
+/// Whether this layer answers `req` (every control ctdbd hands to its
+/// database layer, the database map and `FREEZE` included).
 pub fn handles(req: &ReqControl) -> bool {
-    let op = req.opcode();
-    ctdbd::control::is_db_control(op) || op == ctdb_protocol::Opcode::GetDbMap
+    ctdbd::db::controls::handles(req.opcode())
 }
 
 /// Answers a database control sent to node `h.destnode`; `None` when the
@@ -105,6 +104,12 @@ pub fn control(
         Q::TraverseStartExt(t) => {
             traverse(d, fx, client, h, t);
             return None;
+        }
+        Q::Freeze => {
+            for db in &mut d.dbs {
+                db.frozen = true;
+            }
+            ReplyControl::ok(R::Freeze)
         }
         Q::DbFreeze(id) => match d.db_mut(*id) {
             Some(db) => {

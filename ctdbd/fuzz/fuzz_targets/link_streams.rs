@@ -3,8 +3,9 @@
 //! (`ctdb_protocol::framing::Framer`, as the loop reads), the link checks
 //! (well-formed, from the link's node), and the loop's handling of every
 //! packet (controls answered by the core, messages, keepalives, replies)
-//! of a fresh daemon of a 3-node cluster (node 0, without the database
-//! layer). Then the same bytes drive an outgoing queue (`Outbox`) against
+//! of a fresh daemon of a 3-node cluster (node 0, its database layer
+//! with no databases attached, its files in a directory of this process).
+//! Then the same bytes drive an outgoing queue (`Outbox`) against
 //! a socket that takes what the input says, checking its byte accounting.
 //!
 //! Input: byte 0 picks the path (bit 0: node link or client; bits 1-2:
@@ -16,6 +17,7 @@ use std::io::{self, IoSlice};
 use bytes::Bytes;
 use ctdbd::config::NodeEntry;
 use ctdbd::control::Core;
+use ctdbd::db::DbConfig;
 use ctdbd::logging::LogControl;
 use ctdbd::node::NodeState;
 use ctdbd::outbox::{Flush, Outbox};
@@ -44,6 +46,14 @@ fn server() -> Server {
         None,
         "/nonexistent/nodes".into(),
     );
+    let dir = std::env::temp_dir().join(format!("ctdbd-fuzz-{}", std::process::id()));
+    let db = DbConfig {
+        volatile_dir: dir.join("volatile"),
+        persistent_dir: dir.join("persistent"),
+        state_dir: dir.join("state"),
+        mutexes: false,
+        traverse_helper: "/nonexistent/ctdbd".into(),
+    };
     Server::new(
         core,
         ServerConfig {
@@ -54,6 +64,7 @@ fn server() -> Server {
             helper_env: Vec::new(),
             client_queue_limit: 64 * 1024,
         },
+        db,
     )
 }
 

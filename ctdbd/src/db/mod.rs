@@ -54,10 +54,10 @@ use bytes::Bytes;
 use ctdb_protocol::call::ReqCall;
 use ctdb_protocol::control::CTDB_CTRL_FLAG_NOREPLY;
 use ctdb_protocol::types::{DbidMap, TunableList};
-use ctdb_protocol::{Body, ControlReply, Header, Packet, ReplyControl, ReqControl};
+use ctdb_protocol::{Body, Header, Packet, ReplyControl, ReqControl};
 use tokio::sync::mpsc;
 
-use crate::control::{ClientInfo, ControlCtx, DbLayer, Outcome};
+use crate::control::{ClientInfo, ControlCtx};
 use crate::messaging::ClientId;
 use crate::node::NodeState;
 use crate::server::ReplyTo;
@@ -525,44 +525,5 @@ impl Databases {
     /// Time left for a reply to a control this layer sends.
     pub(crate) fn control_timeout(env: &Env) -> Duration {
         Duration::from_secs(u64::from(env.tunables.control_timeout.max(1)))
-    }
-}
-
-/// The layer as [`crate::control::Core`] sees it: the database map, and a
-/// clear refusal of database controls that reach `Core::handle` directly
-/// (the event loop hands those to [`Databases::control`] first).
-pub struct DbHandle(pub std::rc::Rc<std::cell::RefCell<Databases>>);
-
-impl DbLayer for DbHandle {
-    fn dbmap(&self) -> DbidMap {
-        self.0.borrow().dbmap()
-    }
-
-    fn memory(&self) -> Vec<crate::memory::MemArea> {
-        crate::memory::databases(&self.0.borrow())
-    }
-
-    fn all_frozen(&self) -> bool {
-        self.0.borrow().all_frozen()
-    }
-
-    fn control(
-        &mut self,
-        _ctx: &ControlCtx,
-        req: &ReqControl,
-        _node: &NodeState,
-    ) -> Option<Outcome> {
-        if controls::handles(req.opcode()) && req.opcode() != ctdb_protocol::Opcode::GetDbMap {
-            return Some(Outcome::Reply(ReplyControl::error(
-                -1,
-                format!("{}: not routed to the database layer", req.opcode().name()),
-            )));
-        }
-        if req.opcode() == ctdb_protocol::Opcode::GetDbMap {
-            return Some(Outcome::Reply(ReplyControl::ok(ControlReply::GetDbMap(
-                self.dbmap(),
-            ))));
-        }
-        None
     }
 }
