@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use tdb::{Error, OpenOptions, Tdb, flags};
+use tdb::{Error, OpenOptions, Tdb};
 
 /// Two keys that live in different chains of `db`.
 fn two_chains(db: &Tdb) -> (Vec<u8>, Vec<u8>) {
@@ -108,24 +108,19 @@ fn fcntl_chain_locks_interoperate() {
 fn mutex_chain_locks_interoperate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.tdb");
-    let f = flags::MUTEX_LOCKING | flags::CLEAR_IF_FIRST | flags::INCOMPATIBLE_HASH;
-    let o = OpenOptions::new()
-        .create(true)
-        .hash_size(131)
-        .tdb_flags(f)
-        .clone();
+    let o = mutex_options();
     {
         let db = o.open(&path).unwrap();
         assert!(db.uses_mutexes());
     }
-    chain_locks_exclude_each_other(&path, &o, f);
+    chain_locks_exclude_each_other(&path, &o, MUTEX_FLAGS);
 }
 
 #[test]
 fn mutex_file_created_by_libtdb() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lm.tdb");
-    let f = flags::MUTEX_LOCKING | flags::CLEAR_IF_FIRST | flags::INCOMPATIBLE_HASH;
+    let f = MUTEX_FLAGS;
     let mut lib = LibTdb::open(&path, 53, f);
     // We join while libtdb has it open: no wipe, its mutexes are used.
     lib.store(b"from libtdb", b"1");

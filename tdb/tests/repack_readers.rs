@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tdb::{OpenOptions, StoreMode, flags};
+use tdb::StoreMode;
 
 /// Whether process `pid` holds an `fcntl` lock past `off` on the file with
 /// inode `ino` (a traverse's record lock).
@@ -39,13 +39,8 @@ fn holds_record_lock(pid: u32, ino: u64, off: u64) -> bool {
 fn repack_finishes_while_libtdb_traverses() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.tdb");
-    let f = flags::MUTEX_LOCKING | flags::CLEAR_IF_FIRST | flags::INCOMPATIBLE_HASH;
-    let o = OpenOptions::new()
-        .create(true)
-        .hash_size(131)
-        .tdb_flags(f)
-        .clone();
-    let db = o.open(&path).unwrap();
+    let f = MUTEX_FLAGS;
+    let db = mutex_options().open(&path).unwrap();
     assert!(db.uses_mutexes());
     for i in 0..200u32 {
         db.store(format!("k{i}").as_bytes(), &[1u8; 64], StoreMode::Replace)
@@ -84,7 +79,7 @@ fn repack_finishes_while_libtdb_traverses() {
     let (done_tx, done_rx) = mpsc::channel();
     let p2 = path.clone();
     std::thread::spawn(move || {
-        let db = o.open(&p2).unwrap();
+        let db = mutex_options().open(&p2).unwrap();
         let t0 = Instant::now();
         let r = db.repack();
         let took = t0.elapsed();

@@ -8,12 +8,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tdb::Tdb;
+use tdb::{OpenOptions, Tdb, flags};
 
 /// Python with the `tdb` module (Debian's python3-tdb installs it for the
 /// system interpreter, not for a pyenv one that may come first in PATH).
 pub const PYTHON: &str = "/usr/bin/python3";
 pub const TDBDUMP: &str = "/usr/bin/tdbdump";
+
+/// A file in mutex mode as ctdbd keeps a volatile database, which libtdb
+/// opens beside it: robust mutexes, wiped by its first opener, the
+/// Jenkins hash.
+pub const MUTEX_FLAGS: u32 =
+    flags::MUTEX_LOCKING | flags::CLEAR_IF_FIRST | flags::INCOMPATIBLE_HASH;
+
+/// Options that open (creating it with 131 chains) such a file.
+pub fn mutex_options() -> OpenOptions {
+    OpenOptions::new()
+        .create(true)
+        .hash_size(131)
+        .tdb_flags(MUTEX_FLAGS)
+        .clone()
+}
 
 pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
