@@ -59,6 +59,13 @@ pub struct LockWaits {
     next_id: u64,
     /// The (pending, current) lock requests last put in the statistics.
     reported: (u32, u32),
+    /// What the counts last put in the statistics were made from: whether
+    /// queues or helpers changed since, the freeze that was waiting for
+    /// its locks, and `cap`. The statistics are brought up to date after
+    /// every step of the database layer; a database whose lock waits did
+    /// not change costs that step nothing but this comparison.
+    dirty: bool,
+    seen: (bool, usize),
 }
 
 impl Default for LockWaits {
@@ -80,6 +87,8 @@ impl LockWaits {
             cap: 200,
             next_id: 1,
             reported: (0, 0),
+            dirty: false,
+            seen: (false, 200),
         }
     }
 
@@ -117,6 +126,7 @@ impl LockWaits {
     /// Takes chain `bucket`'s queued work, in order.
     fn take(&mut self, bucket: u32) -> VecDeque<Queued> {
         let q = self.queues.remove(&bucket).unwrap_or_default();
+        self.dirty |= !q.is_empty();
         for (k, _, _) in &q {
             if let Some(n) = self.keys.get_mut(k) {
                 *n -= 1;
@@ -195,6 +205,7 @@ impl LockWaits {
         match spawned {
             Ok(_) => {
                 self.helpers.insert(bucket, Helper { id, _release: tx });
+                self.dirty = true;
             }
             Err(e) => {
                 // Reported like a failed wait: the work is retried.
@@ -206,6 +217,7 @@ impl LockWaits {
                     result: Err(e.to_string()),
                 });
                 self.helpers.insert(bucket, Helper { id, _release: tx });
+                self.dirty = true;
             }
         }
     }
@@ -248,6 +260,7 @@ impl Db {
             l.ev = Some(ev.clone());
         }
         *l.keys.entry(key.clone()).or_default() += 1;
+        l.dirty = true;
         l.queues
             .entry(bucket)
             .or_default()
@@ -283,8 +296,15 @@ impl Databases {
     pub(crate) fn lock_counts_flush(&mut self) {
         let mut changed = false;
         for db in self.dbs.values_mut() {
+            let freezing = matches!(db.freeze, super::recovery::Freeze::Pending(_));
+            let seen = (freezing, db.locks.cap);
+            if !db.locks.dirty && db.locks.seen == seen {
+                continue;
+            }
+            db.locks.dirty = false;
+            db.locks.seen = seen;
             let (p, mut c) = db.locks.counts();
-            if matches!(db.freeze, super::recovery::Freeze::Pending(_)) {
+            if freezing {
                 c += 1;
             }
             if (p, c) != db.locks.reported {
@@ -324,7 +344,10 @@ impl Databases {
         // Dropping the helper's entry (at the end of this function) lets it
         // release the chain.
         let helper_entry = match db.locks.helpers.remove(&bucket) {
-            Some(h) if h.id == helper => h,
+            Some(h) if h.id == helper => {
+                db.locks.dirty = true;
+                h
+            }
             Some(h) => {
                 db.locks.helpers.insert(bucket, h);
                 return;
