@@ -1027,11 +1027,11 @@ mod tests {
         let mut f = fixture();
         let db_id = ltdb::db_id("t.tdb");
         let key = key_for(1);
-        // As if a migration had just brought the record here for client 5.
-        f.dbs
-            .calls
-            .pins
-            .pin(db_id, &key, 5, std::time::Instant::now());
+        // As if a migration had just brought the record here for client 5
+        // (the pin's limit far enough ahead that the test's own pace cannot
+        // reach it: a pin past its limit holds nothing).
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        f.dbs.calls.pins.pin(db_id, &key, 5, later);
         let call = ReqCall {
             flags: call_flags::IMMEDIATE_MIGRATION,
             db_id,

@@ -95,14 +95,33 @@ impl Pins {
     /// Keeps `w` (a request from another node for `key`) until the pin
     /// ends; gives it back if the record is not pinned.
     pub fn defer(&mut self, db: u32, key: &[u8], w: Work) -> Result<(), Work> {
+        self.defer_at(db, key, w, Instant::now())
+    }
+
+    /// [`Pins::defer`] at time `now`: a pin past its limit that nothing
+    /// waits for ends here (no timer was kept for it).
+    fn defer_at(&mut self, db: u32, key: &[u8], w: Work, now: Instant) -> Result<(), Work> {
         if self.count == 0 {
             return Err(w);
         }
-        match self.by_db.get_mut(&db).and_then(|m| m.get_mut(key)) {
-            Some(p) => {
+        let Some(m) = self.by_db.get_mut(&db) else {
+            return Err(w);
+        };
+        match m.get_mut(key) {
+            // A pin others wait for has a timer, which releases this
+            // request with them, in order, even if it is already due.
+            Some(p) if p.until > now || !p.waiting.is_empty() => {
                 p.waiting.push(w);
                 self.deferred_total += 1;
                 Ok(())
+            }
+            Some(_) => {
+                m.remove(key);
+                if m.is_empty() {
+                    self.by_db.remove(&db);
+                }
+                self.count -= 1;
+                Err(w)
             }
             None => Err(w),
         }
@@ -142,9 +161,12 @@ impl Pins {
         if self.count == 0 {
             return Vec::new();
         }
+        // Pins past their limit end here too (one that nothing waited for
+        // had no timer).
+        let now = Instant::now();
         self.end(|p| {
             p.clients.retain(|c| *c != client);
-            p.clients.is_empty()
+            p.clients.is_empty() || p.until <= now
         })
     }
 
@@ -156,11 +178,22 @@ impl Pins {
         self.end(|p| p.until <= now)
     }
 
-    /// When the next pin runs out.
+    /// When the next pin that holds a request runs out. A pin nothing
+    /// waits for needs no timer (it usually ends when its client speaks,
+    /// a fraction of its limit later; a request that finds it past its
+    /// limit ends it, and so does the next expiry): the loop's timer is
+    /// not moved for every migration.
     pub fn wakeup(&self) -> Option<Instant> {
+        if self.count == 0 {
+            return None;
+        }
         self.by_db
             .values()
-            .flat_map(|m| m.values().map(|p| p.until))
+            .flat_map(|m| {
+                m.values()
+                    .filter(|p| !p.waiting.is_empty())
+                    .map(|p| p.until)
+            })
             .min()
     }
 
@@ -260,5 +293,47 @@ mod tests {
         // Client 10 speaks: "b" waited only for it.
         assert_eq!(tags(&p.spoke(10)), [2]);
         assert_eq!(p.wakeup(), None);
+    }
+
+    #[test]
+    fn only_a_pin_that_holds_a_request_needs_a_timer() {
+        let t0 = Instant::now();
+        let mut p = Pins::default();
+        p.pin(1, b"k", 10, t0);
+        assert_eq!(p.wakeup(), None, "nothing waits: no timer");
+        p.defer_at(1, b"k", work(1), t0 + Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(p.wakeup(), Some(t0 + PIN_LIMIT));
+        // Due but not yet expired by the loop: later requests queue behind.
+        p.defer_at(1, b"k", work(2), t0 + PIN_LIMIT).unwrap();
+        assert_eq!(tags(&p.expire(t0 + PIN_LIMIT)), [1, 2]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_pin_past_its_limit_holds_nothing() {
+        let t0 = Instant::now();
+        let mut p = Pins::default();
+        p.pin(1, b"k", 10, t0);
+        p.pin(1, b"other", 10, t0);
+        // No timer ran; a request after the limit ends the pin and goes on.
+        assert!(p.defer_at(1, b"k", work(1), t0 + PIN_LIMIT).is_err());
+        assert!(!p.pinned(1, b"k") && p.pinned(1, b"other"));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.deferred_total, 0);
+    }
+
+    #[test]
+    fn a_client_speaking_ends_pins_past_their_limit() {
+        let Some(t0) = Instant::now().checked_sub(PIN_LIMIT * 2) else {
+            return;
+        };
+        let mut p = Pins::default();
+        // A quiet client's pin, long past its limit, nothing waiting.
+        p.pin(1, b"old", 10, t0);
+        p.pin(1, b"new", 11, Instant::now());
+        assert!(p.spoke(99).is_empty());
+        assert!(!p.pinned(1, b"old") && p.pinned(1, b"new"));
+        assert_eq!(p.len(), 1);
     }
 }
