@@ -3,18 +3,16 @@
 //! apply form the next batch, each answered after it, and other work
 //! queued between them keeps its place.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, CTDB_RECOVERY_NORMAL, DbSeqnumRequest, db_flags};
+use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, DbSeqnumRequest, db_flags};
 use ctdb_protocol::{ControlRequest, ReqControl};
 
 use super::*;
 use crate::control::ControlCtx;
+use crate::db::Effect;
 use crate::db::persistent::apply_update;
-use crate::db::{Effect, file};
-use crate::messaging::ClientId;
-use crate::node::NodeState;
+use crate::db::test_layer::Layer;
 
 fn header(rsn: u64) -> LtdbHeader {
     LtdbHeader {
@@ -183,49 +181,15 @@ fn batches_end_where_updates_one_by_one_end() {
 
 // ---- through the layer ---------------------------------------------------
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dbs: Databases,
-    rx: tokio::sync::mpsc::UnboundedReceiver<DbEvent>,
-    node: NodeState,
-    tunables: ctdb_protocol::types::TunableList,
-    clients: BTreeMap<ClientId, crate::control::ClientInfo>,
-    id: u32,
+/// The layer with the persistent database `p.tdb` beside the volatile
+/// one; [`Layer::id`] is `p.tdb`'s.
+fn fixture() -> Layer {
+    let mut f = Layer::new("v.tdb", false);
+    f.id = f.open("p.tdb", db_flags::PERSISTENT);
+    f
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut dbs, rx, mut node, _) =
-        crate::db::test_layer::node1_of_three(dir.path(), "v.tdb", false);
-    for p in 0..3 {
-        node.node_mut(p).unwrap().flags = 0;
-    }
-    node.recovery_mode = CTDB_RECOVERY_NORMAL;
-    let db = file::open(&dbs.cfg, "p.tdb", db_flags::PERSISTENT, 1, 131, 5, 5).unwrap();
-    let id = db.id;
-    dbs.order.push(id);
-    dbs.dbs.insert(id, db);
-    Fixture {
-        _dir: dir,
-        dbs,
-        rx,
-        node,
-        tunables: crate::tunables::defaults(),
-        clients: BTreeMap::new(),
-        id,
-    }
-}
-
-impl Fixture {
-    fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
-        let env = Env {
-            node: &self.node,
-            tunables: &self.tunables,
-            clients: &self.clients,
-        };
-        f(&mut self.dbs, &env)
-    }
-
+impl Layer {
     /// Sends control `data` from node 0 with request id `reqid`.
     fn control(&mut self, reqid: u32, data: ControlRequest) {
         let ctx = ControlCtx {

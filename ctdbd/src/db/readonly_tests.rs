@@ -3,97 +3,32 @@
 //! instead of migrations, the revocation a write or migration waits for,
 //! its failure, and the reader's side.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ctdb_protocol::call::{ReplyCall, ReqCall, call_flags, call_id};
-use ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
 use ctdb_protocol::types::{LtdbHeader, db_flags, record_flags as rf};
 use ctdb_protocol::{Body, ControlRequest, Header, Operation, Packet, ReplyControl};
 
 use super::readonly::{RO_GRACE, tracking_nodes};
-use super::{Databases, Effect, Env, ltdb};
-use crate::messaging::ClientId;
-use crate::node::NodeState;
+use super::test_layer::{Layer, key_for};
+use super::{Effect, ltdb};
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dbs: Databases,
-    node: NodeState,
-    tunables: ctdb_protocol::types::TunableList,
-    clients: BTreeMap<ClientId, crate::control::ClientInfo>,
-    id: u32,
+fn fixture() -> Layer {
+    fixture_with(false)
 }
 
-fn fixture() -> Fixture {
-    fixture_with(false).0
-}
-
-/// With robust mutexes for record locks when `mutexes`; the layer's event
-/// receiver too.
-fn fixture_with(
-    mutexes: bool,
-) -> (
-    Fixture,
-    tokio::sync::mpsc::UnboundedReceiver<crate::db::DbEvent>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let (dbs, rx, mut node, id) =
-        crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", mutexes);
-    for p in 0..3 {
-        node.node_mut(p).unwrap().flags = 0;
-    }
-    node.recovery_mode = CTDB_RECOVERY_NORMAL;
-    let mut f = Fixture {
-        _dir: dir,
-        dbs,
-        node,
-        tunables: crate::tunables::defaults(),
-        clients: BTreeMap::new(),
-        id,
-    };
+/// With robust mutexes for record locks when `mutexes`.
+fn fixture_with(mutexes: bool) -> Layer {
+    let mut f = Layer::new("t.tdb", mutexes);
+    let id = f.id;
     let r = f.with(|d, env| d.set_db_readonly(env, id));
     assert_eq!(r.status, 0);
     assert_ne!(f.dbs.dbs[&id].flags & db_flags::READONLY, 0);
-    (f, rx)
+    f
 }
 
-/// A key whose lmaster (in a map of 0, 1, 2) is node `lm`.
-fn key_for(lm: u32) -> Vec<u8> {
-    (0u32..)
-        .map(|i| format!("key{i}").into_bytes())
-        .find(|k| ltdb::key_hash(k) % 3 == lm)
-        .unwrap()
-}
-
-impl Fixture {
-    fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
-        let env = Env {
-            node: &self.node,
-            tunables: &self.tunables,
-            clients: &self.clients,
-        };
-        f(&mut self.dbs, &env)
-    }
-
-    fn put(&self, key: &[u8], h: LtdbHeader, data: &[u8]) {
-        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
-        tdb.storev(
-            key,
-            &[&ltdb::header_bytes(&h), data],
-            tdb::StoreMode::Replace,
-        )
-        .unwrap();
-    }
-
-    fn get(&self, key: &[u8]) -> (LtdbHeader, Vec<u8>) {
-        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
-        let v = tdb.fetch(key).unwrap().unwrap();
-        let (h, d) = ltdb::split(&v).unwrap();
-        (h, d.to_vec())
-    }
-
+impl Layer {
     fn node_call(
         &mut self,
         src: u32,
@@ -128,6 +63,32 @@ impl Fixture {
             d.run_ready(env);
             d.take_effects()
         })
+    }
+
+    /// A record this node masters (`rsn`, `data`), a read-only copy of it
+    /// handed to node 2, then node 0 asking for the record: the
+    /// revocation's updates.
+    fn delegated_then_wanted(
+        &mut self,
+        key: &[u8],
+        rsn: u64,
+        data: &[u8],
+    ) -> Vec<(u32, u64, LtdbHeader, Vec<u8>)> {
+        let h = LtdbHeader {
+            rsn,
+            dmaster: 1,
+            ..Default::default()
+        };
+        self.put(key, &h, data);
+        self.node_call(2, 1, RO, call_id::FETCH_WITH_HEADER_FUNC, key);
+        let fx = self.node_call(
+            0,
+            2,
+            call_flags::IMMEDIATE_MIGRATION,
+            call_id::NULL_FUNC,
+            key,
+        );
+        updates(&fx)
     }
 
     fn tracked(&self, key: &[u8]) -> Vec<u32> {
@@ -169,10 +130,10 @@ fn updates(fx: &[Effect]) -> Vec<(u32, u64, LtdbHeader, Vec<u8>)> {
 #[test]
 fn copies_are_delegated_and_revoked_before_a_migration() {
     let mut f = fixture();
-    let key = key_for(1);
+    let key = key_for(1, 0);
     f.put(
         &key,
-        LtdbHeader {
+        &LtdbHeader {
             rsn: 10,
             dmaster: 1,
             ..Default::default()
@@ -195,7 +156,7 @@ fn copies_are_delegated_and_revoked_before_a_migration() {
             (11, 1, rf::RO_HAVE_READONLY, &b"v1"[..])
         );
     }
-    let (h, _) = f.get(&key);
+    let (h, _) = f.get(&key).unwrap();
     assert_eq!(
         (h.rsn, h.dmaster, h.flags),
         (13, 1, rf::RO_HAVE_DELEGATIONS)
@@ -217,7 +178,7 @@ fn copies_are_delegated_and_revoked_before_a_migration() {
         assert_eq!((h.rsn, h.dmaster, h.flags), (12, 1, rf::MIGRATED_WITH_DATA));
         assert_eq!(d, b"v1");
     }
-    let (h, _) = f.get(&key);
+    let (h, _) = f.get(&key).unwrap();
     assert_eq!(h.flags, rf::RO_HAVE_DELEGATIONS | rf::RO_REVOKING_READONLY);
     // Calls meanwhile wait, read-only requests included.
     assert!(
@@ -231,7 +192,7 @@ fn copies_are_delegated_and_revoked_before_a_migration() {
     assert!(!f.dbs.has_ready(), "one holder has not answered");
     f.with(|d, env| d.control_reply(env, ups[1].1, Ok(ReplyControl::status(0))));
     assert_eq!(f.dbs.ro_revokes_active(), 0);
-    let (h, _) = f.get(&key);
+    let (h, _) = f.get(&key).unwrap();
     assert_eq!(h.rsn, 14);
     assert_ne!(h.flags & rf::RO_REVOKE_COMPLETE, 0);
     let fx = f.run_ready();
@@ -242,7 +203,7 @@ fn copies_are_delegated_and_revoked_before_a_migration() {
         panic!("{:?}", p.body)
     };
     assert_eq!((r.rsn, r.record_flags & rf::RO_FLAGS), (15, 0));
-    let (h, _) = f.get(&key);
+    let (h, _) = f.get(&key).unwrap();
     assert_eq!((h.dmaster, h.flags & rf::RO_FLAGS), (2, 0));
     assert!(f.tracked(&key).is_empty());
     assert_eq!(f.dbs.dbs[&f.id].stats.db_ro_revokes, 1);
@@ -262,28 +223,11 @@ fn copies_are_delegated_and_revoked_before_a_migration() {
 #[test]
 fn a_failed_revocation_keeps_the_delegations_and_is_tried_again() {
     let mut f = fixture();
-    let key = key_for(1);
-    f.put(
-        &key,
-        LtdbHeader {
-            rsn: 4,
-            dmaster: 1,
-            ..Default::default()
-        },
-        b"x",
-    );
-    f.node_call(2, 1, RO, call_id::FETCH_WITH_HEADER_FUNC, &key);
-    let fx = f.node_call(
-        0,
-        2,
-        call_flags::IMMEDIATE_MIGRATION,
-        call_id::NULL_FUNC,
-        &key,
-    );
-    let ups = updates(&fx);
+    let key = key_for(1, 0);
+    let ups = f.delegated_then_wanted(&key, 4, b"x");
     assert_eq!(ups.len(), 1);
     f.with(|d, env| d.control_reply(env, ups[0].1, Err("node is disconnected".into())));
-    let (h, _) = f.get(&key);
+    let (h, _) = f.get(&key).unwrap();
     assert_eq!(
         h.flags,
         rf::RO_HAVE_DELEGATIONS,
@@ -304,10 +248,10 @@ fn a_failed_revocation_keeps_the_delegations_and_is_tried_again() {
 fn a_readers_copy_is_stored_and_a_local_write_revokes_on_the_dmaster() {
     let mut f = fixture();
     // A record node 0 masters: a local client asks for a read-only copy.
-    let key = key_for(0);
+    let key = key_for(0, 0);
     f.put(
         &key,
-        LtdbHeader {
+        &LtdbHeader {
             rsn: 7,
             dmaster: 0,
             ..Default::default()
@@ -359,14 +303,14 @@ fn a_readers_copy_is_stored_and_a_local_write_revokes_on_the_dmaster() {
     .into();
     let fx = f.packet(b);
     assert!(matches!(&fx[0], Effect::ToClient(9, _)), "{fx:?}");
-    assert_eq!(f.get(&key), (copy, b"new".to_vec()));
+    assert_eq!(f.get(&key).unwrap(), (copy, b"new".to_vec()));
 
     // On a record this node masters with delegations, a local client's
     // write waits for the revocation.
-    let mine = key_for(1);
+    let mine = key_for(1, 0);
     f.put(
         &mine,
-        LtdbHeader {
+        &LtdbHeader {
             rsn: 20,
             dmaster: 1,
             reserved1: 0,
@@ -392,7 +336,7 @@ fn a_readers_copy_is_stored_and_a_local_write_revokes_on_the_dmaster() {
     f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
     let fx = f.run_ready();
     assert!(matches!(&fx[0], Effect::ToClient(9, _)), "{fx:?}");
-    let (h, _) = f.get(&mine);
+    let (h, _) = f.get(&mine).unwrap();
     // 20 +3 (delegation), +1 (complete), +1 (flags cleared), +1 (the call).
     assert_eq!((h.rsn, h.flags), (26, 0));
 
@@ -414,26 +358,9 @@ fn a_readers_copy_is_stored_and_a_local_write_revokes_on_the_dmaster() {
 
 #[test]
 fn the_end_of_a_revocation_waits_for_a_clients_record_lock() {
-    let (mut f, mut rx) = fixture_with(true);
-    let key = key_for(1);
-    f.put(
-        &key,
-        LtdbHeader {
-            rsn: 2,
-            dmaster: 1,
-            ..Default::default()
-        },
-        b"v",
-    );
-    f.node_call(2, 1, RO, call_id::FETCH_WITH_HEADER_FUNC, &key);
-    let fx = f.node_call(
-        0,
-        2,
-        call_flags::IMMEDIATE_MIGRATION,
-        call_id::NULL_FUNC,
-        &key,
-    );
-    let ups = updates(&fx);
+    let mut f = fixture_with(true);
+    let key = key_for(1, 0);
+    let ups = f.delegated_then_wanted(&key, 2, b"v");
     // A client holds the record's lock when the holders have answered.
     let (waiter, bucket) = {
         let tdb = f.dbs.dbs[&f.id].tdb.as_ref().unwrap();
@@ -470,7 +397,7 @@ fn the_end_of_a_revocation_waits_for_a_clients_record_lock() {
             break;
         }
         let ev = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), f.rx.recv()).await })
             .expect("the lock helper reports within 10 s")
             .unwrap();
         fx = f.with(|d, env| {

@@ -1,14 +1,19 @@
 //! For unit tests of the database layer: the layer as node 1 of a
 //! three-node cluster sees it (vnnmap 0, 1, 2 at generation 5), with one
-//! database open. Each test module adds what its rules need on top.
+//! database open ([`node1_of_three`]), and the same with the node's
+//! environment around it ([`Layer`]). Each test module adds what its rules
+//! need on top.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use ctdb_protocol::types::{VnnMap, capabilities};
+use ctdb_protocol::types::{CTDB_RECOVERY_NORMAL, LtdbHeader, TunableList, VnnMap, capabilities};
 use tokio::sync::mpsc;
 
-use super::{Databases, DbConfig, DbEvent};
+use super::{Databases, DbConfig, DbEvent, Env, ltdb};
 use crate::config::NodeEntry;
+use crate::control::ClientInfo;
+use crate::messaging::ClientId;
 use crate::node::NodeState;
 
 /// The layer, its event receiver, the node's state and the id of the
@@ -41,4 +46,96 @@ pub(crate) fn node1_of_three(
     dbs.order.push(id);
     dbs.dbs.insert(id, db);
     (dbs, rx, node, id)
+}
+
+/// [`node1_of_three`] as the rule tests start from it: every node healthy,
+/// the cluster out of recovery, default tunables, no clients. The temp
+/// dir lives as long as it. Test modules add their own steps in `impl
+/// Layer` blocks of their own.
+pub(crate) struct Layer {
+    _dir: tempfile::TempDir,
+    pub(crate) dbs: Databases,
+    /// The layer's events (a repack's or an apply's handle coming back).
+    pub(crate) rx: mpsc::UnboundedReceiver<DbEvent>,
+    pub(crate) node: NodeState,
+    pub(crate) tunables: TunableList,
+    pub(crate) clients: BTreeMap<ClientId, ClientInfo>,
+    /// The database the test works on: `name` given to [`Layer::new`],
+    /// unless the test points it at another it opened.
+    pub(crate) id: u32,
+}
+
+impl Layer {
+    /// With the volatile database `name` open; robust mutexes for record
+    /// locks when `mutexes`.
+    pub(crate) fn new(name: &str, mutexes: bool) -> Layer {
+        let dir = tempfile::tempdir().unwrap();
+        let (dbs, rx, mut node, id) = node1_of_three(dir.path(), name, mutexes);
+        for p in 0..3 {
+            node.node_mut(p).unwrap().flags = 0;
+        }
+        node.recovery_mode = CTDB_RECOVERY_NORMAL;
+        Layer {
+            _dir: dir,
+            dbs,
+            rx,
+            node,
+            tunables: crate::tunables::defaults(),
+            clients: BTreeMap::new(),
+            id,
+        }
+    }
+
+    /// Opens one more database (`flags` as `DB_ATTACH_EXT`'s); its id.
+    pub(crate) fn open(&mut self, name: &str, flags: u8) -> u32 {
+        let db = super::file::open(&self.dbs.cfg, name, flags, 1, 131, 5, 5).unwrap();
+        let id = db.id;
+        self.dbs.order.push(id);
+        self.dbs.dbs.insert(id, db);
+        id
+    }
+
+    /// Runs `f` on the layer with this node's environment.
+    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
+        let env = Env {
+            node: &self.node,
+            tunables: &self.tunables,
+            clients: &self.clients,
+        };
+        f(&mut self.dbs, &env)
+    }
+
+    /// Writes a record straight into the file of database [`Layer::id`].
+    pub(crate) fn put(&self, key: &[u8], h: &LtdbHeader, data: &[u8]) {
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        tdb.storev(
+            key,
+            &[&ltdb::header_bytes(h), data],
+            tdb::StoreMode::Replace,
+        )
+        .unwrap();
+    }
+
+    /// A record of database [`Layer::id`]'s file, once the handle is back
+    /// from a repack or an apply (their events handed to the layer).
+    pub(crate) fn get(&mut self, key: &[u8]) -> Option<(LtdbHeader, Vec<u8>)> {
+        while self.dbs.dbs[&self.id].tdb.is_none() {
+            let ev = self.rx.blocking_recv().unwrap();
+            self.with(|d, env| d.event(env, ev));
+        }
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        tdb.fetch(key)
+            .unwrap()
+            .and_then(|v| ltdb::split(&v).map(|(h, d)| (h, d.to_vec())))
+    }
+}
+
+/// The `n`-th key (of `key0`, `key1`, ...) whose lmaster in a map of 0, 1,
+/// 2 is node `lm`.
+pub(crate) fn key_for(lm: u32, n: usize) -> Vec<u8> {
+    (0u32..)
+        .map(|i| format!("key{i}").into_bytes())
+        .filter(|k| ltdb::key_hash(k) % 3 == lm)
+        .nth(n)
+        .unwrap()
 }

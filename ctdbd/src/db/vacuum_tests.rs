@@ -3,55 +3,17 @@
 //! the other nodes, what `TRY_DELETE_RECORDS` keeps, and that a record
 //! written again meanwhile is never deleted.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ctdb_protocol::types::CTDB_RECOVERY_NORMAL;
 use ctdb_protocol::types::{KeyData, LtdbHeader, RecBuffer, record_flags};
 use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl};
 
-use crate::db::{Effect, Env, ltdb};
-use crate::messaging::ClientId;
-use crate::node::NodeState;
+use crate::db::test_layer::{Layer, key_for};
+use crate::db::{Effect, ltdb};
 use crate::server::ReplyTo;
 
-use super::super::Databases;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dbs: Databases,
-    node: NodeState,
-    tunables: ctdb_protocol::types::TunableList,
-    clients: BTreeMap<ClientId, crate::control::ClientInfo>,
-    id: u32,
-    rx: tokio::sync::mpsc::UnboundedReceiver<crate::db::DbEvent>,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (dbs, rx, mut node, id) = crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", false);
-    for p in 0..3 {
-        node.node_mut(p).unwrap().flags = 0;
-    }
-    node.recovery_mode = CTDB_RECOVERY_NORMAL;
-    Fixture {
-        _dir: dir,
-        dbs,
-        node,
-        tunables: crate::tunables::defaults(),
-        clients: BTreeMap::new(),
-        id,
-        rx,
-    }
-}
-
-/// A key whose lmaster (in a map of 0, 1, 2) is node `lm`, the `n`-th.
-fn key_for(lm: u32, n: usize) -> Vec<u8> {
-    (0u32..)
-        .map(|i| format!("key{i}").into_bytes())
-        .filter(|k| ltdb::key_hash(k) % 3 == lm)
-        .nth(n)
-        .unwrap()
+fn fixture() -> Layer {
+    Layer::new("t.tdb", false)
 }
 
 fn hdr(rsn: u64, dmaster: u32, flags: u32) -> LtdbHeader {
@@ -63,43 +25,7 @@ fn hdr(rsn: u64, dmaster: u32, flags: u32) -> LtdbHeader {
     }
 }
 
-impl Fixture {
-    fn env(&self) -> Env<'_> {
-        Env {
-            node: &self.node,
-            tunables: &self.tunables,
-            clients: &self.clients,
-        }
-    }
-
-    fn put(&self, key: &[u8], h: &LtdbHeader, data: &[u8]) {
-        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
-        tdb.storev(
-            key,
-            &[&ltdb::header_bytes(h), data],
-            tdb::StoreMode::Replace,
-        )
-        .unwrap();
-    }
-
-    fn get(&mut self, key: &[u8]) -> Option<(LtdbHeader, Vec<u8>)> {
-        // The handle may be with the repack thread.
-        while self.dbs.dbs[&self.id].tdb.is_none() {
-            let ev = self.rx.blocking_recv().unwrap();
-            let (node, tunables, clients) = (&self.node, &self.tunables, &self.clients);
-            let env = Env {
-                node,
-                tunables,
-                clients,
-            };
-            self.dbs.event(&env, ev);
-        }
-        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
-        tdb.fetch(key)
-            .unwrap()
-            .and_then(|v| ltdb::split(&v).map(|(h, d)| (h, d.to_vec())))
-    }
-
+impl Layer {
     /// Stores a record empty, as a client deleting it, and schedules it.
     fn client_delete(&mut self, key: &[u8], h: LtdbHeader) {
         self.put(key, &h, b"");
@@ -113,33 +39,27 @@ impl Fixture {
 
     /// A fast run, stepped until it waits for other nodes; the controls
     /// it sent.
-    fn run(&mut self) -> Vec<(u32, u64, ControlRequest)> {
-        let (node, tunables, clients) = (&self.node, &self.tunables, &self.clients);
-        let env = Env {
-            node,
-            tunables,
-            clients,
-        };
-        self.dbs
-            .vacuum_start(&env, self.id, false, false, Some(ReplyTo::Nobody))
-            .unwrap();
-        for _ in 0..10 {
-            self.dbs.vacuum_tick(&env, Instant::now());
-        }
-        controls(self.dbs.take_effects())
+    fn vacuum_run(&mut self) -> Vec<(u32, u64, ControlRequest)> {
+        let id = self.id;
+        self.with(|d, env| {
+            d.vacuum_start(env, id, false, false, Some(ReplyTo::Nobody))
+                .unwrap();
+            for _ in 0..10 {
+                d.vacuum_tick(env, Instant::now());
+            }
+            controls(d.take_effects())
+        })
     }
 
-    fn reply(&mut self, tag: u64, r: ReplyControl) {
+    /// Hands the layer a reply to one of its vacuuming controls, and steps
+    /// the run on.
+    fn vacuum_reply(&mut self, tag: u64, r: ReplyControl) {
         self.dbs.vacuum_control_reply(tag, &Ok(r));
-        let (node, tunables, clients) = (&self.node, &self.tunables, &self.clients);
-        let env = Env {
-            node,
-            tunables,
-            clients,
-        };
-        for _ in 0..10 {
-            self.dbs.vacuum_tick(&env, Instant::now());
-        }
+        self.with(|d, env| {
+            for _ in 0..10 {
+                d.vacuum_tick(env, Instant::now());
+            }
+        });
     }
 }
 
@@ -175,7 +95,7 @@ fn the_delete_queue_sorts_records_as_ctdb() {
     f.put(&revived, &hdr(5, 1, 0), b"alive again");
     f.client_delete(&newer, hdr(5, 1, 0));
     f.put(&newer, &hdr(6, 1, 0), b"");
-    let sent = f.run();
+    let sent = f.vacuum_run();
     assert!(f.get(&plain).is_none(), "plain record not deleted");
     assert_eq!(f.get(&revived).unwrap().1, b"alive again");
     assert_eq!(f.get(&newer).unwrap().0.rsn, 6);
@@ -195,7 +115,7 @@ fn the_delete_queue_sorts_records_as_ctdb() {
         vec![remote.clone()]
     );
     // The lmaster answers; then TRY_DELETE_RECORDS goes to nodes 0 and 2.
-    f.reply(fetch[0].1, ReplyControl::ok(ControlReply::VacuumFetch));
+    f.vacuum_reply(fetch[0].1, ReplyControl::ok(ControlReply::VacuumFetch));
     let tries = controls(f.dbs.take_effects());
     let mut dests: Vec<u32> = tries.iter().map(|(d, _, _)| *d).collect();
     dests.sort();
@@ -209,7 +129,7 @@ fn the_delete_queue_sorts_records_as_ctdb() {
     assert_eq!(ltdb::split(recs[0].data).unwrap().0.rsn, 4);
     // Both deleted their copies: deleted here too.
     for (_, tag, _) in &tries {
-        f.reply(
+        f.vacuum_reply(
             *tag,
             ReplyControl::ok(ControlReply::TryDeleteRecords(RecBuffer::new(f.id))),
         );
@@ -225,7 +145,7 @@ fn a_record_kept_anywhere_is_kept_on_the_lmaster() {
         let mut f = fixture();
         let key = key_for(1, 0);
         f.client_delete(&key, hdr(4, 1, record_flags::MIGRATED_WITH_DATA));
-        let sent = f.run();
+        let sent = f.vacuum_run();
         let tries: Vec<_> = sent
             .iter()
             .filter(|(_, _, r)| matches!(r, ControlRequest::TryDeleteRecords(_)))
@@ -246,7 +166,7 @@ fn a_record_kept_anywhere_is_kept_on_the_lmaster() {
             } else {
                 RecBuffer::new(f.id)
             };
-            f.reply(tag, ReplyControl::ok(ControlReply::TryDeleteRecords(kept)));
+            f.vacuum_reply(tag, ReplyControl::ok(ControlReply::TryDeleteRecords(kept)));
         }
         assert!(f.get(&key).is_some(), "kept_remotely {kept_remotely}");
     }
@@ -274,12 +194,6 @@ fn try_delete_keeps_newer_copies() {
     for k in [&old, &newer, &mine, &absent, &lmaster_here, &ro] {
         rb.add(f.id, Some(&hdr(4, 0, 0)), k, &[]);
     }
-    let (node, tunables, clients) = (&f.node, &f.tunables, &f.clients);
-    let env = Env {
-        node,
-        tunables,
-        clients,
-    };
     let ctx = crate::control::ControlCtx {
         srcnode: 0,
         client: None,
@@ -287,12 +201,10 @@ fn try_delete_keeps_newer_copies() {
     };
     let req = ctdb_protocol::ReqControl::new(ControlRequest::TryDeleteRecords(rb.clone()));
     let to = ReplyTo::Node { pnn: 0, reqid: 9 };
-    assert!(
-        f.dbs
-            .try_delete_records(&env, &ctx, &req, to, &rb)
-            .is_none()
-    );
-    let fx = f.dbs.take_effects();
+    let fx = f.with(|d, env| {
+        assert!(d.try_delete_records(env, &ctx, &req, to, &rb).is_none());
+        d.take_effects()
+    });
     let Some(Effect::Reply(_, r)) = fx.first() else {
         panic!("{fx:?}")
     };
@@ -331,5 +243,4 @@ fn queues() {
     let mut unknown = RecBuffer::new(0x1234);
     unknown.add(0, None, &k, &[]);
     assert_ne!(f.dbs.vacuum_fetch(&unknown).status, 0);
-    let _ = f.env();
 }
