@@ -7,6 +7,15 @@
 //! timeout, anything else (or nothing) an error. Holding the lock means
 //! keeping the helper alive; it is released with SIGTERM. If the helper
 //! exits while we hold the lock, the lock is lost.
+//!
+//! The helper dies with the process that started it (the recovery
+//! daemon, or the daemon for its lock check): it is started through this
+//! program again (`ctdbd --exec-child-of PID HELPER ARGS...`, [`exec_main`]),
+//! which asks for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`, kept
+//! across `exec`), checks the parent is still `PID`, and becomes the helper.
+//! A helper therefore never holds the lock for a recovery daemon that is
+//! gone (CTDB's fcntl helper polls for its parent every 5 s; helpers given
+//! as `!COMMAND` need not poll at all).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,6 +52,40 @@ impl LockStatus {
             LockStatus::Error => b'3',
         }
     }
+}
+
+/// The first argument that makes `ctdbd` the exec shim of [`exec_main`].
+pub const EXEC_ARG: &str = "--exec-child-of";
+
+/// `main` of `ctdbd --exec-child-of PPID PROGRAM ARGS...`: die with parent
+/// `PPID` (SIGTERM), then run PROGRAM (searched in `PATH`) in this process.
+/// Returns only on failure, with the exit status.
+pub fn exec_main(args: &[std::ffi::OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let [ppid, prog, ..] = args else {
+        eprintln!("ctdbd {EXEC_ARG}: usage: PPID PROGRAM [ARGS...]");
+        return 127;
+    };
+    let Some(ppid) = ppid.to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        eprintln!("ctdbd {EXEC_ARG}: bad parent pid {ppid:?}");
+        return 127;
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        eprintln!("ctdbd {EXEC_ARG}: cannot ask to die with the parent: {e}");
+        return 127;
+    }
+    if nix::unistd::getppid().as_raw() != ppid {
+        // The parent died before the line above: nobody waits for us.
+        return 1;
+    }
+    // std's exec resets what this process changed (SIGPIPE, the signal
+    // mask) before `execvp`, as for any child it starts.
+    let e = std::process::Command::new(prog).args(&args[2..]).exec();
+    eprintln!(
+        "Unable to run cluster mutex helper {}: {e}",
+        prog.to_string_lossy()
+    );
+    127
 }
 
 /// The argv of the helper for lock setting `lock`.
@@ -127,8 +170,11 @@ pub async fn take(
         }
     };
     let start = Instant::now();
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("ctdbd")
+        .arg(EXEC_ARG)
+        .arg(std::process::id().to_string())
+        .args(&argv)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -163,9 +163,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
 /// Installs the global subscriber; returns the level control and the log
 /// file (for helpers' stderr and SIGHUP), if logging to a file.
 pub fn init(target: &LogTarget, level: i32) -> std::io::Result<(LogControl, Option<LogFile>)> {
+    init_as(target, level, "ctdbd")
+}
+
+/// [`init`] for program `app` of this binary (the recovery daemon's
+/// process logs as `ctdb-recoverd`, as CTDB's does).
+pub fn init_as(
+    target: &LogTarget,
+    level: i32,
+    app: &'static str,
+) -> std::io::Result<(LogControl, Option<LogFile>)> {
     let (filter, handle) = reload::Layer::new(level_filter(level));
     let fmt_layer = tracing_subscriber::fmt::layer()
-        .event_format(CtdbFormat::new("ctdbd").with_subprogram("ctdbd::recoverd", "ctdb-recoverd"))
+        .event_format(CtdbFormat::new(app))
         .with_ansi(false);
     let file = match target {
         LogTarget::File(p) => {

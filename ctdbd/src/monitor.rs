@@ -29,6 +29,9 @@
 //!   recovery mode is ACTIVE only `init`, `setup`, `startrecovery`,
 //!   `shutdown`, `releaseip` and `ipreallocated` may run. A synchronous
 //!   event other than `init`/`shutdown` that times out bans this node.
+//! * The recovery daemon ([`crate::recoverd`], a process of its own) is
+//!   watched here: reaped and started again when it dies, stopped and
+//!   started again after `RecdFailCount` missed pings ([`crate::recd_ping`]).
 //! * Shutdown: the recovery daemon and monitoring stop, `shutdown` runs to
 //!   completion, the event daemon is stopped.
 //! * The event daemon going away ends this daemon ("Eventd went away -
@@ -49,12 +52,11 @@ use ctdb_protocol::message::srvid;
 use ctdb_protocol::types::{BanState, NodeFlagChange, Runstate, SrvidMessage, node_flags};
 use ctdb_protocol::{ControlReply, Marshal, ReplyControl};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info};
 
 use crate::control::Core;
 use crate::eventd_client::{EventClient, Eventd, EventdError};
-use crate::recoverd::{self, RecoverdConfig};
+use crate::recoverd::{RecoverdConfig, RecoverdProcess};
 use crate::server::{Event, ReplyTo};
 
 /// CTDB's events (the component is always `legacy`).
@@ -203,11 +205,18 @@ pub struct Monitor {
     ev: mpsc::Sender<Event>,
     /// Test mode skips the wait for re-recoveries before `startup`.
     fast_start: bool,
-    /// Started once `setup` succeeds.
-    recoverd: Option<RecoverdConfig>,
-    recoverd_task: Option<JoinHandle<()>>,
-    /// What a restarted recovery daemon is started with.
+    /// The recovery daemon's configuration, kept once `setup` succeeded
+    /// (it is started then, and again with it).
     recoverd_cfg: Option<RecoverdConfig>,
+    /// The recovery daemon process ([`Monitor::watch_recoverd`]).
+    recoverd: Option<RecoverdProcess>,
+    /// When a recovery daemon that died is started again.
+    recoverd_restart_at: Option<Instant>,
+    /// Recovery daemons sent SIGTERM, until they are reaped (killed after
+    /// [`RECOVERD_STOP_GRACE`]).
+    recoverd_stopping: Vec<(RecoverdProcess, Instant)>,
+    /// The configuration until `setup` succeeds.
+    recoverd_pending: Option<RecoverdConfig>,
     next_id: u64,
     running: HashMap<u64, (ScriptEvent, Waiter)>,
     /// `ctdb_wait_until_recovered`, `ctdb_run_startup`,
@@ -230,9 +239,11 @@ impl Monitor {
             eventd: None,
             ev,
             fast_start: true,
-            recoverd: None,
-            recoverd_task: None,
             recoverd_cfg: None,
+            recoverd: None,
+            recoverd_restart_at: None,
+            recoverd_stopping: Vec::new(),
+            recoverd_pending: None,
             next_id: 1,
             running: HashMap::new(),
             wait_recovered_at: None,
@@ -256,7 +267,7 @@ impl Monitor {
     ) -> Monitor {
         Monitor {
             eventd: Some(eventd),
-            recoverd: Some(recoverd),
+            recoverd_pending: Some(recoverd),
             fast_start,
             ..Monitor::detached(ev)
         }
@@ -410,9 +421,12 @@ impl Monitor {
                 if status != 0 {
                     die("Failed to run setup event");
                 }
-                if let Some(cfg) = self.recoverd.take() {
-                    self.recoverd_cfg = Some(cfg.try_clone());
-                    self.recoverd_task = Some(recoverd::spawn(cfg));
+                if let Some(cfg) = self.recoverd_pending.take() {
+                    self.recoverd_cfg = Some(cfg);
+                    if !self.start_recoverd(core) {
+                        error!("Failed to start recovery daemon");
+                        std::process::exit(11);
+                    }
                     core.recd_ping.ping(now, &core.tunables);
                 }
                 core.set_runstate(Runstate::FirstRecovery);
@@ -524,9 +538,7 @@ impl Monitor {
         if self.stopped {
             return;
         }
-        if core.recd_ping.check(now, &core.tunables) == crate::recd_ping::Verdict::Restart {
-            self.restart_recoverd();
-        }
+        self.watch_recoverd(core, now);
         if self.wait_recovered_at.is_some_and(|t| t <= now) {
             self.wait_recovered_at = None;
             self.wait_until_recovered(core, now);
@@ -602,26 +614,100 @@ impl Monitor {
         }
     }
 
-    /// The recovery daemon missed `RecdFailCount` pings: a new one is
-    /// started (its first ping sets the timer again).
-    fn restart_recoverd(&mut self) {
+    /// Starts the recovery daemon; false (logged) when it cannot be.
+    fn start_recoverd(&mut self, core: &Core) -> bool {
         let Some(cfg) = &self.recoverd_cfg else {
-            return;
+            return false;
         };
-        if let Some(t) = self.recoverd_task.take() {
-            info!("Shutting down recovery daemon");
-            t.abort();
+        match RecoverdProcess::start(cfg, core.log.level()) {
+            Ok(p) => {
+                debug!("Started recovery daemon (pid {})", p.pid());
+                self.recoverd = Some(p);
+                true
+            }
+            Err(e) => {
+                error!("Unable to start recovery daemon: {e}");
+                false
+            }
         }
-        self.recoverd_task = Some(recoverd::spawn(cfg.try_clone()));
+    }
+
+    /// CTDB's `ctdb_stop_recoverd`: SIGTERM to the recovery daemon, which
+    /// is reaped later (or killed if it does not go).
+    fn stop_recoverd(&mut self, now: Instant) {
+        if let Some(p) = self.recoverd.take() {
+            info!("Shutting down recovery daemon");
+            p.terminate();
+            self.recoverd_stopping.push((p, now));
+        }
+    }
+
+    /// The recovery daemon's life: reap stopped ones; one that died is
+    /// started again a second later (CTDB notices with `kill(pid, 0)` every
+    /// 30 s; here its exit is seen at once); after `RecdFailCount` missed
+    /// pings it is stopped and a new one started (its first ping sets the
+    /// timer again), as CTDB does.
+    fn watch_recoverd(&mut self, core: &mut Core, now: Instant) {
+        self.recoverd_stopping.retain_mut(|(p, since)| {
+            if p.exited().is_some() {
+                return false;
+            }
+            if now.duration_since(*since) >= RECOVERD_STOP_GRACE {
+                error!(
+                    "Recovery daemon (pid {}) did not exit within {} s of SIGTERM - killing it",
+                    p.pid(),
+                    RECOVERD_STOP_GRACE.as_secs()
+                );
+                p.kill();
+            }
+            true
+        });
+        if self.recoverd_cfg.is_none() {
+            return;
+        }
+        if core.recd_ping.check(now, &core.tunables) == crate::recd_ping::Verdict::Restart {
+            self.stop_recoverd(now);
+            self.recoverd_restart_at = None;
+            if !self.start_recoverd(core) {
+                self.recoverd_restart_at = Some(now + RECOVERD_RESTART_DELAY);
+            }
+            return;
+        }
+        if let Some(p) = &mut self.recoverd
+            && let Some(status) = p.exited()
+        {
+            error!(
+                "Recovery daemon (pid:{}) is no longer running. Trying to restart recovery daemon.",
+                p.pid()
+            );
+            info!("Recovery daemon (pid:{}) ended: {status}", p.pid());
+            self.recoverd = None;
+            self.recoverd_restart_at = Some(now + RECOVERD_RESTART_DELAY);
+        }
+        if self.recoverd_restart_at.is_some_and(|t| t <= now) {
+            self.recoverd_restart_at = None;
+            error!("Restarting recovery daemon");
+            info!("Shutting down recovery daemon");
+            if !self.start_recoverd(core) {
+                self.recoverd_restart_at = Some(now + RECOVERD_RESTART_DELAY);
+            }
+        }
+    }
+
+    /// The recovery daemon's pid, while it runs.
+    pub fn recoverd_pid(&self) -> Option<u32> {
+        self.recoverd.as_ref().map(RecoverdProcess::pid)
     }
 
     /// The shutdown sequence's part: stop the recovery daemon and
     /// monitoring, run `shutdown`, stop the event daemon.
     pub async fn shutdown(&mut self, core: &mut Core) {
-        if let Some(t) = self.recoverd_task.take() {
-            t.abort();
-        }
         self.stopped = true;
+        self.recoverd_restart_at = None;
+        self.stop_recoverd(Instant::now());
+        for (mut p, _) in std::mem::take(&mut self.recoverd_stopping) {
+            p.wait_or_kill(RECOVERD_STOP_GRACE).await;
+        }
         self.wait_recovered_at = None;
         self.startup_at = None;
         self.check_at = None;
@@ -645,6 +731,13 @@ impl Monitor {
         self.eventd.as_ref().and_then(|e| e.pid)
     }
 }
+
+/// How long a recovery daemon sent SIGTERM has to exit before SIGKILL.
+const RECOVERD_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long after a recovery daemon died (or could not be started) a new
+/// one is started.
+const RECOVERD_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// A control's reply for an event's result.
 fn control_status(status: i32, ok: ControlReply) -> ReplyControl {

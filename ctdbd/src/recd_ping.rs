@@ -10,10 +10,11 @@
 //! may be stuck, e.g. on a hung cluster filesystem), and the timer waits
 //! for the new one's first ping.
 //!
-//! Ours is a task inside the daemon rather than a process, but it talks to
-//! the daemon through the socket like CTDB's and can hang the same way (on
-//! a control that never comes back, a helper that never exits); restarting
-//! it drops the task and whatever it held (the cluster lock).
+//! As CTDB's, ours is a process of its own talking to the daemon through
+//! the socket, and can hang the same way (on a control that never comes
+//! back, a helper that never exits); restarting it sends it SIGTERM (it
+//! releases the cluster lock and exits; it is killed if it has not within
+//! 5 s) and starts a new one ([`crate::monitor`]).
 
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,11 @@
 //! The recovery daemon: leadership and cluster health, as CTDB 4.17's
 //! `ctdb-recoverd` does it.
 //!
-//! It runs as a task of its own and talks to the daemon exactly as CTDB's
-//! recovery daemon does, as a client of the daemon's socket (so it never
-//! touches daemon state directly and can never block the event loop):
+//! It is a process of its own, as CTDB's is: the daemon starts
+//! `ctdbd --recoverd ...` ([`process`]), which runs [`child`] and talks to
+//! the daemon exactly as CTDB's recovery daemon does, as a client of the
+//! daemon's socket (so it never touches daemon state directly, can never
+//! block the event loop, and a fault of either side stays on its side):
 //!
 //! * [`leader`]: who leads. With a cluster lock, whoever takes the lock
 //!   (through the mutex helper) leads; without one, an election by
@@ -17,11 +19,15 @@
 //!   helper (`ctdb_recovery_helper <write fd> <socket> <generation>`), and
 //!   the banning of nodes that keep causing recoveries.
 
+mod child;
 mod helper;
 mod leader;
+mod process;
 mod recovery;
 mod takeover_run;
 
+pub use child::{CHILD_ARG, child_main};
+pub use process::RecoverdProcess;
 pub use recovery::{new_generation, recovery_helper_path};
 pub use takeover_run::takeover_helper_path;
 
@@ -38,7 +44,6 @@ use ctdb_protocol::types::{
 };
 use ctdb_protocol::{ControlRequest, Marshal};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cluster_mutex::HeldMutex;
@@ -75,6 +80,8 @@ struct Culprit {
 pub struct Recoverd {
     cfg: RecoverdConfig,
     client: Client,
+    /// This process's log level, which follows the daemon's.
+    log: Option<crate::logging::LogControl>,
     pnn: u32,
     tunables: TunableList,
     nodemap: NodeMap,
@@ -100,167 +107,6 @@ pub struct Recoverd {
     /// `CTDB_SRVID_BANNING` messages (culprits reported by helpers), kept
     /// apart so a recovery can take the reports of its own helper at once.
     banning: mpsc::UnboundedReceiver<Message>,
-}
-
-impl RecoverdConfig {
-    pub(crate) fn try_clone(&self) -> RecoverdConfig {
-        RecoverdConfig {
-            socket: self.socket.clone(),
-            pnn: self.pnn,
-            cluster_lock: self.cluster_lock.clone(),
-            leader_timeout: self.leader_timeout,
-            helper_dir: self.helper_dir.clone(),
-            recovery_helper: self.recovery_helper.clone(),
-            state_dir: self.state_dir.clone(),
-            log_file: self.log_file.clone(),
-            helper_env: self.helper_env.clone(),
-            failover_disabled: self.failover_disabled,
-        }
-    }
-}
-
-/// Starts the recovery daemon task; if it ever stops (its connection to
-/// the daemon broke), it is started again, as CTDB restarts its recovery
-/// daemon. Whatever it held (the cluster lock) is released when it stops.
-pub fn spawn(cfg: RecoverdConfig) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = run(cfg.try_clone()).await {
-                error!("recovery daemon stopped: {e}; restarting it");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    })
-}
-
-async fn connect(cfg: &RecoverdConfig) -> Client {
-    loop {
-        match Client::connect(&cfg.socket).await {
-            Ok(c) => return c,
-            Err(e) => {
-                debug!("recovery daemon cannot connect yet: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Every srvid the recovery daemon listens on.
-const SRVIDS: &[u64] = &[
-    srvid::LEADER,
-    srvid::ELECTION,
-    srvid::TAKEOVER_RUN,
-    srvid::PUSH_NODE_FLAGS,
-    srvid::RELOAD_NODES,
-    srvid::DISABLE_TAKEOVER_RUNS,
-    srvid::DISABLE_RECOVERIES,
-    srvid::DISABLE_IP_CHECK,
-    srvid::REBALANCE_NODE,
-    srvid::SET_NODE_FLAGS,
-    srvid::MEM_DUMP,
-];
-
-async fn run(cfg: RecoverdConfig) -> Result<(), ctdb_client::ClientError> {
-    let client = connect(&cfg).await;
-    let tunables = *client.get_all_tunables(CTDB_CURRENT_NODE).await?;
-    let client = client.with_timeout(Duration::from_secs(u64::from(
-        tunables.recover_timeout.max(1),
-    )));
-    // All messages into one queue.
-    let (tx, mut msgs) = mpsc::unbounded_channel::<Message>();
-    for &id in SRVIDS {
-        let mut rx = client.register_srvid(id).await?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                if tx.send(m).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let banning = client.register_srvid(srvid::BANNING).await?;
-    let pnn = cfg.pnn;
-    let mut rec = Recoverd {
-        cfg,
-        client,
-        pnn,
-        tunables,
-        nodemap: NodeMap::default(),
-        node_flags: 0,
-        caps: HashMap::new(),
-        leader: CTDB_UNKNOWN_PNN,
-        election_in_progress: false,
-        lock: None,
-        lock_failures: 0,
-        priority_time: Timeval::now(),
-        leader_timeout_at: None,
-        election_timeout_at: None,
-        send_election_at: None,
-        need_recovery: false,
-        recoveries_disabled_until: None,
-        culprits: HashMap::new(),
-        last_culprit: pnn,
-        takeover_requests: Vec::new(),
-        takeover: takeover_run::TakeoverRuns::default(),
-        frozen_on_inactive: false,
-        banning,
-    };
-    info!("Recovery daemon started (pnn {pnn})");
-    let mut next_main = Instant::now();
-    let mut next_broadcast = Instant::now() + Duration::from_secs(1);
-    let far = Duration::from_secs(3600);
-    loop {
-        let now = Instant::now();
-        let leader_to = rec.leader_timeout_at.unwrap_or(now + far);
-        let election_to = rec.election_timeout_at.unwrap_or(now + far);
-        let send_election = rec.send_election_at.unwrap_or(now + far);
-        let lock_lost = async {
-            match rec.lock.as_mut() {
-                Some(h) => h.lost().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            m = msgs.recv() => {
-                let Some(m) = m else { return Err(ctdb_client::ClientError::Disconnected) };
-                rec.on_message(m).await;
-            }
-            m = rec.banning.recv() => {
-                let Some(m) = m else { return Err(ctdb_client::ClientError::Disconnected) };
-                rec.banning_message(&m.data);
-            }
-            _ = lock_lost => {
-                rec.lost_cluster_lock().await;
-            }
-            _ = tokio::time::sleep_until(next_main.into()) => {
-                rec.main_loop().await;
-                let interval = Duration::from_secs(u64::from(rec.tunables.recover_interval.max(1)));
-                next_main = Instant::now() + interval;
-            }
-            _ = tokio::time::sleep_until(next_broadcast.into()) => {
-                rec.leader_broadcast_tick().await;
-                next_broadcast = Instant::now() + Duration::from_secs(1);
-            }
-            _ = tokio::time::sleep_until(leader_to.into()) => {
-                rec.leader_timeout_at = None;
-                info!("Leader broadcast timeout");
-                rec.force_election().await;
-            }
-            _ = tokio::time::sleep_until(election_to.into()) => {
-                rec.election_timeout_at = None;
-                rec.election_timeout().await;
-            }
-            _ = tokio::time::sleep_until(send_election.into()) => {
-                rec.send_election_at = None;
-                rec.send_election_request();
-            }
-        }
-        if rec.client.is_closed() {
-            return Err(ctdb_client::ClientError::Disconnected);
-        }
-    }
 }
 
 impl Recoverd {
@@ -555,6 +401,14 @@ impl Recoverd {
             .await?;
         if self.election_in_progress {
             return Ok(());
+        }
+        // Log at the daemon's level (`ctdb setdebug`), as CTDB's does.
+        if let Some(log) = &self.log
+            && let Ok(r) = c.control(CTDB_CURRENT_NODE, ControlRequest::GetDebug).await
+            && let Some(ctdb_protocol::ControlReply::GetDebug(level)) = r.data
+            && level as i32 != log.level()
+        {
+            log.set_level(level as i32);
         }
         if self.leader_timeout_at.is_none() {
             self.leader_timeout_at = Some(Instant::now() + self.cfg.leader_timeout);

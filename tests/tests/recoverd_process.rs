@@ -1,0 +1,284 @@
+//! The recovery daemon is a process of its own, as CTDB's `ctdb-recoverd`
+//! (issue 16), checked on the reference and on ours in the same test:
+//!
+//! * each daemon has one child named `ctdb_recoverd` (`/proc/PID/comm`),
+//!   a client of the daemon's socket, so `ctdb process-exists` finds it,
+//!   and not the daemon itself;
+//! * `kill -9` of the leader's recovery daemon: the daemon starts a new one
+//!   (CTDB's "Recovery daemon (pid:N) is no longer running" line), the old
+//!   one's helpers (the cluster-lock holder) go too, the new one logs as
+//!   `ctdb-recoverd[PID]` in the daemon's log, and the cluster is healthy
+//!   again;
+//! * `kill -9` of a daemon alone (its pid, not its process group) and the
+//!   harness's kill of a node: within a bound, no process is left with
+//!   that node's `CTDB_BASE` in its environment or its directory in its
+//!   command line (the recovery daemon, its lock helper, the event daemon).
+
+use std::time::{Duration, Instant};
+
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, require_reference};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn name(d: &Daemon) -> &'static str {
+    match d {
+        Daemon::Reference => "reference",
+        Daemon::Ours(_) => "ours",
+    }
+}
+
+/// Pids in /proc.
+fn all_pids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// `(comm, state, ppid)` of a process, from /proc/PID/stat.
+fn stat(pid: i32) -> Option<(String, char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_owned();
+    let mut rest = s[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, state, ppid))
+}
+
+/// Live (not zombie) children of `parent`.
+fn children(parent: i32) -> Vec<(i32, String)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|p| {
+            let (comm, state, ppid) = stat(p)?;
+            (ppid == parent && state != 'Z').then_some((p, comm))
+        })
+        .collect()
+}
+
+/// The recovery daemon of the daemon with pid `daemon`.
+fn recoverd_of(daemon: i32) -> Option<i32> {
+    let r: Vec<i32> = children(daemon)
+        .into_iter()
+        .filter(|(_, comm)| comm == "ctdb_recoverd")
+        .map(|(p, _)| p)
+        .collect();
+    (r.len() == 1).then(|| r[0])
+}
+
+/// Processes of node `k`: `CTDB_BASE` of the node in the environment, or
+/// the node's directory in the command line (pid and command line).
+fn node_processes(c: &Cluster, k: usize) -> Vec<(i32, String)> {
+    let base = c.base(k).display().to_string();
+    let env_needle = format!("CTDB_BASE={base}\0");
+    let me = std::process::id() as i32;
+    all_pids()
+        .into_iter()
+        .filter(|&p| p != me && stat(p).is_some_and(|(_, st, _)| st != 'Z'))
+        .filter_map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            let env = String::from_utf8_lossy(&env).into_owned();
+            (env.contains(&env_needle) || cmd.contains(&base)).then_some((p, cmd))
+        })
+        .collect()
+}
+
+/// The leader node `k` reports.
+fn leader_seen_by(c: &Cluster, k: usize) -> Option<usize> {
+    let out = c.tool(k, &["status"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Leader:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `ctdb process-exists PID` on node `k`: success and output, with the pid
+/// masked.
+fn process_exists(c: &Cluster, k: usize, pid: i32) -> (bool, String) {
+    let out = c.tool(k, &["process-exists", &pid.to_string()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text.replace(&pid.to_string(), "PID"))
+}
+
+/// Waits (30 s at most) until no process of node `k` is left; how long
+/// it took, and what was left last.
+fn wait_none_left(c: &Cluster, k: usize, label: &str) -> (Duration, Vec<(i32, String)>) {
+    let t0 = Instant::now();
+    let mut last = Vec::new();
+    loop {
+        let left = node_processes(c, k);
+        if left.is_empty() {
+            return (t0.elapsed(), last);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{label}: left behind 30 s after node {k} was killed: {left:?}"
+        );
+        last = left;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Report {
+    /// process-exists of the recovery daemon, then of the daemon.
+    exists: [(bool, String); 2],
+    /// kill -9 of the recovery daemon until a new one runs.
+    restarted: Duration,
+    /// ... until the old one's children are gone.
+    helpers_gone: Duration,
+    /// kill -9 of a daemon's pid until nothing of its node is left.
+    daemon_pid_killed: Duration,
+    /// The harness's kill of a node until nothing of it is left.
+    node_killed: Duration,
+}
+
+fn recovery_daemon_process(daemon: Daemon) -> Report {
+    let label = name(&daemon);
+    let c = Cluster::start(ClusterOptions::new(daemon, 3));
+    c.wait_healthy(Duration::from_secs(90));
+    let d0 = c.pid(0).expect("node 0's pid");
+    let r0 = poll_until(
+        Duration::from_secs(10),
+        "node 0's recovery daemon process",
+        || recoverd_of(d0),
+    );
+    assert_ne!(r0, d0, "{label}");
+
+    // A client of its daemon, with its own pid.
+    let exists = [process_exists(&c, 0, r0), process_exists(&c, 0, d0)];
+    assert!(
+        exists[0].0,
+        "{label}: process-exists of the recovery daemon: {}",
+        exists[0].1
+    );
+    assert!(
+        !exists[1].0,
+        "{label}: process-exists of the daemon itself: {}",
+        exists[1].1
+    );
+
+    // kill -9 of the leader's recovery daemon.
+    let leader = poll_until(Duration::from_secs(30), "a leader", || {
+        leader_seen_by(&c, 0)
+    });
+    let dl = c.pid(leader).expect("the leader's pid");
+    let old = recoverd_of(dl).expect("the leader's recovery daemon");
+    let helpers: Vec<i32> = children(old).into_iter().map(|(p, _)| p).collect();
+    let skip = c.log_text(leader).len();
+    assert!(!helpers.is_empty(), "{label}: the leader's lock helper");
+    let t0 = Instant::now();
+    kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
+    let (mut restarted, mut helpers_gone) = (None, None);
+    let new = poll_until(
+        Duration::from_secs(60),
+        "a new recovery daemon on the leader, the old one's helpers gone",
+        || {
+            let new = recoverd_of(dl).filter(|&p| p != old);
+            if new.is_some() && restarted.is_none() {
+                restarted = Some(t0.elapsed());
+            }
+            let gone = helpers
+                .iter()
+                .all(|&h| stat(h).is_none_or(|(_, st, _)| st == 'Z'));
+            if gone && helpers_gone.is_none() {
+                helpers_gone = Some(t0.elapsed());
+            }
+            new.filter(|_| gone)
+        },
+    );
+    let (restarted, helpers_gone) = (restarted.unwrap(), helpers_gone.unwrap());
+    let log = c.log_text(leader);
+    let logged = format!("Recovery daemon (pid:{old}) is no longer running");
+    assert!(
+        log[skip..].contains(&logged),
+        "{label}: no \"{logged}\" in node {leader}'s log"
+    );
+    // It logs to the daemon's log under its own name and pid.
+    let own = format!("ctdb-recoverd[{new}]: ");
+    poll_until(
+        Duration::from_secs(30),
+        "a log line of the new recovery daemon",
+        || c.log_text(leader).contains(&own).then_some(()),
+    );
+    c.wait_healthy(Duration::from_secs(90));
+    assert_eq!(recoverd_of(dl), Some(new), "{label}: restarted again");
+
+    // kill -9 of the (maybe new) leader's daemon pid alone: its recovery
+    // daemon, lock helper and event daemon go too.
+    let k = poll_until(Duration::from_secs(30), "a leader", || {
+        leader_seen_by(&c, (leader + 1) % 3)
+    });
+    let dk = c.pid(k).expect("pid");
+    let rk = recoverd_of(dk).expect("the leader's recovery daemon");
+    assert!(
+        !children(rk).is_empty(),
+        "{label}: the leader's lock helper"
+    );
+    assert!(!node_processes(&c, k).is_empty(), "{label}: node {k} seen");
+    kill(Pid::from_raw(dk), Signal::SIGKILL).unwrap();
+    let (daemon_pid_killed, last) = wait_none_left(&c, k, label);
+    println!("{label}: last to go after kill -9 of node {k}'s daemon: {last:?}");
+
+    // The harness's kill of another node.
+    let j = (0..3).find(|&j| j != k && c.running(j)).expect("a node");
+    let t0 = Instant::now();
+    c.kill(j);
+    let (_, last) = wait_none_left(&c, j, label);
+    let node_killed = t0.elapsed();
+    println!("{label}: last to go after the harness killed node {j}: {last:?}");
+    Report {
+        exists,
+        restarted,
+        helpers_gone,
+        daemon_pid_killed,
+        node_killed,
+    }
+}
+
+#[test]
+fn recovery_daemon_is_a_process_of_its_own() {
+    require_reference();
+    let reference = recovery_daemon_process(Daemon::Reference);
+    let ours = recovery_daemon_process(Daemon::ours());
+    assert_eq!(
+        ours.exists, reference.exists,
+        "process-exists of the recovery daemon and of the daemon"
+    );
+    for (what, r, o) in [
+        (
+            "kill -9 of the recovery daemon -> a new one",
+            reference.restarted,
+            ours.restarted,
+        ),
+        (
+            "kill -9 of the recovery daemon -> its helpers gone",
+            reference.helpers_gone,
+            ours.helpers_gone,
+        ),
+        (
+            "kill -9 of a daemon's pid -> nothing of its node left",
+            reference.daemon_pid_killed,
+            ours.daemon_pid_killed,
+        ),
+        (
+            "harness kill of a node -> nothing of it left",
+            reference.node_killed,
+            ours.node_killed,
+        ),
+    ] {
+        println!(
+            "{what}: reference {:.1} s, ours {:.1} s",
+            r.as_secs_f64(),
+            o.as_secs_f64()
+        );
+    }
+}
