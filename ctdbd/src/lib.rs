@@ -18,8 +18,9 @@
 //! * [`clients`]: the unix socket; [`transport`]: TCP links to nodes;
 //!   [`event_loop`]: how the loop learns which of them to read;
 //! * [`cluster_mutex`]: the cluster lock through a mutex helper;
-//! * [`recoverd`]: leader election and recovery (a task that is a client
-//!   of the daemon, as CTDB's recovery daemon is);
+//! * [`recoverd`]: leader election and recovery (a process of its own,
+//!   `ctdbd --recoverd`, a client of the daemon, as CTDB's recovery daemon
+//!   is);
 //! * [`monitor`]: event scripts through the event daemon
 //!   ([`eventd_client`]) and the node's health;
 //! * [`startup`], [`daemonize`]: getting the daemon running.

@@ -155,13 +155,19 @@ pub fn databases(d: &Databases) -> Vec<MemArea> {
     vec![dbs]
 }
 
-/// The recovery daemon's report (`ctdb rddumpmemory`): it runs inside
-/// ctdbd, so its memory is the daemon's; what it holds on its own is its
-/// view of the nodes and what it keeps for bans and takeover runs.
+/// The recovery daemon's report (`ctdb rddumpmemory`), made in its own
+/// process: that process's memory, its view of the nodes and what it
+/// keeps for bans and takeover runs.
 pub fn recoverd_report(nodes: usize, culprits: usize, takeover_requests: usize) -> String {
+    let (size, resident, shared) = process_memory();
     let areas = [MemArea {
         name: "recovery daemon".into(),
-        detail: "a task inside ctdbd (its memory is the daemon's)".into(),
+        detail: format!(
+            "process: resident {}, private {}, virtual {}",
+            human(resident),
+            human(resident.saturating_sub(shared)),
+            human(size)
+        ),
         children: vec![
             MemArea::new("node map", format!("{nodes} nodes")),
             MemArea::new("banning culprits", culprits.to_string()),

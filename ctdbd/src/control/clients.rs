@@ -65,9 +65,10 @@ impl Core {
         })
     }
 
-    /// `PROCESS_EXISTS`: only a live client process of this node exists.
-    /// The in-process recovery daemon connects as a client under the
-    /// daemon's own pid; the daemon is not a client of itself.
+    /// `PROCESS_EXISTS`: only a live client process of this node exists
+    /// (the recovery daemon is one, with its own pid, as CTDB's). The
+    /// metrics responder connects as a client under the daemon's own pid;
+    /// the daemon is not a client of itself.
     fn process_exists(&mut self, pid: i32) -> Outcome {
         if pid == std::process::id() as i32 || !self.clients.values().any(|c| c.pid == pid) {
             return Outcome::status(-1);
