@@ -2,7 +2,12 @@
 //! traverses with and without empty records, persistent and replicated
 //! transactions. No lost updates: 3 nodes x 4 client processes each
 //! increment one shared record, through fetch-lock (volatile) and through
-//! persistent transactions; the final value is exact. A client killed with
+//! persistent transactions; the final value is exact. The persistent
+//! clients commit for a time budget (at least a floor of commits each)
+//! rather than a fixed count: the reference forks a child and syncs its
+//! file four times on every node for each commit (~60 commits/s here
+//! whatever the number of clients), so 12,000 commits took it 4-5
+//! minutes. A client killed with
 //! SIGKILL while holding a record lock, or inside a persistent
 //! transaction, holds nobody up and leaves nothing partial behind; nor do
 //! recoveries in the middle of it all. Against our daemon and the
@@ -10,15 +15,18 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::{ControlRequest, ReqControl};
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 
-/// Increments per process: fetch-lock, and persistent transactions.
+/// Increments per process: fetch-lock; persistent transactions, at least
+/// this many and on until the budget is spent (the sum of what the
+/// clients report is the value the record must hold).
 const VOLATILE_PER_CLIENT: u64 = 1000;
-const PERSISTENT_PER_CLIENT: u64 = 1000;
+const PERSISTENT_MIN_PER_CLIENT: u64 = 25;
+const PERSISTENT_SECS: u64 = 15;
 const CLIENTS_PER_NODE: usize = 4;
 
 fn spawn(c: &Cluster, node: usize, args: &[&str]) -> Child {
@@ -40,7 +48,8 @@ fn first_line(child: &mut Child) -> String {
     line.trim().to_owned()
 }
 
-fn finish(mut child: Child, what: &str) {
+/// Waits for a child that must succeed; its output.
+fn finish(mut child: Child, what: &str) -> String {
     let o = child.wait_with_output_timeout();
     assert!(
         o.0,
@@ -48,6 +57,7 @@ fn finish(mut child: Child, what: &str) {
         String::from_utf8_lossy(&o.1),
         String::from_utf8_lossy(&o.2)
     );
+    String::from_utf8_lossy(&o.1).into_owned()
 }
 
 trait WaitTimeout {
@@ -81,14 +91,52 @@ fn value(v: Option<Vec<u8>>) -> u64 {
     .unwrap_or(0)
 }
 
-/// Runs `per` increments of `key` from 4 processes on each node at once.
-fn hammer(c: &Cluster, mode: &str, db: &str, key: &str, per: u64) {
-    let n = per.to_string();
+/// Increments `key` from 4 processes on each node at once (`args` after
+/// the key: the count, and for persistent ones the seconds); what each
+/// process says it did ("done N").
+fn hammer(c: &Cluster, mode: &str, db: &str, key: &str, args: &[&str]) -> Vec<u64> {
     let children: Vec<Child> = (0..3 * CLIENTS_PER_NODE)
-        .map(|i| spawn(c, i % 3, &[mode, db, key, &n]))
+        .map(|i| spawn(c, i % 3, &[&[mode, db, key], args].concat()))
         .collect();
-    for (i, ch) in children.into_iter().enumerate() {
-        finish(ch, &format!("{mode} client {i}"));
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(i, ch)| {
+            let out = finish(ch, &format!("{mode} client {i}"));
+            out.trim()
+                .strip_prefix("done ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{mode} client {i} said {out:?}"))
+        })
+        .collect()
+}
+
+/// Prints how long each phase of a test took and what it did.
+struct Phases {
+    who: &'static str,
+    start: Instant,
+    last: Instant,
+}
+
+impl Phases {
+    fn new(who: &'static str) -> Self {
+        let now = Instant::now();
+        Phases {
+            who,
+            start: now,
+            last: now,
+        }
+    }
+
+    fn done(&mut self, what: &str) {
+        let now = Instant::now();
+        println!(
+            "{}: {:5.1} s (at {:5.1} s) {what}",
+            self.who,
+            (now - self.last).as_secs_f64(),
+            (now - self.start).as_secs_f64()
+        );
+        self.last = now;
     }
 }
 
@@ -231,26 +279,45 @@ async fn client_api(c: &Cluster) {
 
 fn no_lost_updates_and_dead_clients(daemon: Daemon) -> Cluster {
     require_reference();
+    let mut p = Phases::new(match daemon {
+        Daemon::Reference => "reference",
+        Daemon::Ours(_) => "ours",
+    });
     let c = Cluster::start(ClusterOptions::new(daemon, 3));
+    p.done("cluster of 3 started");
     rt().block_on(client_api(&c));
+    p.done("client API: volatile, traverse, persistent, replicated");
 
     // Fetch-lock increments of one volatile record from every node.
-    hammer(&c, "volatile", "counter.tdb", "hot", VOLATILE_PER_CLIENT);
+    let n = VOLATILE_PER_CLIENT.to_string();
+    let done = hammer(&c, "volatile", "counter.tdb", "hot", &[&n]);
     let total = 3 * CLIENTS_PER_NODE as u64 * VOLATILE_PER_CLIENT;
+    assert_eq!(done.iter().sum::<u64>(), total, "{done:?}");
     assert_eq!(read_volatile(&c, "counter.tdb", b"hot"), total);
+    p.done(&format!(
+        "{total} fetch-lock increments of one record by {} processes",
+        done.len()
+    ));
 
-    // Persistent transactions incrementing one key.
-    hammer(
-        &c,
-        "persistent",
-        "pcounter.tdb",
-        "hot",
-        PERSISTENT_PER_CLIENT,
+    // Persistent transactions incrementing one key: every acknowledged
+    // commit counted once, on every node.
+    let (min, secs) = (
+        PERSISTENT_MIN_PER_CLIENT.to_string(),
+        PERSISTENT_SECS.to_string(),
     );
-    let total = 3 * CLIENTS_PER_NODE as u64 * PERSISTENT_PER_CLIENT;
+    let done = hammer(&c, "persistent", "pcounter.tdb", "hot", &[&min, &secs]);
+    assert!(
+        done.iter().all(|&n| n >= PERSISTENT_MIN_PER_CLIENT),
+        "{done:?}"
+    );
+    let total: u64 = done.iter().sum();
     for v in read_persistent(&c, "pcounter.tdb", b"hot") {
-        assert_eq!(value(v), total);
+        assert_eq!(value(v), total, "per client: {done:?}");
     }
+    p.done(&format!(
+        "{total} persistent commits on one key by {} processes (each: {done:?})",
+        done.len()
+    ));
 
     // Recoveries while clients are at it lose nothing either.
     let mut running: Vec<Child> = (0..6)
@@ -266,6 +333,7 @@ fn no_lost_updates_and_dead_clients(daemon: Daemon) -> Cluster {
     for v in read_persistent(&c, "pcounter.tdb", b"busy") {
         assert_eq!(value(v), 150);
     }
+    p.done("2 recoveries amid 6 fetch-lock and 3 persistent clients");
 
     // A client killed while it holds a record lock: the others proceed.
     let mut holder = spawn(&c, 1, &["hold-lock", "counter.tdb", "locked-key"]);
@@ -284,6 +352,7 @@ fn no_lost_updates_and_dead_clients(daemon: Daemon) -> Cluster {
         finish(w, &format!("lock waiter {i}"));
     }
     assert_eq!(read_volatile(&c, "counter.tdb", b"locked-key"), 100);
+    p.done("a record lock holder killed, its 2 waiters went on");
 
     // A client killed inside a persistent transaction: its g_lock goes to
     // the next client, and none of its changes is visible anywhere.
@@ -310,6 +379,7 @@ fn no_lost_updates_and_dead_clients(daemon: Daemon) -> Cluster {
     for v in read_persistent(&c, "pcounter.tdb", b"partial7") {
         assert!(v.is_none(), "a dead client's change is visible: {v:?}");
     }
+    p.done("a client killed in a transaction, its 2 waiters went on");
     c
 }
 

@@ -4,6 +4,9 @@
 //! ctdb-increment SOCKET volatile|persistent DB KEY COUNT
 //!     increment the u64 in KEY COUNT times (fetch-lock, or a persistent
 //!     transaction each time); print "done N" when finished
+//! ctdb-increment SOCKET persistent DB KEY COUNT SECS
+//!     the same, at least COUNT times and on until SECS seconds have
+//!     passed; "done N" says how many
 //! ctdb-increment SOCKET persistent-loop DB KEY
 //!     increment the decimal number in KEY in persistent transactions
 //!     until an error or until killed, printing "attempt" before each
@@ -24,13 +27,13 @@
 //!
 //! Exit status 0 on success; errors go to stderr.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ctdb_client::{DbKind, Update};
 use ctdb_tests::client_prog::{connect, fetch_lock_increment, say, transaction_increment};
 
 async fn run(args: &[String]) -> Result<(), String> {
-    let usage = "usage: ctdb-increment SOCKET MODE DB KEY [COUNT]";
+    let usage = "usage: ctdb-increment SOCKET MODE DB KEY [COUNT [SECS]]";
     let [socket, mode, db, key, rest @ ..] = args else {
         return Err(usage.into());
     };
@@ -59,10 +62,18 @@ async fn run(args: &[String]) -> Result<(), String> {
                 .attach(db, DbKind::Persistent, 0)
                 .await
                 .map_err(|e| format!("attach: {e}"))?;
-            for _ in 0..n {
+            let until = match rest.get(1) {
+                Some(s) => Some(
+                    Instant::now() + Duration::from_secs(s.parse().map_err(|_| usage.to_owned())?),
+                ),
+                None => None,
+            };
+            let mut done = 0u64;
+            while done < n || until.is_some_and(|u| Instant::now() < u) {
                 transaction_increment(&db, key, false).await?;
+                done += 1;
             }
-            say(&format!("done {n}"));
+            say(&format!("done {done}"));
         }
         "persistent-loop" => {
             let db = c
