@@ -259,6 +259,7 @@ async fn serve(
             recovery_helper.display()
         );
     }
+    crate::db::keyed_recovery::note_recovery_helper(&recovery_helper);
     // `setup` runs in the background; when it succeeds the recovery
     // daemon starts (monitor.rs).
     let (monitor, core) = server.monitor_mut();

@@ -67,6 +67,12 @@ fn run(fd: i32, socket: &str, generation: u32) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     ctdb_protocol::stdio::exit_quietly_on_closed_output();
     let args: Vec<String> = std::env::args().collect();
+    // ctdbd asks which ctdb-rs protocols this helper speaks: the copy
+    // epochs of keyed databases (ctdbd/src/db/keyed_recovery.rs).
+    if args.len() == 2 && args[1] == "--ctdb-rs-features" {
+        println!("keyed-copy-epoch");
+        return ExitCode::SUCCESS;
+    }
     if args.len() != 4 {
         eprintln!(
             "\nUsage: {} <output-fd> <ctdb-socket-path> <generation>",

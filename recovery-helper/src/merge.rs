@@ -66,8 +66,13 @@ pub enum Policy {
     /// ctdb-rs keyed databases: the copies of the nodes whose copy epoch is
     /// the highest ([`Epochs`]), merged by [`Rank`]; the other nodes' copies
     /// are left out, and the result carries the next epoch. `current` is
-    /// filled in by the store once every node was pulled.
-    Keyed { mypnn: u32, current: NodeSet },
+    /// filled in by the store once every node was pulled. `generation`
+    /// (the recovery's) is stamped into the epoch record.
+    Keyed {
+        mypnn: u32,
+        current: NodeSet,
+        generation: u32,
+    },
 }
 
 impl Policy {
@@ -173,13 +178,17 @@ impl Epochs {
             .collect()
     }
 
-    /// The epoch record pushed with the merged copy: the next epoch.
-    pub fn next_record(&self, mypnn: u32) -> Vec<u8> {
+    /// The epoch record pushed with the merged copy: the next epoch,
+    /// stamped (`reserved1`) with the generation of the recovery, which our
+    /// daemon checks before it commits the recovery of a keyed database: a
+    /// helper that merely carries an old epoch record along (CTDB's) is
+    /// refused on every node, also on one whose own copy is behind.
+    pub fn next_record(&self, mypnn: u32, generation: u32) -> Vec<u8> {
         let next = self.highest() + 1;
         LtdbHeader {
             rsn: next,
             dmaster: mypnn,
-            reserved1: 0,
+            reserved1: generation,
             flags: 0,
         }
         .prepend(&next.to_le_bytes())
@@ -257,6 +266,17 @@ mod tests {
             }
         }
         assert!(cases > 6000);
+    }
+
+    #[test]
+    fn the_next_epoch_record_names_the_recovery() {
+        let mut e = Epochs::default();
+        e.note(0, &LtdbHeader::default().prepend(&4u64.to_le_bytes()));
+        e.note(1, &LtdbHeader::default().prepend(&2u64.to_le_bytes()));
+        let v = e.next_record(1, 0xabcd);
+        let (h, d) = LtdbHeader::split(&v).unwrap();
+        assert_eq!(u64::from_le_bytes(d.try_into().unwrap()), 5);
+        assert_eq!((h.rsn, h.dmaster, h.reserved1), (5, 1, 0xabcd));
     }
 
     #[test]

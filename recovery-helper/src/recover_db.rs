@@ -138,6 +138,7 @@ async fn recover_once(ctx: &Arc<Ctx>, db: &DbEntry, known: &mut Option<String>) 
         DbKind::Keyed => Policy::Keyed {
             mypnn: ctx.mypnn,
             current: NodeSet::all(),
+            generation: ctx.generation,
         },
         _ => Policy::Single {
             persistent: db.persistent(),

@@ -466,12 +466,16 @@ impl RecordStore {
     /// the next epoch record is emitted last.
     pub fn drain(mut self, sink: &mut Sink<'_>) -> Result<()> {
         let mut epoch_record = None;
-        if let Policy::Keyed { mypnn, .. } = self.policy {
+        if let Policy::Keyed {
+            mypnn, generation, ..
+        } = self.policy
+        {
             self.policy = Policy::Keyed {
                 mypnn,
                 current: self.epochs.current(),
+                generation,
             };
-            epoch_record = Some(self.epochs.next_record(mypnn));
+            epoch_record = Some(self.epochs.next_record(mypnn, generation));
         }
         self.drain_records(sink)?;
         match epoch_record {
@@ -600,6 +604,7 @@ mod tests {
                 Policy::Keyed {
                     mypnn: 0,
                     current: crate::merge::NodeSet::all(),
+                    generation: 77,
                 },
                 budget.clone(),
                 1,
@@ -635,6 +640,7 @@ mod tests {
             Policy::Keyed {
                 mypnn: 0,
                 current: crate::merge::NodeSet::all(),
+                generation: 77,
             },
             budget,
             1,

@@ -115,7 +115,10 @@ fn check_classic(c: &Cluster) {
 #[test]
 fn concurrent_keyed_commits_share_transactions_and_syncs() {
     require_reference();
-    let c = Cluster::start(ClusterOptions::new(Daemon::ours(), 3));
+    // Our recovery helper: keyed databases need it.
+    let c = Cluster::start(
+        ClusterOptions::new(Daemon::ours(), 3).recovery_helper(our_bin("ctdb_recovery_helper")),
+    );
     let addr = |k: usize| SocketAddr::new(c.ip(k).into(), PORT);
     // Metrics on every node: started again on their directories.
     for k in 0..3 {

@@ -20,6 +20,15 @@ fn ours() -> Daemon {
     Daemon::Ours(our_bin("ctdbd"))
 }
 
+/// CTDB's recovery helper, which merges keyed databases by rsn alone.
+const CTDB_HELPER: &str = "/usr/libexec/ctdb/ctdb_recovery_helper";
+
+/// A cluster of ours whose daemons run our recovery helper: keyed
+/// databases can be attached only then.
+fn ours_with_helper(nodes: usize) -> ClusterOptions {
+    ClusterOptions::new(ours(), nodes).recovery_helper(our_bin("ctdb_recovery_helper"))
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -56,7 +65,7 @@ fn copy(c: &Cluster, k: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[test]
 fn keyed_disjoint_keys_commit_concurrently() {
     require_reference();
-    let c = Cluster::start(ClusterOptions::new(ours(), 3));
+    let c = Cluster::start(ours_with_helper(3));
     c.wait_one_generation();
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
     assert!(
@@ -177,9 +186,7 @@ fn keyed_no_lost_updates_with_node_kills() {
     require_reference();
     // Our recovery helper: it merges keyed databases by copy epoch (CTDB's
     // merges them as volatile ones, by rsn alone).
-    let c = Cluster::start(
-        ClusterOptions::new(ours(), 4).recovery_helper(our_bin("ctdb_recovery_helper")),
-    );
+    let c = Cluster::start(ours_with_helper(4));
     c.wait_one_generation();
     let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
     assert!(
@@ -280,20 +287,17 @@ fn commit(c: &Cluster, k: usize, kv: &[(&[u8], u64)]) {
 /// each one rsn ahead of what it had, as the commit would have left them),
 /// while the other nodes committed A again. With our recovery helper the
 /// returning copy is left out whole: A keeps its acknowledged value, B and
-/// C do not come back. CTDB's helper, which merges keyed databases per
-/// record by rsn alone, is run on the same situation: it keeps B and C of
-/// the unacknowledged commit beside the acknowledged A (the split commit
-/// this guards against).
+/// C do not come back. Then the same situation is recovered by CTDB's
+/// helper (every node restarted with it; the database exists from
+/// before): it would merge per record by rsn alone and keep B and C of the
+/// unacknowledged commit beside the acknowledged A, so our daemons refuse
+/// its recovery of the keyed database, with an error that says why, and
+/// every node keeps its copy.
 #[test]
 fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
     require_reference();
     for ours_helper in [true, false] {
-        let helper = if ours_helper {
-            our_bin("ctdb_recovery_helper")
-        } else {
-            "/usr/libexec/ctdb/ctdb_recovery_helper".into()
-        };
-        let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(helper));
+        let c = Cluster::start(ours_with_helper(3));
         c.wait_one_generation();
         let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
         assert!(
@@ -306,9 +310,9 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
         c.wait_status(Duration::from_secs(120), 2, &[2]);
         commit(&c, 1, &[(b"A", 2)]);
         // Node 2 "applied" a commit of A, B and C that no other node got.
+        let file = |k: usize| c.base(k).join(format!("db/persistent/keyed/{DB}.{k}"));
         {
-            let path = c.base(2).join(format!("db/persistent/keyed/{DB}.2"));
-            let t = tdb::OpenOptions::new().open(&path).unwrap();
+            let t = tdb::OpenOptions::new().open(file(2)).unwrap();
             for (key, rsn) in [(&b"A"[..], 2u64), (b"B", 2), (b"C", 1)] {
                 let h = ctdb_protocol::types::LtdbHeader {
                     rsn,
@@ -322,6 +326,58 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
                 )
                 .unwrap();
             }
+        }
+        if !ours_helper {
+            // Every node with CTDB's helper.
+            for k in 0..2 {
+                c.kill(k);
+            }
+            for k in 0..3 {
+                c.restart_with_env(k, &ours(), &[("CTDB_RECOVERY_HELPER", CTDB_HELPER)]);
+            }
+            let refusal = "recovery refused, this node keeps its copy";
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let refused = loop {
+                let r: Vec<usize> = (0..3)
+                    .filter(|&k| c.log_text(k).contains(refusal))
+                    .collect();
+                if !r.is_empty() || Instant::now() > deadline {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            eprintln!("nodes that logged the refusal: {refused:?}");
+            let Some(&first) = refused.first() else {
+                panic!("no node refused CTDB's recovery of the keyed database");
+            };
+            let line = c
+                .log_text(first)
+                .lines()
+                .find(|l| l.contains(refusal))
+                .unwrap()
+                .to_owned();
+            eprintln!("node {first}: {line}");
+            assert!(line.contains("CTDB_RECOVERY_HELPER"), "unclear: {line}");
+            // Nothing was merged: each node's file as it was.
+            for k in 0..3 {
+                c.kill(k);
+            }
+            let read = |k: usize| {
+                let t = tdb::OpenOptions::new().open(file(k)).unwrap();
+                let get = |key: &[u8]| {
+                    value(
+                        t.fetch(key)
+                            .unwrap()
+                            .map(|v| v[ctdb_protocol::types::LtdbHeader::WIRE_SIZE..].to_vec()),
+                    )
+                };
+                (get(b"A"), get(b"B"), get(b"C"))
+            };
+            for k in 0..2 {
+                assert_eq!(read(k), (2, 1, 0), "node {k}: A, B, C");
+            }
+            assert_eq!(read(2), (99, 99, 99), "node 2: A, B, C");
+            continue;
         }
         c.restart(2);
         c.wait_one_generation();
@@ -339,31 +395,81 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
                 .map(|(_, v)| value(Some(v.clone())))
         };
         eprintln!(
-            "{} helper: A {:?}, B {:?}, C {:?}",
-            if ours_helper { "our" } else { "CTDB's" },
+            "our helper: A {:?}, B {:?}, C {:?}",
             get(b"A"),
             get(b"B"),
             get(b"C")
         );
-        if ours_helper {
-            assert_eq!(get(b"A"), Some(2), "acknowledged A");
-            assert_eq!(get(b"B"), Some(1), "B of the stale commit came back");
-            assert_eq!(get(b"C"), None, "C of the stale commit came back");
-        } else {
-            assert_eq!(get(b"B"), Some(99), "CTDB's helper: B by rsn");
-            assert_eq!(get(b"C"), Some(99), "CTDB's helper: C by rsn");
-        }
+        assert_eq!(get(b"A"), Some(2), "acknowledged A");
+        assert_eq!(get(b"B"), Some(1), "B of the stale commit came back");
+        assert_eq!(get(b"C"), None, "C of the stale commit came back");
     }
+}
+
+/// Daemons of ours configured with CTDB's recovery helper refuse to attach
+/// a keyed database, saying why, and classic persistent databases work
+/// and recover with that helper as always.
+#[test]
+fn keyed_attach_refused_with_ctdbs_helper_classic_recovers() {
+    require_reference();
+    let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(CTDB_HELPER));
+    c.wait_one_generation();
+    let out = c.tool_with(&our_bin("ctdb"), 1, &["attach", DB, "keyed"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "keyed attach succeeded");
+    eprintln!("ctdb attach {DB} keyed: {err}");
+    assert!(
+        err.contains("copy-epoch protocol") && err.contains("CTDB_RECOVERY_HELPER"),
+        "unclear error: {err}"
+    );
+    let e = rt().block_on(async {
+        let cl = Client::connect(c.socket(0)).await.unwrap();
+        cl.attach(DB, DbKind::Keyed, 0).await.err()
+    });
+    let e = e.expect("client keyed attach succeeded").to_string();
+    assert!(e.contains("copy-epoch protocol"), "unclear error: {e}");
+    for k in 0..3 {
+        let map = c.tool_ok(k, &["getdbmap"]);
+        assert!(!map.contains(DB), "node {k} has {DB}:\n{map}");
+    }
+    // Classic persistent: committed, recovered by CTDB's helper, on every
+    // node.
+    c.tool_ok(0, &["attach", "classic_beside.tdb", "persistent"]);
+    c.tool_ok(0, &["pstore", "classic_beside.tdb", "k", "v1"]);
+    let before = c.generation(0);
+    c.tool_ok(2, &["recover"]);
+    c.wait_one_generation();
+    assert_ne!(c.generation(0), before, "no recovery ran");
+    c.tool_ok(1, &["pstore", "classic_beside.tdb", "k", "v2"]);
+    for k in 0..3 {
+        assert_eq!(
+            c.tool_ok(k, &["pfetch", "classic_beside.tdb", "k"]).trim(),
+            "v2",
+            "node {k}"
+        );
+    }
+    assert!(
+        (0..3).any(|k| c
+            .log_text(k)
+            .contains("keyed databases cannot be attached on this node")),
+        "the start-up warning about the helper is missing"
+    );
 }
 
 /// Reference node 2 among ours: a keyed attach fails on both kinds of node.
 #[test]
 fn mixed_cluster_refuses_keyed_attach() {
     require_reference();
-    let c = Cluster::start_with_reference_node(
-        ClusterOptions::new(ours(), 3).recovery_helper("/usr/libexec/ctdb/ctdb_recovery_helper"),
+    // Nodes 0 and 1 run our helper (so the refusal is node 2's, not
+    // their own); the reference node runs CTDB's.
+    let c = Cluster::start(ours_with_helper(3));
+    c.kill(2);
+    c.restart_with_env(
         2,
+        &Daemon::Reference,
+        &[("CTDB_RECOVERY_HELPER", CTDB_HELPER)],
     );
+    c.wait_one_generation();
     for k in [0, 2] {
         let out = c.tool_with(&our_bin("ctdb"), k, &["attach", DB, "keyed"]);
         assert!(!out.status.success(), "keyed attach on node {k} succeeded");

@@ -231,7 +231,11 @@ async fn timeouts(c: &Cluster, name: &str, kind: DbKind) {
 
 fn ours_3() -> Cluster {
     require_reference();
-    let c = Cluster::start(ClusterOptions::new(Daemon::Ours(our_bin("ctdbd")), 3));
+    // Our recovery helper: keyed databases need it.
+    let c = Cluster::start(
+        ClusterOptions::new(Daemon::Ours(our_bin("ctdbd")), 3)
+            .recovery_helper(our_bin("ctdb_recovery_helper")),
+    );
     c.wait_one_generation();
     c
 }

@@ -125,8 +125,28 @@ pub async fn attach_db(ctx: &Ctx, name: &str, flags: u8) -> Result<Attached, i32
             Err(e)
         }
     };
+    // The extension kinds: a refusal says why (another node's daemon, a
+    // recovery helper that cannot recover the kind); CTDB's attach replies
+    // carry no such text, so only these print it.
+    let extension = matches!(req, Q::DbAttachExt(_));
+    let reply = match ctx
+        .client
+        .control_raw(me, ctdb_protocol::ReqControl::new(req))
+        .await
+    {
+        Ok(r) if r.status == 0 => Ok(r.data),
+        Ok(r) => {
+            if extension && let Some(m) = &r.errmsg {
+                eprintln!("attach: {name}: {m}");
+            }
+            Err(Status(r.status))
+        }
+        Err(ctdb_client::ClientError::Timeout { .. }) => Err(Transport(crate::ctx::ETIMEDOUT)),
+        Err(ctdb_client::ClientError::Disconnected) => crate::ctx::disconnected(),
+        Err(_) => Err(Transport(-1)),
+    };
     let id = match step(
-        ctx.ctrl_quiet(me, req).await,
+        reply,
         format!("{what} failed"),
         "failed to get db_id".into(),
     )? {

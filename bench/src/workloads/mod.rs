@@ -289,7 +289,13 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// Runs every selected workload against a fresh 3-node cluster of `target`.
 pub fn run_all(target: &Target, timing: Timing, quick: bool, only: &[String]) -> Result<Vec<Row>> {
     eprintln!("starting a 3-node {} cluster", target.name());
-    let cluster = Cluster::start(ClusterOptions::new(target.daemon(), 3));
+    let mut opts = ClusterOptions::new(target.daemon(), 3);
+    if let Target::Ours(p) = target {
+        // Our recovery helper beside our daemon: keyed databases can be
+        // attached only with it (ctdbd/src/db/keyed_recovery.rs).
+        opts = opts.recovery_helper(p.with_file_name("ctdb_recovery_helper"));
+    }
+    let cluster = Cluster::start(opts);
     let ctx = Ctx {
         cluster: &cluster,
         timing,

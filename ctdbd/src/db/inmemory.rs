@@ -129,12 +129,22 @@ impl Databases {
                 return Some(ReplyControl::error(-1, why));
             }
         }
-        if a.probe {
-            return Some(ReplyControl::ok(ControlReply::DbAttachExt(0)));
-        }
         let from_client = ctx.srcnode == env.pnn() && ctx.client.is_some();
         let recovery = req.flags & CTDB_CTRL_FLAG_ATTACH_RECOVERY != 0;
         let known = self.dbs.values().any(|d| d.name == a.name);
+        // A new keyed database needs a recovery helper that can recover it,
+        // here and (asked by the probe) on every other node.
+        if flags == db_flags::KEYED
+            && (a.probe || (from_client && !recovery && !known))
+            && let Err(why) = super::keyed_recovery::helper_check()
+        {
+            let why = format!("node {}: {why}", env.pnn());
+            error!("DB_ATTACH_EXT {} refused: {why}", a.name);
+            return Some(ReplyControl::error(-1, why));
+        }
+        if a.probe {
+            return Some(ReplyControl::ok(ControlReply::DbAttachExt(0)));
+        }
         if !from_client || recovery || known {
             // From another node (which probed), from a recovery, or
             // already here: attach (or answer) as any attach.
@@ -328,6 +338,7 @@ impl Databases {
                     info!("Attached database {name} (flags 0x{flags:x}) again");
                     self.dbs.insert(id, db);
                     self.order.push(id);
+                    self.changelog_compute(id);
                 }
                 Err(e) => error!("Failed to attach database '{name}' (flags 0x{flags:x}): {e}"),
             }

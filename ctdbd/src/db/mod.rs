@@ -28,6 +28,7 @@ pub mod file;
 pub mod group_commit;
 pub mod health;
 pub mod inmemory;
+pub mod keyed_recovery;
 pub mod lockwait;
 pub mod ltdb;
 pub mod persistent;

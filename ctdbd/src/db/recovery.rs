@@ -168,6 +168,7 @@ impl Databases {
         let (tx, rx) = smpsc::channel();
         let ev = self.ev_tx.clone();
         let volatile = db.volatile();
+        let keyed = db.flags & ctdb_protocol::types::db_flags::KEYED != 0;
         let name = db.name.clone();
         let log = super::changelog::RecoveryTx::new(db.changelog.clone());
         db.freeze = Freeze::Pending(tx);
@@ -175,7 +176,7 @@ impl Databases {
         install_wakeup_signal();
         let spawned = std::thread::Builder::new()
             .name(format!("freeze-{id:08x}"))
-            .spawn(move || session(id, name, tdb, volatile, rx, ev, deadline, log));
+            .spawn(move || session(id, name, tdb, (volatile, keyed), rx, ev, deadline, log));
         match spawned {
             Ok(thread) => {
                 self.recovery
@@ -648,13 +649,13 @@ fn session(
     db: u32,
     name: String,
     tdb: tdb::Tdb,
-    volatile: bool,
+    kind: (bool, bool),
     rx: smpsc::Receiver<Cmd>,
     ev: mpsc::UnboundedSender<DbEvent>,
     deadline: Instant,
     log: super::changelog::RecoveryTx,
 ) {
-    serve(db, &name, &tdb, volatile, rx, &ev, deadline, log);
+    serve(db, &name, &tdb, kind, rx, &ev, deadline, log);
     info!("Release freeze handle for db {name}");
     let _ = ev.send(DbEvent::Returned {
         db,
@@ -721,12 +722,15 @@ fn serve(
     db: u32,
     name: &str,
     tdb: &tdb::Tdb,
-    volatile: bool,
+    (volatile, keyed): (bool, bool),
     rx: smpsc::Receiver<Cmd>,
     ev: &mpsc::UnboundedSender<DbEvent>,
     deadline: Instant,
     mut log: super::changelog::RecoveryTx,
 ) {
+    // Keyed databases: the copy epoch held before the recovery transaction
+    // (see keyed_recovery.rs).
+    let mut epoch_before = 0;
     let lock = match lock_all(tdb, deadline) {
         Ok(x) => x,
         Err(why) => {
@@ -777,6 +781,9 @@ fn serve(
                     // transaction's own locks replace the freeze's.
                     tx = None;
                     all = None;
+                    if keyed {
+                        epoch_before = super::keyed_recovery::epoch(tdb).unwrap_or(0);
+                    }
                     match tdb.transaction_start() {
                         Ok(t) => {
                             tx = Some(t);
@@ -863,6 +870,22 @@ fn serve(
                     }
                 } else {
                     match tx.take() {
+                        Some(t) if keyed => {
+                            match super::keyed_recovery::check_recovered(
+                                name,
+                                epoch_before,
+                                tid,
+                                tdb,
+                            ) {
+                                Ok(()) => t.commit().map_err(|e| e.to_string()),
+                                Err(why) => {
+                                    error!("{why}");
+                                    log.cancel();
+                                    drop(t);
+                                    Err(why)
+                                }
+                            }
+                        }
                         Some(t) => t.commit().map_err(|e| e.to_string()),
                         None => Err("transaction not started".to_owned()),
                     }
