@@ -456,6 +456,84 @@ fn keyed_attach_refused_with_ctdbs_helper_classic_recovers() {
     );
 }
 
+/// Our tool's pstore / pfetch / pdelete / ptrans on a keyed database take
+/// per-key transactions: a pstore of key B goes through while a client on
+/// another node holds key A, a pstore of key A waits for it; values are on
+/// every node.
+#[test]
+fn tool_persistent_commands_on_keyed_database() {
+    let c = Cluster::start(ours_with_helper(3));
+    c.wait_one_generation();
+    let ctdb = our_bin("ctdb");
+    let ok = |k: usize, args: &[&str]| {
+        let out = c.tool_with(&ctdb, k, args);
+        assert!(
+            out.status.success(),
+            "ctdb {args:?} on node {k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(0, &["attach", DB, "keyed"]);
+    ok(0, &["pstore", DB, "A", "a0"]);
+    ok(1, &["pstore", DB, "B", "b0"]);
+    for k in 0..3 {
+        assert_eq!(ok(k, &["pfetch", DB, "A"]).trim(), "a0", "node {k}");
+        assert_eq!(ok(k, &["pfetch", DB, "B"]).trim(), "b0", "node {k}");
+    }
+    let input = c.dir().join("ptrans-input");
+    std::fs::write(&input, "\"C\" \"c1\"\n\"D\" \"d1\"\n\"B\" \"b1\"\n").unwrap();
+    ok(2, &["ptrans", DB, input.to_str().unwrap()]);
+    ok(0, &["pdelete", DB, "D"]);
+    for k in 0..3 {
+        assert_eq!(ok(k, &["pfetch", DB, "B"]).trim(), "b1", "node {k}");
+        assert_eq!(ok(k, &["pfetch", DB, "C"]).trim(), "c1", "node {k}");
+        assert_eq!(ok(k, &["pfetch", DB, "D"]).trim(), "", "node {k}");
+    }
+    // A client on node 0 holds key A; the tool on node 1 stores B at once
+    // and waits with A.
+    rt().block_on(async {
+        let cl = Client::connect(c.socket(0)).await.unwrap();
+        let d = cl.attach(DB, DbKind::Keyed, 0).await.unwrap();
+        let mut t = d.keyed_transaction(&[b"A"]).await.unwrap();
+        t.store(b"A", b"held").unwrap();
+        let base1 = c.base(1);
+        let tool = |args: [&'static str; 4]| {
+            let ctdb = ctdb.clone();
+            let base = base1.clone();
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(&ctdb)
+                    .args(args)
+                    .env("CTDB_TEST_MODE", "yes")
+                    .env("CTDB_BASE", base)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                (out.status.success(), Instant::now())
+            })
+        };
+        let held = Instant::now();
+        let b = tool(["pstore", DB, "B", "b2"]).await.unwrap();
+        assert!(b.0, "pstore B failed");
+        eprintln!("pstore B took {:?} while A was held", b.1 - held);
+        let a = tool(["pstore", DB, "A", "a2"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!a.is_finished(), "pstore A did not wait for the held key");
+        let released = Instant::now();
+        t.commit().await.unwrap();
+        let (a_ok, a_done) = a.await.unwrap();
+        assert!(a_ok, "pstore A failed");
+        assert!(
+            a_done >= released,
+            "pstore A finished before A was released"
+        );
+    });
+    for k in 0..3 {
+        assert_eq!(ok(k, &["pfetch", DB, "A"]).trim(), "a2", "node {k}");
+        assert_eq!(ok(k, &["pfetch", DB, "B"]).trim(), "b2", "node {k}");
+    }
+}
+
 /// Reference node 2 among ours: a keyed attach fails on both kinds of node.
 #[test]
 fn mixed_cluster_refuses_keyed_attach() {

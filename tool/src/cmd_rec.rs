@@ -9,7 +9,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
-use ctdb_client::Db;
+use ctdb_client::db::KeyedTransaction;
+use ctdb_client::{Db, DbKind, Transaction};
 use ctdb_protocol::backup::{
     BACKUP_MAX_DB_NAME, BACKUP_MAX_REC_BUFFER_SIZE, BACKUP_VERSION, BackupChunk, BackupHeader,
 };
@@ -31,7 +32,7 @@ async fn open_db(ctx: &Ctx, arg: &str, persistent: bool) -> Result<(DbRef, Db), 
     let Some(db) = db_exists(ctx, arg).await else {
         return Err(1);
     };
-    let is_pers = db.flags & (db_flags::PERSISTENT | db_flags::REPLICATED) != 0;
+    let is_pers = transactional(db.flags);
     if persistent && !is_pers {
         eprintln!("Transactions not supported on DB {}", db.name);
         return Err(1);
@@ -65,6 +66,67 @@ async fn attach_client(ctx: &Ctx, db: DbRef) -> Result<(DbRef, Db), i32> {
                 ctdb_protocol::Opcode::DbAttach,
                 ctx.pnn,
             ))
+        }
+    }
+}
+
+/// Whether a database takes transactions: CTDB's persistent and
+/// replicated kinds, and ctdb-rs's keyed kind (per-key transactions).
+fn transactional(flags: u8) -> bool {
+    flags & (db_flags::PERSISTENT | db_flags::REPLICATED | db_flags::KEYED) != 0
+}
+
+/// A transaction of either model: CTDB's (one g_lock for the database) or,
+/// on a keyed database, a per-key one that locks only the keys it names
+/// (so `pstore` of one key does not wait for transactions on others).
+enum Tx {
+    Classic(Transaction),
+    Keyed(KeyedTransaction),
+}
+
+impl Tx {
+    /// Starts a transaction on `h` over `keys` (a classic transaction
+    /// locks the whole database whatever the keys).
+    async fn start(h: &Db, readonly: bool, keys: &[&[u8]]) -> ctdb_client::Result<Tx> {
+        if h.kind() == DbKind::Keyed {
+            h.keyed_transaction(keys).await.map(Tx::Keyed)
+        } else {
+            h.transaction_start(readonly).await.map(Tx::Classic)
+        }
+    }
+
+    fn fetch(&self, key: &[u8]) -> ctdb_client::Result<Option<Vec<u8>>> {
+        match self {
+            Tx::Classic(t) => t.fetch(key),
+            Tx::Keyed(t) => t.fetch(key),
+        }
+    }
+
+    fn store(&mut self, key: &[u8], data: &[u8]) -> ctdb_client::Result<()> {
+        match self {
+            Tx::Classic(t) => t.store(key, data),
+            Tx::Keyed(t) => t.store(key, data),
+        }
+    }
+
+    fn delete(&mut self, key: &[u8]) -> ctdb_client::Result<()> {
+        match self {
+            Tx::Classic(t) => t.delete(key),
+            Tx::Keyed(t) => t.delete(key),
+        }
+    }
+
+    async fn commit(self) -> ctdb_client::Result<()> {
+        match self {
+            Tx::Classic(t) => t.commit().await,
+            Tx::Keyed(t) => t.commit().await,
+        }
+    }
+
+    async fn cancel(self) -> ctdb_client::Result<()> {
+        match self {
+            Tx::Classic(t) => t.cancel().await,
+            Tx::Keyed(t) => t.cancel().await,
         }
     }
 }
@@ -111,7 +173,7 @@ pub async fn pfetch(ctx: &mut Ctx, args: &[String]) -> i32 {
         Ok(k) => k,
         Err(e) => return e,
     };
-    let t = match h.transaction_start(true).await {
+    let t = match Tx::start(&h, true, &[&key]).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("Failed to start transaction on db {}", db.name);
@@ -151,7 +213,7 @@ async fn pchange(ctx: &mut Ctx, args: &[String], name: &str, value: Option<&str>
         },
         None => None,
     };
-    let mut t = match h.transaction_start(false).await {
+    let mut t = match Tx::start(&h, false, &[&key]).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("Failed to start transaction on db {}", db.name);
@@ -259,7 +321,7 @@ pub async fn ptrans(ctx: &mut Ctx, args: &[String]) -> i32 {
     let Some(dbr) = db_exists(ctx, &args[0]).await else {
         return 1;
     };
-    if dbr.flags & (db_flags::PERSISTENT | db_flags::REPLICATED) == 0 {
+    if !transactional(dbr.flags) {
         eprintln!("Transactions not supported on DB {}", dbr.name);
         return 1;
     }
@@ -277,6 +339,9 @@ pub async fn ptrans(ctx: &mut Ctx, args: &[String]) -> i32 {
         Ok(x) => x,
         Err(e) => return e,
     };
+    if h.kind() == DbKind::Keyed {
+        return ptrans_keyed(ctx, &db, &h, input).await;
+    }
     let mut t = match h.transaction_start(false).await {
         Ok(t) => t,
         Err(e) => {
@@ -305,6 +370,38 @@ pub async fn ptrans(ctx: &mut Ctx, args: &[String]) -> i32 {
         eprintln!("Failed to store record");
         let _ = t.cancel().await;
         return 1;
+    }
+    if let Err(e) = t.commit().await {
+        eprintln!("Failed to commit transaction on db {}", db.name);
+        return client_err(ctx, &e);
+    }
+    0
+}
+
+/// `ptrans` on a keyed database: a per-key transaction names its keys
+/// when it starts, so the input is read first, then the keys it names are
+/// locked, written and committed together.
+async fn ptrans_keyed(ctx: &Ctx, db: &DbRef, h: &Db, input: impl BufRead) -> i32 {
+    let mut recs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for_each_line(input, |line| {
+        if let Some(kv) = ptrans_line(line) {
+            recs.push(kv);
+        }
+    });
+    let keys: Vec<&[u8]> = recs.iter().map(|(k, _)| k.as_slice()).collect();
+    let mut t = match Tx::start(h, false, &keys).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("Failed to start transaction on db {}", db.name);
+            return client_err(ctx, &e);
+        }
+    };
+    for (k, v) in &recs {
+        if t.store(k, v).is_err() {
+            eprintln!("Failed to store record");
+            let _ = t.cancel().await;
+            return 1;
+        }
     }
     if let Err(e) = t.commit().await {
         eprintln!("Failed to commit transaction on db {}", db.name);
