@@ -212,17 +212,30 @@ impl Db {
     }
 
     /// Tells the daemon that a record's local copy was emptied, so that
-    /// vacuuming may delete it. A hint: nothing waits for the answer.
+    /// vacuuming may delete it, and waits for its answer as CTDB's client
+    /// does: a hint sent without waiting could still be in the
+    /// connection's backlog when the process exits, and be lost (the
+    /// record then stays until a full vacuum run finds it).
     async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
         let kd = ctdb_protocol::types::KeyData {
             db_id: self.id,
             header,
             key: key.to_vec(),
         };
-        self.client.control_noreply(
-            CTDB_CURRENT_NODE,
-            ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(kd)),
-        )
+        let r = self
+            .client
+            .control_raw(
+                CTDB_CURRENT_NODE,
+                ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(kd)),
+            )
+            .await?;
+        if r.status != 0 {
+            return Err(ClientError::Other(format!(
+                "SCHEDULE_FOR_DELETION failed with status {}",
+                r.status
+            )));
+        }
+        Ok(())
     }
 
     /// `g_lock.tdb` for this database's transactions (attached once).

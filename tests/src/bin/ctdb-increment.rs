@@ -17,6 +17,10 @@
 //!     before each and "ack" once the record holds the new value; one
 //!     increment a millisecond at most (a record that stays on its node
 //!     is otherwise incremented as fast as a CPU allows)
+//! ctdb-increment SOCKET store-delete DB PREFIX COUNT
+//!     store records PREFIX-0 .. PREFIX-(COUNT-1) of a volatile database,
+//!     then delete them all (the client library's delete, with its
+//!     SCHEDULE_FOR_DELETION) and exit at once
 //! ctdb-increment SOCKET hold-lock DB KEY
 //!     lock KEY's record chain in the local file, print "locked", and
 //!     hold it until killed
@@ -111,6 +115,25 @@ async fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|e| format!("fetch_lock: {e}"))?;
                 say("ack");
                 tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        "store-delete" => {
+            let n = count()?;
+            let db = c
+                .attach(db, DbKind::Volatile, 0)
+                .await
+                .map_err(|e| format!("attach: {e}"))?;
+            let prefix = String::from_utf8_lossy(key);
+            let keys: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+            for k in &keys {
+                db.store(k.as_bytes(), b"to be deleted")
+                    .await
+                    .map_err(|e| format!("store: {e}"))?;
+            }
+            for k in &keys {
+                db.delete(k.as_bytes())
+                    .await
+                    .map_err(|e| format!("delete: {e}"))?;
             }
         }
         "hold-lock" => {
