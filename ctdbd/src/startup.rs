@@ -1,6 +1,7 @@
 //! Start-up: read the configuration, find this node, bind the sockets,
-//! then run the event loop, the transport and the recovery daemon on one
-//! current-thread runtime.
+//! then run the event loop and the transport on one current-thread
+//! runtime (the recovery daemon is a process of its own, started by the
+//! monitor once `setup` succeeded).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -130,7 +131,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         error!("{e:#}");
     }
     // Dropping the runtime drops every task, and with them the helper
-    // processes (the cluster lock among them).
+    // processes (the recovery daemon and the cluster lock among them).
     drop(rt);
     r
 }
@@ -409,10 +410,12 @@ fn spawn_signal_handlers(
             }
         });
     }
-    // SIGHUP reopens the log file (logrotate's postrotate), as CTDB does.
+    // SIGHUP reopens the log file (logrotate's postrotate), as CTDB does,
+    // and is passed on to the recovery daemon, which reopens its own.
     if let Some(mut s) = signals.hangup {
         tokio::spawn(async move {
             while s.recv().await.is_some() {
+                crate::recoverd::forward_signal(nix::sys::signal::Signal::SIGHUP);
                 let Some(log) = &log else {
                     notice_sighup("logging to stderr, nothing to reopen");
                     continue;

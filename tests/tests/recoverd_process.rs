@@ -152,6 +152,18 @@ fn recovery_daemon_process(daemon: Daemon) -> Report {
         || recoverd_of(d0),
     );
     assert_ne!(r0, d0, "{label}");
+    let rss = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    println!(
+        "{label}: node 0's daemon resident {}, its recovery daemon resident {}",
+        rss(d0),
+        rss(r0)
+    );
 
     // A client of its daemon, with its own pid.
     let exists = [process_exists(&c, 0, r0), process_exists(&c, 0, d0)];
@@ -281,4 +293,47 @@ fn recovery_daemon_is_a_process_of_its_own() {
             o.as_secs_f64()
         );
     }
+}
+
+/// After logrotate moved `log.ctdb` aside and sent the daemon SIGHUP, the
+/// recovery daemon writes to the new file too (CTDB passes SIGHUP on to
+/// it; it logs that it reopened).
+fn sighup_reaches_the_recovery_daemon(daemon: Daemon) {
+    let label = name(&daemon);
+    let c = Cluster::start(ClusterOptions::new(daemon, 1));
+    c.wait_healthy(Duration::from_secs(90));
+    let pid = c.pid(0).expect("daemon pid");
+    let r = poll_until(Duration::from_secs(10), "the recovery daemon", || {
+        recoverd_of(pid)
+    });
+    let log = c.log(0);
+    std::fs::rename(&log, log.with_extension("ctdb.1")).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+    let own = format!("ctdb-recoverd[{r}]: ");
+    poll_until(
+        Duration::from_secs(10),
+        "a line of the recovery daemon in the new log.ctdb",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&own)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        recoverd_of(pid),
+        Some(r),
+        "{label}: the same recovery daemon"
+    );
+}
+
+#[test]
+fn sighup_reaches_the_recovery_daemon_reference() {
+    require_reference();
+    sighup_reaches_the_recovery_daemon(Daemon::Reference);
+}
+
+#[test]
+fn sighup_reaches_the_recovery_daemon_ours() {
+    sighup_reaches_the_recovery_daemon(Daemon::ours());
 }

@@ -27,7 +27,7 @@ mod recovery;
 mod takeover_run;
 
 pub use child::{CHILD_ARG, child_main};
-pub use process::RecoverdProcess;
+pub use process::{RecoverdProcess, forward_signal};
 pub use recovery::{new_generation, recovery_helper_path};
 pub use takeover_run::takeover_helper_path;
 

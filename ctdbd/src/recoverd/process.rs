@@ -7,6 +7,7 @@
 //! stopping at shutdown) is [`crate::monitor`]'s.
 
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -15,6 +16,19 @@ use tokio::process::{Child, Command};
 
 use super::RecoverdConfig;
 use super::child::{CHILD_ARG, child_args};
+
+/// The pid of the running recovery daemon (0: none), for
+/// [`forward_signal`].
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+
+/// Passes `sig` on to the running recovery daemon, if any (SIGHUP, as CTDB
+/// passes it, so it reopens its log too).
+pub fn forward_signal(sig: Signal) {
+    let pid = RUNNING.load(Ordering::Relaxed);
+    if pid != 0 {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+    }
+}
 
 /// A running (or just ended, not yet reaped) recovery daemon.
 pub struct RecoverdProcess {
@@ -42,6 +56,7 @@ impl RecoverdProcess {
         };
         let child = cmd.spawn()?;
         let pid = child.id().unwrap_or(0);
+        RUNNING.store(pid, Ordering::Relaxed);
         Ok(RecoverdProcess { child, pid })
     }
 
@@ -51,11 +66,21 @@ impl RecoverdProcess {
 
     /// Reaps it if it has ended: its exit status.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let st = self.child.try_wait().ok().flatten();
+        if st.is_some() {
+            self.forget();
+        }
+        st
+    }
+
+    /// It is no longer the one signals are passed on to.
+    fn forget(&self) {
+        let _ = RUNNING.compare_exchange(self.pid, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Asks it to stop (SIGTERM: it releases the cluster lock and exits).
     pub fn terminate(&self) {
+        self.forget();
         self.signal(Signal::SIGTERM);
     }
 
@@ -83,5 +108,11 @@ impl RecoverdProcess {
             );
             let _ = self.child.kill().await;
         }
+    }
+}
+
+impl Drop for RecoverdProcess {
+    fn drop(&mut self) {
+        self.forget();
     }
 }
