@@ -215,8 +215,39 @@ async fn run(
             None
         }
     };
-    let mut sigterm = signal_or_warn(SignalKind::terminate(), "SIGTERM");
-    let mut sighup = signal_or_warn(SignalKind::hangup(), "SIGHUP");
+    // Signals are handled by tasks of their own, so that they are seen
+    // while the recovery daemon waits on the daemon or a helper.
+    if let Some(mut s) = signal_or_warn(SignalKind::terminate(), "SIGTERM") {
+        tokio::spawn(async move {
+            s.recv().await;
+            // Sent by the daemon when it stops or restarts us, or by the
+            // kernel when it died (PR_SET_PDEATHSIG). The cluster mutex
+            // helper gets SIGTERM as we exit (its own PR_SET_PDEATHSIG,
+            // `cluster_mutex.rs`), which releases the lock.
+            if nix::unistd::getppid().as_raw() != parent {
+                error!("recovery daemon parent died - exiting");
+            } else {
+                error!("Received SIGTERM, exiting");
+            }
+            std::process::exit(0);
+        });
+    }
+    if let Some(mut s) = signal_or_warn(SignalKind::hangup(), "SIGHUP") {
+        let file = cfg.log_file.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                match &file {
+                    Some(f) => match f.reopen() {
+                        Ok(()) => warn!("Received SIGHUP - reopened {}", f.path().display()),
+                        Err(e) => {
+                            error!("Received SIGHUP: cannot reopen {}: {e}", f.path().display())
+                        }
+                    },
+                    None => warn!("Received SIGHUP - logging to stderr, nothing to reopen"),
+                }
+            }
+        });
+    }
     let client = connect(&cfg).await;
     let tunables = *client.get_all_tunables(CTDB_CURRENT_NODE).await?;
     let client = client.with_timeout(Duration::from_secs(u64::from(
@@ -282,18 +313,6 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
-        let term = async {
-            match sigterm.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let hup = async {
-            match sighup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             m = msgs.recv() => {
                 let Some(m) = m else { return Err(ctdb_client::ClientError::Disconnected) };
@@ -305,26 +324,6 @@ async fn run(
             }
             _ = lock_lost => {
                 rec.lost_cluster_lock().await;
-            }
-            _ = term => {
-                // Sent by the daemon when it stops or restarts us, or by
-                // the kernel when it died (PR_SET_PDEATHSIG).
-                if nix::unistd::getppid().as_raw() != parent {
-                    error!("recovery daemon parent died - exiting");
-                } else {
-                    error!("Received SIGTERM, exiting");
-                }
-                rec.release_cluster_lock();
-                return Ok(());
-            }
-            _ = hup => {
-                match &rec.cfg.log_file {
-                    Some(f) => match f.reopen() {
-                        Ok(()) => warn!("Received SIGHUP - reopened {}", f.path().display()),
-                        Err(e) => error!("Received SIGHUP: cannot reopen {}: {e}", f.path().display()),
-                    },
-                    None => warn!("Received SIGHUP - logging to stderr, nothing to reopen"),
-                }
             }
             _ = tokio::time::sleep_until(next_main.into()) => {
                 rec.main_loop().await;
