@@ -15,15 +15,32 @@
 //! starts a new transaction) and this run uses the full pull for that
 //! database.
 //!
+//! Keyed databases (ctdb-rs) are merged per record among the copies of
+//! the nodes at the highest copy epoch (`merge::Epochs`), and every
+//! recovery writes the next epoch into every node's copy. Their catch-up
+//! keeps both rules: the nodes at the highest epoch (each node reports its
+//! epoch in `DB_CHANGELOG_INFO`) must all hold the same content, so their
+//! merge is any one of them, which is the source; a node behind gets the
+//! records changed since its state as above (it then holds exactly the
+//! source's content: nothing of a commit the others never applied can
+//! survive, since its checksum would be found nowhere in the source's
+//! log); and every node, the source too, gets the next epoch record (the
+//! one the full merge would push) in the same push. The records keep
+//! their headers as the source holds them: the generation stamps in
+//! `reserved1` are those of the commits that wrote them, as after a full
+//! merge; dmaster and flags stay the source's where the full merge would
+//! name the recovering node (they only break rsn ties between current
+//! copies, which a catch-up never has). The check: every node holds the
+//! same checksum and the next epoch.
+//!
 //! The full pull is used whenever anything does not fit: a node that does
 //! not answer `DB_CHANGELOG_INFO` (CTDB's daemon answers -1 to the
 //! unknown opcode, so a cluster with any reference node never takes this
 //! path), a node whose checksum is not followed, a log that does not reach
-//! back far enough, a keyed database (its recovery writes the next copy
-//! epoch into every node's copy, `merge::Epochs`, which a catch-up would
-//! have to do too: not built), replicated and volatile databases, and
-//! `CTDB_RECOVERY_HELPER_NO_CATCHUP` naming a file that exists (a test
-//! hook to force full pulls).
+//! back far enough, a keyed database whose current copies differ (a commit
+//! some of them applied: the full merge keeps it), replicated and volatile
+//! databases, and `CTDB_RECOVERY_HELPER_NO_CATCHUP` naming a file that
+//! exists (a test hook to force full pulls).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -32,7 +49,8 @@ use std::time::Instant;
 
 use ctdb_client::DbKind;
 use ctdb_protocol::types::{
-    CHANGELOG_HAS_EMPTY, CHANGELOG_TRACKED, ChangelogInfo, ChangesPull, DbSeqnumRequest, RecBuffer,
+    CHANGELOG_HAS_EMPTY, CHANGELOG_TRACKED, ChangelogInfo, ChangesPull, DbSeqnumRequest,
+    KEYED_EPOCH_KEY, LtdbHeader, RecBuffer,
 };
 use ctdb_protocol::{ControlReply, ControlRequest};
 
@@ -81,7 +99,10 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
         tracing::debug!("db {name}: full recovery ({why})");
         Ok(false)
     };
-    if !db.persistent() || db.kind() != DbKind::Persistent && db.kind() != DbKind::InMemory {
+    let keyed = db.kind() == DbKind::Keyed;
+    if !keyed
+        && (!db.persistent() || db.kind() != DbKind::Persistent && db.kind() != DbKind::InMemory)
+    {
         return skip("kind");
     }
     if failed(db_id) {
@@ -106,37 +127,22 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
             Err(_) => return skip(&format!("node-{pnn}-no-log")),
         }
     }
-    // The source the full path would pull: the first node with the
-    // highest sequence number.
-    let mut src = 0usize;
-    let mut best = 0u64;
-    for (i, (pnn, r)) in ctx
-        .client
-        .control_many(
-            nodes,
-            ControlRequest::GetDbSeqnum(DbSeqnumRequest { db_id }),
-        )
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        let r = r.map_err(Error::node_err("GET_DB_SEQNUM", pnn))?;
-        let Some(ControlReply::GetDbSeqnum(seq)) = r.data else {
-            return Err(Error::Bad {
-                pnn,
-                msg: format!("bad GET_DB_SEQNUM reply for db {name}"),
-            });
-        };
-        if i == 0 || seq > best {
-            (src, best) = (i, seq);
+    let src = if keyed {
+        match keyed_source(&infos) {
+            Ok(i) => i,
+            Err(why) => return skip(why),
         }
-    }
+    } else {
+        seqnum_source(ctx, db_id, name).await?
+    };
     let src_pnn = nodes[src];
     if infos[src].flags & CHANGELOG_HAS_EMPTY != 0 {
         // The full path drops deleted records from every copy.
         return skip("empty-records");
     }
     let target = infos[src].checksum;
+    // Keyed: the next copy epoch, for every node (the source included).
+    let next_epoch = keyed.then(|| epoch_record(ctx, &infos));
     // The nodes behind, grouped by where they are.
     let mut groups: Vec<(u128, Vec<u32>)> = Vec::new();
     for (&pnn, i) in nodes.iter().zip(&infos) {
@@ -198,7 +204,10 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
             if n > 0 {
                 let mut rb = RecBuffer::new(db_id);
                 for rec in chunk.records.iter() {
-                    rb.add(0, None, rec.key, rec.data);
+                    // Keyed: the next epoch replaces the source's below.
+                    if !(keyed && rec.key == KEYED_EPOCH_KEY) {
+                        rb.add(0, None, rec.key, rec.data);
+                    }
                 }
                 if let Some(p) = pusher.as_mut() {
                     p.send(rb, name).await?;
@@ -208,20 +217,60 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
                 break;
             }
         }
-        if let Some(p) = pusher {
+        if let Some(mut p) = pusher {
+            if let Some((_, rb)) = &next_epoch {
+                p.send(rb.clone(), name).await?;
+            }
             p.finish(name).await?;
         }
     }
-    // The check: every node now holds what the source holds.
-    if !groups.is_empty() {
-        let behind: Vec<u32> = groups.iter().flat_map(|g| g.1.clone()).collect();
+    // Keyed: the nodes that needed no records get the next epoch alone.
+    if let Some((_, rb)) = &next_epoch {
+        let current: Vec<u32> = nodes
+            .iter()
+            .zip(&infos)
+            .filter(|(_, i)| i.checksum == target)
+            .map(|(&p, _)| p)
+            .collect();
+        let mut p = Pusher::start(ctx, &current, db_id, name).await?;
+        p.send(rb.clone(), name).await?;
+        p.finish(name).await?;
+    }
+    // The check: every node now holds what the source holds (keyed: every
+    // node, each with the next epoch; the source's checksum moved with it).
+    let (checked, target) = match &next_epoch {
+        None => (groups.iter().flat_map(|g| g.1.clone()).collect(), target),
+        Some((epoch, _)) => {
+            let after = match ctx
+                .client
+                .control(src_pnn, ControlRequest::DbChangelogInfo(db_id))
+                .await
+                .map(|r| r.data)
+            {
+                Ok(Some(ControlReply::DbChangelogInfo(i))) if i.epoch == *epoch => i.checksum,
+                _ => {
+                    mark_failed(db_id);
+                    return Err(Error::Other(format!(
+                        "catch-up of db {name}: source node {src_pnn} did not take epoch {epoch}"
+                    )));
+                }
+            };
+            (nodes.clone(), after)
+        }
+    };
+    if !checked.is_empty() {
+        let want_epoch = next_epoch.as_ref().map(|e| e.0);
         for (pnn, r) in ctx
             .client
-            .control_many(&behind, ControlRequest::DbChangelogInfo(db_id))
+            .control_many(&checked, ControlRequest::DbChangelogInfo(db_id))
             .await
         {
             let got = match r.map(|r| r.data) {
-                Ok(Some(ControlReply::DbChangelogInfo(i))) => Some(i.checksum),
+                Ok(Some(ControlReply::DbChangelogInfo(i)))
+                    if want_epoch.is_none_or(|e| e == i.epoch) =>
+                {
+                    Some(i.checksum)
+                }
                 _ => None,
             };
             if got != Some(target) {
@@ -239,8 +288,9 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
     }
     trace_event!(
         "catchup",
-        "db=0x{db_id:08x} name={name} source={src_pnn} nodes={} records={records} bytes={bytes} us={}",
+        "db=0x{db_id:08x} name={name} source={src_pnn} nodes={} records={records} bytes={bytes} epoch={} us={}",
         groups.iter().map(|g| g.1.len()).sum::<usize>(),
+        next_epoch.as_ref().map_or(0, |e| e.0),
         t.elapsed().as_micros()
     );
     tracing::info!(
@@ -248,6 +298,70 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
         groups.iter().map(|g| g.1.len()).sum::<usize>()
     );
     Ok(true)
+}
+
+/// Classic and in-memory databases: the node the full path would pull,
+/// the first with the highest sequence number (index in the node list).
+async fn seqnum_source(ctx: &Ctx, db_id: u32, name: &str) -> Result<usize> {
+    let nodes = &ctx.nodes.pnns;
+    let mut src = 0usize;
+    let mut best = 0u64;
+    for (i, (pnn, r)) in ctx
+        .client
+        .control_many(
+            nodes,
+            ControlRequest::GetDbSeqnum(DbSeqnumRequest { db_id }),
+        )
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let r = r.map_err(Error::node_err("GET_DB_SEQNUM", pnn))?;
+        let Some(ControlReply::GetDbSeqnum(seq)) = r.data else {
+            return Err(Error::Bad {
+                pnn,
+                msg: format!("bad GET_DB_SEQNUM reply for db {name}"),
+            });
+        };
+        if i == 0 || seq > best {
+            (src, best) = (i, seq);
+        }
+    }
+    Ok(src)
+}
+
+/// Keyed databases: the first node at the highest copy epoch (index in the
+/// node list), when every node at that epoch holds the same content (their
+/// merge is then any one of them); otherwise why not.
+fn keyed_source(infos: &[ChangelogInfo]) -> std::result::Result<usize, &'static str> {
+    let top = infos.iter().map(|i| i.epoch).max().unwrap_or(0);
+    let mut current = infos.iter().enumerate().filter(|(_, i)| i.epoch == top);
+    let (src, first) = current.next().ok_or("no-nodes")?;
+    if current.any(|(_, i)| i.checksum != first.checksum) {
+        return Err("current-copies-differ");
+    }
+    Ok(src)
+}
+
+/// Keyed databases: the next copy epoch and its record as the full merge
+/// pushes it (`merge::Epochs::next_record`: rsn the epoch, dmaster this
+/// node, `reserved1` the recovery's generation, which the daemon checks
+/// before it commits a keyed recovery; flags as `pushed_header` makes them
+/// for a non-persistent database).
+fn epoch_record(ctx: &Ctx, infos: &[ChangelogInfo]) -> (u64, RecBuffer) {
+    let next = infos.iter().map(|i| i.epoch).max().unwrap_or(0) + 1;
+    let data = next.to_le_bytes();
+    let value = LtdbHeader {
+        rsn: next,
+        dmaster: ctx.mypnn,
+        reserved1: ctx.generation,
+        flags: 0,
+    }
+    .prepend(&data);
+    let h = crate::merge::pushed_header(&value, false, ctx.mypnn).expect("record with data");
+    let mut rb = RecBuffer::new(infos.first().map_or(0, |i| i.db_id));
+    rb.add(0, Some(&h), KEYED_EPOCH_KEY, &data);
+    (next, rb)
 }
 
 /// Records this process's bytes read and written (`/proc/self/io`: its

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use ctdb_protocol::types::{
     CHANGELOG_HAS_EMPTY, CHANGELOG_IN_RECOVERY, CHANGELOG_TRACKED, ChangelogInfo, ChangesChunk,
-    ChangesPull, RecBuffer, db_flags,
+    ChangesPull, KEYED_EPOCH_KEY, LtdbHeader, RecBuffer, db_flags,
 };
 use ctdb_protocol::{ControlReply, ReplyControl};
 use tracing::warn;
@@ -118,6 +118,10 @@ struct Inner {
     /// The checksum and empty records inside an open recovery transaction.
     pending: Option<u128>,
     pending_empty: i64,
+    /// Keyed databases: the copy epoch the copy holds, and inside an open
+    /// recovery transaction.
+    epoch: u64,
+    pending_epoch: u64,
     entries: VecDeque<Entry>,
     /// Checksum and sequence number before the oldest entry.
     base: u128,
@@ -150,7 +154,11 @@ impl DbLog {
         };
         let seqnum = read_seqnum(tdb).unwrap_or(0);
         let log = DbLog::with(tracked, checksum, seqnum, limits());
-        log.lock().empty = empty;
+        {
+            let mut g = log.lock();
+            g.empty = empty;
+            g.epoch = read_epoch(tdb);
+        }
         Some(Arc::new(log))
     }
 
@@ -162,6 +170,8 @@ impl DbLog {
                 empty: 0,
                 pending: None,
                 pending_empty: 0,
+                epoch: 0,
+                pending_epoch: 0,
                 entries: VecDeque::new(),
                 base: checksum,
                 base_seqnum: seqnum,
@@ -211,6 +221,11 @@ impl DbLog {
                 .map_or(0, |e| e.at.elapsed().as_millis() as u64),
             max_bytes: g.limits.max_bytes as u64,
             max_age_ms: g.limits.max_age.as_millis() as u64,
+            epoch: if g.pending.is_some() {
+                g.pending_epoch
+            } else {
+                g.epoch
+            },
         }
     }
 
@@ -297,6 +312,23 @@ impl Inner {
         self.base = checksum;
         self.base_seqnum = seqnum;
     }
+}
+
+/// The copy epoch a stored value of the record `__keyed_epoch__` holds
+/// (header, then u64 little-endian; 0 if too short).
+fn epoch_of(value: &[u8]) -> u64 {
+    value
+        .get(LtdbHeader::WIRE_SIZE..LtdbHeader::WIRE_SIZE + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// The copy epoch a file holds (0 without the record, or unreadable).
+fn read_epoch(tdb: &tdb::Tdb) -> u64 {
+    tdb.parse(KEYED_EPOCH_KEY, epoch_of)
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// The distinct keys of a buffer, in order of first appearance.

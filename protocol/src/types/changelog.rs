@@ -29,7 +29,7 @@ pub const CHANGELOG_HAS_EMPTY: u32 = 0x4;
 /// The reply to `DB_CHANGELOG_INFO` (request: the database id). On the
 /// wire: db_id, flags, entries (u32 each), then checksum (16 bytes, low
 /// half first), seqnum, first, last, base_seqnum, bytes, oldest_age_ms,
-/// max_bytes, max_age_ms (u64 each).
+/// max_bytes, max_age_ms, epoch (u64 each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ChangelogInfo {
     pub db_id: u32,
@@ -55,9 +55,13 @@ pub struct ChangelogInfo {
     /// The log's bounds.
     pub max_bytes: u64,
     pub max_age_ms: u64,
+    /// Keyed databases: the copy epoch the copy holds (the record
+    /// `__keyed_epoch__`, which every keyed recovery by ctdb-rs's helper
+    /// moves on; 0 without it). 0 for the other kinds.
+    pub epoch: u64,
 }
 
-const INFO_SIZE: usize = 12 + 16 + 8 * 8;
+const INFO_SIZE: usize = 12 + 16 + 9 * 8;
 
 impl Marshal for ChangelogInfo {
     fn len(&self) -> usize {
@@ -79,6 +83,7 @@ impl Marshal for ChangelogInfo {
             self.oldest_age_ms,
             self.max_bytes,
             self.max_age_ms,
+            self.epoch,
         ] {
             w.u64(v);
         }
@@ -91,7 +96,7 @@ impl Marshal for ChangelogInfo {
         let entries = r.u32("changelog entries")?;
         let lo = r.u64("changelog checksum")?;
         let hi = r.u64("changelog checksum")?;
-        let mut v = [0u64; 8];
+        let mut v = [0u64; 9];
         for x in &mut v {
             *x = r.u64("changelog field")?;
         }
@@ -109,6 +114,7 @@ impl Marshal for ChangelogInfo {
                 oldest_age_ms: v[5],
                 max_bytes: v[6],
                 max_age_ms: v[7],
+                epoch: v[8],
             },
             r.pos(),
         ))
@@ -213,6 +219,7 @@ impl crate::random::Random for ChangelogInfo {
             oldest_age_ms: r.u64(),
             max_bytes: r.u64(),
             max_age_ms: r.u64(),
+            epoch: r.u64(),
         }
     }
 }
@@ -260,6 +267,7 @@ mod tests {
             oldest_age_ms: 5,
             max_bytes: 1 << 24,
             max_age_ms: 3_600_000,
+            epoch: 5,
         };
         let b = i.to_bytes();
         assert_eq!(ChangelogInfo::pull(&b).unwrap(), (i, b.len()));

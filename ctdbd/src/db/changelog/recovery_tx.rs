@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use ctdb_protocol::types::RecBuffer;
+use ctdb_protocol::types::{KEYED_EPOCH_KEY, RecBuffer};
 
 use super::checksum::{content_checksum, hash_of, moved, part};
-use super::{DbLog, keys};
+use super::{DbLog, epoch_of, keys, read_epoch};
 use crate::db::persistent::read_seqnum;
 
 /// What a freeze session's recovery transaction does to the log: followed
@@ -17,6 +17,8 @@ pub struct RecoveryTx {
     open: bool,
     wiped: bool,
     sum: (u128, i64),
+    /// The copy epoch the transaction's content holds (keyed databases).
+    epoch: u64,
     /// Pushed records without a wipe (a catch-up of this node).
     records: Vec<(Vec<u8>, Vec<u8>)>,
     broken: bool,
@@ -46,8 +48,10 @@ impl RecoveryTx {
         if let Some(l) = &self.log {
             let mut g = l.lock();
             self.sum = (g.checksum, g.empty);
+            self.epoch = g.epoch;
             g.pending = Some(self.sum.0);
             g.pending_empty = self.sum.1;
+            g.pending_epoch = self.epoch;
             self.open = true;
         }
     }
@@ -64,6 +68,7 @@ impl RecoveryTx {
         }
         self.wiped = true;
         self.sum = (0, 0);
+        self.epoch = 0;
         self.records.clear();
         self.publish();
     }
@@ -73,6 +78,7 @@ impl RecoveryTx {
             let mut g = l.lock();
             g.pending = Some(self.sum.0);
             g.pending_empty = self.sum.1;
+            g.pending_epoch = self.epoch;
         }
     }
 
@@ -104,6 +110,9 @@ impl RecoveryTx {
                 Ok(v) => {
                     let new = v.as_ref().map_or((0, 0), |v| part(k, v));
                     self.sum = moved(self.sum, new, o);
+                    if *k == KEYED_EPOCH_KEY {
+                        self.epoch = v.as_deref().map_or(0, epoch_of);
+                    }
                     if !self.wiped
                         && let Some(v) = v
                     {
@@ -126,13 +135,14 @@ impl RecoveryTx {
         if !self.open {
             return;
         }
-        let (wiped, broken, sum) = (self.wiped, self.broken, self.sum);
+        let (wiped, broken, sum, epoch) = (self.wiped, self.broken, self.sum, self.epoch);
         let records = std::mem::take(&mut self.records);
         self.reset();
         let seqnum = read_seqnum(tdb).unwrap_or(0);
         if broken {
             // The checksum could not be followed: read the file again.
             let mut g = log.lock();
+            g.epoch = read_epoch(tdb);
             match content_checksum(tdb) {
                 Ok(c) => {
                     g.tracked = true;
@@ -141,8 +151,11 @@ impl RecoveryTx {
                 Err(_) => g.tracked = false,
             }
         } else if wiped {
-            log.lock().restart(sum, seqnum);
+            let mut g = log.lock();
+            g.restart(sum, seqnum);
+            g.epoch = epoch;
         } else if !records.is_empty() {
+            log.lock().epoch = epoch;
             let delta = {
                 let g = log.lock();
                 (sum.0.wrapping_sub(g.checksum), sum.1 - g.empty)

@@ -1,7 +1,7 @@
 use super::checksum::Murmur;
 use super::*;
 use crate::db::persistent::apply_update;
-use ctdb_protocol::types::LtdbHeader;
+use ctdb_protocol::types::{KEYED_EPOCH_KEY, LtdbHeader};
 
 fn murmur(data: &[u8]) -> u128 {
     let mut m = Murmur::default();
@@ -178,4 +178,62 @@ fn the_log_keeps_to_its_bounds() {
     assert_eq!(i.last, 10);
     assert!(l.changes_since(start).is_none());
     assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
+}
+
+#[test]
+fn the_copy_epoch_follows_recovery_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "k.tdb");
+    let epoch = |e: u64| {
+        let mut b = RecBuffer::new(1);
+        b.add(
+            0,
+            Some(&LtdbHeader {
+                rsn: e,
+                ..Default::default()
+            }),
+            KEYED_EPOCH_KEY,
+            &e.to_le_bytes(),
+        );
+        b
+    };
+    a.store(
+        KEYED_EPOCH_KEY,
+        &LtdbHeader::default().prepend(&3u64.to_le_bytes()),
+        tdb::StoreMode::Insert,
+    )
+    .unwrap();
+    let l = DbLog::open(&a, db_flags::KEYED).unwrap();
+    assert_eq!(l.info(1).epoch, 3);
+    let store = |t: &tdb::Tdb, rb: &RecBuffer| {
+        for r in rb.iter() {
+            t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
+        }
+        Ok(())
+    };
+    // A catch-up pushes the next epoch without a wipe: seen inside the
+    // transaction, kept at its commit.
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let t = a.transaction_start().unwrap();
+    tx.store(&a, &epoch(4), store).unwrap();
+    assert_eq!(l.info(1).epoch, 4);
+    t.commit().unwrap();
+    tx.committed(&a);
+    assert_eq!(l.info(1).epoch, 4);
+    // A cancelled one leaves it; a wipe without an epoch record clears it.
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    tx.store(&a, &epoch(9), store).unwrap();
+    tx.cancel();
+    assert_eq!(l.info(1).epoch, 4);
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let t = a.transaction_start().unwrap();
+    a.wipe_all().unwrap();
+    tx.wiped();
+    assert_eq!(l.info(1).epoch, 0);
+    t.commit().unwrap();
+    tx.committed(&a);
+    assert_eq!(l.info(1).epoch, 0);
 }
