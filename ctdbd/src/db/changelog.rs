@@ -9,8 +9,11 @@
 //! depends on the content only, not on the order of writes, and it is
 //! kept up to date with every write instead of being recomputed:
 //!
-//! * at attach it is computed once, by reading the whole file (attach
-//!   already reads it all for `tdb_check`);
+//! * at attach it is computed once, by reading the whole file: on a
+//!   worker thread that holds the database's handle meanwhile when the
+//!   node runs ([`Databases::changelog_compute`]; the database's work
+//!   waits, the event loop does not), at once at start-up, before the node
+//!   joins the cluster ([`Databases::changelog_compute_now`]);
 //! * a commit (`UPDATE_RECORD`, [`logged`]) reads each changed key's old
 //!   value before and its new value after, moves the checksum by the
 //!   difference and appends the new values to the log;
@@ -55,7 +58,7 @@ use ctdb_protocol::{ControlReply, ReplyControl};
 use tracing::warn;
 
 use super::persistent::{SEQNUM_KEY, read_seqnum};
-use super::{Databases, ltdb};
+use super::{Databases, DbEvent, ltdb};
 
 mod checksum;
 mod recovery_tx;
@@ -140,26 +143,37 @@ pub struct DbLog {
 
 impl DbLog {
     /// The log of a newly attached database (`None` for volatile and
-    /// replicated ones): its checksum is computed from the whole file.
+    /// replicated ones). Its checksum is not known until
+    /// [`DbLog::compute`] has read the whole file, which attach leaves to a
+    /// worker thread ([`Databases::changelog_compute`]); until then the log
+    /// says it is not tracked, and no catch-up involves this copy.
     pub fn open(tdb: &tdb::Tdb, flags: u8) -> Option<Arc<DbLog>> {
         if flags & (db_flags::PERSISTENT | db_flags::KEYED) == 0 {
             return None;
         }
-        let (tracked, (checksum, empty)) = match content_checksum(tdb) {
-            Ok(c) => (true, c),
+        let log = DbLog::with(false, 0, read_seqnum(tdb).unwrap_or(0), limits());
+        log.lock().epoch = read_epoch(tdb);
+        Some(Arc::new(log))
+    }
+
+    /// Computes the checksum from the whole file. The caller holds the
+    /// database's only handle, so nothing writes to it meanwhile.
+    pub fn compute(&self, tdb: &tdb::Tdb) {
+        let sum = content_checksum(tdb);
+        let seqnum = read_seqnum(tdb).unwrap_or(0);
+        let epoch = read_epoch(tdb);
+        let mut g = self.lock();
+        match sum {
+            Ok(c) => {
+                g.tracked = true;
+                g.restart(c, seqnum);
+            }
             Err(e) => {
                 warn!("change log: cannot read the database ({e}); no catch-up from or to it");
-                (false, (0, 0))
+                g.tracked = false;
             }
-        };
-        let seqnum = read_seqnum(tdb).unwrap_or(0);
-        let log = DbLog::with(tracked, checksum, seqnum, limits());
-        {
-            let mut g = log.lock();
-            g.empty = empty;
-            g.epoch = read_epoch(tdb);
         }
-        Some(Arc::new(log))
+        g.epoch = epoch;
     }
 
     fn with(tracked: bool, checksum: u128, seqnum: u64, limits: Limits) -> DbLog {
@@ -443,6 +457,45 @@ pub fn logged_batch<U, A>(
 }
 
 impl Databases {
+    /// After an attach while the node runs: hands the new database's handle
+    /// to a worker thread
+    /// that reads the whole file for its change log's checksum
+    /// ([`DbLog::compute`]), so a large database does not hold up the event
+    /// loop. The database's own work waits for the handle meanwhile, as it
+    /// does during a commit or a repack; every other database is served.
+    pub(crate) fn changelog_compute(&mut self, id: u32) {
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        let Some(log) = db.changelog.clone() else {
+            return;
+        };
+        let Some(tdb) = db.tdb.take() else {
+            return;
+        };
+        let ev = self.ev_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            log.compute(&tdb);
+            let _ = ev.send(DbEvent::Returned {
+                db: id,
+                tdb: Box::new(tdb),
+                done: None,
+            });
+        });
+    }
+
+    /// At start-up: computes the attached database's checksum at once.
+    /// The node is not in the cluster yet, so nothing waits for it; were
+    /// it left to a worker, the node would join meanwhile and the first
+    /// recovery's freeze, on every node, would wait for it.
+    pub(crate) fn changelog_compute_now(&self, id: u32) {
+        if let Some(db) = self.dbs.get(&id)
+            && let (Some(log), Some(tdb)) = (&db.changelog, &db.tdb)
+        {
+            log.compute(tdb);
+        }
+    }
+
     /// `DB_CHANGELOG_INFO`.
     pub(crate) fn changelog_info(&self, db_id: u32) -> ReplyControl {
         match self.dbs.get(&db_id) {

@@ -213,6 +213,7 @@ impl Databases {
         };
         self.dbs.insert(id, db);
         self.order.push(id);
+        self.changelog_compute(id);
         // Every other node attaches it too.
         let data = match req.data.clone() {
             ControlRequest::DbAttachPersistent(n) => ControlRequest::DbAttachPersistent(n),
@@ -251,6 +252,7 @@ impl Databases {
         }
         self.dbs.insert(id, db);
         self.order.push(id);
+        self.changelog_compute_now(id);
         Ok(id)
     }
 

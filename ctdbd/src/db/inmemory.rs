@@ -338,6 +338,7 @@ impl Databases {
                     info!("Attached database {name} (flags 0x{flags:x}) again");
                     self.dbs.insert(id, db);
                     self.order.push(id);
+                    self.changelog_compute_now(id);
                     self.changelog_compute(id);
                 }
                 Err(e) => error!("Failed to attach database '{name}' (flags 0x{flags:x}): {e}"),

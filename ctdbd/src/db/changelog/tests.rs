@@ -63,6 +63,18 @@ fn commit(l: &DbLog, t: &tdb::Tdb, rbs: &[RecBuffer]) {
     );
 }
 
+/// A log as attach leaves it once its worker computed the checksum.
+fn opened(t: &tdb::Tdb, flags: u8) -> Arc<DbLog> {
+    let l = DbLog::open(t, flags).unwrap();
+    assert_eq!(
+        l.info(1).flags & CHANGELOG_TRACKED,
+        0,
+        "tracked before compute"
+    );
+    l.compute(t);
+    l
+}
+
 fn open(dir: &tempfile::TempDir, name: &str) -> tdb::Tdb {
     tdb::OpenOptions::new()
         .create(true)
@@ -75,8 +87,8 @@ fn commits_and_catch_up_keep_the_checksum_of_the_content() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir, "a.tdb");
     let b = open(&dir, "b.tdb");
-    let la = DbLog::open(&a, db_flags::PERSISTENT).unwrap();
-    let lb = DbLog::open(&b, db_flags::PERSISTENT).unwrap();
+    let la = opened(&a, db_flags::PERSISTENT);
+    let lb = opened(&b, db_flags::PERSISTENT);
     let u1 = rb(&[(b"x", 1, b"1"), (b"y", 1, b"1")]);
     for (t, l) in [(&a, &la), (&b, &lb)] {
         commit(l, t, std::slice::from_ref(&u1));
@@ -146,7 +158,7 @@ fn commits_and_catch_up_keep_the_checksum_of_the_content() {
 fn deleted_records_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir, "a.tdb");
-    let l = DbLog::open(&a, db_flags::PERSISTENT).unwrap();
+    let l = opened(&a, db_flags::PERSISTENT);
     commit(&l, &a, &[rb(&[(b"k", 1, b"v")])]);
     assert_eq!(l.info(1).flags & CHANGELOG_HAS_EMPTY, 0);
     commit(&l, &a, &[rb(&[(b"k", 2, b"")])]);
@@ -203,7 +215,7 @@ fn the_copy_epoch_follows_recovery_transactions() {
         tdb::StoreMode::Insert,
     )
     .unwrap();
-    let l = DbLog::open(&a, db_flags::KEYED).unwrap();
+    let l = opened(&a, db_flags::KEYED);
     assert_eq!(l.info(1).epoch, 3);
     let store = |t: &tdb::Tdb, rb: &RecBuffer| {
         for r in rb.iter() {
