@@ -339,7 +339,6 @@ impl Databases {
                     self.dbs.insert(id, db);
                     self.order.push(id);
                     self.changelog_compute_now(id);
-                    self.changelog_compute(id);
                 }
                 Err(e) => error!("Failed to attach database '{name}' (flags 0x{flags:x}): {e}"),
             }
