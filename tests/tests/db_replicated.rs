@@ -237,6 +237,48 @@ fn synced_records_survive_kill(helper: Option<&Path>) {
     assert!(ok, "writekey: {out}");
     let (ok, out) = our_tool(&c, 0, &["readkey", PR, "toolkey"]);
     assert!(ok && out.contains("toolvalue"), "readkey: {out}");
+    // Read-only delegations and sticky records are refused on the kind,
+    // clearly, on every node, and the flags stay off (as CTDB refuses them
+    // on persistent databases).
+    // Our tool prints CTDB's line ("Control SET_DB_READONY failed,
+    // ret=-1"); the daemon's message says why.
+    for k in 0..3 {
+        for cmd in ["setdbreadonly", "setdbsticky"] {
+            let (ok, out) = our_tool(&c, k, &[cmd, PR]);
+            assert!(
+                !ok && out.contains("failed"),
+                "{cmd} on node {k} was taken: {out}"
+            );
+        }
+        let id = pr[k].id();
+        rt.block_on(async {
+            let cl = Client::connect(c.socket(k)).await.unwrap();
+            for (what, req) in [
+                ("readonly", ControlRequest::SetDbReadonly(id)),
+                ("sticky", ControlRequest::SetDbSticky(id)),
+            ] {
+                let r = cl
+                    .control_raw(CTDB_CURRENT_NODE, ReqControl::new(req))
+                    .await
+                    .unwrap();
+                let m = r.errmsg.unwrap_or_default();
+                assert!(
+                    r.status == -1
+                        && m.contains("partially replicated")
+                        && m.contains(&format!("does not support the {what} flag")),
+                    "{what} on node {k}: status {} {m:?}",
+                    r.status
+                );
+            }
+        });
+    }
+    let (ok, out) = our_tool(&c, 0, &["getdbmap"]);
+    assert!(ok, "getdbmap: {out}");
+    let line = out.lines().find(|l| l.contains(PR)).unwrap_or_default();
+    assert!(
+        !line.contains("READONLY") && !line.contains("STICKY"),
+        "{line}"
+    );
     // The classic database is untouched by the extension.
     let (ok, out) = our_tool(&c, 0, &["getdbstatus", CLASSIC]);
     assert!(ok && !out.contains("PARTIALLY"), "{out}");

@@ -58,8 +58,14 @@ impl Databases {
             Rq::DbOpenFlags(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::DbOpenFlags(d.tdb_flags as i32))
             })),
-            Rq::SetDbReadonly(id) => Some(self.set_db_readonly(env, *id)),
-            Rq::SetDbSticky(id) => Some(self.set_db_sticky(*id)),
+            Rq::SetDbReadonly(id) => Some(
+                self.replica_refuses(*id, "readonly")
+                    .unwrap_or_else(|| self.set_db_readonly(env, *id)),
+            ),
+            Rq::SetDbSticky(id) => Some(
+                self.replica_refuses(*id, "sticky")
+                    .unwrap_or_else(|| self.set_db_sticky(*id)),
+            ),
             Rq::GetDbStatistics(id) => Some(self.with_db(*id, |d| {
                 ReplyControl::ok(ControlReply::GetDbStatistics(Box::new(d.stats.clone())))
             })),

@@ -45,7 +45,7 @@ use ctdb_protocol::types::{
     SYNC_NOT_DMASTER, VnnMap, db_flags, record_flags,
 };
 use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl, ReqControl};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{Databases, Effect, Env, Work, ltdb};
 use crate::control::ControlCtx;
@@ -162,6 +162,24 @@ impl Databases {
             ))),
             Some(_) => None,
         }
+    }
+
+    /// `SET_DB_READONLY` / `SET_DB_STICKY` (`what`) on a partially
+    /// replicated database: refused, as CTDB refuses them on persistent
+    /// ones. A read-only delegation or a sticky record would keep copies
+    /// on other nodes that a sync neither refreshes nor revokes, and the
+    /// guarantee of the kind (the replica is the newest copy off the
+    /// master) is argued without them. `None` for any other database.
+    pub(crate) fn replica_refuses(&self, id: u32, what: &str) -> Option<ReplyControl> {
+        let d = self
+            .dbs
+            .get(&id)
+            .filter(|d| d.flags & db_flags::PARTIAL_REPLICA != 0)?;
+        error!("Partially replicated databases do not support {what} flag");
+        Some(err(format!(
+            "database {} is partially replicated: it does not support the {what} flag",
+            d.name
+        )))
     }
 
     /// `DB_SYNC_RECORD` from a local client.
