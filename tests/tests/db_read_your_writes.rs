@@ -349,4 +349,91 @@ fn reference_daemon_reports_not_supported() {
             other => panic!("the reference daemon's answer: {other:?}"),
         }
     });
+    // Our tool's waitseqnum says so too, with its own exit status.
+    let (code, out) = waitseqnum(&c, 0, &["ryw_ref.tdb", "1", "1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not support DB_WAIT_SEQNUM"), "{out}");
+}
+
+/// Our tool's `waitseqnum` on node `k`: exit status and output.
+fn waitseqnum(c: &Cluster, k: usize, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["waitseqnum"];
+    all.extend_from_slice(args);
+    let out = c.tool_with(&our_bin("ctdb"), k, &all);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `ctdb waitseqnum` (ours): a script on node 2 waits for the sequence
+/// number a commit on node 0 returned, then reads node 2's copy: the
+/// write is there, every round. A point past the last commit times out
+/// (exit status 2, the daemon's message), a generation the node finished
+/// is reached, bad input is refused (exit status 1).
+#[test]
+fn tool_waitseqnum_waits_for_the_writers_point() {
+    let c = ours_3();
+    let name = "ryw_tool.tdb";
+    let rt = rt();
+    let (writer, reader) = rt.block_on(async {
+        let w = ctdb_client::Client::connect(c.socket(0)).await.unwrap();
+        let r = ctdb_client::Client::connect(c.socket(2)).await.unwrap();
+        let wd = w.attach(name, DbKind::Persistent, 0).await.unwrap();
+        let rd = r.attach(name, DbKind::Persistent, 0).await.unwrap();
+        (wd, rd)
+    });
+    for i in 1..=20u64 {
+        let p = rt.block_on(commit_round(&writer, i));
+        let CommitPoint::Seqnum(seq) = p else {
+            panic!("a classic commit's point: {p:?}");
+        };
+        let (code, out) = waitseqnum(&c, 2, &[name, &seq.to_string(), "30"]);
+        assert_eq!(code, 0, "round {i}: {out}");
+        assert!(
+            out.contains(&format!("reached {seq}")) || out.contains("reached"),
+            "{out}"
+        );
+        assert_eq!(
+            local_round(&reader),
+            i,
+            "round {i}: node 2's copy after the wait"
+        );
+    }
+    let seq = reader.local_seqnum().unwrap();
+    let t0 = Instant::now();
+    let (code, out) = waitseqnum(&c, 2, &[name, &(seq + 1000).to_string(), "0.2"]);
+    assert_eq!(code, 2, "a point past the last commit: {out}");
+    assert!(out.contains("timed out"), "{out}");
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+    eprintln!("timeout: {out}");
+    let g = rt
+        .block_on(async {
+            let cl = ctdb_client::Client::connect(c.socket(2)).await.unwrap();
+            cl.get_vnnmap(CTDB_CURRENT_NODE).await
+        })
+        .unwrap()
+        .generation;
+    let (code, out) = waitseqnum(&c, 2, &[name, &format!("gen:{g}"), "5"]);
+    assert_eq!(code, 0, "the current generation: {out}");
+    // From node 0 for node 2 (-n): the same wait, answered there.
+    let out = c.tool_with(
+        &our_bin("ctdb"),
+        0,
+        &["-n", "2", "waitseqnum", name, &seq.to_string()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("on node 2"), "{text}");
+    for bad in [
+        vec!["nosuch.tdb", "1"],
+        vec![name, "x"],
+        vec![name, "1", "-3"],
+    ] {
+        let (code, out) = waitseqnum(&c, 2, &bad);
+        assert_eq!(code, 1, "{bad:?}: {out}");
+    }
 }

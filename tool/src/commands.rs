@@ -109,13 +109,22 @@ table! {
 /// ctdb-rs commands CTDB 4.17 does not have: found and run like the
 /// others, left out of the usage text (which is CTDB's), documented in the
 /// tool's README.
-pub const EXTENSIONS: &[Command] = &[Command {
-    name: "dblog",
-    without_daemon: false,
-    remote: true,
-    msg: "show the change log of persistent databases (ctdb-rs)",
-    args: "[<dbname|dbid>]",
-}];
+pub const EXTENSIONS: &[Command] = &[
+    Command {
+        name: "dblog",
+        without_daemon: false,
+        remote: true,
+        msg: "show the change log of persistent databases (ctdb-rs)",
+        args: "[<dbname|dbid>]",
+    },
+    Command {
+        name: "waitseqnum",
+        without_daemon: false,
+        remote: true,
+        msg: "wait until a persistent database reaches a sequence number or generation (ctdb-rs)",
+        args: "<dbname|dbid> <seqnum>|gen:<generation> [<timeout>]",
+    },
+];
 
 /// The command called `name` (exact match).
 pub fn find(name: &str) -> Option<&'static Command> {
@@ -220,6 +229,7 @@ pub async fn run(ctx: &mut Ctx, name: &str, args: &[String]) -> i32 {
         "dbstatistics" => cmd_db::dbstatistics(ctx, args).await,
         "reloadips" => cmd_ip::reloadips(ctx, args).await,
         "dblog" => crate::cmd_dblog::dblog(ctx, args).await,
+        "waitseqnum" => crate::cmd_waitseqnum::waitseqnum(ctx, args).await,
         _ => unreachable!("{name} runs without the daemon"),
     }
 }

@@ -15,6 +15,7 @@ mod cmd_misc;
 mod cmd_node;
 mod cmd_rec;
 mod cmd_replica;
+mod cmd_waitseqnum;
 mod commands;
 mod ctx;
 mod format;
