@@ -242,7 +242,7 @@ fn synced_records_survive_kill(helper: Option<&Path>) {
     // on persistent databases).
     // Our tool prints CTDB's line ("Control SET_DB_READONY failed,
     // ret=-1"); the daemon's message says why.
-    for k in 0..3 {
+    for (k, d) in pr.iter().enumerate() {
         for cmd in ["setdbreadonly", "setdbsticky"] {
             let (ok, out) = our_tool(&c, k, &[cmd, PR]);
             assert!(
@@ -250,7 +250,7 @@ fn synced_records_survive_kill(helper: Option<&Path>) {
                 "{cmd} on node {k} was taken: {out}"
             );
         }
-        let id = pr[k].id();
+        let id = d.id();
         rt.block_on(async {
             let cl = Client::connect(c.socket(k)).await.unwrap();
             for (what, req) in [
