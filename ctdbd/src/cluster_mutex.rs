@@ -81,11 +81,23 @@ pub fn exec_main(args: &[std::ffi::OsString]) -> i32 {
     // std's exec resets what this process changed (SIGPIPE, the signal
     // mask) before `execvp`, as for any child it starts.
     let e = std::process::Command::new(prog).args(&args[2..]).exec();
-    eprintln!(
-        "Unable to run cluster mutex helper {}: {e}",
-        prog.to_string_lossy()
-    );
+    eprintln!("Unable to run helper {}: {e}", prog.to_string_lossy());
     127
+}
+
+/// A command that runs `prog` through the exec shim ([`exec_main`]), so
+/// the helper dies with this process (the recovery daemon) even when it
+/// ends by `exit` or SIGKILL, where `kill_on_drop` never runs. Inherited
+/// file descriptors (a helper's status pipe) pass through the shim.
+/// Spawn it from a thread that lives as long as the process (the
+/// parent-death signal follows the spawning thread).
+pub fn dying_with_us(prog: &Path) -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("ctdbd")
+        .arg(EXEC_ARG)
+        .arg(std::process::id().to_string())
+        .arg(prog);
+    cmd
 }
 
 /// The argv of the helper for lock setting `lock`.
@@ -170,11 +182,8 @@ pub async fn take(
         }
     };
     let start = Instant::now();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("ctdbd")
-        .arg(EXEC_ARG)
-        .arg(std::process::id().to_string())
-        .args(&argv)
+    let mut cmd = dying_with_us(Path::new(&argv[0]));
+    cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

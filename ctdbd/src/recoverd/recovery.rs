@@ -140,7 +140,7 @@ impl Recoverd {
         let Some(pipe) = StatusPipe::new(WHAT) else {
             return false;
         };
-        let mut cmd = tokio::process::Command::new(&prog);
+        let mut cmd = crate::cluster_mutex::dying_with_us(&prog);
         cmd.arg(pipe.write_fd())
             .arg(&self.cfg.socket)
             .arg(generation.to_string())

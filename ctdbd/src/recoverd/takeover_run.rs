@@ -185,7 +185,7 @@ impl Recoverd {
         let Some(pipe) = StatusPipe::new(WHAT) else {
             return false;
         };
-        let mut cmd = tokio::process::Command::new(&prog);
+        let mut cmd = crate::cluster_mutex::dying_with_us(&prog);
         cmd.arg(pipe.write_fd()).arg(&self.cfg.socket);
         if !rebalance.is_empty() {
             let list: Vec<String> = rebalance.iter().map(u32::to_string).collect();
