@@ -6,9 +6,9 @@
 //!
 //! | counter | where |
 //! |---|---|
-//! | `client_packets_*`, `client.*`, `node_packets_*`, `node.*`, `keepalive_*` | the event loop, per packet (`server.rs`) |
+//! | `client_packets_*`, `client.*`, `node_packets_*`, `node.*`, `keepalive_*` | the event loop, per packet (`server/ingress.rs`) |
 //! | `total_calls`, `pending_calls`, `call_latency` | a client's `REQ_CALL`: counted when it arrives (again when it is requeued, as CTDB does), pending until answered, latency from arrival to the answer (`db/call.rs`) |
-//! | `max_hop_count`, `hop_count_bucket` (daemon and database) | a node's `REQ_CALL` that reached the record's dmaster: the hops it took (`db/call.rs`) |
+//! | `max_hop_count`, `hop_count_bucket` (daemon and database) | a node's `REQ_CALL` that reached the record's dmaster: the hops it took (`db/call/migrate.rs`) |
 //! | `locks.*` (daemon and database) | record-lock waits: requests waiting now, set after every step of the database layer (`num_current`: those a helper waits for, at most `LockProcessesPerDB` per database, as CTDB runs a lock child per request; `num_pending`: the rest, and a freeze waiting for its locks is one current request), each request once its helper has the lock (`num_calls`, `latency`, `buckets`) or failed (`num_failed`); a database freeze counts as one lock request (`db/lockwait.rs`, the freeze) |
 //! | `childwrite_calls`, `pending_childwrite_calls`, `childwrite_latency` | `UPDATE_RECORD` (the per-node write of a persistent transaction's commit) |
 //! | `frozen` | at the snapshot: `FREEZE` froze every database (an inactive node), until recovery mode is NORMAL again |

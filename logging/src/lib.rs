@@ -121,9 +121,6 @@ impl fmt::Display for Timestamp {
 /// Formats events as CTDB's file log lines for program `app`.
 pub struct CtdbFormat {
     app: &'static str,
-    /// Events whose target starts with `.0` are written as program `.1`
-    /// (ctdbd's in-process recovery daemon logs as `ctdb-recoverd`).
-    sub: Option<(&'static str, &'static str)>,
     host: String,
     pid: u32,
 }
@@ -133,16 +130,9 @@ impl CtdbFormat {
     pub fn new(app: &'static str) -> Self {
         CtdbFormat {
             app,
-            sub: None,
             host: hostname(),
             pid: std::process::id(),
         }
-    }
-
-    /// Events whose target starts with `target` are written as `app`.
-    pub fn with_subprogram(mut self, target: &'static str, app: &'static str) -> Self {
-        self.sub = Some((target, app));
-        self
     }
 }
 
@@ -157,16 +147,12 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let app = match self.sub {
-            Some((target, app)) if event.metadata().target().starts_with(target) => app,
-            _ => self.app,
-        };
         write!(
             w,
             "{} {} {}[{}]: ",
             Timestamp(SystemTime::now()),
             self.host,
-            app,
+            self.app,
             self.pid
         )?;
         ctx.field_format().format_fields(w.by_ref(), event)?;

@@ -166,13 +166,17 @@ fn flag_scenario(setup: Setup) -> String {
         unhealthy(&c, 1, 1).then_some(())
     });
     let took = t0.elapsed();
-    // The bound: two monitor intervals (one second of slack for the
-    // tool and a loaded machine), for the reference and ours alike. (Both
-    // took 4.8-5.9 s when the flag was set right after startup: that was
-    // the 5 s first interval after a state change, CTDB's rule, now waited
-    // out above.)
+    // The bound, for ours: two monitor intervals (one second of
+    // slack for the tool and a loaded machine). (Both daemons took 4.8-5.9 s
+    // when the flag was set right after startup: that was the 5 s first
+    // interval after a state change, CTDB's rule, now waited out above.)
+    // The reference is the oracle for what happens, not held to our bound:
+    // it gets twice.
     println!("{setup:?}: UNHEALTHY after {took:.1?}");
-    let bound = 2 * INTERVAL + 1;
+    let bound = match setup {
+        Setup::Reference => 2 * (2 * INTERVAL + 1),
+        _ => 2 * INTERVAL + 1,
+    };
     assert!(
         took <= Duration::from_secs(bound),
         "{setup:?}: UNHEALTHY after {took:?} (bound {bound} s)"

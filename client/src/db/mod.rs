@@ -216,7 +216,7 @@ impl Db {
     /// does: a hint sent without waiting could still be in the
     /// connection's backlog when the process exits, and be lost (the
     /// record then stays until a full vacuum run finds it).
-    async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
+    pub(crate) async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
         let kd = ctdb_protocol::types::KeyData {
             db_id: self.id,
             header,

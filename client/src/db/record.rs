@@ -396,28 +396,7 @@ impl RecordHandle {
     /// still locked.
     pub(crate) async fn delete(&mut self) -> Result<()> {
         self.store(&[])?;
-        let kd = ctdb_protocol::types::KeyData {
-            db_id: self.db.id,
-            header: self.header,
-            key: self.key.clone(),
-        };
-        let r = self
-            .db
-            .client
-            .control_raw(
-                CTDB_CURRENT_NODE,
-                ctdb_protocol::ReqControl::new(ctdb_protocol::ControlRequest::ScheduleForDeletion(
-                    kd,
-                )),
-            )
-            .await?;
-        if r.status != 0 {
-            return Err(ClientError::Other(format!(
-                "SCHEDULE_FOR_DELETION failed with status {}",
-                r.status
-            )));
-        }
-        Ok(())
+        self.db.schedule_for_deletion(self.header, &self.key).await
     }
 }
 
