@@ -164,8 +164,8 @@ fn deleted_records_are_vacuumed_on_every_node() {
 /// vacuums them. With `VacuumFastPathCount` out of reach no full run
 /// comes to find them instead: a lost hint leaves the record in the
 /// files. A process on every node stores its records, deletes them all
-/// in a row and exits. Returns how long it took until no node's file held
-/// any of them.
+/// in a row and exits. Returns how long it took until the nodes' files
+/// held at most [`LEFT_OVER`] of them.
 fn hints_of_exiting_deleters_arrive(daemon: Daemon) -> Duration {
     let c = cluster(
         daemon,
@@ -195,10 +195,21 @@ fn hints_of_exiting_deleters_arrive(daemon: Daemon) -> Duration {
     }
     let deleted = Instant::now();
     let mut seen = usize::MAX;
+    let mut looked: Option<Instant> = None;
     poll_until(
         Duration::from_secs(60),
-        "records deleted by exited processes vacuumed from every node",
+        "records deleted by exited processes vacuumed from every node (but LEFT_OVER)",
         || {
+            // Once a second: `ctdb cattdb` traverses the node's file under
+            // its chain locks, and a fast vacuum run skips (and, on both
+            // daemons, drops from its queue) a record whose chain it finds
+            // locked. Reading every node every 50 ms kept a traverse going
+            // nearly all the time and could make the run drop hints the
+            // test is about.
+            if looked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return None;
+            }
+            looked = Some(Instant::now());
             let left: Vec<(usize, String)> = (0..NODES)
                 .flat_map(|n| {
                     local_keys(&c, n, db)
@@ -217,13 +228,20 @@ fn hints_of_exiting_deleters_arrive(daemon: Daemon) -> Duration {
                 );
                 seen = left.len();
             }
-            left.is_empty().then_some(())
+            (left.len() <= LEFT_OVER).then_some(())
         },
     );
     deleted.elapsed()
 }
 
 const HINTED_PER_NODE: usize = 3000;
+/// Copies that may stay: a vacuum run skips a record whose chain is locked
+/// at that instant (a traverse, a migration) and, on both daemons, does not
+/// queue it again; a full run finds it later (here: never). Seen: one copy
+/// of 9000 on the reference under a loaded machine. Lost hints leave
+/// thousands (4,524 on ours, 10,615 on the reference, before the client
+/// waited for its hints).
+const LEFT_OVER: usize = NODES * HINTED_PER_NODE / 100;
 
 #[test]
 fn deletes_by_exiting_processes_are_vacuumed_promptly() {
@@ -232,7 +250,7 @@ fn deletes_by_exiting_processes_are_vacuumed_promptly() {
     let ours = hints_of_exiting_deleters_arrive(Daemon::ours());
     println!(
         "{} records deleted by {NODES} exiting processes gone from all 3 nodes' files \
-         (fast path only): reference {:.1} s, ours {:.1} s",
+         (at most {LEFT_OVER} copies left; fast path only): reference {:.1} s, ours {:.1} s",
         NODES * HINTED_PER_NODE,
         reference.as_secs_f64(),
         ours.as_secs_f64()
