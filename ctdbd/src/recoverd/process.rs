@@ -66,7 +66,15 @@ impl RecoverdProcess {
 
     /// Reaps it if it has ended: its exit status.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        let st = self.child.try_wait().ok().flatten();
+        let st = match self.child.try_wait() {
+            Ok(st) => st,
+            Err(e) => {
+                // Not ours to wait for any more (reaped elsewhere): it is
+                // gone as far as we can tell; start another.
+                tracing::warn!("Unable to wait for recovery daemon (pid:{}): {e}", self.pid);
+                Some(std::os::unix::process::ExitStatusExt::from_raw(255 << 8))
+            }
+        };
         if st.is_some() {
             self.forget();
         }
