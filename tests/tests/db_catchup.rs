@@ -227,13 +227,15 @@ fn checksum(fields: &[String]) -> String {
         .clone()
 }
 
-/// Retries `f` (one transaction) for up to 60 s: a recovery may end it.
+/// Retries `f` (one transaction) for up to 180 s: a recovery may end it,
+/// and CTDB's helper recovering a 200,000-record database took over 60 s
+/// on a loaded machine.
 async fn retried<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), ctdb_client::ClientError>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         match f().await {
             Ok(()) => return,
