@@ -355,13 +355,20 @@ fn db_path(c: &Cluster, k: usize, db: &str) -> String {
         .to_owned()
 }
 
-/// Freelist entries of a tdb file, read through a read-only handle.
+/// Freelist entries of a tdb file, read through a read-only handle. A
+/// read-only open refuses a file whose transaction (a repack, a commit) is
+/// under way ("interrupted transaction needs recovery"): asked again until
+/// it has ended.
 fn freelist(path: &str) -> usize {
-    let t = tdb::OpenOptions::new()
-        .read_only(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {path}: {e}"));
-    t.freelist_size().unwrap()
+    poll_until(
+        Duration::from_secs(30),
+        "a read-only open of the file",
+        || match tdb::OpenOptions::new().read_only(true).open(path) {
+            Ok(t) => Some(t.freelist_size().unwrap()),
+            Err(e) if e.to_string().contains("needs recovery") => None,
+            Err(e) => panic!("open {path}: {e}"),
+        },
+    )
 }
 
 /// 2000 records created through node 0, every other one deleted (with
