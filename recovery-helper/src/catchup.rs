@@ -174,12 +174,21 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
             let chunk = match r.map(|r| r.data) {
                 Ok(Some(ControlReply::DbChangesPull(c))) => c,
                 Ok(_) if pusher.is_none() => return skip("bad-reply"),
-                Err(_) if pusher.is_none() => {
+                Err(e) if pusher.is_none() => {
                     // Only the first group can get here with nothing sent
                     // before; later groups' records went into the
                     // transaction already.
                     if records == 0 {
-                        return skip("log-too-short");
+                        // The source says its log does not reach back;
+                        // anything else (a timeout, a node gone) is told
+                        // apart in the trace.
+                        let msg = e.to_string();
+                        tracing::debug!("db {name}: DB_CHANGES_PULL from node {src_pnn}: {msg}");
+                        return skip(if msg.contains("does not reach back") {
+                            "log-too-short"
+                        } else {
+                            "changes-pull-failed"
+                        });
                     }
                     mark_failed(db_id);
                     return Err(Error::Other(format!(
