@@ -213,23 +213,40 @@ async fn pchange(ctx: &mut Ctx, args: &[String], name: &str, value: Option<&str>
         },
         None => None,
     };
-    let mut t = match Tx::start(&h, false, &[&key]).await {
+    write_tx(ctx, &db, &h, &[&key], |t| {
+        let r = match &data {
+            Some(d) => t.store(&key, d),
+            None => t.delete(&key),
+        };
+        r.map_err(|_| {
+            if name == "pstore" {
+                eprintln!("Failed to store record for key {}", args[1]);
+            } else {
+                eprintln!("Failed to delete record for key {}", args[1]);
+            }
+        })
+    })
+    .await
+}
+
+/// Starts a transaction over `keys` for writing, lets `write` fill it and
+/// commits it; if `write` fails (having said why), cancels it. The exit
+/// status of `pstore`, `pdelete` and `ptrans`.
+async fn write_tx(
+    ctx: &Ctx,
+    db: &DbRef,
+    h: &Db,
+    keys: &[&[u8]],
+    write: impl FnOnce(&mut Tx) -> Result<(), ()>,
+) -> i32 {
+    let mut t = match Tx::start(h, false, keys).await {
         Ok(t) => t,
         Err(e) => {
             eprintln!("Failed to start transaction on db {}", db.name);
             return client_err(ctx, &e);
         }
     };
-    let r = match &data {
-        Some(d) => t.store(&key, d),
-        None => t.delete(&key),
-    };
-    if r.is_err() {
-        if name == "pstore" {
-            eprintln!("Failed to store record for key {}", args[1]);
-        } else {
-            eprintln!("Failed to delete record for key {}", args[1]);
-        }
+    if write(&mut t).is_err() {
         let _ = t.cancel().await;
         return 1;
     }
@@ -299,19 +316,23 @@ fn ptrans_line(line: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 
 /// Reads input as C's `fgets` with a 1024-byte buffer does: lines, with
 /// longer lines cut into 1023-byte pieces.
-fn for_each_line(mut r: impl BufRead, mut f: impl FnMut(&[u8])) {
+fn fgets_lines(mut r: impl BufRead) -> impl Iterator<Item = Vec<u8>> {
     let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match r.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                for piece in buf.chunks(1023) {
-                    f(piece);
-                }
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= buf.len() {
+            buf.clear();
+            at = 0;
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
-    }
+        let end = buf.len().min(at + 1023);
+        let piece = buf[at..end].to_vec();
+        at = end;
+        Some(piece)
+    })
 }
 
 pub async fn ptrans(ctx: &mut Ctx, args: &[String]) -> i32 {
@@ -339,75 +360,43 @@ pub async fn ptrans(ctx: &mut Ctx, args: &[String]) -> i32 {
         Ok(x) => x,
         Err(e) => return e,
     };
+    let recs = fgets_lines(input).filter_map(|line| ptrans_line(&line));
     if h.kind() == DbKind::Keyed {
-        return ptrans_keyed(ctx, &db, &h, input).await;
+        // A per-key transaction names its keys when it starts, so the
+        // input is read first, then the keys it names are locked, written
+        // and committed together.
+        let recs: Vec<(Vec<u8>, Vec<u8>)> = recs.collect();
+        let keys: Vec<&[u8]> = recs.iter().map(|(k, _)| k.as_slice()).collect();
+        return write_tx(ctx, &db, &h, &keys, |t| {
+            ptrans_store(t, recs.iter().map(|(k, v)| (k, v)))
+        })
+        .await;
     }
-    let mut t = match h.transaction_start(false).await {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("Failed to start transaction on db {}", db.name);
-            return client_err(ctx, &e);
-        }
-    };
-    let mut progress = Progress::new("ptrans");
-    let mut n = 0u64;
-    let mut failed = false;
-    for_each_line(input, |line| {
-        if failed {
-            return;
-        }
-        if let Some((k, v)) = ptrans_line(line) {
-            if t.store(&k, &v).is_err() {
-                failed = true;
-                return;
-            }
-            n += 1;
-            progress.update(n, None);
-        }
-    });
-    progress.finish();
-    if failed {
-        eprintln!("Failed to store record");
-        let _ = t.cancel().await;
-        return 1;
-    }
-    if let Err(e) = t.commit().await {
-        eprintln!("Failed to commit transaction on db {}", db.name);
-        return client_err(ctx, &e);
-    }
-    0
+    // A classic transaction locks the whole database: records are stored
+    // as the input is read.
+    write_tx(ctx, &db, &h, &[], |t| ptrans_store(t, recs)).await
 }
 
-/// `ptrans` on a keyed database: a per-key transaction names its keys
-/// when it starts, so the input is read first, then the keys it names are
-/// locked, written and committed together.
-async fn ptrans_keyed(ctx: &Ctx, db: &DbRef, h: &Db, input: impl BufRead) -> i32 {
-    let mut recs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for_each_line(input, |line| {
-        if let Some(kv) = ptrans_line(line) {
-            recs.push(kv);
-        }
-    });
-    let keys: Vec<&[u8]> = recs.iter().map(|(k, _)| k.as_slice()).collect();
-    let mut t = match Tx::start(h, false, &keys).await {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("Failed to start transaction on db {}", db.name);
-            return client_err(ctx, &e);
-        }
-    };
-    for (k, v) in &recs {
-        if t.store(k, v).is_err() {
+/// Stores `ptrans` records in `t`, showing progress on a terminal; stops
+/// at the first store that fails.
+fn ptrans_store<K, V>(t: &mut Tx, recs: impl Iterator<Item = (K, V)>) -> Result<(), ()>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut progress = Progress::new("ptrans");
+    let mut n = 0u64;
+    for (k, v) in recs {
+        if t.store(k.as_ref(), v.as_ref()).is_err() {
+            progress.finish();
             eprintln!("Failed to store record");
-            let _ = t.cancel().await;
-            return 1;
+            return Err(());
         }
+        n += 1;
+        progress.update(n, None);
     }
-    if let Err(e) = t.commit().await {
-        eprintln!("Failed to commit transaction on db {}", db.name);
-        return client_err(ctx, &e);
-    }
-    0
+    progress.finish();
+    Ok(())
 }
 
 fn open_tdb(path: &str) -> Option<tdb::Tdb> {
@@ -890,9 +879,10 @@ mod tests {
     #[test]
     fn long_lines_are_cut_like_fgets() {
         let line = vec![b'a'; 2100];
-        let mut pieces = Vec::new();
-        for_each_line(&line[..], |p| pieces.push(p.len()));
+        let pieces: Vec<usize> = fgets_lines(&line[..]).map(|p| p.len()).collect();
         assert_eq!(pieces, vec![1023, 1023, 54]);
+        let lines: Vec<Vec<u8>> = fgets_lines(&b"a\n\nb"[..]).collect();
+        assert_eq!(lines, vec![b"a\n".to_vec(), b"\n".to_vec(), b"b".to_vec()]);
     }
 
     #[test]
