@@ -225,10 +225,11 @@ impl Server {
 
     /// Runs until shut down.
     ///
-    /// The loop is a task of a `LocalSet`, so a wake-up (a socket made
-    /// ready by the reactor, an event) just queues it, instead of waking
-    /// the runtime's main future (which costs the runtime an extra poll of
-    /// the kernel's event queue on every wake-up).
+    /// The loop is a task of a `LocalSet`; a panic in it ends the task and
+    /// is logged. (Running the loop as the runtime's main future instead
+    /// was measured on tokio 1.54: the same system calls and context
+    /// switches per packet, one `epoll_wait` per wake-up either way, and no
+    /// CPU difference beyond the noise; `bench-results/event-loop.md`.)
     pub async fn run(self) {
         let local = tokio::task::LocalSet::new();
         local
