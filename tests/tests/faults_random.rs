@@ -261,6 +261,12 @@ fn run_plan(
                     "seed {seed} round {round} ({f:?}): not healthy {HEAL_BOUND:?} after the fault was removed\n{}",
                     faults::recoverd_tails(&c, 40)
                 );
+                if strict {
+                    // The tails above rarely reach back to the fault: the
+                    // whole logs, for the report.
+                    let dir = faults::keep_logs(&c, seed);
+                    println!("whole logs kept in {}", dir.display());
+                }
                 assert!(!strict, "seed {seed} round {round} ({f:?}): did not heal");
                 // A daemon that died by itself (the reference aborted
                 // once in a restarted node's db attach) is started again,
@@ -337,6 +343,10 @@ fn run_plan(
             "seed {seed}: not healthy at the end\n{}",
             faults::recoverd_tails(&c, 40)
         );
+        if strict {
+            let dir = faults::keep_logs(&c, seed);
+            println!("whole logs kept in {}", dir.display());
+        }
         assert!(!strict, "seed {seed}: not healthy at the end");
         report.heal_failures += 1;
         healed = false;
