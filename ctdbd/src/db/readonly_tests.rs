@@ -51,20 +51,6 @@ impl Layer {
         self.packet(b)
     }
 
-    fn packet(&mut self, b: Bytes) -> Vec<Effect> {
-        self.with(|d, env| {
-            d.node_packet(env, b);
-            d.take_effects()
-        })
-    }
-
-    fn run_ready(&mut self) -> Vec<Effect> {
-        self.with(|d, env| {
-            d.run_ready(env);
-            d.take_effects()
-        })
-    }
-
     /// A record this node masters (`rsn`, `data`), a read-only copy of it
     /// handed to node 2, then node 0 asking for the record: the
     /// revocation's updates.

@@ -143,19 +143,11 @@ fn seqnum_interval(env: &Env) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use ctdb_protocol::{ControlRequest, Opcode};
 
     use super::*;
     use crate::db::Effect;
-    use crate::node::NodeState;
-
-    /// Node 1 of three (vnnmap 0, 1, 2) with volatile `brlock.tdb`.
-    fn layer(dir: &std::path::Path) -> (Databases, NodeState, u32) {
-        let (dbs, _rx, node, id) = crate::db::test_layer::node1_of_three(dir, "brlock.tdb", true);
-        (dbs, node, id)
-    }
+    use crate::db::test_layer::Layer;
 
     fn updates(effects: &[Effect]) -> Vec<(u32, u32)> {
         effects
@@ -175,23 +167,17 @@ mod tests {
 
     #[test]
     fn enabled_numbers_move_and_are_sent_to_the_other_nodes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut dbs, node, id) = layer(dir.path());
-        let tunables = crate::tunables::defaults();
-        let clients = BTreeMap::new();
-        let env = Env {
-            node: &node,
-            tunables: &tunables,
-            clients: &clients,
-        };
+        let mut f = Layer::new("brlock.tdb", true);
+        let id = f.id;
+        let (dbs, env) = f.parts();
         let flags = dbs.dbs[&id].tdb_flags;
         assert_eq!(flags & tdb::flags::SEQNUM, 0);
         assert!(dbs.seqnum_next().is_none(), "no check before ENABLE_SEQNUM");
 
         // Before ENABLE_SEQNUM, an UPDATE_SEQNUM from a node changes nothing.
-        let s0 = dbs_tdb_seqnum(&dbs, id);
+        let s0 = dbs_tdb_seqnum(dbs, id);
         assert_eq!(dbs.update_seqnum(&env, 0, id).status, 0);
-        assert_eq!(dbs_tdb_seqnum(&dbs, id), s0);
+        assert_eq!(dbs_tdb_seqnum(dbs, id), s0);
 
         assert_eq!(dbs.enable_seqnum(&env, id).status, 0);
         assert_eq!(dbs.dbs[&id].tdb_flags, flags | tdb::flags::SEQNUM);
@@ -204,7 +190,7 @@ mod tests {
         // The daemon's own store moves it; the next check tells nodes 0 and 2.
         let t = dbs.dbs[&id].tdb.as_ref().unwrap();
         t.store(b"k", &[0u8; 24], tdb::StoreMode::Replace).unwrap();
-        assert_eq!(dbs_tdb_seqnum(&dbs, id), s0 + 1);
+        assert_eq!(dbs_tdb_seqnum(dbs, id), s0 + 1);
         let due = dbs.seqnum_next().unwrap();
         dbs.seqnum_check(&env, due - Duration::from_millis(1));
         assert!(updates(&dbs.take_effects()).is_empty(), "not before due");
@@ -213,36 +199,30 @@ mod tests {
 
         // An update from node 2 bumps our copy, and does not echo back.
         assert_eq!(dbs.update_seqnum(&env, 2, id).status, 0);
-        assert_eq!(dbs_tdb_seqnum(&dbs, id), s0 + 2);
+        assert_eq!(dbs_tdb_seqnum(dbs, id), s0 + 2);
         let due = dbs.seqnum_next().unwrap();
         dbs.seqnum_check(&env, due);
         assert!(updates(&dbs.take_effects()).is_empty());
 
         // One from ourselves is ignored; unknown databases are refused.
         assert_eq!(dbs.update_seqnum(&env, 1, id).status, 0);
-        assert_eq!(dbs_tdb_seqnum(&dbs, id), s0 + 2);
+        assert_eq!(dbs_tdb_seqnum(dbs, id), s0 + 2);
         assert_ne!(dbs.update_seqnum(&env, 0, 0xdead).status, 0);
         assert_ne!(dbs.enable_seqnum(&env, 0xdead).status, 0);
     }
 
     #[test]
     fn a_bump_while_the_handle_is_away_lands_when_it_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut dbs, node, id) = layer(dir.path());
-        let tunables = crate::tunables::defaults();
-        let clients = BTreeMap::new();
-        let env = Env {
-            node: &node,
-            tunables: &tunables,
-            clients: &clients,
-        };
+        let mut f = Layer::new("brlock.tdb", true);
+        let id = f.id;
+        let (dbs, env) = f.parts();
         dbs.enable_seqnum(&env, id);
-        let s0 = dbs_tdb_seqnum(&dbs, id);
+        let s0 = dbs_tdb_seqnum(dbs, id);
         let away = dbs.dbs.get_mut(&id).unwrap().tdb.take().unwrap();
         assert_eq!(dbs.update_seqnum(&env, 0, id).status, 0);
         dbs.dbs.get_mut(&id).unwrap().tdb = Some(away);
         dbs.seqnum_handle_back(id);
-        assert_eq!(dbs_tdb_seqnum(&dbs, id), s0 + 1);
+        assert_eq!(dbs_tdb_seqnum(dbs, id), s0 + 1);
         // Taken as seen: the check does not send it back.
         let due = dbs.seqnum_next().unwrap();
         dbs.seqnum_check(&env, due);

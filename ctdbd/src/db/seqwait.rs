@@ -387,46 +387,23 @@ fn timeout_reply(t: &SeqWaitTarget, after: Duration, now: Option<u64>) -> ReplyC
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use ctdb_protocol::types::{CTDB_RECOVERY_NORMAL, LtdbHeader, RecBuffer};
+    use ctdb_protocol::types::{LtdbHeader, RecBuffer};
     use ctdb_protocol::{ControlRequest, ReqControl};
 
+    use super::super::test_layer::Layer;
     use super::super::{Effect, persistent};
     use super::*;
 
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        dbs: Databases,
-        node: crate::node::NodeState,
-        tunables: ctdb_protocol::types::TunableList,
-        clients: BTreeMap<ClientId, crate::control::ClientInfo>,
-        id: u32,
+    /// Node 1 of three with volatile `v.tdb` and persistent `p.tdb`, the
+    /// database the tests wait on.
+    fn fixture() -> Layer {
+        let mut f = Layer::new("v.tdb", false);
+        f.id = f.open("p.tdb", db_flags::PERSISTENT);
+        f
     }
 
-    impl Fixture {
-        fn new() -> Fixture {
-            let dir = tempfile::tempdir().unwrap();
-            let (mut dbs, _rx, mut node, _) =
-                super::super::test_layer::node1_of_three(dir.path(), "v.tdb", false);
-            node.recovery_mode = CTDB_RECOVERY_NORMAL;
-            let db =
-                super::super::file::open(&dbs.cfg, "p.tdb", db_flags::PERSISTENT, 1, 131, 5, 5)
-                    .unwrap();
-            let id = db.id;
-            dbs.order.push(id);
-            dbs.dbs.insert(id, db);
-            Fixture {
-                _dir: dir,
-                dbs,
-                node,
-                tunables: crate::tunables::defaults(),
-                clients: BTreeMap::new(),
-                id,
-            }
-        }
-
-        fn wait(
+    impl Layer {
+        fn seqwait(
             &mut self,
             client: Option<ClientId>,
             target: SeqWaitTarget,
@@ -443,26 +420,12 @@ mod tests {
                 client,
                 client_id: 0,
             };
-            let env = Env {
-                node: &self.node,
-                tunables: &self.tunables,
-                clients: &self.clients,
-            };
-            self.dbs.wait_seqnum(&env, &ctx, &req, ReplyTo::Nobody, &w)
-        }
-
-        fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
-            let env = Env {
-                node: &self.node,
-                tunables: &self.tunables,
-                clients: &self.clients,
-            };
-            f(&mut self.dbs, &env)
+            self.with(|d, env| d.wait_seqnum(env, &ctx, &req, ReplyTo::Nobody, &w))
         }
 
         /// A commit as `UPDATE_RECORD` applies it: `key` at `rsn`, and the
         /// database sequence number.
-        fn commit(&mut self, key: &[u8], rsn: u64, seqnum: u64) {
+        fn seqwait_commit(&mut self, key: &[u8], rsn: u64, seqnum: u64) {
             let mut b = RecBuffer::new(self.id);
             let h = LtdbHeader {
                 rsn,
@@ -480,7 +443,7 @@ mod tests {
             persistent::apply_update(tdb, &b, false).unwrap();
         }
 
-        fn replies(&mut self) -> Vec<ReplyControl> {
+        fn seqwait_replies(&mut self) -> Vec<ReplyControl> {
             self.dbs
                 .take_effects()
                 .into_iter()
@@ -494,43 +457,43 @@ mod tests {
 
     #[test]
     fn parked_until_the_commit_then_answered() {
-        let mut f = Fixture::new();
+        let mut f = fixture();
         assert!(
-            f.wait(Some(3), SeqWaitTarget::DbSeqnum(1), 10_000)
+            f.seqwait(Some(3), SeqWaitTarget::DbSeqnum(1), 10_000)
                 .is_none()
         );
         let keys = SeqWaitTarget::Keys(vec![(b"k".to_vec(), 1)]);
-        assert!(f.wait(Some(3), keys, 10_000).is_none());
+        assert!(f.seqwait(Some(3), keys, 10_000).is_none());
         assert_eq!(f.dbs.seqwait_parked(), 2);
         // Nothing changed: a check leaves them parked.
         let id = f.id;
         f.with(|d, env| d.seqwait_notify(env, id));
-        assert!(f.replies().is_empty());
-        f.commit(b"k", 1, 1);
+        assert!(f.seqwait_replies().is_empty());
+        f.seqwait_commit(b"k", 1, 1);
         f.with(|d, env| d.seqwait_notify(env, id));
-        let r = f.replies();
+        let r = f.seqwait_replies();
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r.iter().all(|r| r.status == 0));
         assert_eq!(r[0].data, Some(ControlReply::DbWaitSeqnum(1)));
         assert_eq!(f.dbs.seqwait_parked(), 0);
         // Reached already: answered at once.
-        let r = f.wait(None, SeqWaitTarget::DbSeqnum(1), 10).unwrap();
+        let r = f.seqwait(None, SeqWaitTarget::DbSeqnum(1), 10).unwrap();
         assert_eq!(r.data, Some(ControlReply::DbWaitSeqnum(1)));
     }
 
     #[test]
     fn timeouts_are_reported_as_such() {
-        let mut f = Fixture::new();
-        let r = f.wait(None, SeqWaitTarget::DbSeqnum(5), 0).unwrap();
+        let mut f = fixture();
+        let r = f.seqwait(None, SeqWaitTarget::DbSeqnum(5), 0).unwrap();
         assert_eq!(r.status, SEQWAIT_TIMEOUT_STATUS);
         assert!(r.errmsg.unwrap().starts_with(SEQWAIT_ERR_PREFIX));
-        assert!(f.wait(None, SeqWaitTarget::DbSeqnum(5), 50).is_none());
+        assert!(f.seqwait(None, SeqWaitTarget::DbSeqnum(5), 50).is_none());
         let at = f.dbs.seqwait_wakeup().unwrap();
         // Not due yet: still parked.
         f.with(|d, env| d.seqwait_tick(env, at - Duration::from_millis(10)));
         assert_eq!(f.dbs.seqwait_parked(), 1);
         f.with(|d, env| d.seqwait_tick(env, at));
-        let r = f.replies();
+        let r = f.seqwait_replies();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].status, SEQWAIT_TIMEOUT_STATUS);
         assert!(r[0].errmsg.as_ref().unwrap().contains("timed out"), "{r:?}");
@@ -539,12 +502,12 @@ mod tests {
 
     #[test]
     fn generations_clients_and_refusals() {
-        let mut f = Fixture::new();
+        let mut f = fixture();
         // The current generation (5), outside recovery.
-        let r = f.wait(None, SeqWaitTarget::Generation(5), 0).unwrap();
+        let r = f.seqwait(None, SeqWaitTarget::Generation(5), 0).unwrap();
         assert_eq!(r.data, Some(ControlReply::DbWaitSeqnum(5)));
         assert!(
-            f.wait(Some(9), SeqWaitTarget::Generation(6), 10_000)
+            f.seqwait(Some(9), SeqWaitTarget::Generation(6), 10_000)
                 .is_none()
         );
         f.with(|d, _| d.seqwait_client_gone(9));
@@ -567,7 +530,9 @@ mod tests {
             .unwrap();
         assert_eq!(r.status, -1);
         assert!(r.errmsg.unwrap().contains("not a persistent database"));
-        let r = f.wait(None, SeqWaitTarget::DbSeqnum(1), 4_000_000).unwrap();
+        let r = f
+            .seqwait(None, SeqWaitTarget::DbSeqnum(1), 4_000_000)
+            .unwrap();
         assert!(r.errmsg.unwrap().contains("over the limit"));
     }
 }

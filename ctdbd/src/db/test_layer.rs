@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use ctdb_protocol::types::{CTDB_RECOVERY_NORMAL, LtdbHeader, TunableList, VnnMap, capabilities};
 use tokio::sync::mpsc;
 
-use super::{Databases, DbConfig, DbEvent, Env, ltdb};
+use super::{Databases, DbConfig, DbEvent, Effect, Env, ltdb};
 use crate::config::NodeEntry;
 use crate::control::ClientInfo;
 use crate::messaging::ClientId;
@@ -95,14 +96,36 @@ impl Layer {
         id
     }
 
-    /// Runs `f` on the layer with this node's environment.
-    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
+    /// The layer and this node's environment, side by side.
+    pub(crate) fn parts(&mut self) -> (&mut Databases, Env<'_>) {
         let env = Env {
             node: &self.node,
             tunables: &self.tunables,
             clients: &self.clients,
         };
-        f(&mut self.dbs, &env)
+        (&mut self.dbs, env)
+    }
+
+    /// Runs `f` on the layer with this node's environment.
+    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut Databases, &Env) -> R) -> R {
+        let (dbs, env) = self.parts();
+        f(dbs, &env)
+    }
+
+    /// Hands the layer a packet from another node: what it does.
+    pub(crate) fn packet(&mut self, b: Bytes) -> Vec<Effect> {
+        self.with(|d, env| {
+            d.node_packet(env, b);
+            d.take_effects()
+        })
+    }
+
+    /// Runs the work that became ready: what it does.
+    pub(crate) fn run_ready(&mut self) -> Vec<Effect> {
+        self.with(|d, env| {
+            d.run_ready(env);
+            d.take_effects()
+        })
     }
 
     /// Writes a record straight into the file of database [`Layer::id`].

@@ -1,54 +1,23 @@
 //! Unit tests of record calls and migration.
 
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::db::Effect;
-use crate::node::NodeState;
+use crate::db::test_layer::{Layer, key_for};
 use ctdb_protocol::Packet;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    dbs: Databases,
-    node: NodeState,
-    tunables: ctdb_protocol::types::TunableList,
-    clients: BTreeMap<ClientId, crate::control::ClientInfo>,
-}
-
 /// Node 1 of three, generation 5, with volatile database `t.tdb`.
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (dbs, _rx, node, _id) = crate::db::test_layer::node1_of_three(dir.path(), "t.tdb", false);
-    Fixture {
-        _dir: dir,
-        dbs,
-        node,
-        tunables: crate::tunables::defaults(),
-        clients: BTreeMap::new(),
-    }
+fn fixture() -> Layer {
+    Layer::new("t.tdb", false)
 }
 
-impl Fixture {
-    fn packet(&mut self, src: u32, generation: u32, call: ReqCall) -> Vec<Effect> {
+impl Layer {
+    /// A `REQ_CALL` from node `src` in `generation`, handed to the layer:
+    /// what it does.
+    fn req_call(&mut self, src: u32, generation: u32, call: ReqCall) -> Vec<Effect> {
         let mut h = Header::new(Operation::ReqCall, 1, src, 77);
         h.generation = generation;
-        let b: Bytes = Packet::new(h, Body::ReqCall(call)).encode().into();
-        let env = Env {
-            node: &self.node,
-            tunables: &self.tunables,
-            clients: &self.clients,
-        };
-        self.dbs.node_packet(&env, b);
-        self.dbs.take_effects()
+        self.packet(Packet::new(h, Body::ReqCall(call)).encode().into())
     }
-}
-
-/// A key whose lmaster (in a map of 0, 1, 2) is node `lm`.
-fn key_for(lm: u32) -> Vec<u8> {
-    (0u32..)
-        .map(|i| format!("key{i}").into_bytes())
-        .find(|k| ltdb::key_hash(k) % 3 == lm)
-        .unwrap()
 }
 
 fn decode(e: &Effect) -> (u32, Packet) {
@@ -62,7 +31,7 @@ fn decode(e: &Effect) -> (u32, Packet) {
 fn calls_are_redirected_through_the_lmaster_until_the_hop_limit() {
     let mut f = fixture();
     let db_id = ltdb::db_id("t.tdb");
-    let key = key_for(2);
+    let key = key_for(2, 0);
     let call = ReqCall {
         flags: call_flags::IMMEDIATE_MIGRATION,
         db_id,
@@ -72,14 +41,14 @@ fn calls_are_redirected_through_the_lmaster_until_the_hop_limit() {
         calldata: Vec::new(),
     };
     // Not ours: on to the lmaster, one hop more, as the requester's.
-    let fx = f.packet(0, 5, call.clone());
+    let fx = f.req_call(0, 5, call.clone());
     assert_eq!(fx.len(), 1);
     let (dest, p) = decode(&fx[0]);
     assert_eq!((dest, p.header.srcnode, p.header.reqid), (2, 0, 77));
     let Body::ReqCall(c) = p.body else { panic!() };
     assert_eq!(c.hopcount, 4);
     // A call that went round too often: an error and a recovery.
-    let fx = f.packet(
+    let fx = f.req_call(
         0,
         5,
         ReqCall {
@@ -92,9 +61,9 @@ fn calls_are_redirected_through_the_lmaster_until_the_hop_limit() {
     assert_eq!(dest, 0);
     assert!(matches!(p.body, Body::ReplyError(_)));
     // Another generation's packets are dropped.
-    assert!(f.packet(0, 4, call.clone()).is_empty());
+    assert!(f.req_call(0, 4, call.clone()).is_empty());
     // An unknown database gets an error reply.
-    let fx = f.packet(
+    let fx = f.req_call(
         2,
         5,
         ReqCall {
@@ -111,7 +80,7 @@ fn calls_are_redirected_through_the_lmaster_until_the_hop_limit() {
 fn a_record_pinned_for_a_local_client_waits_until_it_speaks() {
     let mut f = fixture();
     let db_id = ltdb::db_id("t.tdb");
-    let key = key_for(1);
+    let key = key_for(1, 0);
     // As if a migration had just brought the record here for client 5
     // (the pin's limit far enough ahead that the test's own pace cannot
     // reach it: a pin past its limit holds nothing).
@@ -126,20 +95,14 @@ fn a_record_pinned_for_a_local_client_waits_until_it_speaks() {
         calldata: Vec::new(),
     };
     // Node 2's request waits: nothing is sent.
-    assert!(f.packet(2, 5, call).is_empty());
+    assert!(f.req_call(2, 5, call).is_empty());
     assert!(!f.dbs.has_ready());
     // Another client speaking changes nothing; client 5 ends the pin.
     f.dbs.client_spoke(6);
     assert!(!f.dbs.has_ready());
     f.dbs.client_spoke(5);
     assert!(f.dbs.has_ready());
-    let env = Env {
-        node: &f.node,
-        tunables: &f.tunables,
-        clients: &f.clients,
-    };
-    f.dbs.run_ready(&env);
-    let fx = f.dbs.take_effects();
+    let fx = f.run_ready();
     let (dest, p) = decode(&fx[0]);
     assert_eq!(dest, 2);
     assert!(matches!(p.body, Body::ReplyDmaster(_)), "{:?}", p.body);
@@ -149,8 +112,8 @@ fn a_record_pinned_for_a_local_client_waits_until_it_speaks() {
 fn the_lmaster_migrates_a_new_record_to_the_caller() {
     let mut f = fixture();
     let db_id = ltdb::db_id("t.tdb");
-    let key = key_for(1);
-    let fx = f.packet(
+    let key = key_for(1, 0);
+    let fx = f.req_call(
         2,
         5,
         ReqCall {
