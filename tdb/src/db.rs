@@ -1011,48 +1011,22 @@ impl Tdb {
     /// Fetch into a caller-provided buffer (cleared first); returns whether
     /// the key exists. Saves the allocation when called in a loop.
     pub fn fetch_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
-        let mut i = self.inner()?;
-        let hash = i.hash.hash(key);
-        let bucket = i.bucket(hash);
-        i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, LockType::Read, true)?;
-        let r = fetch_locked(&mut i, key, hash, out);
-        let u = i.unlock_list(list, LockType::Read);
-        let r = r?;
-        u?;
-        Ok(r)
+        self.under_chain_lock(key, LockType::Read, |i, hash| {
+            fetch_locked(i, key, hash, out)
+        })
     }
 
     /// Call `f` with the value of `key`, straight from the memory map when
     /// possible, under the chain's read lock. `f` must not use the database.
     pub fn parse<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
-        let mut i = self.inner()?;
-        let hash = i.hash.hash(key);
-        let bucket = i.bucket(hash);
-        i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, LockType::Read, true)?;
-        let r = parse_locked(&mut i, key, hash, f);
-        let u = i.unlock_list(list, LockType::Read);
-        let r = r?;
-        u?;
-        Ok(r)
+        self.under_chain_lock(key, LockType::Read, |i, hash| parse_locked(i, key, hash, f))
     }
 
     /// Does `key` exist?
     pub fn exists(&self, key: &[u8]) -> Result<bool> {
-        let mut i = self.inner()?;
-        let hash = i.hash.hash(key);
-        let bucket = i.bucket(hash);
-        i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, LockType::Read, true)?;
-        let r = i.find(key, hash).map(|x| x.is_some());
-        let u = i.unlock_list(list, LockType::Read);
-        let r = r?;
-        u?;
-        Ok(r)
+        self.under_chain_lock(key, LockType::Read, |i, hash| {
+            i.find(key, hash).map(|x| x.is_some())
+        })
     }
 
     /// Store `data` under `key`.
@@ -1062,57 +1036,23 @@ impl Tdb {
 
     /// Store the concatenation of `parts` under `key`.
     pub fn storev(&self, key: &[u8], parts: &[&[u8]], mode: StoreMode) -> Result<()> {
-        let mut i = self.inner()?;
-        if i.io.read_only || i.traverse_read > 0 {
-            return Err(Error::ReadOnly);
-        }
-        let hash = i.hash.hash(key);
-        let bucket = i.bucket(hash);
-        i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, LockType::Write, true)?;
-        let r = i.store_locked(key, hash, parts, mode);
-        let u = i.unlock_list(list, LockType::Write);
-        r?;
-        u
+        self.under_chain_lock(key, LockType::Write, |i, hash| {
+            i.store_locked(key, hash, parts, mode)
+        })
     }
 
     /// Append `data` to the value of `key` (creating it if missing).
     pub fn append(&self, key: &[u8], data: &[u8]) -> Result<()> {
-        let mut i = self.inner()?;
-        if i.io.read_only || i.traverse_read > 0 {
-            return Err(Error::ReadOnly);
-        }
-        let hash = i.hash.hash(key);
-        let bucket = i.bucket(hash);
-        i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, LockType::Write, true)?;
-        let r = (|| {
+        self.under_chain_lock(key, LockType::Write, |i, hash| {
             let mut old = Vec::new();
-            fetch_locked(&mut i, key, hash, &mut old)?;
+            fetch_locked(i, key, hash, &mut old)?;
             i.store_locked(key, hash, &[&old, data], StoreMode::Replace)
-        })();
-        let u = i.unlock_list(list, LockType::Write);
-        r?;
-        u
+        })
     }
 
     /// Delete `key`; [`Error::NotFound`] if it does not exist.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        let mut i = self.inner()?;
-        if i.io.read_only || i.traverse_read > 0 {
-            return Err(Error::ReadOnly);
-        }
-        let hash = i.hash.hash(key);
-        let bucket = i.bucket(hash);
-        i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, LockType::Write, true)?;
-        let r = i.delete_locked(key, hash);
-        let u = i.unlock_list(list, LockType::Write);
-        r?;
-        u
+        self.under_chain_lock(key, LockType::Write, |i, hash| i.delete_locked(key, hash))
     }
 
     /// Delete every record, keeping the file and its size.
@@ -1123,6 +1063,32 @@ impl Tdb {
         let u = i.allrecord_unlock(LockType::Write);
         r?;
         u
+    }
+
+    /// Runs `op` with `key`'s hash under its chain's lock of type `lt`,
+    /// waiting for it (the chain's head prefetched first). A write lock is
+    /// for writing: refused on a read-only handle and inside a read-only
+    /// traverse. An error of `op` is returned before one of the unlock.
+    fn under_chain_lock<R>(
+        &self,
+        key: &[u8],
+        lt: LockType,
+        op: impl FnOnce(&mut Inner, u32) -> Result<R>,
+    ) -> Result<R> {
+        let mut i = self.inner()?;
+        if lt == LockType::Write && (i.io.read_only || i.traverse_read > 0) {
+            return Err(Error::ReadOnly);
+        }
+        let hash = i.hash.hash(key);
+        let bucket = i.bucket(hash);
+        i.io.prefetch(hash_top(bucket));
+        let list = List::Chain(bucket);
+        i.lock_list(list, lt, true)?;
+        let r = op(&mut i, hash);
+        let u = i.unlock_list(list, lt);
+        let r = r?;
+        u?;
+        Ok(r)
     }
 
     // ----- chain locks -----
