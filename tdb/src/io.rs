@@ -286,6 +286,11 @@ impl Io {
         if self.no_sync {
             return Ok(());
         }
+        // On Linux `fdatasync` also writes back the pages dirtied through a
+        // shared mapping, and `msync(MS_SYNC)` is itself a data sync of its
+        // range (a second cache flush of the disk for nothing): the file's
+        // sync alone is enough. Elsewhere POSIX asks for the `msync`.
+        #[cfg(not(target_os = "linux"))]
         if let Some(map) = &self.map {
             let off = off as usize;
             if off < self.size as usize {
@@ -293,6 +298,8 @@ impl Io {
                 map.flush_range(off, len)?;
             }
         }
+        #[cfg(target_os = "linux")]
+        let _ = (off, len);
         self.file.sync_data()?;
         self.syncs += 1;
         Ok(())
