@@ -14,7 +14,7 @@ use ctdb_client::{Db, DbKind, Transaction};
 use ctdb_protocol::backup::{
     BACKUP_MAX_DB_NAME, BACKUP_MAX_REC_BUFFER_SIZE, BACKUP_VERSION, BackupChunk, BackupHeader,
 };
-use ctdb_protocol::types::{LtdbHeader, PullDbExt, RecBuffer, db_flags};
+use ctdb_protocol::types::{KEYED_EPOCH_KEY, LtdbHeader, PullDbExt, RecBuffer, db_flags};
 use ctdb_protocol::{ControlReply as R, ControlRequest as Q, Marshal};
 
 use crate::cmd_db::{self, DbRef, attach_db, db_exists};
@@ -798,6 +798,17 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
             return e;
         }
     };
+    // ctdb-rs keyed databases: the restored copy moves every node to the
+    // next copy epoch (see `keyed_epochs`).
+    let keyed = flags & db_flags::KEYED != 0;
+    let top_epoch = if keyed {
+        match keyed_epochs(ctx, a.id, &name).await {
+            Ok(e) => Some(e),
+            Err(e) => return e,
+        }
+    } else {
+        None
+    };
     let (nodes, t) = match cmd_db::rewrite_begin(ctx, a.id).await {
         Ok(x) => x,
         Err(e) => return e,
@@ -812,11 +823,28 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
     }
     let mut progress = Progress::new("restoredb");
     let mut sent = 0u64;
-    for _ in 0..hdr.nbuf {
+    // Records the nodes must confirm: the backup's, less a keyed
+    // database's old epoch record, plus the new one.
+    let mut expect = hdr.nrec;
+    for i in 0..hdr.nbuf {
         let Some(mut rb) = read_chunk(&mut r) else {
             return cmd_db::rewrite_failed(ctx, 5).await;
         };
         rb.db_id = a.id;
+        if let Some(top) = top_epoch {
+            let old = rb.count();
+            rb = without_epoch(&rb);
+            expect -= (old - rb.count()) as u64;
+            if i + 1 == hdr.nbuf {
+                rb.add(
+                    0,
+                    Some(&epoch_header(top, ctx.pnn, t.tid)),
+                    KEYED_EPOCH_KEY,
+                    &(top + 1).to_le_bytes(),
+                );
+                expect += 1;
+            }
+        }
         let mut buf = vec![0u8; rb.len()];
         rb.push(&mut buf);
         for &n in &nodes {
@@ -835,8 +863,8 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
     for (n, reply) in nodes.iter().zip(replies) {
         match reply {
             Some(R::DbPushConfirm(count)) => {
-                if count as u64 != hdr.nrec {
-                    eprintln!("Node {n} received {count} of {} records", hdr.nrec);
+                if count as u64 != expect {
+                    eprintln!("Node {n} received {count} of {expect} records");
                     return cmd_db::rewrite_failed(ctx, 0).await.max(1);
                 }
             }
@@ -849,8 +877,71 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
     let ret = cmd_db::rewrite_finish(ctx, &nodes, t).await;
     if ret == 0 {
         println!("Database {name} restored");
+    } else if keyed {
+        eprintln!(
+            "Failed to restore keyed database {name}: a node refused the new copy \
+             (its log says why); every node keeps its copy"
+        );
     }
     ret
+}
+
+/// A keyed database (ctdb-rs extension) commits a rewrite of its copy only
+/// if the copy carries a new copy epoch, written for this rewrite (the
+/// epoch record's `reserved1` is the transaction id): so that a node that
+/// misses the restore (inactive meanwhile) is behind in epoch, and the
+/// next recovery refills it instead of merging its old records back.
+/// Returns the highest epoch any node of the cluster holds now (each
+/// reports its own in `DB_CHANGELOG_INFO`); the restored copy gets the next.
+async fn keyed_epochs(ctx: &mut Ctx, db_id: u32, name: &str) -> Result<u64, i32> {
+    let Some(m) = ctx.get_nodemap(false).await else {
+        eprintln!("Failed to get nodemap");
+        return Err(12);
+    };
+    let nodes: Vec<u32> = m
+        .nodes
+        .iter()
+        .filter(|n| {
+            use ctdb_protocol::types::node_flags::{DELETED, DISCONNECTED};
+            n.flags & (DISCONNECTED | DELETED) == 0
+        })
+        .map(|n| n.pnn)
+        .collect();
+    let mut top = 0;
+    for n in nodes {
+        match ctx.ctrl(n, Q::DbChangelogInfo(db_id)).await {
+            Ok(Some(R::DbChangelogInfo(i))) => top = top.max(i.epoch),
+            _ => {
+                eprintln!(
+                    "Failed to read the copy epoch of keyed database {name} on node {n}: \
+                     restoring a keyed database needs every connected node to run ctdb-rs"
+                );
+                return Err(1);
+            }
+        }
+    }
+    Ok(top)
+}
+
+/// `rb` without the copy epoch record of a keyed database.
+fn without_epoch(rb: &RecBuffer) -> RecBuffer {
+    let mut out = RecBuffer::new(rb.db_id);
+    for rec in rb.iter().filter(|r| r.key != KEYED_EPOCH_KEY) {
+        out.add(rec.reqid, None, rec.key, rec.data);
+    }
+    out
+}
+
+/// The header of the epoch record a restore writes: the next epoch as its
+/// rsn (as our recovery helper writes it), stamped with the rewrite's
+/// transaction id.
+fn epoch_header(top: u64, pnn: u32, tid: u32) -> LtdbHeader {
+    LtdbHeader {
+        rsn: top + 1,
+        dmaster: pnn,
+        reserved1: tid,
+        flags: 0,
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,10 @@ pub struct KeyedTransaction {
     finished: bool,
 }
 
-fn lock_name(db: u32, key: &[u8]) -> Vec<u8> {
+/// The g_lock name a per-key transaction on database `db` takes for
+/// `key` (in `g_lock.tdb`; waiters queue in
+/// [`glock::queue_key`](super::glock::queue_key) of it).
+pub fn lock_name(db: u32, key: &[u8]) -> Vec<u8> {
     let mut n = format!("keyed_0x{db:08x}_").into_bytes();
     for b in key {
         n.extend_from_slice(format!("{b:02x}").as_bytes());
