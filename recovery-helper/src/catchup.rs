@@ -5,9 +5,12 @@
 //! `db::changelog`): the content checksum of its copy and the changes it
 //! committed recently. The source is the node the full path would pull
 //! (the first with the highest sequence number). Every other node whose
-//! checksum differs from the source's must be at a state the source's log
-//! went through; it then gets only the records changed since
-//! (`DB_CHANGES_PULL` from the source, in chunks of RecBufferSizeLimit,
+//! checksum differs from the source's must be at a state that the log of
+//! the source, or of a node with the same content, went through (probed
+//! first with a one-record `DB_CHANGES_PULL`: a node that was itself
+//! caught up jumped over the states in between, another may not have); it
+//! then gets only the records changed since
+//! (`DB_CHANGES_PULL` from that node, in chunks of RecBufferSizeLimit,
 //! each pushed on as it arrives with `DB_PUSH_START`/messages/
 //! `DB_PUSH_CONFIRM`, inside the recovery transaction, without a wipe).
 //! After the push each caught-up node's checksum must equal the source's;
@@ -20,7 +23,10 @@
 //! recovery writes the next epoch into every node's copy. Their catch-up
 //! keeps both rules: the nodes at the highest epoch (each node reports its
 //! epoch in `DB_CHANGELOG_INFO`) must all hold the same content, so their
-//! merge is any one of them, which is the source; a node behind gets the
+//! merge is any one of them, which is the source, or hold past states of
+//! one of them, whose log went through them (a commit that a recovery
+//! ended reached only some of them; their merge by rsn is then that copy,
+//! see [`choose`]), which is the source; a node behind gets the
 //! records changed since its state as above (it then holds exactly the
 //! source's content: nothing of a commit the others never applied can
 //! survive, since its checksum would be found nowhere in the source's
@@ -37,9 +43,9 @@
 //! not answer `DB_CHANGELOG_INFO` (CTDB's daemon answers -1 to the
 //! unknown opcode, so a cluster with any reference node never takes this
 //! path), a node whose checksum is not followed, a log that does not reach
-//! back far enough, a keyed database whose current copies differ (a commit
-//! some of them applied: the full merge keeps it), replicated and volatile
-//! databases, and `CTDB_RECOVERY_HELPER_NO_CATCHUP` naming a file that
+//! back far enough, a keyed database whose current copies differ with
+//! none a past state of another (the full merge keeps what each applied),
+//! replicated and volatile databases, and `CTDB_RECOVERY_HELPER_NO_CATCHUP` naming a file that
 //! exists (a test hook to force full pulls).
 
 use std::collections::HashSet;
@@ -127,14 +133,19 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
             Err(_) => return skip(&format!("node-{pnn}-no-log")),
         }
     }
-    let src = if keyed {
-        match keyed_source(&infos) {
-            Ok(i) => i,
-            Err(why) => return skip(why),
-        }
+    let candidates = if keyed {
+        keyed_candidates(&infos)
     } else {
-        seqnum_source(ctx, db_id, name).await?
+        vec![seqnum_source(ctx, db_id, name).await?]
     };
+    let reach = probe_logs(ctx, db_id, &infos, &candidates).await;
+    let plan = match choose(&infos, &candidates, |s, c| {
+        reach.get(&(s, c)).copied().unwrap_or(Reach::Failed)
+    }) {
+        Ok(p) => p,
+        Err(why) => return skip(why),
+    };
+    let src = plan.src;
     let src_pnn = nodes[src];
     if infos[src].flags & CHANGELOG_HAS_EMPTY != 0 {
         // The full path drops deleted records from every copy.
@@ -143,21 +154,24 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
     let target = infos[src].checksum;
     // Keyed: the next copy epoch, for every node (the source included).
     let next_epoch = keyed.then(|| epoch_record(ctx, &infos));
-    // The nodes behind, grouped by where they are.
-    let mut groups: Vec<(u128, Vec<u32>)> = Vec::new();
-    for (&pnn, i) in nodes.iter().zip(&infos) {
-        if i.checksum == target {
-            continue;
-        }
-        match groups.iter_mut().find(|g| g.0 == i.checksum) {
-            Some(g) => g.1.push(pnn),
-            None => groups.push((i.checksum, vec![pnn])),
-        }
-    }
+    // The nodes behind, grouped by where they are, each group with the
+    // node whose log serves it.
+    let groups: Vec<(u128, Vec<u32>, u32)> = plan
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.from,
+                g.behind.iter().map(|&i| nodes[i]).collect(),
+                nodes[g.server],
+            )
+        })
+        .collect();
     let limit = ctx.tun.rec_buffer_size_limit.max(1);
     let mut records = 0u64;
     let mut bytes = 0u64;
-    for (from, behind) in &groups {
+    for (from, behind, server) in &groups {
+        let server = *server;
         let mut offset = 0u64;
         let mut pusher: Option<Pusher> = None;
         loop {
@@ -169,7 +183,7 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
             };
             let r = ctx
                 .client
-                .control(src_pnn, ControlRequest::DbChangesPull(req))
+                .control(server, ControlRequest::DbChangesPull(req))
                 .await;
             let chunk = match r.map(|r| r.data) {
                 Ok(Some(ControlReply::DbChangesPull(c))) => c,
@@ -179,11 +193,12 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
                     // before; later groups' records went into the
                     // transaction already.
                     if records == 0 {
-                        // The source says its log does not reach back;
+                        // The serving node says its log does not reach
+                        // back (it did when probed: expired meanwhile);
                         // anything else (a timeout, a node gone) is told
                         // apart in the trace.
                         let msg = e.to_string();
-                        tracing::debug!("db {name}: DB_CHANGES_PULL from node {src_pnn}: {msg}");
+                        tracing::debug!("db {name}: DB_CHANGES_PULL from node {server}: {msg}");
                         return skip(if msg.contains("does not reach back") {
                             "log-too-short"
                         } else {
@@ -192,16 +207,16 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
                     }
                     mark_failed(db_id);
                     return Err(Error::Other(format!(
-                        "catch-up of db {name}: node {src_pnn}'s log does not reach nodes {behind:?}"
+                        "catch-up of db {name}: node {server}'s log does not reach nodes {behind:?}"
                     )));
                 }
                 Ok(_) => {
                     return Err(Error::Bad {
-                        pnn: src_pnn,
+                        pnn: server,
                         msg: format!("bad DB_CHANGES_PULL reply for db {name}"),
                     });
                 }
-                Err(e) => return Err(Error::node_err("DB_CHANGES_PULL", src_pnn)(e)),
+                Err(e) => return Err(Error::node_err("DB_CHANGES_PULL", server)(e)),
             };
             if pusher.is_none() {
                 pusher = Some(Pusher::start(ctx, behind, db_id, name).await?);
@@ -297,8 +312,13 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
     }
     trace_event!(
         "catchup",
-        "db=0x{db_id:08x} name={name} source={src_pnn} nodes={} records={records} bytes={bytes} epoch={} us={}",
+        "db=0x{db_id:08x} name={name} source={src_pnn} nodes={} servers={} records={records} bytes={bytes} epoch={} us={}",
         groups.iter().map(|g| g.1.len()).sum::<usize>(),
+        groups
+            .iter()
+            .map(|g| g.2.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         next_epoch.as_ref().map_or(0, |e| e.0),
         t.elapsed().as_micros()
     );
@@ -339,17 +359,164 @@ async fn seqnum_source(ctx: &Ctx, db_id: u32, name: &str) -> Result<usize> {
     Ok(src)
 }
 
-/// Keyed databases: the first node at the highest copy epoch (index in the
-/// node list), when every node at that epoch holds the same content (their
-/// merge is then any one of them); otherwise why not.
-fn keyed_source(infos: &[ChangelogInfo]) -> std::result::Result<usize, &'static str> {
+/// Keyed databases: the nodes at the highest copy epoch (indices in the
+/// node list, in list order), each a possible source.
+fn keyed_candidates(infos: &[ChangelogInfo]) -> Vec<usize> {
     let top = infos.iter().map(|i| i.epoch).max().unwrap_or(0);
-    let mut current = infos.iter().enumerate().filter(|(_, i)| i.epoch == top);
-    let (src, first) = current.next().ok_or("no-nodes")?;
-    if current.any(|(_, i)| i.checksum != first.checksum) {
-        return Err("current-copies-differ");
+    (0..infos.len())
+        .filter(|&i| infos[i].epoch == top)
+        .collect()
+}
+
+/// What a probe of one node's log found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The log reaches back to the checksum.
+    Yes,
+    /// The node says it does not.
+    No,
+    /// The control failed otherwise (a timeout, a node gone).
+    Failed,
+}
+
+/// Asks every node that holds a candidate's content whether its log
+/// reaches back to each other checksum the nodes hold (one
+/// `DB_CHANGES_PULL` of at most one record each, all at once). Keyed by
+/// (node index, checksum).
+async fn probe_logs(
+    ctx: &Ctx,
+    db_id: u32,
+    infos: &[ChangelogInfo],
+    candidates: &[usize],
+) -> std::collections::HashMap<(usize, u128), Reach> {
+    let mut asks: Vec<(usize, u128)> = Vec::new();
+    for (s, si) in infos.iter().enumerate() {
+        if !candidates.iter().any(|&c| infos[c].checksum == si.checksum) {
+            continue;
+        }
+        for i in infos {
+            if i.checksum != si.checksum && !asks.contains(&(s, i.checksum)) {
+                asks.push((s, i.checksum));
+            }
+        }
     }
-    Ok(src)
+    let replies = futures::future::join_all(asks.iter().map(|&(s, from)| {
+        let req = ChangesPull {
+            db_id,
+            limit: 1,
+            from,
+            offset: 0,
+        };
+        ctx.client
+            .control(ctx.nodes.pnns[s], ControlRequest::DbChangesPull(req))
+    }))
+    .await;
+    asks.into_iter()
+        .zip(replies)
+        .map(|(k, r)| {
+            let reach = match r.map(|r| r.data) {
+                Ok(Some(ControlReply::DbChangesPull(_))) => Reach::Yes,
+                Err(e) if e.to_string().contains("does not reach back") => Reach::No,
+                _ => Reach::Failed,
+            };
+            (k, reach)
+        })
+        .collect()
+}
+
+/// A catch-up's plan: the node whose content every node gets, and each
+/// group of nodes at another checksum with the node whose log serves it.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    src: usize,
+    groups: Vec<Group>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Group {
+    from: u128,
+    behind: Vec<usize>,
+    server: usize,
+}
+
+/// Picks the first candidate (indices into `infos`, in order) whose
+/// content every other node can be brought to: each node at another
+/// checksum must be at a state that the log of some node holding the
+/// candidate's content went through (`reach(node, checksum)`; the
+/// candidate itself is asked first, then the nodes with the same content,
+/// whose logs may reach further: a node that was itself caught up jumped
+/// over the states in between). Otherwise why not (the skip reason).
+///
+/// Keyed databases: every node at the highest epoch is a candidate. When
+/// their copies differ (a commit that a recovery ended was applied on some
+/// of them: its sends are refused once the generation moved on), a copy
+/// whose state another current copy's log went through is a past state of
+/// that copy, which holds every record of it or a later value of it, with
+/// a higher rsn (each commit writes the key's rsn plus one, under the
+/// key's lock): the full merge by rsn of the two is the later copy. So the
+/// later copy is the source and the earlier one is caught up, and the
+/// logs go on (a full merge would wipe them and start them again, and a
+/// node that was away before it, whose checksum every log held, would get
+/// a full copy on its return).
+fn choose(
+    infos: &[ChangelogInfo],
+    candidates: &[usize],
+    reach: impl Fn(usize, u128) -> Reach,
+) -> std::result::Result<Plan, &'static str> {
+    let mut failed = false;
+    for &src in candidates {
+        let target = infos[src].checksum;
+        let mut servers = vec![src];
+        servers.extend((0..infos.len()).filter(|&i| i != src && infos[i].checksum == target));
+        let mut groups: Vec<Group> = Vec::new();
+        let mut ok = true;
+        for (i, info) in infos.iter().enumerate() {
+            if info.checksum == target {
+                continue;
+            }
+            if let Some(g) = groups.iter_mut().find(|g| g.from == info.checksum) {
+                g.behind.push(i);
+                continue;
+            }
+            let mut server = None;
+            for &s in &servers {
+                match reach(s, info.checksum) {
+                    Reach::Yes => {
+                        server = Some(s);
+                        break;
+                    }
+                    Reach::No => {}
+                    Reach::Failed => failed = true,
+                }
+            }
+            match server {
+                Some(server) => groups.push(Group {
+                    from: info.checksum,
+                    behind: vec![i],
+                    server,
+                }),
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            return Ok(Plan { src, groups });
+        }
+    }
+    let differ = candidates
+        .iter()
+        .any(|&c| infos[c].checksum != infos[candidates[0]].checksum);
+    Err(if candidates.is_empty() {
+        "no-nodes"
+    } else if differ {
+        "current-copies-differ"
+    } else if failed {
+        "changes-pull-failed"
+    } else {
+        "log-too-short"
+    })
 }
 
 /// Keyed databases: the next copy epoch and its record as the full merge
@@ -390,4 +557,112 @@ pub fn trace_io() {
             .unwrap_or(0)
     };
     trace_event!("io", "rchar={} wchar={}", field("rchar:"), field("wchar:"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(epoch: u64, checksum: u128) -> ChangelogInfo {
+        ChangelogInfo {
+            flags: CHANGELOG_TRACKED,
+            epoch,
+            checksum,
+            ..Default::default()
+        }
+    }
+
+    /// `logs[i]`: the checksums node i's log went through.
+    fn reach(logs: &[&[u128]]) -> impl Fn(usize, u128) -> Reach {
+        let logs: Vec<Vec<u128>> = logs.iter().map(|l| l.to_vec()).collect();
+        move |s, c| {
+            if logs[s].contains(&c) {
+                Reach::Yes
+            } else {
+                Reach::No
+            }
+        }
+    }
+
+    /// The CI failure's sequence: node 2 (at checksum A) stops; the
+    /// recovery among nodes 0 and 1 freezes while node 0 commits, and the
+    /// commit in flight reached node 0 (B) but not node 1 (still A). The
+    /// current copies differ, but node 1's is a state node 0's log went
+    /// through: node 1 is caught up from node 0, no full merge (which
+    /// would start every log again, and node 2, at A, would get a full
+    /// copy on its return).
+    #[test]
+    fn a_commit_ended_by_the_recovery_is_caught_up_not_merged() {
+        const A: u128 = 0xa;
+        const B: u128 = 0xb;
+        let infos = [info(5, B), info(5, A)];
+        let plan = choose(&infos, &keyed_candidates(&infos), reach(&[&[A], &[]])).unwrap();
+        assert_eq!(
+            plan,
+            Plan {
+                src: 0,
+                groups: vec![Group {
+                    from: A,
+                    behind: vec![1],
+                    server: 0
+                }]
+            }
+        );
+        // The other way round (node 1 applied it, node 0 did not): node 0's
+        // log does not reach B, node 1 is the source.
+        let infos = [info(5, A), info(5, B)];
+        let plan = choose(&infos, &keyed_candidates(&infos), reach(&[&[], &[A]])).unwrap();
+        assert_eq!(plan.src, 1);
+        assert_eq!(plan.groups[0].behind, vec![0]);
+        // Node 2 back (epoch 4, checksum A), nodes 0 and 1 moved on to C
+        // through B: caught up from node 0's log.
+        const C: u128 = 0xc;
+        let infos = [info(6, C), info(6, C), info(5, A)];
+        let plan = choose(&infos, &keyed_candidates(&infos), reach(&[&[A, B], &[A]])).unwrap();
+        assert_eq!((plan.src, plan.groups[0].server), (0, 0));
+    }
+
+    /// Copies that each hold something the other never held: the full
+    /// merge, as before.
+    #[test]
+    fn diverged_current_copies_are_merged_in_full() {
+        let infos = [info(5, 0xb), info(5, 0xc), info(4, 0xa)];
+        let r = choose(
+            &infos,
+            &keyed_candidates(&infos),
+            reach(&[&[0xa], &[0xa], &[]]),
+        );
+        assert_eq!(r, Err("current-copies-differ"));
+        // One current copy, a node behind at a state no log holds.
+        let infos = [info(5, 0xb), info(5, 0xb), info(4, 0xa)];
+        let r = choose(&infos, &keyed_candidates(&infos), reach(&[&[], &[], &[]]));
+        assert_eq!(r, Err("log-too-short"));
+        // A probe that failed is told apart.
+        let r = choose(&infos, &keyed_candidates(&infos), |_, _| Reach::Failed);
+        assert_eq!(r, Err("changes-pull-failed"));
+    }
+
+    /// A node with the source's content serves a node its own log does
+    /// not reach (the source was itself caught up and jumped over the
+    /// state the node behind is at).
+    #[test]
+    fn a_node_with_the_same_content_serves_what_the_source_cannot() {
+        let infos = [info(0, 0xc), info(0, 0xc), info(0, 0xb)];
+        let plan = choose(&infos, &[0], reach(&[&[0xa], &[0xa, 0xb], &[]])).unwrap();
+        assert_eq!(
+            plan,
+            Plan {
+                src: 0,
+                groups: vec![Group {
+                    from: 0xb,
+                    behind: vec![2],
+                    server: 1
+                }]
+            }
+        );
+        // Every node at the source's checksum: nothing to send.
+        let infos = [info(0, 0xc), info(0, 0xc)];
+        let plan = choose(&infos, &[1], |_, _| Reach::No).unwrap();
+        assert_eq!((plan.src, plan.groups.len()), (1, 0));
+    }
 }
