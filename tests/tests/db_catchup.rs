@@ -373,6 +373,7 @@ fn away_and_back<T>(
     commit: impl FnOnce() -> T,
 ) -> (Runs, T) {
     let t = Instant::now();
+    let stopped_at = trace_len(trace);
     shutdown(c, 2);
     c.wait_status(Duration::from_secs(60), 2, &[2]);
     eprintln!("node 2 stopped in {:?}", t.elapsed());
@@ -386,8 +387,22 @@ fn away_and_back<T>(
     eprintln!("node 2 back and healthy in {:?}", t.elapsed());
     let r = runs_since(trace, from);
     if std::env::var_os("CATCHUP_TRACE").is_some() {
+        // Every helper run since node 2 was stopped (the one its stop
+        // caused included), without the per-chunk lines.
         let text = std::fs::read_to_string(trace).unwrap_or_default();
-        eprintln!("{}", &text[from.min(text.len())..]);
+        let part = |a: usize, b: usize| {
+            text.get(a.min(text.len())..b.min(text.len()))
+                .unwrap_or("")
+                .lines()
+                .filter(|l| !l.contains("ev=pull-chunk") && !l.contains("ev=push-chunk"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        eprintln!(
+            "while node 2 was away:\n{}\nsince it came back:\n{}",
+            part(stopped_at, from),
+            part(from, text.len())
+        );
     }
     let t = Instant::now();
     for name in dbs {
@@ -424,9 +439,18 @@ fn away_and_back_caught_up<T>(
     commit: impl Fn(u32) -> T,
 ) -> (Runs, T) {
     let from = trace_len(trace);
+    let logs_at: Vec<usize> = (0..c.len()).map(|k| trace_len(&c.log(k))).collect();
     let (r, out) = away_and_back(c, trace, dbs, || commit(0));
     if caught(&r) {
         return (r, out);
+    }
+    // What the daemons (and their recovery daemons) said meanwhile.
+    for (k, &at) in logs_at.iter().enumerate() {
+        let text = std::fs::read_to_string(c.log(k)).unwrap_or_default();
+        eprintln!(
+            "--- node {k}'s log since node 2 was stopped ---\n{}",
+            text.get(at.min(text.len())..).unwrap_or("")
+        );
     }
     let all = runs_since(trace, from);
     let text = std::fs::read_to_string(trace).unwrap_or_default();
