@@ -260,7 +260,7 @@ async fn serve(
             recovery_helper.display()
         );
     }
-    crate::db::keyed_recovery::note_recovery_helper(&recovery_helper);
+    crate::db::keyed_recovery::note_recovery_helper(&recovery_helper).await;
     // `setup` runs in the background; when it succeeds the recovery
     // daemon starts (monitor.rs).
     let (monitor, core) = server.monitor_mut();
@@ -329,7 +329,9 @@ fn database_config(cfg: &Config, core: &Core) -> DbConfig {
         persistent_dir: cfg.persistent_db_dir.clone(),
         state_dir: cfg.state_db_dir.clone(),
         mutexes: cfg.tdb_mutexes && core.tunables.mutex_enabled != 0,
-        traverse_helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ctdbd")),
+        // This binary again, the running version even after an upgrade
+        // replaced the file (as the recovery daemon is started).
+        traverse_helper: PathBuf::from(crate::db::traverse::SELF_EXE),
     }
 }
 

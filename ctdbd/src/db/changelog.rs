@@ -47,6 +47,7 @@
 //! and the content checksum; `recovery_tx.rs` the recovery transaction.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,7 @@ use ctdb_protocol::types::{
     ChangesPull, KEYED_EPOCH_KEY, LtdbHeader, RecBuffer, db_flags,
 };
 use ctdb_protocol::{ControlReply, ReplyControl};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::persistent::{SEQNUM_KEY, read_seqnum};
 use super::{Databases, DbEvent, ltdb};
@@ -63,7 +64,7 @@ use super::{Databases, DbEvent, ltdb};
 mod checksum;
 mod recovery_tx;
 
-pub use checksum::{content_checksum, record_hash};
+pub use checksum::{content_checksum, content_checksum_until, record_hash};
 use checksum::{hash_of, moved, part};
 pub use recovery_tx::RecoveryTx;
 
@@ -139,6 +140,10 @@ struct Inner {
 #[derive(Debug)]
 pub struct DbLog {
     inner: Mutex<Inner>,
+    /// Set to stop a checksum worker (a freeze waits for the handle).
+    stop: AtomicBool,
+    /// A worker was stopped: the checksum is still to be computed.
+    unfinished: AtomicBool,
 }
 
 impl DbLog {
@@ -157,9 +162,20 @@ impl DbLog {
     }
 
     /// Computes the checksum from the whole file. The caller holds the
-    /// database's only handle, so nothing writes to it meanwhile.
-    pub fn compute(&self, tdb: &tdb::Tdb) {
-        let sum = content_checksum(tdb);
+    /// database's only handle, so nothing writes to it meanwhile. False if
+    /// [`DbLog::interrupt_compute`] stopped it since the last
+    /// [`DbLog::begin_compute`]: the log stays untracked and
+    /// [`DbLog::unfinished`] says so.
+    pub fn compute(&self, tdb: &tdb::Tdb) -> bool {
+        let sum = match content_checksum_until(tdb, &self.stop) {
+            Some(sum) => sum,
+            None => {
+                self.lock().tracked = false;
+                self.unfinished.store(true, Ordering::Relaxed);
+                return false;
+            }
+        };
+        self.unfinished.store(false, Ordering::Relaxed);
         let seqnum = read_seqnum(tdb).unwrap_or(0);
         let epoch = read_epoch(tdb);
         let mut g = self.lock();
@@ -174,6 +190,25 @@ impl DbLog {
             }
         }
         g.epoch = epoch;
+        true
+    }
+
+    /// A worker is about to compute the checksum: earlier interruptions
+    /// are for earlier workers.
+    pub fn begin_compute(&self) {
+        self.stop.store(false, Ordering::Relaxed);
+    }
+
+    /// Stops the checksum worker, if one runs, at its next record: a freeze
+    /// (a recovery) waits for the database's handle, which the worker
+    /// holds; a whole large file is not to be read first.
+    pub fn interrupt_compute(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A stopped worker left the checksum to compute.
+    pub fn unfinished(&self) -> bool {
+        self.unfinished.load(Ordering::Relaxed)
     }
 
     fn with(tracked: bool, checksum: u128, seqnum: u64, limits: Limits) -> DbLog {
@@ -193,6 +228,8 @@ impl DbLog {
                 next_no: 1,
                 limits,
             }),
+            stop: AtomicBool::new(false),
+            unfinished: AtomicBool::new(false),
         }
     }
 
@@ -337,12 +374,18 @@ fn epoch_of(value: &[u8]) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// The copy epoch a file holds (0 without the record, or unreadable).
+/// The copy epoch a file holds (0 without the record). Unreadable, it is
+/// reported as 0 too (the helper then takes this copy as behind) and
+/// logged: the recovery transaction of a keyed database whose epoch could
+/// not be read commits nothing but a wipe (`keyed_recovery::check_recovered`).
 fn read_epoch(tdb: &tdb::Tdb) -> u64 {
-    tdb.parse(KEYED_EPOCH_KEY, epoch_of)
-        .ok()
-        .flatten()
-        .unwrap_or(0)
+    match tdb.parse(KEYED_EPOCH_KEY, epoch_of) {
+        Ok(e) => e.unwrap_or(0),
+        Err(e) => {
+            warn!("change log: cannot read the copy epoch ({e}); reported as 0");
+            0
+        }
+    }
 }
 
 /// The distinct keys of a buffer, in order of first appearance.
@@ -474,14 +517,35 @@ impl Databases {
             return;
         };
         let ev = self.ev_tx.clone();
+        let name = db.name.clone();
+        log.begin_compute();
         tokio::task::spawn_blocking(move || {
-            log.compute(&tdb);
+            if !log.compute(&tdb) {
+                info!(
+                    "change log of {name}: checksum stopped for a freeze; computed again after it"
+                );
+            }
             let _ = ev.send(DbEvent::Returned {
                 db: id,
                 tdb: Box::new(tdb),
                 done: None,
             });
         });
+    }
+
+    /// The handle of database `id` is back: if a freeze stopped its
+    /// checksum worker (a freeze waits for the handle without a deadline,
+    /// so one that finds the worker holding it stops it: `recovery.rs`)
+    /// and the database is no longer frozen, a new worker computes it.
+    pub(crate) fn changelog_resume(&mut self, id: u32) {
+        let again = self.dbs.get(&id).is_some_and(|d| {
+            d.tdb.is_some()
+                && matches!(d.freeze, super::recovery::Freeze::None)
+                && d.changelog.as_ref().is_some_and(|l| l.unfinished())
+        });
+        if again {
+            self.changelog_compute(id);
+        }
     }
 
     /// At start-up: computes the attached database's checksum at once.
@@ -492,6 +556,7 @@ impl Databases {
         if let Some(db) = self.dbs.get(&id)
             && let (Some(log), Some(tdb)) = (&db.changelog, &db.tdb)
         {
+            log.begin_compute();
             log.compute(tdb);
         }
     }

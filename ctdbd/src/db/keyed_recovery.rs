@@ -28,11 +28,12 @@
 //!   fails loudly instead of merging by rsn alone. This covers a keyed
 //!   database that exists from before a node's helper was changed.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use ctdb_protocol::types::{KEYED_EPOCH_KEY, LtdbHeader};
 use tracing::{info, warn};
@@ -52,9 +53,10 @@ const PROBE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Asks the recovery helper at `path` whether it speaks the copy-epoch
 /// protocol, and remembers the answer for [`helper_check`]. Called once at
-/// start-up.
-pub fn note_recovery_helper(path: &Path) {
-    let r = probe(path);
+/// start-up, before the event loop runs; it waits on the runtime (the
+/// acceptors and signal handlers started before it go on meanwhile).
+pub async fn note_recovery_helper(path: &Path) {
+    let r = probe(path).await;
     match &r {
         Ok(()) => info!(
             "recovery helper {} recovers keyed databases",
@@ -65,7 +67,51 @@ pub fn note_recovery_helper(path: &Path) {
     let _ = HELPER.set(r);
 }
 
-fn probe(path: &Path) -> Result<(), String> {
+/// Whether some line of the helper's output, read in pieces as it comes,
+/// is [`COPY_EPOCH_FEATURE`]. Only the current line is kept, at most a
+/// little longer than the feature's name: whatever the helper writes,
+/// the probe's memory stays bounded.
+#[derive(Default)]
+struct FeatureScan {
+    line: Vec<u8>,
+    long: bool,
+    found: bool,
+}
+
+impl FeatureScan {
+    const KEEP: usize = COPY_EPOCH_FEATURE.len() + 64;
+
+    fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let (part, end) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], Some(i)),
+                None => (chunk, None),
+            };
+            if self.line.len() + part.len() > Self::KEEP {
+                self.long = true;
+            } else {
+                self.line.extend_from_slice(part);
+            }
+            match end {
+                Some(i) => {
+                    self.end_line();
+                    chunk = &chunk[i + 1..];
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        if !self.long && self.line.trim_ascii() == COPY_EPOCH_FEATURE.as_bytes() {
+            self.found = true;
+        }
+        self.line.clear();
+        self.long = false;
+    }
+}
+
+async fn probe(path: &Path) -> Result<(), String> {
     let not = |why: String| {
         Err(format!(
             "the recovery helper {} does not speak ctdb-rs's copy-epoch protocol ({why}); \
@@ -75,34 +121,47 @@ fn probe(path: &Path) -> Result<(), String> {
             path.display()
         ))
     };
-    let mut child = match Command::new(path)
+    let mut child = match tokio::process::Command::new(path)
         .arg(FEATURES_ARG)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
     {
         Ok(c) => c,
         Err(e) => return not(format!("cannot run it: {e}")),
     };
-    let deadline = Instant::now() + PROBE_LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return not(format!("no answer in {PROBE_LIMIT:?}"));
+    let Some(mut stdout) = child.stdout.take() else {
+        return not("no pipe to its output".to_owned());
+    };
+    // Its output is read while it runs: one that writes more than a pipe
+    // holds must not wait for a reader that only comes once it exited.
+    let answer = async {
+        let read = async {
+            let mut scan = FeatureScan::default();
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = stdout.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                scan.feed(&buf[..n]);
             }
-            Err(e) => return not(format!("cannot wait for it: {e}")),
+            scan.end_line();
+            Ok::<bool, std::io::Error>(scan.found)
+        };
+        tokio::join!(read, child.wait())
+    };
+    let (found, status) = match tokio::time::timeout(PROBE_LIMIT, answer).await {
+        Ok((found, Ok(status))) => (found.unwrap_or(false), status),
+        Ok((_, Err(e))) => return not(format!("cannot wait for it: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            return not(format!("no answer in {PROBE_LIMIT:?}"));
         }
     };
-    let mut out = String::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if status.success() && out.lines().any(|l| l.trim() == COPY_EPOCH_FEATURE) {
+    if status.success() && found {
         Ok(())
     } else {
         not(format!("`{FEATURES_ARG}` answered {status}"))
@@ -117,42 +176,90 @@ pub fn helper_check() -> Result<(), String> {
 }
 
 /// The copy epoch a keyed database's file holds (0 without the record).
+/// An epoch record that cannot be read, or holds less than an epoch, is
+/// an error, not epoch 0: see [`check_recovered`].
 pub fn epoch(tdb: &tdb::Tdb) -> Result<u64, String> {
     Ok(epoch_record(tdb)?.map(|(e, _)| e).unwrap_or(0))
 }
 
 /// The epoch record: the epoch and the generation of the recovery that
-/// wrote it.
+/// wrote it. A record with no data (deleted) is none.
 fn epoch_record(tdb: &tdb::Tdb) -> Result<Option<(u64, u32)>, String> {
     let v = tdb
         .fetch(KEYED_EPOCH_KEY)
         .map_err(|e| format!("cannot read the copy epoch: {e}"))?;
-    Ok(v.and_then(|v| {
-        let (h, d) = LtdbHeader::split(&v).ok()?;
-        let e = u64::from_le_bytes(d.get(..8)?.try_into().ok()?);
-        Some((e, h.reserved1))
-    }))
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let (h, d) = LtdbHeader::split(&v)
+        .map_err(|e| format!("the copy epoch record is damaged (its header: {e})"))?;
+    if d.is_empty() {
+        return Ok(None);
+    }
+    let e = d
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| {
+            format!(
+                "the copy epoch record is damaged ({} bytes of data, not 8)",
+                d.len()
+            )
+        })?;
+    Ok(Some((e, h.reserved1)))
 }
 
 /// Whether the recovery transaction open on `tdb`, of the recovery to
 /// `generation`, may commit: the copy it leaves carries an epoch record
 /// written for this recovery with an epoch above `before` (this node's
 /// before the recovery), or holds no record at all.
+///
+/// `before` is an error when this node's epoch could not be read when the
+/// transaction started. It is then unknown whether the pushed copy is
+/// newer than the one held here (the helper too saw this node at epoch 0:
+/// `DB_CHANGELOG_INFO` cannot report an epoch it cannot read), so only a
+/// wipe (`ctdb wipedb`, nothing left) commits; anything else is refused and
+/// the node keeps its copy: the recovery fails loudly (a ban credit for
+/// this node) instead of replacing a copy that may hold the newest commit.
 pub fn check_recovered(
     name: &str,
-    before: u64,
+    before: &Result<u64, String>,
     generation: u32,
     tdb: &tdb::Tdb,
 ) -> Result<(), String> {
-    let (after, stamped) = epoch_record(tdb)?.unwrap_or((0, 0));
+    let empty = || -> Result<bool, String> {
+        Ok(tdb
+            .record_count()
+            .map_err(|e| format!("cannot count records: {e}"))?
+            == 0)
+    };
+    let before = match before {
+        Ok(b) => *b,
+        Err(why) => {
+            if empty()? {
+                return Ok(());
+            }
+            return Err(format!(
+                "keyed database {name}: recovery refused, this node keeps its copy: its copy \
+                 epoch was unknown when the recovery started ({why}), so the pushed copy may \
+                 be older than the one held here"
+            ));
+        }
+    };
+    let (after, stamped) = match epoch_record(tdb) {
+        Ok(r) => r.unwrap_or((0, 0)),
+        Err(_) if empty()? => return Ok(()),
+        Err(why) => {
+            return Err(format!(
+                "keyed database {name}: recovery refused, this node keeps its copy: the \
+                 pushed copy's epoch cannot be read: {why}"
+            ));
+        }
+    };
     if after > before && stamped == generation {
         return Ok(());
     }
-    let empty = tdb
-        .record_count()
-        .map_err(|e| format!("cannot count records: {e}"))?
-        == 0;
-    if empty {
+    if empty()? {
         return Ok(());
     }
     Err(format!(
@@ -188,27 +295,127 @@ mod tests {
             .unwrap();
         assert_eq!(epoch(&t).unwrap(), 0);
         // Empty: a wipe is fine whatever the epoch was.
-        assert!(check_recovered("k", 3, 9, &t).is_ok());
+        assert!(check_recovered("k", &Ok(3), 9, &t).is_ok());
         t.store(b"a", &epoch_value(1, 0), tdb::StoreMode::Replace)
             .unwrap();
-        let e = check_recovered("k", 0, 9, &t).unwrap_err();
+        let e = check_recovered("k", &Ok(0), 9, &t).unwrap_err();
         assert!(e.contains("copy epoch 0"), "{e}");
         t.store(KEYED_EPOCH_KEY, &epoch_value(4, 9), tdb::StoreMode::Replace)
             .unwrap();
         assert_eq!(epoch(&t).unwrap(), 4);
-        assert!(check_recovered("k", 3, 9, &t).is_ok());
+        assert!(check_recovered("k", &Ok(3), 9, &t).is_ok());
         // Not above the epoch held.
-        assert!(check_recovered("k", 4, 9, &t).is_err());
+        assert!(check_recovered("k", &Ok(4), 9, &t).is_err());
         // Above it, but carried along from another recovery (CTDB's
         // helper pushing the highest copy's record to a node behind).
-        let e = check_recovered("k", 2, 10, &t).unwrap_err();
+        let e = check_recovered("k", &Ok(2), 10, &t).unwrap_err();
         assert!(e.contains("generation 9"), "{e}");
+    }
+
+    /// An epoch that could not be read is not epoch 0: a copy held at an
+    /// unknown epoch is replaced by nothing but a wipe.
+    #[test]
+    fn an_unknown_epoch_refuses_all_but_a_wipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tdb::OpenOptions::new()
+            .create(true)
+            .open(dir.path().join("k.tdb"))
+            .unwrap();
+        // A damaged epoch record is an error, not epoch 0.
+        let short = LtdbHeader::default().prepend(&[1, 2, 3]);
+        t.store(KEYED_EPOCH_KEY, &short, tdb::StoreMode::Replace)
+            .unwrap();
+        let why = epoch(&t).unwrap_err();
+        assert!(why.contains("damaged"), "{why}");
+        // Deleted (header only): none.
+        t.store(
+            KEYED_EPOCH_KEY,
+            &LtdbHeader::default().prepend(&[]),
+            tdb::StoreMode::Replace,
+        )
+        .unwrap();
+        assert_eq!(epoch(&t).unwrap(), 0);
+        let before = Err(why);
+        // A new epoch written for this recovery: with the epoch read as 0
+        // it would commit; unknown, it is refused.
+        t.store(KEYED_EPOCH_KEY, &epoch_value(1, 9), tdb::StoreMode::Replace)
+            .unwrap();
+        assert!(check_recovered("k", &Ok(0), 9, &t).is_ok());
+        let e = check_recovered("k", &before, 9, &t).unwrap_err();
+        assert!(e.contains("unknown"), "{e}");
+        // Wiped: fine.
+        t.wipe_all().unwrap();
+        assert!(check_recovered("k", &before, 9, &t).is_ok());
+        // The pushed copy's record damaged: refused, also with the epoch
+        // before known.
+        t.store(KEYED_EPOCH_KEY, &short, tdb::StoreMode::Replace)
+            .unwrap();
+        let e = check_recovered("k", &Ok(0), 9, &t).unwrap_err();
+        assert!(e.contains("cannot be read"), "{e}");
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
     fn a_helper_that_does_not_answer_the_features_is_not_ours() {
-        let e = probe(Path::new("/bin/false")).unwrap_err();
+        let rt = rt();
+        let e = rt.block_on(probe(Path::new("/bin/false"))).unwrap_err();
         assert!(e.contains("copy-epoch"), "{e}");
-        assert!(probe(Path::new("/nonexistent/helper")).is_err());
+        assert!(
+            rt.block_on(probe(Path::new("/nonexistent/helper")))
+                .is_err()
+        );
+    }
+
+    fn script(dir: &Path, body: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("helper");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// A helper that writes more than a pipe holds (64 KiB) before its
+    /// answer is read while it runs: read only after it exited, it would
+    /// block on the full pipe until the probe's time limit.
+    #[test]
+    fn a_long_answer_is_read_while_the_helper_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let long = script(
+            dir.path(),
+            &format!(
+                "head -c 300000 /dev/zero | tr '\\0' x; echo; echo {COPY_EPOCH_FEATURE}; \
+                 head -c 300000 /dev/zero | tr '\\0' y"
+            ),
+        );
+        let r = rt.block_on(probe(&long));
+        assert!(r.is_ok(), "{r:?}");
+        // The feature inside a longer line, or a helper that fails, is no.
+        let inside = script(dir.path(), &format!("echo x{COPY_EPOCH_FEATURE}"));
+        assert!(rt.block_on(probe(&inside)).is_err());
+        let failing = script(dir.path(), &format!("echo {COPY_EPOCH_FEATURE}; exit 1"));
+        assert!(rt.block_on(probe(&failing)).is_err());
+        let last_line = script(dir.path(), &format!("printf ' {COPY_EPOCH_FEATURE} '"));
+        assert!(rt.block_on(probe(&last_line)).is_ok());
+    }
+
+    #[test]
+    fn the_scan_finds_the_feature_across_pieces() {
+        let mut s = FeatureScan::default();
+        for piece in [&b"usage\nkeyed-co"[..], b"py-epo", b"ch\r\nmore"] {
+            s.feed(piece);
+        }
+        assert!(s.found);
+        let mut s = FeatureScan::default();
+        s.feed(&vec![b'k'; 10_000]);
+        s.feed(COPY_EPOCH_FEATURE.as_bytes());
+        s.feed(b"\n");
+        assert!(!s.found, "the tail of a long line is not a line");
     }
 }

@@ -511,6 +511,7 @@ impl Databases {
         if thawed {
             self.resend_calls(env, id);
         }
+        self.changelog_resume(id);
     }
 
     /// A local client went away.

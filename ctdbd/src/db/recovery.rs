@@ -212,6 +212,11 @@ impl Databases {
                         req: req.clone(),
                         to,
                     });
+                    // A change-log checksum worker gives the handle back
+                    // at once (it reads the whole file, a commit only its keys).
+                    if let Some(l) = &db.changelog {
+                        l.interrupt_compute();
+                    }
                     return None;
                 }
                 self.start_freeze(env, id);
@@ -256,6 +261,9 @@ impl Databases {
                             req,
                             to: ReplyTo::Nobody,
                         });
+                        if let Some(l) = &db.changelog {
+                            l.interrupt_compute();
+                        }
                     }
                 }
             }

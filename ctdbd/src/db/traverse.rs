@@ -32,6 +32,13 @@ use crate::messaging::ClientId;
 /// First argument that makes `ctdbd` run as a traverse helper.
 pub const HELPER_ARG: &str = "--traverse-helper";
 
+/// The traverse helper of a running daemon: this binary, named by
+/// `/proc/self/exe`, which still names the running version after a package
+/// upgrade replaced (or removed) the file on disk, where the path
+/// `std::env::current_exe` gave at start-up would start the new one (or
+/// nothing). The recovery daemon and the exec shim are started the same way.
+pub const SELF_EXE: &str = "/proc/self/exe";
+
 /// A traverse a local client started.
 #[derive(Debug)]
 struct TravStart {
@@ -432,7 +439,12 @@ pub(crate) async fn stream_helper(
     args: &[String],
     mut records: impl FnMut(Vec<u8>),
 ) -> bool {
-    let mut child = match tokio::process::Command::new(exe)
+    let mut cmd = tokio::process::Command::new(exe);
+    if exe == std::path::Path::new(SELF_EXE) {
+        // `ps` shows it as `ctdbd --traverse-helper ...`.
+        cmd.arg0("ctdbd");
+    }
+    let mut child = match cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

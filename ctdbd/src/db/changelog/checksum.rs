@@ -34,6 +34,29 @@ pub fn content_checksum(tdb: &tdb::Tdb) -> tdb::Result<(u128, i64)> {
     Ok(sum)
 }
 
+/// [`content_checksum`], stopped at the next record once `stop` is set:
+/// `None` then.
+pub fn content_checksum_until(
+    tdb: &tdb::Tdb,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<tdb::Result<(u128, i64)>> {
+    let mut sum = (0u128, 0i64);
+    let mut stopped = false;
+    let r = tdb.traverse_read(|k, v| {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            stopped = true;
+            return std::ops::ControlFlow::Break(());
+        }
+        let p = part(k, v);
+        sum = (sum.0.wrapping_add(p.0), sum.1 + p.1);
+        std::ops::ControlFlow::Continue(())
+    });
+    if stopped {
+        return None;
+    }
+    Some(r.map(|_| sum))
+}
+
 pub(super) fn hash_of(tdb: &tdb::Tdb, key: &[u8]) -> Result<(u128, i64), String> {
     Ok(tdb
         .parse(key, |v| part(key, v))

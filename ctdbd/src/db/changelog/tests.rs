@@ -249,3 +249,33 @@ fn the_copy_epoch_follows_recovery_transactions() {
     tx.committed(&a);
     assert_eq!(l.info(1).epoch, 0);
 }
+
+/// A freeze that finds the checksum worker holding the database's handle
+/// stops it (the freeze waits for the handle without a deadline; the
+/// worker reads the whole file): the log stays untracked and says the
+/// checksum is unfinished, and the next worker computes it.
+#[test]
+fn a_stopped_checksum_is_computed_by_the_next_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = open(&dir, "s.tdb");
+    for i in 0..100u32 {
+        let v = LtdbHeader::default().prepend(b"v");
+        t.store(&i.to_le_bytes(), &v, tdb::StoreMode::Replace)
+            .unwrap();
+    }
+    let l = DbLog::open(&t, db_flags::PERSISTENT).unwrap();
+    // An interruption meant for an earlier worker does not stop this one.
+    l.interrupt_compute();
+    l.begin_compute();
+    l.interrupt_compute();
+    assert!(!l.compute(&t), "stopped");
+    assert!(l.unfinished());
+    assert_eq!(l.info(1).flags & CHANGELOG_TRACKED, 0);
+    assert!(content_checksum_until(&t, &AtomicBool::new(true)).is_none());
+    l.begin_compute();
+    assert!(l.compute(&t));
+    assert!(!l.unfinished());
+    let info = l.info(1);
+    assert_ne!(info.flags & CHANGELOG_TRACKED, 0);
+    assert_eq!(info.checksum, content_checksum(&t).unwrap().0);
+}

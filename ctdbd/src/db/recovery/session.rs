@@ -123,7 +123,7 @@ fn serve(
 ) {
     // Keyed databases: the copy epoch held before the recovery transaction
     // (see keyed_recovery.rs).
-    let mut epoch_before = 0;
+    let mut epoch_before: Result<u64, String> = Ok(0);
     let lock = match lock_all(tdb, deadline) {
         Ok(x) => x,
         Err(why) => {
@@ -175,7 +175,10 @@ fn serve(
                     tx = None;
                     all = None;
                     if keyed {
-                        epoch_before = crate::db::keyed_recovery::epoch(tdb).unwrap_or(0);
+                        epoch_before = crate::db::keyed_recovery::epoch(tdb);
+                        if let Err(e) = &epoch_before {
+                            error!("{name}: {e}: this recovery may only wipe the copy");
+                        }
                     }
                     match tdb.transaction_start() {
                         Ok(t) => {
@@ -266,7 +269,7 @@ fn serve(
                         Some(t) if keyed => {
                             match crate::db::keyed_recovery::check_recovered(
                                 name,
-                                epoch_before,
+                                &epoch_before,
                                 tid,
                                 tdb,
                             ) {
