@@ -127,6 +127,15 @@ impl LogFile {
         Ok(())
     }
 
+    /// Makes this process's standard error the current file (what it
+    /// writes outside its log lines, a panic, follows a reopen too).
+    pub fn redirect_stderr(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = self.lock();
+        nix::unistd::dup2(f.as_raw_fd(), 2)?;
+        Ok(())
+    }
+
     /// A descriptor of the current file (a helper's stderr).
     pub fn try_clone(&self) -> std::io::Result<std::fs::File> {
         self.lock().try_clone()

@@ -114,18 +114,22 @@ fn process_exists(c: &Cluster, k: usize, pid: i32) -> (bool, String) {
 fn wait_none_left(c: &Cluster, k: usize, label: &str) -> (Duration, Vec<(i32, String)>) {
     let t0 = Instant::now();
     let mut last = Vec::new();
-    loop {
-        let left = node_processes(c, k);
-        if left.is_empty() {
-            return (t0.elapsed(), last);
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{label}: left behind 30 s after node {k} was killed: {left:?}"
-        );
-        last = left;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        Duration::from_secs(30),
+        &format!("{label}: nothing of node {k} left after it was killed"),
+        || {
+            let left = node_processes(c, k);
+            if left.is_empty() {
+                return Some(());
+            }
+            if left != last {
+                println!("{label}: node {k} still has {left:?}");
+            }
+            last = left;
+            None
+        },
+    );
+    (t0.elapsed(), last)
 }
 
 struct Report {
@@ -325,6 +329,28 @@ fn sighup_reaches_the_recovery_daemon(daemon: Daemon) {
         Some(r),
         "{label}: the same recovery daemon"
     );
+    // What it writes to its standard error (a panic, anything outside its
+    // log lines) goes to the new file too, not to the one moved aside:
+    // CTDB's is a pipe its daemon logs from, ours the log file, reopened.
+    let marker = format!("stderr-after-rotation-{r}");
+    {
+        use std::io::Write;
+        let mut e = std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("/proc/{r}/fd/2"))
+            .unwrap();
+        writeln!(e, "{marker}").unwrap();
+    }
+    poll_until(
+        Duration::from_secs(10),
+        "the recovery daemon's standard error in the new log.ctdb",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&marker)
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -336,4 +362,55 @@ fn sighup_reaches_the_recovery_daemon_reference() {
 #[test]
 fn sighup_reaches_the_recovery_daemon_ours() {
     sighup_reaches_the_recovery_daemon(Daemon::ours());
+}
+
+/// `process-exists` on a banned node: CTDB 4.17 answers that the client
+/// does not exist, logs "Killing client with pid:N on banned/stopped
+/// node" and closes that client's connection. The client here is the
+/// banned node's recovery daemon, whose connection breaks: it exits and
+/// the daemon starts a new one.
+fn process_exists_on_a_banned_node(daemon: Daemon) -> (bool, String) {
+    let label = name(&daemon);
+    let c = Cluster::start(ClusterOptions::new(daemon, 2));
+    let d1 = c.pid(1).expect("node 1's pid");
+    let r1 = poll_until(Duration::from_secs(10), "node 1's recovery daemon", || {
+        recoverd_of(d1)
+    });
+    assert!(process_exists(&c, 1, r1).0, "{label}: before the ban");
+    c.tool_ok(1, &["ban", "300"]);
+    poll_until(Duration::from_secs(30), "node 1 banned", || {
+        let out = c.tool(1, &["status"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("pnn:1 ") && l.contains("BANNED"))
+            .then_some(())
+    });
+    let skip = c.log_text(1).len();
+    let answer = process_exists(&c, 1, r1);
+    assert!(
+        !answer.0,
+        "{label}: process-exists on a banned node: {}",
+        answer.1
+    );
+    let line = format!("Killing client with pid:{r1} on banned/stopped node");
+    poll_until(Duration::from_secs(10), "the killing line", || {
+        c.log_text(1)[skip..].contains(&line).then_some(())
+    });
+    // Its connection closed, the recovery daemon goes and another starts
+    // (ours at once, CTDB's within its 30 s check).
+    poll_until(
+        Duration::from_secs(90),
+        "a new recovery daemon on node 1",
+        || recoverd_of(d1).filter(|&p| p != r1),
+    );
+    c.tool_ok(1, &["unban"]);
+    answer
+}
+
+#[test]
+fn process_exists_on_a_banned_node_closes_the_client() {
+    require_reference();
+    let reference = process_exists_on_a_banned_node(Daemon::Reference);
+    let ours = process_exists_on_a_banned_node(Daemon::ours());
+    assert_eq!(ours, reference, "process-exists on a banned node");
 }

@@ -69,11 +69,24 @@ impl Core {
     /// (the recovery daemon is one, with its own pid, as CTDB's). The
     /// metrics responder connects as a client under the daemon's own pid;
     /// the daemon is not a client of itself.
+    ///
+    /// On an inactive node (banned, stopped) CTDB 4.17 answers that the
+    /// client does not exist and closes its connection (the first client
+    /// with that pid), so that Samba elsewhere takes back what the process
+    /// held here (`ctdb_control_process_exists`); so does this daemon.
     fn process_exists(&mut self, pid: i32) -> Outcome {
-        if pid == std::process::id() as i32 || !self.clients.values().any(|c| c.pid == pid) {
+        if pid == std::process::id() as i32 {
             return Outcome::status(-1);
         }
+        let Some(id) = (self.clients.iter())
+            .find(|(_, c)| c.pid == pid)
+            .map(|(id, _)| *id)
+        else {
+            return Outcome::status(-1);
+        };
         if self.node.me().is_inactive() {
+            tracing::info!("Killing client with pid:{pid} on banned/stopped node");
+            self.pending_drops.push(id);
             return Outcome::status(-1);
         }
         let alive =

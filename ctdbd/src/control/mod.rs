@@ -174,6 +174,9 @@ pub struct Core {
     /// Messages a control asked to send, `(dest, srvid, data)`, sent by
     /// the event loop once the control is answered.
     pub pending_messages: Vec<(u32, u64, Vec<u8>)>,
+    /// Local clients a control asked to disconnect (`PROCESS_EXISTS` on
+    /// an inactive node), dropped by the event loop once it is answered.
+    pub pending_drops: Vec<ClientId>,
     /// The recovery daemon's pings (`RecdPingTimeout`).
     pub recd_ping: crate::recd_ping::RecdPing,
 }
@@ -199,6 +202,7 @@ impl Core {
             start_instant: Instant::now(),
             reloaded: None,
             pending_messages: Vec::new(),
+            pending_drops: Vec::new(),
             recd_ping: Default::default(),
         }
     }

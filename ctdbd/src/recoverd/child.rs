@@ -237,7 +237,9 @@ async fn run(
         tokio::spawn(async move {
             while s.recv().await.is_some() {
                 match &file {
-                    Some(f) => match f.reopen() {
+                    // Its standard error (inherited from the daemon: the
+                    // file before the rotation) follows too.
+                    Some(f) => match f.reopen().and_then(|()| f.redirect_stderr()) {
                         Ok(()) => warn!("Received SIGHUP - reopened {}", f.path().display()),
                         Err(e) => {
                             error!("Received SIGHUP: cannot reopen {}: {e}", f.path().display())

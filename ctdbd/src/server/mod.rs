@@ -431,6 +431,9 @@ impl Server {
         for (dest, id, data) in std::mem::take(&mut self.core.pending_messages) {
             self.send_message(dest, id, &data);
         }
+        for id in std::mem::take(&mut self.core.pending_drops) {
+            self.drop_client(id);
+        }
     }
 
     /// Periodic work: control timeouts, echoes, bans, keepalives, and
