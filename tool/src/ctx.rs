@@ -11,7 +11,7 @@ use ctdb_client::{Client, ClientError, Message};
 use ctdb_protocol::header::CTDB_UNKNOWN_PNN;
 use ctdb_protocol::message::srvid;
 use ctdb_protocol::types::{NodeAndFlags, NodeMap, node_flags};
-use ctdb_protocol::{ControlReply, ControlRequest, Opcode, ReqControl};
+use ctdb_protocol::{ControlReply, ControlRequest, Opcode, ReplyControl, ReqControl};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::options::Options;
@@ -145,31 +145,11 @@ impl Ctx {
         req: ControlRequest,
         flags: u32,
     ) -> Result<Option<ControlReply>, i32> {
-        let op = req.opcode();
         let mut rc = ReqControl::new(req);
         rc.flags = flags;
-        match self.client.control_raw(dest, rc).await {
-            Ok(r) if r.status == 0 => Ok(r.data),
-            Ok(r) => {
-                eprintln!("Control {} failed, ret={}", ctrl_name(op), r.status);
-                Err(r.status)
-            }
-            Err(ClientError::Timeout { .. }) => {
-                eprintln!(
-                    "Control {} failed to node {dest}, ret={ETIMEDOUT}",
-                    ctrl_name(op)
-                );
-                Err(ETIMEDOUT)
-            }
-            Err(ClientError::Disconnected) => disconnected(),
-            Err(e) => {
-                eprintln!(
-                    "Control {} failed to node {dest}, ret=-1 ({e})",
-                    ctrl_name(op)
-                );
-                Err(-1)
-            }
-        }
+        self.ctrl_reply(dest, rc, |status| status == 0)
+            .await
+            .map(|r| r.data)
     }
 
     /// A control whose answer is its status: negative statuses are
@@ -180,9 +160,25 @@ impl Ctx {
         req: ControlRequest,
         negative_fails: bool,
     ) -> Result<i32, i32> {
-        let op = req.opcode();
-        match self.client.control_raw(dest, ReqControl::new(req)).await {
-            Ok(r) if r.status >= 0 || !negative_fails => Ok(r.status),
+        self.ctrl_reply(dest, ReqControl::new(req), |status| {
+            status >= 0 || !negative_fails
+        })
+        .await
+        .map(|r| r.status)
+    }
+
+    /// Sends `rc` to `dest`: its reply if `succeeded` says so of the
+    /// reply's status; else the failure, printed as CTDB's library prints
+    /// it, as its code.
+    async fn ctrl_reply(
+        &self,
+        dest: u32,
+        rc: ReqControl,
+        succeeded: impl Fn(i32) -> bool,
+    ) -> Result<ReplyControl, i32> {
+        let op = rc.opcode();
+        match self.client.control_raw(dest, rc).await {
+            Ok(r) if succeeded(r.status) => Ok(r),
             Ok(r) => {
                 eprintln!("Control {} failed, ret={}", ctrl_name(op), r.status);
                 Err(r.status)
