@@ -3,10 +3,10 @@
 //! file) and for a cluster of our daemon with our recovery helper (both
 //! append to `log.ctdb`).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use ctdb_tests::fake::FakeDaemon;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until};
 
 const STATE: &str = "NODEMAP
@@ -34,37 +34,10 @@ fn assert_plain(what: &str, text: &str) {
 fn the_fake_daemon_logs_plain_text_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("db")).unwrap();
     let log = d.join("fake.log");
-    let mut child = Command::new(our_bin("fake_ctdbd"))
-        .args(["-d", "ERR", "-s"])
-        .arg(d.join("ctdbd.socket"))
-        .arg("-p")
-        .arg(d.join("fake.pid"))
-        .arg("-D")
-        .arg(d.join("db"))
-        .env("CTDB_BASE", d)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(STATE.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "fake_ctdbd failed to start"
-    );
-    let pid: i32 = std::fs::read_to_string(d.join("fake.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let stop = Stop(pid);
+    let fake = FakeDaemon::start(d, &d.join("ctdbd.socket"), STATE, |c| {
+        c.stderr(std::fs::File::create(&log).unwrap());
+    });
 
     let out = Command::new(our_bin("ctdb"))
         .args(["-t", "1", "getpid"])
@@ -79,19 +52,7 @@ fn the_fake_daemon_logs_plain_text_to_a_file() {
     });
     assert!(text.contains("ERROR"), "{text}");
     assert_plain("the fake daemon's log", &text);
-    drop(stop);
-}
-
-/// Stops the fake daemon however the test ends.
-struct Stop(i32);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
+    drop(fake);
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod client_prog;
 pub mod cluster;
 pub mod contend;
 pub mod etcd;
+pub mod fake;
 pub mod faults;
 pub mod netns;
 pub mod output;

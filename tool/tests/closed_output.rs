@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Output, Stdio};
 
-use golden::FakeDaemon;
+use golden::start_fake;
 
 const REFERENCE_TOOL: &str = "/usr/bin/ctdb";
 
@@ -67,7 +67,7 @@ fn closed_stdout(prog: &Path, args: &[&str], dir: &Path) -> Output {
 fn the_tool_ends_quietly_when_stdout_is_closed() {
     ctdb_tests::require_reference();
     let dir = tempfile::tempdir().unwrap();
-    let _daemon = FakeDaemon::start(dir.path(), STATE);
+    let _daemon = start_fake(dir.path(), STATE);
     let ours = ctdb_tests::our_bin("ctdb");
     for tool in [Path::new(REFERENCE_TOOL), ours.as_path()] {
         // A short answer, a long listing, a usage text.
@@ -95,7 +95,7 @@ fn the_tool_ends_quietly_when_stdout_is_closed() {
 fn a_pipe_into_head_ends_the_tool_quietly() {
     ctdb_tests::require_reference();
     let dir = tempfile::tempdir().unwrap();
-    let _daemon = FakeDaemon::start(dir.path(), STATE);
+    let _daemon = start_fake(dir.path(), STATE);
     let ours = ctdb_tests::our_bin("ctdb");
     for tool in [Path::new(REFERENCE_TOOL), ours.as_path()] {
         // Whether the tool has written everything before head exits is a

@@ -15,6 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use ctdb_client::db::transaction::COMMIT_ATTEMPTS;
+use ctdb_tests::fake::FakeDaemon;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 
 const REFERENCE_TOOL: &str = "/usr/bin/ctdb";
@@ -38,46 +39,24 @@ fn show(o: &Output) -> String {
     )
 }
 
-/// A fake daemon whose log (stderr) is kept; stopped when dropped.
+/// A fake daemon whose log (stderr) is kept; stopped when dropped
+/// (before its directory goes).
 struct Fake {
+    _daemon: FakeDaemon,
     dir: tempfile::TempDir,
-    pid: i32,
 }
 
 impl Fake {
     fn start(state: &str) -> Fake {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::create_dir_all(d.join("db")).unwrap();
-        let mut child = Command::new(our_bin("fake_ctdbd"))
-            .args(["-d", "ERR", "-s"])
-            .arg(d.join("ctdbd.socket"))
-            .arg("-p")
-            .arg(d.join("fake.pid"))
-            .arg("-D")
-            .arg(d.join("db"))
-            .env("CTDB_BASE", d)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("fake.log")).unwrap())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(state.as_bytes())
-            .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "fake_ctdbd failed to start"
-        );
-        let pid = std::fs::read_to_string(d.join("fake.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        Fake { dir, pid }
+        let daemon = FakeDaemon::start(d, &d.join("ctdbd.socket"), state, |c| {
+            c.stderr(std::fs::File::create(d.join("fake.log")).unwrap());
+        });
+        Fake {
+            _daemon: daemon,
+            dir,
+        }
     }
 
     fn run(&self, tool: &Path, args: &[&str], input: Option<&str>) -> Output {
@@ -102,15 +81,6 @@ impl Fake {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("fake.log")).unwrap()
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
     }
 }
 

@@ -5,13 +5,14 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdb_client::Client;
 use ctdb_protocol::types::Tunable;
+use ctdb_tests::fake::FakeDaemon;
 
 /// CTDB 4.17's helper, from Debian's package.
 pub const REFERENCE_HELPER: &str = "/usr/libexec/ctdb/ctdb_takeover_helper";
@@ -65,55 +66,21 @@ impl Outcome {
     }
 }
 
-/// A running `fake_ctdbd`, stopped when dropped.
-struct Fake {
-    pidfile: PathBuf,
-}
+/// A running `fake_ctdbd` (on `sock` in its directory, logging the
+/// controls it receives), stopped when dropped.
+struct Fake(FakeDaemon);
 
 impl Fake {
     fn start(dir: &Path, script: &str, control_log: &Path) -> Fake {
-        let db = dir.join("db");
-        std::fs::create_dir_all(&db).unwrap();
-        let pidfile = dir.join("fake.pid");
-        let mut child = Command::new(ctdb_tests::our_bin("fake_ctdbd"))
-            .args(["-d", "ERR", "-s"])
-            .arg(dir.join("sock"))
-            .arg("-p")
-            .arg(&pidfile)
-            .arg("-D")
-            .arg(&db)
-            .env("CTDB_BASE", dir)
-            .env("FAKE_CTDBD_CONTROL_LOG", control_log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "fake_ctdbd failed:\n{script}"
-        );
-        Fake { pidfile }
-    }
-}
-
-impl Fake {
-    fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
+        Fake(FakeDaemon::start(dir, &dir.join("sock"), script, |c| {
+            c.env("FAKE_CTDBD_CONTROL_LOG", control_log);
+        }))
     }
 
     /// How many sockets the fake has open (a client connection is one
     /// until the fake has handled everything the client sent).
     fn open_fds(&self) -> Option<usize> {
-        let pid = self.pid()?;
+        let pid = self.0.pid()?;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
         Some(
             fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -130,25 +97,6 @@ impl Fake {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.open_fds().is_some_and(|m| m > n) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let Some(pid) = self.pid() else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        // Wait until it has removed its pid file (it cleans up on SIGTERM).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.pidfile.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if self.pidfile.exists() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }

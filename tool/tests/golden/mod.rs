@@ -26,7 +26,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 /// One command of a case and what it must print.
 #[derive(Debug, Clone, Default)]
@@ -213,75 +212,11 @@ pub fn all_cases() -> Vec<Case> {
     v.iter().map(|p| Case::parse(p)).collect()
 }
 
-/// A running fake daemon; stopped (by its pid file) when dropped.
-pub struct FakeDaemon {
-    pidfile: PathBuf,
-}
+pub use ctdb_tests::fake::FakeDaemon;
 
-impl FakeDaemon {
-    /// Starts `fake_ctdbd` with `state` in `dir`; it backgrounds itself once
-    /// its socket is served (or exits at once for a disconnected node).
-    pub fn start(dir: &Path, state: &str) -> FakeDaemon {
-        let db = dir.join("db");
-        std::fs::create_dir_all(&db).unwrap();
-        let pidfile = dir.join("fake.pid");
-        let mut child = Command::new(ctdb_tests::our_bin("fake_ctdbd"))
-            .args(["-d", "ERR", "-s"])
-            .arg(dir.join("ctdbd.socket"))
-            .arg("-p")
-            .arg(&pidfile)
-            .arg("-D")
-            .arg(&db)
-            // Nodes files are read from here, as CTDB's fake daemon does.
-            .env("CTDB_BASE", dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(state.as_bytes())
-            .unwrap();
-        let st = child.wait().unwrap();
-        assert!(st.success(), "fake_ctdbd failed to start");
-        FakeDaemon { pidfile }
-    }
-}
-
-/// Whether process `pid` has exited (gone, or a zombie: the daemon puts
-/// itself in the background, so its parent is init, which may be slow to
-/// reap it).
-fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
-
-impl Drop for FakeDaemon {
-    fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let Some(pid) = std::fs::read_to_string(&self.pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        for _ in 0..500 {
-            if exited(pid) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+/// Starts `fake_ctdbd` with `state` in `dir`, serving `dir/ctdbd.socket`.
+pub fn start_fake(dir: &Path, state: &str) -> FakeDaemon {
+    FakeDaemon::start(dir, &dir.join("ctdbd.socket"), state, |_| {})
 }
 
 /// Masks what changes from run to run: numbers, day and month names.
@@ -341,7 +276,7 @@ fn run_case_inner(case: &Case, tool: &Path) -> Vec<Step> {
         std::fs::write(d.join(name), content).unwrap();
     }
     let refdir = ctdb_tests::reference_dir().display().to_string();
-    let _daemon = case.state.as_ref().map(|s| FakeDaemon::start(d, s));
+    let _daemon = case.state.as_ref().map(|s| start_fake(d, s));
     let tmp = d.display().to_string();
     let mut out = Vec::new();
     for step in &case.steps {
