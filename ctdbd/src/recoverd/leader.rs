@@ -46,19 +46,25 @@ enum Broadcast {
     /// This node's own broadcast, sent while it led, read after it stopped
     /// leading (it lost the cluster lock or an election meanwhile).
     Stale,
+    /// Another node claims to lead while this node holds the cluster lock:
+    /// a broadcast sent before the sender lost the lock, read late (packet
+    /// loss, a paused node). The lock holder leads.
+    LockHeldHere,
 }
 
 /// How node `me`, which takes `leader` for the leader, reads a broadcast
 /// naming `announced`. A node learns that it leads by taking the lock or
 /// winning an election, never from a broadcast: one naming itself when it
 /// does not lead is old.
-fn broadcast_step(me: u32, leader: u32, announced: u32) -> Broadcast {
+fn broadcast_step(me: u32, leader: u32, announced: u32, holds_lock: bool) -> Broadcast {
     if announced == leader {
         Broadcast::Same
     } else if announced == CTDB_UNKNOWN_PNN {
         Broadcast::Election
     } else if announced == me {
         Broadcast::Stale
+    } else if holds_lock {
+        Broadcast::LockHeldHere
     } else {
         Broadcast::NewLeader
     }
@@ -82,7 +88,7 @@ impl Recoverd {
 
     /// A `LEADER` broadcast arrived.
     pub(super) async fn leader_message(&mut self, pnn: u32) {
-        match broadcast_step(self.pnn, self.leader, pnn) {
+        match broadcast_step(self.pnn, self.leader, pnn, self.lock.is_some()) {
             Broadcast::Stale => {
                 // Our own broadcast from when we led, read only now (the
                 // loop was waiting for the lock helper): we no longer
@@ -102,6 +108,19 @@ impl Recoverd {
                 if self.cluster_lock_enabled() && !was {
                     self.cluster_lock_election().await;
                 }
+            }
+            Broadcast::LockHeldHere => {
+                // Taking the sender for the leader would leave this node
+                // holding the lock without leading: no other node can take
+                // it, and this one never takes it again (it holds it), so
+                // elections would repeat with no leader for good (seen
+                // once in the fault suite: packet loss on the old leader
+                // right after it lost the lock store). It hears this
+                // node's broadcasts and follows.
+                warn!(
+                    "Ignoring leader broadcast from node {pnn}: this node holds the cluster lock"
+                );
+                self.leader = self.pnn;
             }
             Broadcast::NewLeader => {
                 info!("Received leader broadcast, leader={pnn}");
@@ -167,7 +186,13 @@ impl Recoverd {
     pub(super) async fn cluster_lock_election(&mut self) {
         if !self.can_be_leader() {
             self.release_cluster_lock();
-        } else if self.lock.is_none() {
+        } else if self.lock.is_some() {
+            // Holding the lock is leading.
+            if !self.is_leader() {
+                warn!("Holding the cluster lock: leader={}", self.pnn);
+                self.leader = self.pnn;
+            }
+        } else {
             self.leader = CTDB_UNKNOWN_PNN;
             if self.take_cluster_lock().await {
                 self.leader = self.pnn;
@@ -390,16 +415,29 @@ mod tests {
         const U: u32 = CTDB_UNKNOWN_PNN;
         // Node 0 led, lost the lock (leader unknown), then reads the
         // broadcast it sent while it led.
-        assert_eq!(broadcast_step(0, U, 0), Broadcast::Stale);
+        assert_eq!(broadcast_step(0, U, 0, false), Broadcast::Stale);
         // Or another node leads by now.
-        assert_eq!(broadcast_step(0, 2, 0), Broadcast::Stale);
+        assert_eq!(broadcast_step(0, 2, 0, false), Broadcast::Stale);
         // Its own broadcast while it leads, or the leader's.
-        assert_eq!(broadcast_step(0, 0, 0), Broadcast::Same);
-        assert_eq!(broadcast_step(1, 0, 0), Broadcast::Same);
-        assert_eq!(broadcast_step(1, U, 0), Broadcast::NewLeader);
-        assert_eq!(broadcast_step(1, 2, 0), Broadcast::NewLeader);
-        assert_eq!(broadcast_step(1, 0, U), Broadcast::Election);
-        assert_eq!(broadcast_step(1, U, U), Broadcast::Same);
+        assert_eq!(broadcast_step(0, 0, 0, false), Broadcast::Same);
+        assert_eq!(broadcast_step(1, 0, 0, false), Broadcast::Same);
+        assert_eq!(broadcast_step(1, U, 0, false), Broadcast::NewLeader);
+        assert_eq!(broadcast_step(1, 2, 0, false), Broadcast::NewLeader);
+        assert_eq!(broadcast_step(1, 0, U, false), Broadcast::Election);
+        assert_eq!(broadcast_step(1, U, U, false), Broadcast::Same);
+    }
+
+    #[test]
+    fn another_leader_is_not_followed_while_holding_the_lock() {
+        const U: u32 = CTDB_UNKNOWN_PNN;
+        // Node 2 took the lock and leads; node 0's late broadcast.
+        assert_eq!(broadcast_step(2, 2, 0, true), Broadcast::LockHeldHere);
+        assert_eq!(broadcast_step(2, U, 0, true), Broadcast::LockHeldHere);
+        // Without the lock it is followed; an election or its own
+        // broadcast read as before.
+        assert_eq!(broadcast_step(2, 2, 0, false), Broadcast::NewLeader);
+        assert_eq!(broadcast_step(2, 2, U, true), Broadcast::Election);
+        assert_eq!(broadcast_step(2, 2, 2, true), Broadcast::Same);
     }
 
     #[test]
