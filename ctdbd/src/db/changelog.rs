@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use ctdb_protocol::types::{
     CHANGELOG_HAS_EMPTY, CHANGELOG_IN_RECOVERY, CHANGELOG_TRACKED, ChangelogInfo, ChangesChunk,
-    ChangesPull, KEYED_EPOCH_KEY, LtdbHeader, RecBuffer, db_flags,
+    ChangesPull, LtdbHeader, RecBuffer, db_flags,
 };
 use ctdb_protocol::{ControlReply, ReplyControl};
 use tracing::{info, warn};
@@ -374,15 +374,15 @@ fn epoch_of(value: &[u8]) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// The copy epoch a file holds (0 without the record). Unreadable, it is
-/// reported as 0 too (the helper then takes this copy as behind) and
-/// logged: the recovery transaction of a keyed database whose epoch could
-/// not be read commits nothing but a wipe (`keyed_recovery::check_recovered`).
+/// The copy epoch a file holds (0 without the record). Unreadable or
+/// damaged, it is reported as 0 too (the helper then takes this copy as
+/// behind and pushes it the current one, which the recovery transaction
+/// takes: `keyed_recovery::check_recovered`), and logged.
 fn read_epoch(tdb: &tdb::Tdb) -> u64 {
-    match tdb.parse(KEYED_EPOCH_KEY, epoch_of) {
-        Ok(e) => e.unwrap_or(0),
-        Err(e) => {
-            warn!("change log: cannot read the copy epoch ({e}); reported as 0");
+    match super::keyed_recovery::epoch(tdb) {
+        Ok(e) => e,
+        Err(why) => {
+            warn!("change log: {why}; reported as copy epoch 0");
             0
         }
     }

@@ -215,12 +215,13 @@ fn epoch_record(tdb: &tdb::Tdb) -> Result<Option<(u64, u32)>, String> {
 /// before the recovery), or holds no record at all.
 ///
 /// `before` is an error when this node's epoch could not be read when the
-/// transaction started. It is then unknown whether the pushed copy is
-/// newer than the one held here (the helper too saw this node at epoch 0:
-/// `DB_CHANGELOG_INFO` cannot report an epoch it cannot read), so only a
-/// wipe (`ctdb wipedb`, nothing left) commits; anything else is refused and
-/// the node keeps its copy: the recovery fails loudly (a ban credit for
-/// this node) instead of replacing a copy that may hold the newest commit.
+/// transaction started (a damaged epoch record). The helper saw this node
+/// at epoch 0 too (`DB_CHANGELOG_INFO` cannot report an epoch it cannot
+/// read), i.e. behind every node with a readable epoch, and pushed it the
+/// current copy: that copy, stamped for this recovery, is taken (logged),
+/// so the damage heals at the next recovery. Refusing it instead would
+/// refuse every later recovery of the database on this node as well (a
+/// ban credit each time, and no way out but a wipe of every node).
 pub fn check_recovered(
     name: &str,
     before: &Result<u64, String>,
@@ -236,14 +237,11 @@ pub fn check_recovered(
     let before = match before {
         Ok(b) => *b,
         Err(why) => {
-            if empty()? {
-                return Ok(());
-            }
-            return Err(format!(
-                "keyed database {name}: recovery refused, this node keeps its copy: its copy \
-                 epoch was unknown when the recovery started ({why}), so the pushed copy may \
-                 be older than the one held here"
-            ));
+            tracing::warn!(
+                "keyed database {name}: its copy epoch was unknown when the recovery started \
+                 ({why}): the copy pushed for this recovery replaces it"
+            );
+            0
         }
     };
     let (after, stamped) = match epoch_record(tdb) {
@@ -315,7 +313,7 @@ mod tests {
     /// An epoch that could not be read is not epoch 0: a copy held at an
     /// unknown epoch is replaced by nothing but a wipe.
     #[test]
-    fn an_unknown_epoch_refuses_all_but_a_wipe() {
+    fn an_unknown_epoch_takes_the_copy_pushed_for_this_recovery() {
         let dir = tempfile::tempdir().unwrap();
         let t = tdb::OpenOptions::new()
             .create(true)
@@ -336,13 +334,15 @@ mod tests {
         .unwrap();
         assert_eq!(epoch(&t).unwrap(), 0);
         let before = Err(why);
-        // A new epoch written for this recovery: with the epoch read as 0
-        // it would commit; unknown, it is refused.
+        // A new epoch written for this recovery replaces the damaged copy
+        // (else every later recovery would be refused too); one not
+        // written for it (another generation: not our helper) does not.
         t.store(KEYED_EPOCH_KEY, &epoch_value(1, 9), tdb::StoreMode::Replace)
             .unwrap();
         assert!(check_recovered("k", &Ok(0), 9, &t).is_ok());
-        let e = check_recovered("k", &before, 9, &t).unwrap_err();
-        assert!(e.contains("unknown"), "{e}");
+        assert!(check_recovered("k", &before, 9, &t).is_ok());
+        let e = check_recovered("k", &before, 10, &t).unwrap_err();
+        assert!(e.contains("generation"), "{e}");
         // Wiped: fine.
         t.wipe_all().unwrap();
         assert!(check_recovered("k", &before, 9, &t).is_ok());
