@@ -950,7 +950,7 @@ impl Tdb {
         self.inner.borrow().io.size as u64
     }
 
-    /// How many data syncs (`fdatasync`, each after its `msync`) this
+    /// How many data syncs (`fdatasync`) this
     /// handle has done: none with `TDB_NOSYNC`, four per committed
     /// transaction otherwise.
     pub fn sync_count(&self) -> u64 {

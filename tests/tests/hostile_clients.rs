@@ -60,7 +60,10 @@ fn wait_clients(c: &Cluster, base: u64, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let last = num_clients(c, 0);
-        if last + 3 >= base + n && last <= base + n + 3 {
+        // Short of the count by up to 3 (transient clients in the base),
+        // over it by the tool's own connection at most: a daemon that
+        // keeps closed clients never reaches base + 1 after they left.
+        if last + 3 >= base + n && last <= base + n + 1 {
             return;
         }
         assert!(

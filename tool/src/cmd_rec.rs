@@ -823,8 +823,9 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
     }
     let mut progress = Progress::new("restoredb");
     let mut sent = 0u64;
-    // Records the nodes must confirm: the backup's, less a keyed
-    // database's old epoch record, plus the new one.
+    // Records the nodes must confirm: the backup's (as CTDB's tool counts
+    // them), for a keyed database the ones sent (its old epoch record left
+    // out, the new one added; a header that miscounts cannot underflow).
     let mut expect = hdr.nrec;
     for i in 0..hdr.nbuf {
         let Some(mut rb) = read_chunk(&mut r) else {
@@ -832,9 +833,7 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
         };
         rb.db_id = a.id;
         if let Some(top) = top_epoch {
-            let old = rb.count();
             rb = without_epoch(&rb);
-            expect -= (old - rb.count()) as u64;
             if i + 1 == hdr.nbuf {
                 rb.add(
                     0,
@@ -842,7 +841,6 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
                     KEYED_EPOCH_KEY,
                     &(top + 1).to_le_bytes(),
                 );
-                expect += 1;
             }
         }
         let mut buf = vec![0u8; rb.len()];
@@ -856,6 +854,9 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
         progress.update(sent, Some(hdr.nrec));
     }
     progress.finish();
+    if top_epoch.is_some() {
+        expect = sent;
+    }
     let replies = match ctx.ctrl_multi(&nodes, Q::DbPushConfirm(a.id)).await {
         Ok(r) => r,
         Err(e) => return cmd_db::rewrite_failed(ctx, e).await,

@@ -72,13 +72,15 @@ impl Core {
     ///
     /// On an inactive node (banned, stopped) CTDB 4.17 answers that the
     /// client does not exist and closes its connection (the first client
-    /// with that pid), so that Samba elsewhere takes back what the process
-    /// held here (`ctdb_control_process_exists`); so does this daemon.
+    /// with that pid in its list, where new clients go first: the newest),
+    /// so that Samba elsewhere takes back what the process held here
+    /// (`ctdb_control_process_exists`); so does this daemon.
     fn process_exists(&mut self, pid: i32) -> Outcome {
         if pid == std::process::id() as i32 {
             return Outcome::status(-1);
         }
         let Some(id) = (self.clients.iter())
+            .rev()
             .find(|(_, c)| c.pid == pid)
             .map(|(id, _)| *id)
         else {
