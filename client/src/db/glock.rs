@@ -368,47 +368,24 @@ fn take_out(list: &mut GLockList, who: ServerId) -> Vec<ServerId> {
 /// Removes `who` from the list in record `key` (deleting the record when
 /// nobody is left); returns the entries that hold the lock now but did
 /// not before.
-///
-/// A record left empty is deleted as [`Update::Delete`] does (the header
-/// alone stays, this node its data master), but the daemon is told to
-/// schedule it for deletion without waiting for its answer: the answer
-/// only says the record is in the vacuuming queue, which nobody here
-/// waits for, and awaiting it cost two round trips to the daemon on every
-/// release (a per-key commit's critical path). Our later requests on this
-/// connection are handled after it, in order.
 async fn remove(glock: &Db, key: &[u8], who: ServerId) -> Result<Vec<ServerId>> {
-    let (woken, emptied) = glock
+    glock
         .fetch_lock(key, |rec| {
             let mut list = match parse(&rec.data) {
                 Ok(l) => l,
                 Err(e) => return (Update::Keep, Err(e)),
             };
             if !list.locks.iter().any(|l| l.sid == who) {
-                return (Update::Keep, Ok((Vec::new(), None)));
+                return (Update::Keep, Ok(Vec::new()));
             }
             let woken = take_out(&mut list, who);
             if list.locks.is_empty() {
-                // The same record Update::Delete leaves: the header alone.
-                (Update::Store(Vec::new()), Ok((woken, Some(rec.header))))
+                (Update::Delete, Ok(woken))
             } else {
-                (Update::Store(list.to_bytes()), Ok((woken, None)))
+                (Update::Store(list.to_bytes()), Ok(woken))
             }
         })
-        .await??;
-    if let Some(header) = emptied {
-        let kd = ctdb_protocol::types::KeyData {
-            db_id: glock.id,
-            header,
-            key: key.to_vec(),
-        };
-        // A lost hint only leaves the empty record to the next full
-        // vacuuming run.
-        let _ = glock.client().control_noreply(
-            ctdb_protocol::header::CTDB_CURRENT_NODE,
-            ReqControl::new(ControlRequest::ScheduleForDeletion(kd)),
-        );
-    }
-    Ok(woken)
+        .await?
 }
 
 /// Removes the (dead) entry `who` at index `at` of record `key`, if it is
