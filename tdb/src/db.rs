@@ -1082,13 +1082,7 @@ impl Tdb {
         let hash = i.hash.hash(key);
         let bucket = i.bucket(hash);
         i.io.prefetch(hash_top(bucket));
-        let list = List::Chain(bucket);
-        i.lock_list(list, lt, true)?;
-        let r = op(&mut i, hash);
-        let u = i.unlock_list(list, lt);
-        let r = r?;
-        u?;
-        Ok(r)
+        i.with_list_locked(List::Chain(bucket), lt, |i| op(i, hash))
     }
 
     // ----- chain locks -----
@@ -1272,13 +1266,7 @@ impl ChainLock<'_> {
         } else {
             LockType::Read
         };
-        let list = List::Chain(bucket);
-        i.lock_list(list, lt, true)?;
-        let r = op(&mut i, hash);
-        let u = i.unlock_list(list, lt);
-        let r = r?;
-        u?;
-        Ok(r)
+        i.with_list_locked(List::Chain(bucket), lt, |i| op(i, hash))
     }
 
     /// Fetch `key` (see [`Tdb::fetch`]).

@@ -339,6 +339,22 @@ impl Inner {
         self.nest_unlock(list.lock_off())
     }
 
+    /// Runs `op` with `list` locked (`lt`, waiting) and unlocks it; an
+    /// error of `op` is returned before one of the unlock.
+    pub(crate) fn with_list_locked<R>(
+        &mut self,
+        list: List,
+        lt: LockType,
+        op: impl FnOnce(&mut Self) -> Result<R>,
+    ) -> Result<R> {
+        self.lock_list(list, lt, true)?;
+        let r = op(self);
+        let u = self.unlock_list(list, lt);
+        let r = r?;
+        u?;
+        Ok(r)
+    }
+
     /// Take the locks a recovery needs (everything, plus the open lock) and
     /// replay the recovery area.
     fn lock_and_recover(&mut self) -> Result<()> {
