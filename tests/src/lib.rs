@@ -14,6 +14,7 @@ pub mod fake;
 pub mod faults;
 pub mod netns;
 pub mod output;
+pub mod procs;
 pub mod samba;
 pub mod workload;
 

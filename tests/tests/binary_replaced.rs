@@ -12,26 +12,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use ctdb_tests::procs::recoverd_of;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// The pid of the child named `ctdb_recoverd` of `daemon`.
-fn recoverd_of(daemon: i32) -> Option<i32> {
-    let dir = std::fs::read_dir("/proc").ok()?;
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                let Some(close) = s.rfind(')') else {
-                    return false;
-                };
-                let mut rest = s[close + 1..].split_whitespace();
-                let state = rest.next().unwrap_or("Z");
-                let ppid: i32 = rest.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                s.contains("(ctdb_recoverd)") && ppid == daemon && state != "Z"
-            })
-        })
-}
 
 #[test]
 fn helpers_run_the_running_binary_after_it_was_replaced_on_disk() {
