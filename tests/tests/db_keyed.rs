@@ -663,16 +663,20 @@ fn restoredb_of_keyed_database_moves_every_node_to_the_next_epoch() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // A recovery, driven from node 0, finished everywhere.
+    let recover = || {
+        let g = c.generation(0);
+        ok(0, &["recover"]);
+        poll_until(Duration::from_secs(60), "a new generation", || {
+            (c.generation(0) != g).then_some(())
+        });
+        c.wait_one_generation();
+    };
     ok(0, &["attach", DB, "keyed"]);
     ok(0, &["pstore", DB, "A", "a1"]);
     ok(1, &["pstore", DB, "B", "b1"]);
     // A recovery writes an epoch record, which the backup then holds.
-    let g = c.generation(0);
-    ok(0, &["recover"]);
-    poll_until(Duration::from_secs(60), "a new generation", || {
-        (c.generation(0) != g).then_some(())
-    });
-    c.wait_one_generation();
+    recover();
     let e1 = epoch_of(&c, 0);
     assert!(e1 >= 1, "a recovery moved the epoch on: {e1}");
     let backup = c.dir().join("keyed.bak");
@@ -693,12 +697,7 @@ fn restoredb_of_keyed_database_moves_every_node_to_the_next_epoch() {
     }
     // Commits go on over the restored copy, and a recovery keeps them.
     ok(2, &["pstore", DB, "A", "a3"]);
-    let g = c.generation(0);
-    ok(0, &["recover"]);
-    poll_until(Duration::from_secs(60), "a new generation", || {
-        (c.generation(0) != g).then_some(())
-    });
-    c.wait_one_generation();
+    recover();
     let e3 = epoch_of(&c, 0);
     assert!(e3 > e2, "the recovery moved the epoch on: {e2} -> {e3}");
     for k in 0..3 {
