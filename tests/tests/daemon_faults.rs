@@ -87,6 +87,22 @@ fn lock_holder_node(c: &Cluster) -> Option<usize> {
     None
 }
 
+/// Waits (90 s) until each of `nodes` shows a vnn map of `size` nodes and
+/// recovery mode NORMAL in its `ctdb status`: a recovery that counted
+/// exactly the nodes expected has ended there.
+fn wait_vnnmap(c: &Cluster, nodes: std::ops::Range<usize>, size: usize, what: &str) {
+    let size = format!("Size:{size}");
+    poll_until(Duration::from_secs(90), what, || {
+        nodes
+            .clone()
+            .all(|k| {
+                let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
+                s.contains(&size) && s.contains("Recovery mode:NORMAL")
+            })
+            .then_some(())
+    });
+}
+
 fn kill_node_then_restart(daemon: Daemon) {
     let c = start(daemon);
     let victim = 2;
@@ -103,35 +119,13 @@ fn kill_node_then_restart(daemon: Daemon) {
     eprintln!("disconnected after {:?}", killed.elapsed());
     // The others recover without it (once the rerecovery timeout since
     // the last recovery has passed) and are healthy.
-    poll_until(
-        Duration::from_secs(90),
-        "a recovery without the dead node",
-        || {
-            (0..2)
-                .all(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.contains("Size:2") && s.contains("Recovery mode:NORMAL")
-                })
-                .then_some(())
-        },
-    );
+    wait_vnnmap(&c, 0..2, 2, "a recovery without the dead node");
     c.wait_status(Duration::from_secs(90), 2, &[victim]);
     // Restarted, it rejoins and is OK everywhere.
     c.restart(victim);
     c.wait_healthy(Duration::from_secs(120));
     // ...and is back in the vnn map after a recovery.
-    poll_until(
-        Duration::from_secs(90),
-        "a recovery with the node back",
-        || {
-            (0..3)
-                .all(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.contains("Size:3") && s.contains("Recovery mode:NORMAL")
-                })
-                .then_some(())
-        },
-    );
+    wait_vnnmap(&c, 0..3, 3, "a recovery with the node back");
     for k in 0..3 {
         assert!(
             node_line(&c, k, victim).contains(" OK"),
@@ -378,18 +372,7 @@ fn hung_node(daemon: Daemon) {
         panic!("hung node never marked disconnected:\n{}", c.log_tails());
     }
     c.wait_healthy(Duration::from_secs(120));
-    poll_until(
-        Duration::from_secs(90),
-        "the node back in the vnn map",
-        || {
-            (0..3)
-                .all(|k| {
-                    let s = String::from_utf8_lossy(&c.tool(k, &["status"]).stdout).into_owned();
-                    s.contains("Size:3") && s.contains("Recovery mode:NORMAL")
-                })
-                .then_some(())
-        },
-    );
+    wait_vnnmap(&c, 0..3, 3, "the node back in the vnn map");
 }
 
 #[test]
