@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use ctdb_client::DbKind;
 use ctdb_protocol::header::CTDB_UNKNOWN_PNN;
 use ctdb_protocol::types::{DbSeqnumRequest, DbidMap, LtdbHeader, TransDb, db_flags, node_flags};
-use ctdb_protocol::{ControlReply as R, ControlRequest as Q};
+use ctdb_protocol::{ControlReply as R, ControlRequest as Q, Opcode};
 
 use crate::cmd_node;
-use crate::ctx::{Ctx, active_nodes, connected_nodes};
+use crate::ctx::{CtrlError, Ctx, active_nodes, connected_nodes};
 use crate::format;
 use crate::options::usage;
 use ctdb_protocol::stdio::check_output;
@@ -700,17 +700,47 @@ pub async fn rewrite_begin(ctx: &mut Ctx, db_id: u32) -> Result<(Vec<u32>, Trans
 
 /// Finishes a rewrite: healthy, commit, thaw.
 pub async fn rewrite_finish(ctx: &mut Ctx, nodes: &[u32], t: TransDb) -> i32 {
-    let r = async {
-        ctx.ctrl_multi(nodes, Q::DbSetHealthy(t.db_id)).await?;
-        ctx.ctrl_multi(nodes, Q::DbTransactionCommit(t)).await?;
-        ctx.ctrl_multi(nodes, Q::DbThaw(t.db_id)).await?;
-        Ok::<(), i32>(())
-    }
-    .await;
-    match r {
+    match rewrite_commit(ctx, nodes, t).await {
         Ok(()) => 0,
-        Err(e) => rewrite_failed(ctx, e).await,
+        Err(f) => rewrite_failed(ctx, f.code()).await,
     }
+}
+
+/// Why the end of a rewrite failed: the first of its controls (healthy,
+/// commit, thaw) that failed on some node, and every node it failed on,
+/// in node order, with how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteFailure {
+    pub op: Opcode,
+    pub failed: Vec<(u32, CtrlError)>,
+}
+
+impl RewriteFailure {
+    /// The exit code: the first node's failure, as `ctrl_multi` gives it.
+    pub fn code(&self) -> i32 {
+        self.failed.first().map_or(-1, |(_, e)| e.code())
+    }
+}
+
+/// The end of a rewrite (healthy, commit, thaw) without the recovery a
+/// failure needs (`rewrite_failed`): the caller can say what failed first.
+pub async fn rewrite_commit(ctx: &Ctx, nodes: &[u32], t: TransDb) -> Result<(), RewriteFailure> {
+    for req in [
+        Q::DbSetHealthy(t.db_id),
+        Q::DbTransactionCommit(t),
+        Q::DbThaw(t.db_id),
+    ] {
+        let op = req.opcode();
+        let failed: Vec<(u32, CtrlError)> = nodes
+            .iter()
+            .zip(ctx.ctrl_each(nodes, req).await)
+            .filter_map(|(&n, r)| r.err().map(|e| (n, e)))
+            .collect();
+        if !failed.is_empty() {
+            return Err(RewriteFailure { op, failed });
+        }
+    }
+    Ok(())
 }
 
 /// A rewrite failed: force a recovery to get back to a consistent state.

@@ -15,10 +15,10 @@ use ctdb_protocol::backup::{
     BACKUP_MAX_DB_NAME, BACKUP_MAX_REC_BUFFER_SIZE, BACKUP_VERSION, BackupChunk, BackupHeader,
 };
 use ctdb_protocol::types::{KEYED_EPOCH_KEY, LtdbHeader, PullDbExt, RecBuffer, db_flags};
-use ctdb_protocol::{ControlReply as R, ControlRequest as Q, Marshal};
+use ctdb_protocol::{ControlReply as R, ControlRequest as Q, Marshal, Opcode};
 
 use crate::cmd_db::{self, DbRef, attach_db, db_exists};
-use crate::ctx::{Ctx, SRVID_CTDB_PUSHDB};
+use crate::ctx::{CtrlError, Ctx, ETIMEDOUT, SRVID_CTDB_PUSHDB};
 use crate::format;
 use crate::options::usage;
 use crate::progress::Progress;
@@ -875,16 +875,55 @@ pub async fn restoredb(ctx: &mut Ctx, args: &[String]) -> i32 {
             }
         }
     }
-    let ret = cmd_db::rewrite_finish(ctx, &nodes, t).await;
-    if ret == 0 {
-        println!("Database {name} restored");
-    } else if keyed {
-        eprintln!(
-            "Failed to restore keyed database {name}: a node refused the new copy \
-             (its log says why); every node keeps its copy"
-        );
+    match cmd_db::rewrite_commit(ctx, &nodes, t).await {
+        Ok(()) => {
+            println!("Database {name} restored");
+            0
+        }
+        Err(f) => {
+            if keyed {
+                eprintln!("{}", keyed_restore_failed(&name, nodes.len(), &f));
+            }
+            cmd_db::rewrite_failed(ctx, f.code()).await
+        }
     }
-    ret
+}
+
+/// What `restoredb` says when the end of a keyed database's rewrite
+/// failed (of `count` nodes): a node that answered the commit with a
+/// failure refused the new copy (the daemon checks the copy epoch there;
+/// its log says why); any other failure is said as it is.
+fn keyed_restore_failed(name: &str, count: usize, f: &cmd_db::RewriteFailure) -> String {
+    let commit = f.op == Opcode::DbTransactionCommit;
+    let op = crate::ctx::ctrl_name(f.op);
+    let why: Vec<String> = f
+        .failed
+        .iter()
+        .map(|&(n, e)| match e {
+            CtrlError::Status(_) if commit => {
+                format!("node {n} refused the new copy (its log says why)")
+            }
+            CtrlError::Status(s) => format!("node {n} answered {op} with status {s}"),
+            CtrlError::Transport(ETIMEDOUT) => format!("{op} to node {n} timed out"),
+            CtrlError::Transport(_) => {
+                format!("{op} to node {n} could not be sent or was not answered")
+            }
+        })
+        .collect();
+    let every_refused = commit
+        && f.failed.len() == count
+        && f.failed
+            .iter()
+            .all(|(_, e)| matches!(e, CtrlError::Status(_)));
+    format!(
+        "Failed to restore keyed database {name}: {}{}",
+        why.join("; "),
+        if every_refused {
+            "; every node keeps its copy"
+        } else {
+            ""
+        }
+    )
 }
 
 /// A keyed database (ctdb-rs extension) commits a rewrite of its copy only
@@ -980,5 +1019,54 @@ mod tests {
     #[test]
     fn c_strings_stop_at_nul() {
         assert_eq!(c_str(b"ab\0cd"), b"ab");
+    }
+
+    #[test]
+    fn keyed_restore_says_refused_only_for_a_refused_commit() {
+        use cmd_db::RewriteFailure;
+        let fail = |op, failed| RewriteFailure { op, failed };
+        // Every node answered the commit with a failure: all refused.
+        let all = fail(
+            Opcode::DbTransactionCommit,
+            vec![(0, CtrlError::Status(-1)), (1, CtrlError::Status(-1))],
+        );
+        assert_eq!(
+            keyed_restore_failed("k.tdb", 2, &all),
+            "Failed to restore keyed database k.tdb: node 0 refused the new copy \
+             (its log says why); node 1 refused the new copy (its log says why); \
+             every node keeps its copy"
+        );
+        // One node refused, another did not answer: the others may have
+        // committed, so no claim that every node keeps its copy.
+        let mixed = fail(
+            Opcode::DbTransactionCommit,
+            vec![
+                (1, CtrlError::Status(-1)),
+                (2, CtrlError::Transport(ETIMEDOUT)),
+            ],
+        );
+        assert_eq!(
+            keyed_restore_failed("k.tdb", 3, &mixed),
+            "Failed to restore keyed database k.tdb: node 1 refused the new copy \
+             (its log says why); DB_TRANSACTION_COMMIT to node 2 timed out"
+        );
+        // A failure before or after the commit is no refusal.
+        let healthy = fail(Opcode::DbSetHealthy, vec![(0, CtrlError::Status(-1))]);
+        let said = keyed_restore_failed("k.tdb", 1, &healthy);
+        assert_eq!(
+            said,
+            "Failed to restore keyed database k.tdb: node 0 answered DB_SET_HEALTHY \
+             with status -1"
+        );
+        let thaw = fail(Opcode::DbThaw, vec![(2, CtrlError::Transport(-1))]);
+        let said = keyed_restore_failed("k.tdb", 3, &thaw);
+        assert_eq!(
+            said,
+            "Failed to restore keyed database k.tdb: DB_THAW to node 2 could not be \
+             sent or was not answered"
+        );
+        assert!(!said.contains("refused"));
+        assert_eq!(thaw.code(), -1);
+        assert_eq!(mixed.code(), -1);
     }
 }

@@ -208,18 +208,13 @@ impl Ctx {
         nodes: &[u32],
         req: ControlRequest,
     ) -> Result<Vec<Option<ControlReply>>, i32> {
-        let futs = nodes.iter().map(|&n| {
-            let req = req.clone();
-            async move { self.ctrl_quiet(n, req).await.map_err(|e| e.code()) }
-        });
-        let results = futures::future::join_all(futs).await;
         let mut out = Vec::new();
         let mut err = None;
-        for r in results {
+        for r in self.ctrl_each(nodes, req).await {
             match r {
                 Ok(d) => out.push(d),
                 Err(e) => {
-                    err.get_or_insert(e);
+                    err.get_or_insert(e.code());
                 }
             }
         }
@@ -227,6 +222,20 @@ impl Ctx {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// Sends the same control to several nodes at once, quietly; each
+    /// node's result, in node order.
+    pub async fn ctrl_each(
+        &self,
+        nodes: &[u32],
+        req: ControlRequest,
+    ) -> Vec<Result<Option<ControlReply>, CtrlError>> {
+        let futs = nodes.iter().map(|&n| {
+            let req = req.clone();
+            async move { self.ctrl_quiet(n, req).await }
+        });
+        futures::future::join_all(futs).await
     }
 
     /// Sends a control without reporting failures: the error says whether
