@@ -372,9 +372,13 @@ mod tests {
         );
     }
 
-    fn script(dir: &Path, body: &str) -> std::path::PathBuf {
+    /// A helper script `dir/name`: each script has a path of its own, so
+    /// none is written over a file that was just run (a child that still
+    /// runs it makes the write fail with ETXTBSY).
+    fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let p = dir.join("helper");
+        let p = dir.join(name);
+        assert!(!p.exists(), "{} written twice", p.display());
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
@@ -389,6 +393,7 @@ mod tests {
         let rt = rt();
         let long = script(
             dir.path(),
+            "long",
             &format!(
                 "head -c 300000 /dev/zero | tr '\\0' x; echo; echo {COPY_EPOCH_FEATURE}; \
                  head -c 300000 /dev/zero | tr '\\0' y"
@@ -397,11 +402,19 @@ mod tests {
         let r = rt.block_on(probe(&long));
         assert!(r.is_ok(), "{r:?}");
         // The feature inside a longer line, or a helper that fails, is no.
-        let inside = script(dir.path(), &format!("echo x{COPY_EPOCH_FEATURE}"));
+        let inside = script(dir.path(), "inside", &format!("echo x{COPY_EPOCH_FEATURE}"));
         assert!(rt.block_on(probe(&inside)).is_err());
-        let failing = script(dir.path(), &format!("echo {COPY_EPOCH_FEATURE}; exit 1"));
+        let failing = script(
+            dir.path(),
+            "failing",
+            &format!("echo {COPY_EPOCH_FEATURE}; exit 1"),
+        );
         assert!(rt.block_on(probe(&failing)).is_err());
-        let last_line = script(dir.path(), &format!("printf ' {COPY_EPOCH_FEATURE} '"));
+        let last_line = script(
+            dir.path(),
+            "last_line",
+            &format!("printf ' {COPY_EPOCH_FEATURE} '"),
+        );
         assert!(rt.block_on(probe(&last_line)).is_ok());
     }
 
