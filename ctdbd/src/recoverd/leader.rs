@@ -70,6 +70,31 @@ fn broadcast_step(me: u32, leader: u32, announced: u32, holds_lock: bool) -> Bro
     }
 }
 
+/// What a cluster-lock election does on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockElection {
+    /// The node may not lead: it lets go of the lock if it holds it.
+    Release,
+    /// The node holds the lock, so it leads, whoever it took for the
+    /// leader: a helper run now would meet its own hold (contention), and
+    /// while it holds the lock no other node can take it.
+    LeadHolding,
+    /// The node tries to take the lock; it leads if it gets it.
+    Take,
+}
+
+/// How a node that may lead (`can_lead`) and holds the cluster lock or
+/// not (`holds_lock`) takes part in a cluster-lock election.
+fn lock_election_step(can_lead: bool, holds_lock: bool) -> LockElection {
+    if !can_lead {
+        LockElection::Release
+    } else if holds_lock {
+        LockElection::LeadHolding
+    } else {
+        LockElection::Take
+    }
+}
+
 impl Recoverd {
     /// Every second: the leader tells everyone it leads.
     pub(super) async fn leader_broadcast_tick(&mut self) {
@@ -184,27 +209,28 @@ impl Recoverd {
 
     /// With a cluster lock, whoever can take it leads.
     pub(super) async fn cluster_lock_election(&mut self) {
-        if !self.can_be_leader() {
-            self.release_cluster_lock();
-        } else if self.lock.is_some() {
-            // Holding the lock is leading.
-            if !self.is_leader() {
-                warn!("Holding the cluster lock: leader={}", self.pnn);
-                self.leader = self.pnn;
+        match lock_election_step(self.can_be_leader(), self.lock.is_some()) {
+            LockElection::Release => self.release_cluster_lock(),
+            LockElection::LeadHolding => {
+                if !self.is_leader() {
+                    warn!("Holding the cluster lock: leader={}", self.pnn);
+                    self.leader = self.pnn;
+                }
             }
-        } else {
-            self.leader = CTDB_UNKNOWN_PNN;
-            if self.take_cluster_lock().await {
-                self.leader = self.pnn;
-                warn!("Took cluster lock, leader={}", self.leader);
-            } else if self.lock_failures > 0 {
-                // The next election: after the (longer) leader timeout.
-                self.restart_leader_timeout();
-                info!(
-                    "Cluster lock election lost {} time(s) in a row, next election in {}s",
-                    self.lock_failures,
-                    self.leader_timeout_len().as_secs()
-                );
+            LockElection::Take => {
+                self.leader = CTDB_UNKNOWN_PNN;
+                if self.take_cluster_lock().await {
+                    self.leader = self.pnn;
+                    warn!("Took cluster lock, leader={}", self.leader);
+                } else if self.lock_failures > 0 {
+                    // The next election: after the (longer) leader timeout.
+                    self.restart_leader_timeout();
+                    info!(
+                        "Cluster lock election lost {} time(s) in a row, next election in {}s",
+                        self.lock_failures,
+                        self.leader_timeout_len().as_secs()
+                    );
+                }
             }
         }
         self.election_in_progress = false;
@@ -438,6 +464,23 @@ mod tests {
         assert_eq!(broadcast_step(2, 2, 0, false), Broadcast::NewLeader);
         assert_eq!(broadcast_step(2, 2, U, true), Broadcast::Election);
         assert_eq!(broadcast_step(2, 2, 2, true), Broadcast::Same);
+    }
+
+    #[test]
+    fn the_lock_holder_leads_after_an_election() {
+        const U: u32 = CTDB_UNKNOWN_PNN;
+        // Node 2 holds the lock; node 0's late broadcast is not followed,
+        // then an election is started (broadcast of an unknown leader).
+        assert_eq!(broadcast_step(2, 2, 0, true), Broadcast::LockHeldHere);
+        assert_eq!(broadcast_step(2, 2, U, true), Broadcast::Election);
+        // In the lock election it leads on its hold, without a helper
+        // run (which would meet its own hold and lose).
+        assert_eq!(lock_election_step(true, true), LockElection::LeadHolding);
+        // A node without the lock tries to take it; one that may not
+        // lead lets its lock go, held or not.
+        assert_eq!(lock_election_step(true, false), LockElection::Take);
+        assert_eq!(lock_election_step(false, true), LockElection::Release);
+        assert_eq!(lock_election_step(false, false), LockElection::Release);
     }
 
     #[test]
