@@ -44,6 +44,20 @@ async fn open_db(ctx: &Ctx, arg: &str, persistent: bool) -> Result<(DbRef, Db), 
     attach_client(ctx, db).await
 }
 
+/// What every single-record command starts with: the database `args[0]`
+/// opened as [`open_db`] opens it (`persistent` says which kind the
+/// command needs), then the key `args[1]` parsed. An error is the exit
+/// status, said on stderr already.
+async fn open_db_key(
+    ctx: &Ctx,
+    args: &[String],
+    persistent: bool,
+) -> Result<(DbRef, Db, Vec<u8>), i32> {
+    let (db, h) = open_db(ctx, &args[0], persistent).await?;
+    let key = parse_key(&args[1], "key")?;
+    Ok((db, h, key))
+}
+
 async fn attach_client(ctx: &Ctx, db: DbRef) -> Result<(DbRef, Db), i32> {
     let a = match attach_db(ctx, &db.name, db.flags).await {
         Ok(a) => a,
@@ -165,12 +179,8 @@ pub async fn pfetch(ctx: &mut Ctx, args: &[String]) -> i32 {
     if args.len() != 2 {
         usage(Some("pfetch"));
     }
-    let (db, h) = match open_db(ctx, &args[0], true).await {
+    let (db, h, key) = match open_db_key(ctx, args, true).await {
         Ok(x) => x,
-        Err(e) => return e,
-    };
-    let key = match parse_key(&args[1], "key") {
-        Ok(k) => k,
         Err(e) => return e,
     };
     let t = match Tx::start(&h, true, &[&key]).await {
@@ -198,12 +208,8 @@ pub async fn pfetch(ctx: &mut Ctx, args: &[String]) -> i32 {
 
 /// `pstore` (a value) and `pdelete` (no value).
 async fn pchange(ctx: &mut Ctx, args: &[String], name: &str, value: Option<&str>) -> i32 {
-    let (db, h) = match open_db(ctx, &args[0], true).await {
+    let (db, h, key) = match open_db_key(ctx, args, true).await {
         Ok(x) => x,
-        Err(e) => return e,
-    };
-    let key = match parse_key(&args[1], "key") {
-        Ok(k) => k,
         Err(e) => return e,
     };
     let data = match value {
@@ -489,12 +495,8 @@ pub async fn readkey(ctx: &mut Ctx, args: &[String]) -> i32 {
     if args.len() == 3 && args[2] != "readonly" {
         usage(Some("readkey"));
     }
-    let (_, h) = match open_db(ctx, &args[0], false).await {
+    let (_, h, key) = match open_db_key(ctx, args, false).await {
         Ok(x) => x,
-        Err(e) => return e,
-    };
-    let key = match parse_key(&args[1], "key") {
-        Ok(k) => k,
         Err(e) => return e,
     };
     // `readonly`: a read-only delegation is enough, no migration.
@@ -522,12 +524,8 @@ pub async fn writekey(ctx: &mut Ctx, args: &[String]) -> i32 {
     if args.len() != 3 {
         usage(Some("writekey"));
     }
-    let (_, h) = match open_db(ctx, &args[0], false).await {
+    let (_, h, key) = match open_db_key(ctx, args, false).await {
         Ok(x) => x,
-        Err(e) => return e,
-    };
-    let key = match parse_key(&args[1], "key") {
-        Ok(k) => k,
         Err(e) => return e,
     };
     let data = match parse_key(&args[2], "value") {
@@ -547,12 +545,8 @@ pub async fn deletekey(ctx: &mut Ctx, args: &[String]) -> i32 {
     if args.len() != 2 {
         usage(Some("deletekey"));
     }
-    let (_, h) = match open_db(ctx, &args[0], false).await {
+    let (_, h, key) = match open_db_key(ctx, args, false).await {
         Ok(x) => x,
-        Err(e) => return e,
-    };
-    let key = match parse_key(&args[1], "key") {
-        Ok(k) => k,
         Err(e) => return e,
     };
     match h.delete(&key).await {
