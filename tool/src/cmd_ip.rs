@@ -319,34 +319,53 @@ fn read_connections() -> Result<Vec<Connection>, i32> {
     Ok(out)
 }
 
-pub fn tickle(args: &[String]) -> i32 {
+/// The connections a tickle command (`tickle`, `addtickle`, `deltickle`)
+/// works on.
+enum TickleArgs {
+    /// No arguments: the list read from stdin.
+    Stdin(Vec<Connection>),
+    /// `<src:port> <dst:port>` on the command line.
+    One(Connection),
+}
+
+/// Parses a tickle command's arguments (`name` is the command, for its
+/// usage): none reads the connections from stdin, two name one. An error
+/// is the exit status, said on stderr already.
+fn tickle_args(name: &str, args: &[String]) -> Result<TickleArgs, i32> {
     if !args.is_empty() && args.len() != 2 {
-        usage(Some("tickle"));
+        usage(Some(name));
     }
     if args.is_empty() {
-        let conns = match read_connections() {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let failed = conns
-            .iter()
-            .filter(|c| crate::tickle::send_tickle(&c.src, &c.dst).is_err())
-            .count();
-        if failed > 0 {
-            eprintln!("Failed to send {failed} tickles");
-            return 1;
-        }
-        return 0;
+        return read_connections().map(TickleArgs::Stdin);
     }
     let Some(src) = format::parse_addr_port(&args[0]) else {
         eprintln!("Invalid IP address {}", args[0]);
-        return 1;
+        return Err(1);
     };
     let Some(dst) = format::parse_addr_port(&args[1]) else {
         eprintln!("Invalid IP address {}", args[1]);
-        return 1;
+        return Err(1);
     };
-    match crate::tickle::send_tickle(&src, &dst) {
+    Ok(TickleArgs::One(Connection { src, dst }))
+}
+
+pub fn tickle(args: &[String]) -> i32 {
+    let conn = match tickle_args("tickle", args) {
+        Ok(TickleArgs::One(c)) => c,
+        Ok(TickleArgs::Stdin(conns)) => {
+            let failed = conns
+                .iter()
+                .filter(|c| crate::tickle::send_tickle(&c.src, &c.dst).is_err())
+                .count();
+            if failed > 0 {
+                eprintln!("Failed to send {failed} tickles");
+                return 1;
+            }
+            return 0;
+        }
+        Err(e) => return e,
+    };
+    match crate::tickle::send_tickle(&conn.src, &conn.dst) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Failed to send tickle ack");
@@ -408,9 +427,6 @@ pub async fn gettickles(ctx: &mut Ctx, args: &[String]) -> i32 {
 /// `addtickle` (add) and `deltickle` (remove).
 pub async fn addtickle(ctx: &mut Ctx, args: &[String], add: bool) -> i32 {
     let name = if add { "addtickle" } else { "deltickle" };
-    if !args.is_empty() && args.len() != 2 {
-        usage(Some(name));
-    }
     let req = |c: Connection| {
         if add {
             Q::TcpAddDelayedUpdate(c)
@@ -418,39 +434,31 @@ pub async fn addtickle(ctx: &mut Ctx, args: &[String], add: bool) -> i32 {
             Q::TcpRemove(c)
         }
     };
-    if args.is_empty() {
-        let conns = match read_connections() {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        if conns.is_empty() {
+    let conn = match tickle_args(name, args) {
+        Ok(TickleArgs::One(c)) => c,
+        Ok(TickleArgs::Stdin(conns)) => {
+            if conns.is_empty() {
+                return 0;
+            }
+            let futs = conns.iter().map(|c| ctx.ctrl(ctx.cmd_pnn, req(*c)));
+            let failed = futures::future::join_all(futs)
+                .await
+                .iter()
+                .filter(|r| r.is_err())
+                .count();
+            if failed > 0 {
+                if add {
+                    eprintln!("Failed to add {failed} tickles");
+                } else {
+                    eprintln!("Failed to remove {failed} tickles");
+                }
+                return 1;
+            }
             return 0;
         }
-        let futs = conns.iter().map(|c| ctx.ctrl(ctx.cmd_pnn, req(*c)));
-        let failed = futures::future::join_all(futs)
-            .await
-            .iter()
-            .filter(|r| r.is_err())
-            .count();
-        if failed > 0 {
-            if add {
-                eprintln!("Failed to add {failed} tickles");
-            } else {
-                eprintln!("Failed to remove {failed} tickles");
-            }
-            return 1;
-        }
-        return 0;
-    }
-    let Some(src) = format::parse_addr_port(&args[0]) else {
-        eprintln!("Invalid IP address {}", args[0]);
-        return 1;
+        Err(e) => return e,
     };
-    let Some(dst) = format::parse_addr_port(&args[1]) else {
-        eprintln!("Invalid IP address {}", args[1]);
-        return 1;
-    };
-    match ctx.ctrl(ctx.cmd_pnn, req(Connection { src, dst })).await {
+    match ctx.ctrl(ctx.cmd_pnn, req(conn)).await {
         Ok(_) => 0,
         Err(e) => {
             if add {
