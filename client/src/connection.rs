@@ -380,6 +380,12 @@ impl Client {
         }
     }
 
+    /// Whether this connection routes messages for `srvid` to a handler
+    /// (registered, or being registered).
+    pub fn handles_srvid(&self, srvid: u64) -> bool {
+        self.shared.handlers.lock().unwrap().contains_key(&srvid)
+    }
+
     /// Deregisters `srvid`; its channel ends.
     pub async fn deregister_srvid(&self, srvid: u64) -> Result<()> {
         self.shared.handlers.lock().unwrap().remove(&srvid);
