@@ -32,7 +32,7 @@ use ctdb_protocol::call::{
 };
 use ctdb_protocol::header::HEADER_LEN;
 use ctdb_protocol::types::{LtdbHeader, node_flags};
-use ctdb_protocol::{Body, Header, Marshal, Operation};
+use ctdb_protocol::{Body, Header, Marshal, Operation, Packet};
 use tracing::{debug, error, info, warn};
 
 use super::ltdb::{self, StoreCtx};
@@ -314,9 +314,44 @@ impl Databases {
                     },
                 );
                 self.stats.bump(|s| s.pending_calls += 1);
-                self.send_node(env, dest, r, Body::ReqCall(req));
+                self.send_record_packet(env, db_id, dest, r, Body::ReqCall(req));
             }
         }
+    }
+
+    /// The generation the record packets of database `db` carry and must
+    /// carry to be served: the one the database was last recovered (or
+    /// attached) in, as CTDB stamps and checks `ctdb_db->generation`, not
+    /// the node's. A recovery sets the node's new generation (`SETVNNMAP`)
+    /// before it recovers the databases, and a database's own moves only
+    /// when its recovery commits: in between, what this node sends about
+    /// the database still carries the old one, so no node that has the new
+    /// vnn map serves it, and no node takes packets of the new generation
+    /// for a copy the recovery has yet to replace. Stamping the node's
+    /// generation instead let packets sent in that window (a copy about to
+    /// be replaced) reach a node that had not attached the database yet
+    /// ("Unknown database in request"), or wait for a frozen handle and be
+    /// applied after the recovery, over the recovered copy (a second data
+    /// master holding an older rsn).
+    pub(super) fn record_generation(&self, env: &Env, db: u32) -> u32 {
+        self.dbs.get(&db).map_or(env.generation(), |d| d.generation)
+    }
+
+    /// Sends a record packet (`REQ_CALL`, `REPLY_CALL`, `REQ_DMASTER`,
+    /// `REPLY_DMASTER`) of database `db`, in that database's generation
+    /// ([`Databases::record_generation`]).
+    pub(super) fn send_record_packet(
+        &mut self,
+        env: &Env,
+        db: u32,
+        dest: u32,
+        reqid: u32,
+        body: Body,
+    ) {
+        let mut h = Header::new(body.operation(), dest, env.pnn(), reqid);
+        h.generation = self.record_generation(env, db);
+        let b: Bytes = Packet::new(h, body).encode().into();
+        self.effect(super::Effect::ToNode(dest, b));
     }
 
     fn client_error(&mut self, env: &Env, client: ClientId, reqid: u32, status: i32, msg: &str) {
@@ -469,7 +504,7 @@ impl Databases {
             let nr = self.calls.new_reqid();
             let req = readonly::sent_call(&p.call);
             self.calls.pending.insert(nr, p);
-            self.send_node(env, env.pnn(), nr, Body::ReqCall(req));
+            self.send_record_packet(env, id, env.pnn(), nr, Body::ReqCall(req));
         }
         let name = self
             .dbs
@@ -478,7 +513,7 @@ impl Databases {
             .unwrap_or_default();
         info!(
             "Resent calls for database={name}, generation={}, count={n}",
-            env.generation()
+            self.record_generation(env, id)
         );
     }
 

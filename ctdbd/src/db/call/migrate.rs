@@ -40,6 +40,24 @@ impl Databases {
         Ok(())
     }
 
+    /// Whether a record packet for database `db_id` is of the generation
+    /// that database was last recovered in ([`Databases::record_generation`]);
+    /// one that is not is dropped, as CTDB 4.17's handlers drop it after
+    /// the node's own generation was checked at the door. Sent before the
+    /// database's recovery, it may carry a copy the recovery replaced; the
+    /// calls it belongs to are sent again when the database thaws.
+    fn record_generation_current(&self, env: &Env, hdr: &Header, db_id: u32) -> bool {
+        let ours = self.record_generation(env, db_id);
+        if hdr.generation != ours {
+            debug!(
+                "{:?} {} from node {} for db 0x{db_id:08x} in generation {} dropped (the database's is {ours})",
+                hdr.operation, hdr.reqid, hdr.srcnode, hdr.generation
+            );
+            return false;
+        }
+        true
+    }
+
     pub(super) fn node_req_call(&mut self, env: &Env, hdr: &Header, c: ReqCall, pkt: &Bytes) {
         let pnn = env.pnn();
         let src = hdr.srcnode;
@@ -51,6 +69,9 @@ impl Databases {
                 hdr.reqid,
                 &format!("Unknown database in request. db_id==0x{:08x}", c.db_id),
             );
+            return;
+        }
+        if !self.record_generation_current(env, hdr, c.db_id) {
             return;
         }
         if self.sticky_defer(c.db_id, &c.key, pkt) {
@@ -75,7 +96,9 @@ impl Databases {
         };
         let ctx = Self::store_ctx(env, db.volatile(), &c.key);
         let persistent = db.persistent();
-        let generation = env.generation();
+        // The database's generation, which the request was checked to
+        // carry: what this node sends on carries it too.
+        let generation = db.generation;
         let db_id = c.db_id;
         let Some(tdb) = db.tdb.as_ref() else {
             return;
@@ -189,9 +212,9 @@ impl Databases {
                         hdr.reqid
                     );
                 }
-                // Forwarded as the requester's packet.
+                // Forwarded as the requester's packet, in its generation.
                 let mut fh = Header::new(Operation::ReqCall, dest, src, hdr.reqid);
-                fh.generation = generation;
+                fh.generation = hdr.generation;
                 let fwd = ReqCall { hopcount: hop, ..c };
                 let b: Bytes = Packet::new(fh, Body::ReqCall(fwd)).encode().into();
                 self.effect(Effect::ToNode(dest, b));
@@ -201,8 +224,9 @@ impl Databases {
                 self.effect(Effect::ToNode(dest, b));
             }
             NodeStep::Answered(status, data) => {
-                self.send_node(
+                self.send_record_packet(
                     env,
+                    db_id,
                     src,
                     hdr.reqid,
                     Body::ReplyCall(ReplyCall { status, data }),
@@ -224,6 +248,9 @@ impl Databases {
             );
             return;
         }
+        if !self.record_generation_current(env, hdr, c.db_id) {
+            return;
+        }
         if self.node_work_ready(c.db_id, &c.key, pkt).is_err() {
             return;
         }
@@ -243,10 +270,10 @@ impl Databases {
             return;
         }
         let persistent = db.persistent();
+        let generation = db.generation;
         let Some(tdb) = db.tdb.as_ref() else {
             return;
         };
-        let generation = env.generation();
         // What to do once the lock is released.
         enum Step {
             Bad,
@@ -345,6 +372,9 @@ impl Databases {
     ) {
         if !self.dbs.contains_key(&c.db_id) {
             error!("Unknown db_id 0x{:x} in ctdb_reply_dmaster", c.db_id);
+            return;
+        }
+        if !self.record_generation_current(env, hdr, c.db_id) {
             return;
         }
         if self.node_work_ready(c.db_id, &c.key, pkt).is_err() {
