@@ -19,9 +19,12 @@
 //!   difference and appends the new values to the log;
 //! * a recovery transaction ([`RecoveryTx`]) follows wipes (checksum 0,
 //!   the log starts again) and pushed records, and takes effect at its
-//!   commit; pushed records without a wipe (an incremental catch-up of
-//!   this node) become one entry of the log, so a node that was caught up
-//!   can itself serve the next catch-up.
+//!   commit (a wipe's commit also tracks a log that was untracked: the
+//!   log starts at the rewritten content, see [`RecoveryTx::committed`]);
+//!   ended any other way it leaves the log as it was; pushed records
+//!   without a wipe (an incremental catch-up of this node) become one
+//!   entry of the log, so a node that was caught up can itself serve the
+//!   next catch-up.
 //!
 //! A node whose copy's checksum equals the checksum after some entry of
 //! another node's log (or before its oldest one) holds exactly what that
@@ -114,7 +117,9 @@ struct Entry {
 
 #[derive(Debug)]
 struct Inner {
-    /// The checksum is known (false only if reading the file failed).
+    /// The checksum is known: false until computed, after reading the
+    /// file failed or a commit stored other values than followed; true
+    /// again once the file is read whole or rewritten by a recovery.
     tracked: bool,
     checksum: u128,
     /// Records with no data (deleted), which a full recovery drops.

@@ -139,7 +139,7 @@ fn commits_and_catch_up_keep_the_checksum_of_the_content() {
     tx.start();
     let t = b.transaction_start().unwrap();
     b.wipe_all().unwrap();
-    tx.wiped();
+    tx.wiped(true);
     tx.store(&b, &push, |t, rb| {
         for r in rb.iter() {
             t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
@@ -243,7 +243,7 @@ fn the_copy_epoch_follows_recovery_transactions() {
     tx.start();
     let t = a.transaction_start().unwrap();
     a.wipe_all().unwrap();
-    tx.wiped();
+    tx.wiped(true);
     assert_eq!(l.info(1).epoch, 0);
     t.commit().unwrap();
     tx.committed(&a);
@@ -278,4 +278,419 @@ fn a_stopped_checksum_is_computed_by_the_next_worker() {
     let info = l.info(1);
     assert_ne!(info.flags & CHANGELOG_TRACKED, 0);
     assert_eq!(info.checksum, content_checksum(&t).unwrap().0);
+}
+
+/// Pushed records stored as they are (what the freeze session does).
+fn store_as_is(t: &tdb::Tdb, rb: &RecBuffer) -> Result<(), String> {
+    for r in rb.iter() {
+        t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
+    }
+    Ok(())
+}
+
+/// A recovery transaction that ends without its commit (dropped with its
+/// session, or cancelled) is no longer reported: checksum, epoch and
+/// flags are those from before it started. A transaction that never
+/// opened does not clear another's.
+#[test]
+fn a_recovery_transaction_ended_without_commit_is_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.tdb");
+    let l = opened(&a, db_flags::PERSISTENT);
+    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    let before = l.info(1);
+    assert_eq!(before.flags, CHANGELOG_TRACKED);
+    for wipe in [false, true] {
+        let mut tx = RecoveryTx::new(Some(l.clone()));
+        tx.start();
+        let t = a.transaction_start().unwrap();
+        if wipe {
+            a.wipe_all().unwrap();
+            tx.wiped(true);
+        }
+        tx.store(&a, &rb(&[(b"y", 1, b"2")]), store_as_is).unwrap();
+        let during = l.info(1);
+        assert_eq!(during.flags, CHANGELOG_TRACKED | CHANGELOG_IN_RECOVERY);
+        assert_ne!(during.checksum, before.checksum);
+        let unrelated = RecoveryTx::new(Some(l.clone()));
+        drop(unrelated);
+        assert_eq!(
+            l.info(1).flags & CHANGELOG_IN_RECOVERY,
+            CHANGELOG_IN_RECOVERY
+        );
+        // The session ends (a thaw): its transaction goes with it.
+        drop(t);
+        drop(tx);
+        let after = l.info(1);
+        assert_eq!(after.flags, CHANGELOG_TRACKED, "wipe {wipe}");
+        assert_eq!(after.checksum, before.checksum);
+        assert_eq!(after.checksum, content_checksum(&a).unwrap().0);
+        assert_eq!(
+            (after.entries, after.seqnum),
+            (before.entries, before.seqnum)
+        );
+    }
+}
+
+/// A failed commit may have reached the file or not: the log is
+/// untracked, no longer in recovery, and its checksum left to the next
+/// worker, which computes the file's.
+#[test]
+fn a_failed_recovery_commit_leaves_the_checksum_to_compute() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.tdb");
+    let l = opened(&a, db_flags::PERSISTENT);
+    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    let before = l.info(1).checksum;
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let t = a.transaction_start().unwrap();
+    tx.store(&a, &rb(&[(b"y", 1, b"2")]), store_as_is).unwrap();
+    // The pages reached the file, the commit reported a failure after.
+    t.commit().unwrap();
+    tx.commit_failed();
+    assert_eq!(l.info(1).flags, 0);
+    assert!(l.unfinished());
+    assert!(l.changes_since(before).is_none());
+    drop(tx);
+    l.begin_compute();
+    assert!(l.compute(&a));
+    let i = l.info(1);
+    assert_eq!(i.flags, CHANGELOG_TRACKED);
+    assert_ne!(i.checksum, before);
+    assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
+}
+
+/// A rewrite (wipe and full push) of a copy whose log was untracked
+/// tracks it again from the rewritten content; the log starts there, so
+/// no state from before the rewrite is served, and commits after it are.
+#[test]
+fn a_full_rewrite_tracks_the_log_again_from_the_rewritten_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.tdb");
+    let l = opened(&a, db_flags::PERSISTENT);
+    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    let old_base = l.info(1).checksum;
+    commit(&l, &a, &[rb(&[(b"x", 2, b"2")])]);
+    let old_entry = l.info(1).checksum;
+    assert!(l.changes_since(old_base).is_some());
+    // A commit that stored other values than it said: untracked.
+    let said = rb(&[(b"y", 1, b"said")]);
+    logged(Some(&l), &a, &said, || {
+        apply_update(&a, &rb(&[(b"y", 1, b"stored")]), false)
+    })
+    .unwrap();
+    assert_eq!(l.info(1).flags & CHANGELOG_TRACKED, 0);
+    assert!(l.changes_since(old_entry).is_none());
+    // Recovery: wipe and push the cluster's content, commit.
+    let content = rb(&[(b"x", 2, b"2"), (b"z", 1, b"1")]);
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let t = a.transaction_start().unwrap();
+    a.wipe_all().unwrap();
+    tx.wiped(true);
+    tx.store(&a, &content, store_as_is).unwrap();
+    t.commit().unwrap();
+    tx.committed(&a);
+    let i = l.info(1);
+    assert_eq!(i.flags, CHANGELOG_TRACKED);
+    assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
+    assert_eq!(i.entries, 0);
+    let rewritten = i.checksum;
+    // Nothing from before the rewrite reaches across it, not even the
+    // states it had while tracked.
+    for old in [old_base, old_entry] {
+        assert_ne!(old, rewritten);
+        assert!(l.changes_since(old).is_none(), "{old:032x}");
+    }
+    assert_eq!(l.changes_since(rewritten).unwrap(), vec![]);
+    // A commit after it is served to a copy at the rewritten state.
+    commit(&l, &a, &[rb(&[(b"w", 1, b"1")])]);
+    let since: Vec<Vec<u8>> = l
+        .changes_since(rewritten)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(since, [b"w".to_vec()]);
+    assert_eq!(l.info(1).checksum, content_checksum(&a).unwrap().0);
+}
+
+/// A rewrite commits what was pushed after a wipe only if the wipe
+/// succeeded; a failed one leaves the content unknown: the commit reads
+/// the file. A freeze that stopped the checksum worker leaves nothing to
+/// compute after a rewrite.
+#[test]
+fn a_failed_wipe_or_a_stopped_checksum_and_a_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.tdb");
+    for i in 0..20u32 {
+        let v = LtdbHeader::default().prepend(b"v");
+        a.store(&i.to_le_bytes(), &v, tdb::StoreMode::Replace)
+            .unwrap();
+    }
+    let l = DbLog::open(&a, db_flags::PERSISTENT).unwrap();
+    l.begin_compute();
+    l.interrupt_compute();
+    assert!(!l.compute(&a));
+    assert!(l.unfinished());
+    // The wipe "failed" (reported so) after removing nothing: the pushed
+    // record joins the twenty, which only a read of the file sees.
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let t = a.transaction_start().unwrap();
+    tx.wiped(false);
+    tx.store(&a, &rb(&[(b"p", 1, b"1")]), store_as_is).unwrap();
+    t.commit().unwrap();
+    tx.committed(&a);
+    let i = l.info(1);
+    assert_eq!(i.flags, CHANGELOG_TRACKED);
+    assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
+    assert!(!l.unfinished());
+    // Stopped again, then a real rewrite: tracked, nothing left to do.
+    l.begin_compute();
+    l.interrupt_compute();
+    assert!(!l.compute(&a));
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let t = a.transaction_start().unwrap();
+    a.wipe_all().unwrap();
+    tx.wiped(true);
+    tx.store(&a, &rb(&[(b"q", 1, b"1")]), store_as_is).unwrap();
+    t.commit().unwrap();
+    tx.committed(&a);
+    let i = l.info(1);
+    assert_eq!(i.flags, CHANGELOG_TRACKED);
+    assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
+    assert!(!l.unfinished());
+}
+
+// ---- through the layer: the freeze session's transaction ----------------
+
+mod through_the_layer {
+    use std::time::Instant;
+
+    use ctdb_protocol::types::{PullDbExt, TransDb};
+    use ctdb_protocol::{ControlRequest, Marshal, ReplyControl, ReqControl};
+
+    use super::*;
+    use crate::control::ControlCtx;
+    use crate::db::Effect;
+    use crate::db::test_layer::Layer;
+    use crate::server::ReplyTo;
+
+    /// The layer with a persistent database holding two records, its
+    /// checksum computed, and the control replies seen so far.
+    struct Fixture {
+        f: Layer,
+        rt: tokio::runtime::Runtime,
+        replies: Vec<(u32, ReplyControl)>,
+        next: u32,
+    }
+
+    const TID: u32 = 7;
+    const SRVID: u64 = 0x5052_0000_0000_0001;
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let mut f = Layer::new("v.tdb", false);
+            f.id = f.open("p.tdb", db_flags::PERSISTENT);
+            let h = LtdbHeader {
+                rsn: 1,
+                ..Default::default()
+            };
+            f.put(b"a", &h, b"1");
+            f.put(b"b", &h, b"1");
+            f.dbs.changelog_compute_now(f.id);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            Fixture {
+                f,
+                rt,
+                replies: Vec::new(),
+                next: 1,
+            }
+        }
+
+        fn log(&self) -> Arc<DbLog> {
+            self.f.dbs.dbs[&self.f.id].changelog.clone().unwrap()
+        }
+
+        /// `DB_CHANGELOG_INFO` as the control answers it.
+        fn info(&mut self) -> ChangelogInfo {
+            let id = self.f.id;
+            match self.f.dbs.changelog_info(id).data {
+                Some(ControlReply::DbChangelogInfo(i)) => *i,
+                r => panic!("DB_CHANGELOG_INFO: {r:?}"),
+            }
+        }
+
+        fn collect(&mut self) {
+            for e in self.f.dbs.take_effects() {
+                if let Effect::Reply(ReplyTo::Node { reqid, .. }, r) = e {
+                    self.replies.push((reqid, r));
+                }
+            }
+        }
+
+        /// Hands the layer its events until `done` holds (10 s at most).
+        fn until(&mut self, what: &str, mut done: impl FnMut(&mut Fixture) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                self.collect();
+                if done(self) {
+                    return;
+                }
+                let left = deadline
+                    .checked_duration_since(Instant::now())
+                    .unwrap_or_else(|| panic!("{what}: not within 10 s"));
+                let rx = &mut self.f.rx;
+                let ev = self
+                    .rt
+                    .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                    .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+                    .expect("the layer's event channel");
+                self.f.with(|d, env| d.event(env, ev));
+            }
+        }
+
+        /// Sends a control from node 0 and waits for its answer, which
+        /// must be a success.
+        fn control(&mut self, data: ControlRequest) {
+            let reqid = self.next;
+            self.next += 1;
+            let what = format!("{data:?}");
+            let ctx = ControlCtx {
+                srcnode: 0,
+                client: None,
+                client_id: 0,
+            };
+            let req = ReqControl::new(data);
+            self.f
+                .with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
+            self.until(&what, |s| s.replies.iter().any(|r| r.0 == reqid));
+            let i = self.replies.iter().position(|r| r.0 == reqid).unwrap();
+            let (_, r) = self.replies.remove(i);
+            assert_eq!(r.status, 0, "{what}: {r:?}");
+        }
+
+        fn trans(&self) -> TransDb {
+            TransDb {
+                db_id: self.f.id,
+                tid: TID,
+            }
+        }
+
+        /// Freezes the database and starts the recovery transaction.
+        fn start(&mut self) {
+            let id = self.f.id;
+            self.control(ControlRequest::DbFreeze(id));
+            self.control(ControlRequest::DbTransactionStart(self.trans()));
+        }
+
+        /// Pushes `recs` as the recovery helper does (start, the records
+        /// as a message to the push's srvid, confirm).
+        fn push(&mut self, recs: &[(&[u8], u64, &[u8])]) {
+            let id = self.f.id;
+            self.control(ControlRequest::DbPushStart(PullDbExt {
+                db_id: id,
+                lmaster: 0,
+                srvid: SRVID,
+            }));
+            let mut b = rb(recs);
+            b.db_id = id;
+            let mut data = vec![0u8; b.len()];
+            b.push(&mut data);
+            assert!(self.f.with(|d, env| d.message(env, SRVID, &data)));
+            self.control(ControlRequest::DbPushConfirm(id));
+        }
+
+        /// Thaws the database and waits for its handle to come home.
+        fn thaw(&mut self) {
+            let id = self.f.id;
+            self.control(ControlRequest::DbThaw(id));
+            self.until("the handle back after the thaw", |s| {
+                s.f.dbs.dbs[&id].tdb.is_some()
+            });
+        }
+
+        fn file_checksum(&self) -> u128 {
+            let tdb = self.f.dbs.dbs[&self.f.id].tdb.as_ref().unwrap();
+            content_checksum(tdb).unwrap().0
+        }
+    }
+
+    /// A recovery that froze the database, started its transaction and
+    /// pushed records (with or without a wipe) but ended by a thaw, not a
+    /// commit (an abandoned recovery): `DB_CHANGELOG_INFO` reports the
+    /// copy's own checksum and no recovery afterwards, as before it.
+    #[test]
+    fn a_thaw_without_commit_leaves_no_recovery_reported() {
+        let mut x = Fixture::new();
+        let before = x.info();
+        assert_eq!(before.flags, CHANGELOG_TRACKED);
+        assert_eq!(before.checksum, x.file_checksum());
+        for wipe in [false, true] {
+            x.start();
+            if wipe {
+                let t = x.trans();
+                x.control(ControlRequest::WipeDatabase(t));
+            }
+            x.push(&[(b"c", 1, b"1")]);
+            let during = x.info();
+            assert_eq!(
+                during.flags,
+                CHANGELOG_TRACKED | CHANGELOG_IN_RECOVERY,
+                "wipe {wipe}"
+            );
+            assert_ne!(during.checksum, before.checksum);
+            x.thaw();
+            let after = x.info();
+            assert_eq!(after.flags, CHANGELOG_TRACKED, "wipe {wipe}");
+            assert_eq!(after.checksum, before.checksum);
+            assert_eq!(after.checksum, x.file_checksum());
+            assert_eq!(after.epoch, before.epoch);
+        }
+        // A cancel ends it too, while still frozen.
+        x.start();
+        x.push(&[(b"c", 1, b"1")]);
+        let id = x.f.id;
+        x.control(ControlRequest::DbTransactionCancel(id));
+        // The session serves its requests in order: once a pull after the
+        // cancel is answered, the cancel was done.
+        x.control(ControlRequest::DbPull(PullDbExt {
+            db_id: id,
+            lmaster: 0,
+            srvid: SRVID + 1,
+        }));
+        assert_eq!(x.info().flags, CHANGELOG_TRACKED);
+        assert_eq!(x.info().checksum, before.checksum);
+        x.thaw();
+        assert_eq!(x.info().checksum, before.checksum);
+    }
+
+    /// The full path's wipe and push, committed, on a copy whose log was
+    /// untracked: tracked again at the rewritten content, with an empty
+    /// log (nothing from before the rewrite is served).
+    #[test]
+    fn a_committed_rewrite_tracks_an_untracked_log_again() {
+        let mut x = Fixture::new();
+        let old = x.info().checksum;
+        x.log().lock().tracked = false;
+        x.start();
+        let t = x.trans();
+        x.control(ControlRequest::WipeDatabase(t));
+        x.push(&[(b"a", 2, b"2"), (b"c", 1, b"1")]);
+        x.control(ControlRequest::DbTransactionCommit(t));
+        x.thaw();
+        let i = x.info();
+        assert_eq!(i.flags, CHANGELOG_TRACKED);
+        assert_eq!(i.checksum, x.file_checksum());
+        assert_ne!(i.checksum, old);
+        assert_eq!(i.entries, 0);
+        assert!(x.log().changes_since(old).is_none());
+        assert_eq!(x.log().changes_since(i.checksum).unwrap(), vec![]);
+    }
 }

@@ -171,7 +171,9 @@ fn serve(
                     Ok(())
                 } else {
                     // Only this daemon writes persistent databases: the
-                    // transaction's own locks replace the freeze's.
+                    // transaction's own locks replace the freeze's. A
+                    // transaction still open ends here without effect.
+                    log.cancel();
                     tx = None;
                     all = None;
                     if keyed {
@@ -208,7 +210,7 @@ fn serve(
                     }
                 } else if tx.is_some() {
                     let r = tdb.wipe_all().map_err(|e| e.to_string());
-                    log.wiped();
+                    log.wiped(r.is_ok());
                     r
                 } else {
                     Err("transaction not started".to_owned())
@@ -288,6 +290,11 @@ fn serve(
                 };
                 if result.is_ok() {
                     log.committed(tdb);
+                } else {
+                    // The transaction is over; what the file holds is
+                    // computed again after the thaw (nothing to do if it
+                    // was refused and cancelled above).
+                    log.commit_failed();
                 }
                 let _ = ev.send(DbEvent::Committed {
                     db,
