@@ -347,8 +347,11 @@ impl Databases {
                         "read-only copy of 0x{:08x} delegated to node {dest}",
                         ltdb::key_hash(key)
                     );
-                    self.send_node(
+                    // In the database's generation, as every record
+                    // packet (`Databases::send_record_packet`).
+                    self.send_record_packet(
                         env,
+                        db,
                         dest,
                         reqid,
                         ctdb_protocol::Body::ReplyCall(ctdb_protocol::call::ReplyCall {
