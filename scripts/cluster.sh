@@ -9,9 +9,10 @@
 #   status  print `ctdb status` from node 0
 #   stop    shut the daemons down
 # Environment: CLUSTER_DIR, BASE_IP (default 127.0.0), NODES (default 3),
-#   CTDB_RS_BIN (a directory of already built ctdbd, ctdb and
-#   ctdb_recovery_helper: `start` then builds nothing; default: build them
-#   into $CARGO_TARGET_DIR/release, itself default ./target/release),
+#   CTDB_RS_BIN (a directory of already built ctdbd, ctdb,
+#   ctdb_recovery_helper and ctdb-eventd: `start` then builds nothing;
+#   default: build them into $CARGO_TARGET_DIR/release, itself default
+#   ./target/release),
 #   CTDB_TOOL, CTDB_RECOVERY_HELPER, CTDB_EVENTD (default: ours, from that
 #   directory).
 # The daemons are started by scripts/local-cluster.sh; CTDB's cluster-lock
@@ -45,8 +46,14 @@ start)
     ./scripts/install-deps.sh
   fi
   if [ -z "${CTDB_RS_BIN:-}" ]; then
-    # The same build as scripts/test.sh's, so neither rebuilds the other's.
-    cargo build --release --locked --workspace --bins >&2
+    # Only the four programs the cluster runs, not the whole workspace (the
+    # benchmark with its plotting, the fake daemon, the test programs).
+    # Its features are not those of scripts/test.sh's build (that one has
+    # the dev-dependencies'), so in a shared target directory the first
+    # start after the test suite compiles these packages once more.
+    cargo build --release --locked \
+      -p ctdbd -p ctdb-tool -p ctdb-recovery-helper -p ctdb-eventd \
+      --bin ctdbd --bin ctdb --bin ctdb_recovery_helper --bin ctdb-eventd >&2
   fi
   if [ -S "$dir/node.0/run/ctdbd.socket" ] && "$script" "$dir" tool 0 pnn >/dev/null 2>&1; then
     echo "cluster.sh: a cluster is already running in $dir (scripts/cluster.sh stop)" >&2
