@@ -15,6 +15,9 @@
 //!   must get it again, and a waiter whose turn has come but which finds
 //!   the stale holder in the lock record must not deadlock with the stale
 //!   entry's process queued behind it.
+//! - `a_live_process_is_asked_about_its_stale_entry`: the same with the
+//!   stale entry of another live process (`ctdb-glock-hold`), which does
+//!   not lock again: the waiter asks it and gets the lock.
 //! - `contenders_keep_going_when_the_lock_records_node_dies`: processes on
 //!   every node of four increment a shared key of a keyed database, so they
 //!   all contend for the shared key's g_lock; three times the node that is
@@ -139,6 +142,86 @@ fn reverted_records_do_not_block_live_processes() {
             assert!(list.locks.is_empty(), "entries left: {list:?}");
         }
     });
+}
+
+/// The stale entry belongs to another live process (`ctdb-glock-hold`,
+/// which took and released the lock and stays connected without locking
+/// again): `PROCESS_EXISTS` cannot clear it and that process's own next
+/// lock never comes, so the waiter must ask it (the probe) and get the
+/// lock.
+#[test]
+fn a_live_process_is_asked_about_its_stale_entry() {
+    use std::io::{BufRead, BufReader, Write};
+    let c = Cluster::start(ClusterOptions::new(Daemon::ours(), 3));
+    c.wait_one_generation();
+    let name = b"glock_node_loss_probe".to_vec();
+    let mut holder = Command::new(our_bin("ctdb-glock-hold"))
+        .arg(c.socket(0))
+        .arg(std::str::from_utf8(&name).unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start ctdb-glock-hold");
+    // Killed and reaped whatever happens below.
+    struct Reap(Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = holder.stdin.take().unwrap();
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    let mut holder = Reap(holder);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held", "ctdb-glock-hold did not take the lock");
+    rt().block_on(async {
+        let c1 = Client::connect(c.socket(1)).await.unwrap();
+        let g1 = c1.g_lock_db().await.unwrap();
+        let qkey = glock::queue_key(&name);
+        let (q_held, r_held) = (read(&g1, &qkey).await, read(&g1, &name).await);
+        let held = GLockList::pull(&r_held).map(|(l, _)| l).unwrap_or_default();
+        assert!(
+            held.locks
+                .iter()
+                .any(|l| l.sid.pid == u64::from(holder.0.id())),
+            "the lock record does not name ctdb-glock-hold: {held:?}"
+        );
+        writeln!(stdin, "release").unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "released");
+        // Both records go back to the copy naming the live holder.
+        revert(&g1, &qkey, &q_held).await;
+        revert(&g1, &name, &r_held).await;
+        let me1 = glock::server_id(1, 7);
+        lock_within(
+            &g1,
+            &name,
+            me1,
+            "node 1 behind another live process's stale entry",
+        )
+        .await;
+        glock::unlock(&g1, &name, me1).await.unwrap();
+        for key in [&qkey, &name] {
+            let data = read(&g1, key).await;
+            let list = GLockList::pull(&data).map(|(l, _)| l).unwrap_or_default();
+            assert!(list.locks.is_empty(), "entries left: {list:?}");
+        }
+    });
+    // Still alive through all of it (it was asked, not found dead), and
+    // exits cleanly once its input ends.
+    assert!(
+        holder.0.try_wait().unwrap().is_none(),
+        "ctdb-glock-hold died"
+    );
+    drop(stdin);
+    let st = poll_until(Duration::from_secs(30), "ctdb-glock-hold to exit", || {
+        holder.0.try_wait().unwrap()
+    });
+    assert!(st.success(), "ctdb-glock-hold: {st:?}");
 }
 
 const DB: &str = "glock_node_loss.tdb";

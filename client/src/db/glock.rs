@@ -113,10 +113,17 @@ const PROBE_AFTER: Duration = Duration::from_millis(250);
 /// Longest wait between two questions about the same entry.
 const PROBE_MAX: Duration = Duration::from_secs(4);
 
-/// The srvid a queued waiter is woken on: a tag, then the low 16 bits of
-/// its task id and its pid. (A collision only causes a spurious look.)
+/// The srvid a queued waiter is woken on (and gets the answers to its
+/// probes on): a tag, then the low 16 bits of its entry's attempt number
+/// (the low half of the entry's `unique_id`, new for every [`lock`]) and
+/// its pid. Two attempts of one process under way at once (two tasks
+/// with the same task id, e.g. keyed transactions on different keys of
+/// one database) each have their own: with one srvid for both, the
+/// second registration would take the first's messages, and the first
+/// would never hear the answer to a probe. (A collision with another
+/// process's srvid only causes a spurious look.)
 pub fn wake_srvid(sid: ServerId) -> u64 {
-    0xC7DB_u64 << 48 | (u64::from(sid.task_id) & 0xFFFF) << 32 | (sid.pid & 0xFFFF_FFFF)
+    0xC7DB_u64 << 48 | (sid.unique_id & 0xFFFF) << 32 | (sid.pid & 0xFFFF_FFFF)
 }
 
 /// The srvid on which the process `pid` answers whether an entry of its
@@ -987,13 +994,22 @@ mod tests {
     }
 
     #[test]
-    fn wake_srvids_differ_by_pid_and_task() {
+    fn wake_srvids_differ_by_pid_and_attempt() {
         let a = sid(100);
-        let mut b = a;
-        b.task_id = 8;
-        assert_ne!(wake_srvid(a), wake_srvid(b));
         assert_ne!(wake_srvid(a), wake_srvid(sid(101)));
         assert_eq!(wake_srvid(a) >> 48, 0xC7DB);
+        // Two attempts of one caller (same pid and task id) at once.
+        let caller = ServerId {
+            pid: 100,
+            task_id: 7,
+            vnn: 0,
+            unique_id: 0,
+        };
+        let one = begin(caller, b"wake-a").unwrap();
+        let two = begin(caller, b"wake-b").unwrap();
+        assert_ne!(wake_srvid(one), wake_srvid(two));
+        end(one);
+        end(two);
     }
 
     /// An entry this process made for `name` under an attempt that has
