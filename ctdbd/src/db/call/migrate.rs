@@ -42,10 +42,15 @@ impl Databases {
 
     /// Whether a record packet for database `db_id` is of the generation
     /// that database was last recovered in ([`Databases::record_generation`]);
-    /// one that is not is dropped, as CTDB 4.17's handlers drop it after
-    /// the node's own generation was checked at the door. Sent before the
-    /// database's recovery, it may carry a copy the recovery replaced; the
-    /// calls it belongs to are sent again when the database thaws.
+    /// one that is not is dropped on arrival, after the node's own
+    /// generation was checked at the door. CTDB 4.17 checks only at the
+    /// door, and discards a packet that waited for a record lock when its
+    /// database's generation moved meanwhile ("Discarding previous
+    /// generation lockwait packet"): stricter here, same effect, since no
+    /// node sends a packet in a database's new generation before that
+    /// database's recovery committed. Sent before the database's recovery,
+    /// it may carry a copy the recovery replaced; the calls it belongs to
+    /// are sent again when the database thaws.
     fn record_generation_current(&self, env: &Env, hdr: &Header, db_id: u32) -> bool {
         let ours = self.record_generation(env, db_id);
         if hdr.generation != ours {
