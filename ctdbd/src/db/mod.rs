@@ -498,6 +498,13 @@ impl Databases {
         let thawed = std::mem::take(&mut db.thawing);
         self.seqnum_handle_back(id);
         self.seqwait_notify(env, id);
+        // Calls that were out when the database froze go again first, as
+        // CTDB's thaw does: a client call that waited for the handle is
+        // sent by the loop below, in the new generation, and must not be
+        // sent a second time under another request id.
+        if thawed {
+            self.resend_calls(env, id);
+        }
         // Run what waited, in order, for as long as the handle stays here
         // (a waiting update may take it away again).
         while let Some(w) = self
@@ -507,9 +514,6 @@ impl Databases {
             .and_then(|d| d.deferred.pop_front())
         {
             self.run_work(env, id, w);
-        }
-        if thawed {
-            self.resend_calls(env, id);
         }
         self.changelog_resume(id);
     }

@@ -408,3 +408,77 @@ fn a_migration_from_before_a_recovery_is_not_applied_after_it() {
     assert!(matches!(p.body, Body::ReqCall(_)), "{:?}", p.body);
     assert_eq!((dest, p.header.generation), (0, 6));
 }
+
+/// A client call that arrives while its database is frozen waits for the
+/// handle and goes out once, after the thaw: the thaw resends the calls
+/// that were out before it runs what waited (before, the waiting call was
+/// sent, then sent again under another request id by the resend).
+#[test]
+fn a_call_that_waited_for_the_thaw_is_sent_once() {
+    use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, VnnMap};
+
+    let mut f = fixture();
+    let db_id = f.id;
+    let key = key_for(0, 0);
+    f.put(
+        &key,
+        &LtdbHeader {
+            rsn: 10,
+            dmaster: 0,
+            ..Default::default()
+        },
+        b"there",
+    );
+    f.node.recovery_mode = CTDB_RECOVERY_ACTIVE;
+    f.node
+        .set_vnnmap(VnnMap {
+            generation: 6,
+            map: vec![0, 1, 2],
+        })
+        .unwrap();
+    let mut r = recovering::Recovery::new();
+    r.control(&mut f, ctdb_protocol::ControlRequest::DbFreeze(db_id));
+    let fx = f.with(|d, env| {
+        d.client_call(
+            env,
+            7,
+            3,
+            ReqCall {
+                flags: 0,
+                db_id,
+                callid: call_id::FETCH_FUNC,
+                hopcount: 0,
+                key: key.clone(),
+                calldata: Vec::new(),
+            },
+        );
+        d.take_effects()
+    });
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::ToNode(..))),
+        "sent while frozen: {fx:?}"
+    );
+    r.recover(
+        &mut f,
+        6,
+        &[(
+            &key,
+            LtdbHeader {
+                rsn: 100,
+                dmaster: 2,
+                ..Default::default()
+            },
+            b"recovered",
+        )],
+    );
+    r.thaw(&mut f);
+    let fx = std::mem::take(&mut r.other);
+    let calls: Vec<(u32, Packet)> = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::ToNode(..)))
+        .map(decode)
+        .filter(|(_, p)| matches!(p.body, Body::ReqCall(_)))
+        .collect();
+    assert_eq!(calls.len(), 1, "{fx:?}");
+    assert_eq!(calls[0].1.header.generation, 6);
+}
