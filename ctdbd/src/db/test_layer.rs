@@ -1,21 +1,28 @@
 //! For unit tests of the database layer: the layer as node 1 of a
 //! three-node cluster sees it (vnnmap 0, 1, 2 at generation 5), with one
 //! database open ([`node1_of_three`]), and the same with the node's
-//! environment around it ([`Layer`]). Each test module adds what its rules
-//! need on top.
+//! environment around it ([`Layer`]), and a recovery of it driven through
+//! the controls ([`Recovery`]). Each test module adds what its rules need
+//! on top.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ctdb_protocol::types::{CTDB_RECOVERY_NORMAL, LtdbHeader, TunableList, VnnMap, capabilities};
+use ctdb_protocol::types::{
+    CTDB_RECOVERY_NORMAL, LtdbHeader, PullDbExt, RecBuffer, TransDb, TunableList, VnnMap,
+    capabilities,
+};
+use ctdb_protocol::{ControlRequest, Marshal, ReplyControl, ReqControl};
 use tokio::sync::mpsc;
 
 use super::{Databases, DbConfig, DbEvent, Effect, Env, ltdb};
 use crate::config::NodeEntry;
-use crate::control::ClientInfo;
+use crate::control::{ClientInfo, ControlCtx};
 use crate::messaging::ClientId;
 use crate::node::NodeState;
+use crate::server::ReplyTo;
 
 /// The layer, its event receiver, the node's state and the id of the
 /// database `name` (volatile, in `dir`).
@@ -161,4 +168,118 @@ pub(crate) fn key_for(lm: u32, n: usize) -> Vec<u8> {
         .filter(|k| ltdb::key_hash(k) % 3 == lm)
         .nth(n)
         .unwrap()
+}
+
+/// Drives a recovery of a [`Layer`]'s database the way the recovery helper
+/// does: controls from node 0, each waited for and required to succeed,
+/// and the push message.
+pub(crate) struct Recovery {
+    pub(crate) rt: tokio::runtime::Runtime,
+    next: u32,
+    /// Effects other than control replies, in order.
+    pub(crate) other: Vec<Effect>,
+    replies: Vec<(u32, ReplyControl)>,
+}
+
+impl Recovery {
+    pub(crate) fn new() -> Recovery {
+        Recovery {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap(),
+            next: 1,
+            other: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+
+    fn collect(&mut self, f: &mut Layer) {
+        for e in f.dbs.take_effects() {
+            match e {
+                Effect::Reply(ReplyTo::Node { reqid, .. }, r) => self.replies.push((reqid, r)),
+                e => self.other.push(e),
+            }
+        }
+    }
+
+    /// Hands the layer its events until `done` holds (10 s at most).
+    fn until(&mut self, f: &mut Layer, what: &str, mut done: impl FnMut(&Self, &Layer) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.collect(f);
+            if done(self, f) {
+                return;
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("{what}: not within 10 s"));
+            let rx = &mut f.rx;
+            let ev = self
+                .rt
+                .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+                .expect("the layer's event channel");
+            f.with(|d, env| d.event(env, ev));
+        }
+    }
+
+    /// A control from node 0, answered with success.
+    pub(crate) fn control(&mut self, f: &mut Layer, data: ControlRequest) {
+        let reqid = self.next;
+        self.next += 1;
+        let what = format!("{data:?}");
+        let ctx = ControlCtx {
+            srcnode: 0,
+            client: None,
+            client_id: 0,
+        };
+        let req = ReqControl::new(data);
+        f.with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
+        self.until(f, &what, |s, _| s.replies.iter().any(|r| r.0 == reqid));
+        let i = self.replies.iter().position(|r| r.0 == reqid).unwrap();
+        let (_, r) = self.replies.remove(i);
+        assert_eq!(r.status, 0, "{what}: {r:?}");
+    }
+
+    /// Freezes database [`Layer::id`] and starts recovery transaction
+    /// `tid` on it.
+    pub(crate) fn start(&mut self, f: &mut Layer, tid: u32) {
+        let id = f.id;
+        self.control(f, ControlRequest::DbFreeze(id));
+        self.control(
+            f,
+            ControlRequest::DbTransactionStart(TransDb { db_id: id, tid }),
+        );
+    }
+
+    /// Pushes `b`'s records into database [`Layer::id`] (its `db_id` set
+    /// to it) as the recovery helper does: the push's start, the records
+    /// as a message to `srvid`, the confirm.
+    pub(crate) fn push(&mut self, f: &mut Layer, srvid: u64, mut b: RecBuffer) {
+        let id = f.id;
+        self.control(
+            f,
+            ControlRequest::DbPushStart(PullDbExt {
+                db_id: id,
+                lmaster: 0,
+                srvid,
+            }),
+        );
+        b.db_id = id;
+        let mut data = vec![0u8; b.len()];
+        b.push(&mut data);
+        assert!(f.with(|d, env| d.message(env, srvid, &data)));
+        self.control(f, ControlRequest::DbPushConfirm(id));
+    }
+
+    /// Thaws database [`Layer::id`] and waits for its handle to come home.
+    pub(crate) fn thaw(&mut self, f: &mut Layer) {
+        let id = f.id;
+        self.control(f, ControlRequest::DbThaw(id));
+        self.until(f, "the handle back after the thaw", |_, f| {
+            f.dbs.dbs[&id].tdb.is_some()
+        });
+        self.collect(f);
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::db::Effect;
-use crate::db::test_layer::{Layer, key_for};
+use crate::db::test_layer::{Layer, Recovery, key_for};
 use ctdb_protocol::Packet;
 
 /// Node 1 of three, generation 5, with volatile database `t.tdb`.
@@ -140,136 +140,21 @@ fn the_lmaster_migrates_a_new_record_to_the_caller() {
     assert_eq!(f.dbs.dbs[&db_id].stats.hop_count_bucket[1], 1);
 }
 
-/// Drives a recovery of the layer's database the way the recovery helper
-/// does, through the controls (from node 0) and the push message.
-mod recovering {
-    use std::time::{Duration, Instant};
+/// Freeze, transaction `tid`, wipe, push of `recs`, commit: the steps of
+/// a volatile database's recovery up to its thaw.
+fn recover(r: &mut Recovery, f: &mut Layer, tid: u32, recs: &[(&[u8], LtdbHeader, &[u8])]) {
+    use ctdb_protocol::ControlRequest;
+    use ctdb_protocol::types::{RecBuffer, TransDb};
 
-    use ctdb_protocol::types::{PullDbExt, RecBuffer, TransDb};
-    use ctdb_protocol::{ControlRequest, ReplyControl, ReqControl};
-
-    use super::*;
-    use crate::control::ControlCtx;
-    use crate::server::ReplyTo;
-
-    const SRVID: u64 = 0x5052_0000_0000_0002;
-
-    pub(super) struct Recovery {
-        pub(super) rt: tokio::runtime::Runtime,
-        next: u32,
-        /// Effects other than control replies, in order.
-        pub(super) other: Vec<Effect>,
-        replies: Vec<(u32, ReplyControl)>,
+    let t = TransDb { db_id: f.id, tid };
+    r.start(f, tid);
+    r.control(f, ControlRequest::WipeDatabase(t));
+    let mut b = RecBuffer::new(f.id);
+    for (k, h, v) in recs {
+        b.add(0, Some(h), k, v);
     }
-
-    impl Recovery {
-        pub(super) fn new() -> Recovery {
-            Recovery {
-                rt: tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .unwrap(),
-                next: 1,
-                other: Vec::new(),
-                replies: Vec::new(),
-            }
-        }
-
-        fn collect(&mut self, f: &mut Layer) {
-            for e in f.dbs.take_effects() {
-                match e {
-                    Effect::Reply(ReplyTo::Node { reqid, .. }, r) => self.replies.push((reqid, r)),
-                    e => self.other.push(e),
-                }
-            }
-        }
-
-        /// Hands the layer its events until `done` holds (10 s at most).
-        fn until(
-            &mut self,
-            f: &mut Layer,
-            what: &str,
-            mut done: impl FnMut(&Self, &Layer) -> bool,
-        ) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                self.collect(f);
-                if done(self, f) {
-                    return;
-                }
-                let left = deadline
-                    .checked_duration_since(Instant::now())
-                    .unwrap_or_else(|| panic!("{what}: not within 10 s"));
-                let rx = &mut f.rx;
-                let ev = self
-                    .rt
-                    .block_on(async { tokio::time::timeout(left, rx.recv()).await })
-                    .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
-                    .expect("the layer's event channel");
-                f.with(|d, env| d.event(env, ev));
-            }
-        }
-
-        /// A control from node 0, answered with success.
-        pub(super) fn control(&mut self, f: &mut Layer, data: ControlRequest) {
-            let reqid = self.next;
-            self.next += 1;
-            let what = format!("{data:?}");
-            let ctx = ControlCtx {
-                srcnode: 0,
-                client: None,
-                client_id: 0,
-            };
-            let req = ReqControl::new(data);
-            f.with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
-            self.until(f, &what, |s, _| s.replies.iter().any(|r| r.0 == reqid));
-            let i = self.replies.iter().position(|r| r.0 == reqid).unwrap();
-            let (_, r) = self.replies.remove(i);
-            assert_eq!(r.status, 0, "{what}: {r:?}");
-        }
-
-        /// Freeze, transaction `tid`, wipe, push of `recs`, commit: the
-        /// steps of a volatile database's recovery up to its thaw.
-        pub(super) fn recover(
-            &mut self,
-            f: &mut Layer,
-            tid: u32,
-            recs: &[(&[u8], LtdbHeader, &[u8])],
-        ) {
-            let id = f.id;
-            let t = TransDb { db_id: id, tid };
-            self.control(f, ControlRequest::DbFreeze(id));
-            self.control(f, ControlRequest::DbTransactionStart(t));
-            self.control(f, ControlRequest::WipeDatabase(t));
-            self.control(
-                f,
-                ControlRequest::DbPushStart(PullDbExt {
-                    db_id: id,
-                    lmaster: 0,
-                    srvid: SRVID,
-                }),
-            );
-            let mut b = RecBuffer::new(id);
-            for (k, h, v) in recs {
-                b.add(0, Some(h), k, v);
-            }
-            let mut data = vec![0u8; b.len()];
-            b.push(&mut data);
-            assert!(f.with(|d, env| d.message(env, SRVID, &data)));
-            self.control(f, ControlRequest::DbPushConfirm(id));
-            self.control(f, ControlRequest::DbTransactionCommit(t));
-        }
-
-        /// Thaws the database and waits for its handle to come home.
-        pub(super) fn thaw(&mut self, f: &mut Layer) {
-            let id = f.id;
-            self.control(f, ControlRequest::DbThaw(id));
-            self.until(f, "the handle back after the thaw", |_, f| {
-                f.dbs.dbs[&id].tdb.is_some()
-            });
-            self.collect(f);
-        }
-    }
+    r.push(f, 0x5052_0000_0000_0002, b);
+    r.control(f, ControlRequest::DbTransactionCommit(t));
 }
 
 /// The sequence behind a rolling-upgrade stall: a recovery sets the new
@@ -347,7 +232,7 @@ fn a_migration_from_before_a_recovery_is_not_applied_after_it() {
     assert!(matches!(p.body, Body::ReqCall(_)), "{:?}", p.body);
     assert_eq!((dest, p.header.generation), (0, 5));
     let reqid = p.header.reqid;
-    let mut r = recovering::Recovery::new();
+    let mut r = Recovery::new();
     r.control(&mut f, ctdb_protocol::ControlRequest::DbFreeze(db_id));
     // Node 0 hands the record over with the copy it held then; sent with
     // the new generation (an older daemon of ours) or the old one.
@@ -372,7 +257,7 @@ fn a_migration_from_before_a_recovery_is_not_applied_after_it() {
         dmaster: 2,
         ..Default::default()
     };
-    r.recover(&mut f, 6, &[(&key, recovered, b"recovered")]);
+    recover(&mut r, &mut f, 6, &[(&key, recovered, b"recovered")]);
     r.thaw(&mut f);
     let fx = std::mem::take(&mut r.other);
     let (h, d) = f.get(&key).unwrap();
@@ -436,7 +321,7 @@ fn a_call_that_waited_for_the_thaw_is_sent_once() {
             map: vec![0, 1, 2],
         })
         .unwrap();
-    let mut r = recovering::Recovery::new();
+    let mut r = Recovery::new();
     r.control(&mut f, ctdb_protocol::ControlRequest::DbFreeze(db_id));
     let fx = f.with(|d, env| {
         d.client_call(
@@ -458,7 +343,8 @@ fn a_call_that_waited_for_the_thaw_is_sent_once() {
         !fx.iter().any(|e| matches!(e, Effect::ToNode(..))),
         "sent while frozen: {fx:?}"
     );
-    r.recover(
+    recover(
+        &mut r,
         &mut f,
         6,
         &[(

@@ -468,24 +468,17 @@ fn a_failed_wipe_or_a_stopped_checksum_and_a_rewrite() {
 // ---- through the layer: the freeze session's transaction ----------------
 
 mod through_the_layer {
-    use std::time::Instant;
-
+    use ctdb_protocol::ControlRequest;
     use ctdb_protocol::types::{PullDbExt, TransDb};
-    use ctdb_protocol::{ControlRequest, Marshal, ReplyControl, ReqControl};
 
     use super::*;
-    use crate::control::ControlCtx;
-    use crate::db::Effect;
-    use crate::db::test_layer::Layer;
-    use crate::server::ReplyTo;
+    use crate::db::test_layer::{Layer, Recovery};
 
     /// The layer with a persistent database holding two records, its
-    /// checksum computed, and the control replies seen so far.
+    /// checksum computed, and the recovery driving it.
     struct Fixture {
         f: Layer,
-        rt: tokio::runtime::Runtime,
-        replies: Vec<(u32, ReplyControl)>,
-        next: u32,
+        r: Recovery,
     }
 
     const TID: u32 = 7;
@@ -502,15 +495,9 @@ mod through_the_layer {
             f.put(b"a", &h, b"1");
             f.put(b"b", &h, b"1");
             f.dbs.changelog_compute_now(f.id);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
             Fixture {
                 f,
-                rt,
-                replies: Vec::new(),
-                next: 1,
+                r: Recovery::new(),
             }
         }
 
@@ -527,53 +514,10 @@ mod through_the_layer {
             }
         }
 
-        fn collect(&mut self) {
-            for e in self.f.dbs.take_effects() {
-                if let Effect::Reply(ReplyTo::Node { reqid, .. }, r) = e {
-                    self.replies.push((reqid, r));
-                }
-            }
-        }
-
-        /// Hands the layer its events until `done` holds (10 s at most).
-        fn until(&mut self, what: &str, mut done: impl FnMut(&mut Fixture) -> bool) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                self.collect();
-                if done(self) {
-                    return;
-                }
-                let left = deadline
-                    .checked_duration_since(Instant::now())
-                    .unwrap_or_else(|| panic!("{what}: not within 10 s"));
-                let rx = &mut self.f.rx;
-                let ev = self
-                    .rt
-                    .block_on(async { tokio::time::timeout(left, rx.recv()).await })
-                    .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
-                    .expect("the layer's event channel");
-                self.f.with(|d, env| d.event(env, ev));
-            }
-        }
-
         /// Sends a control from node 0 and waits for its answer, which
         /// must be a success.
         fn control(&mut self, data: ControlRequest) {
-            let reqid = self.next;
-            self.next += 1;
-            let what = format!("{data:?}");
-            let ctx = ControlCtx {
-                srcnode: 0,
-                client: None,
-                client_id: 0,
-            };
-            let req = ReqControl::new(data);
-            self.f
-                .with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
-            self.until(&what, |s| s.replies.iter().any(|r| r.0 == reqid));
-            let i = self.replies.iter().position(|r| r.0 == reqid).unwrap();
-            let (_, r) = self.replies.remove(i);
-            assert_eq!(r.status, 0, "{what}: {r:?}");
+            self.r.control(&mut self.f, data);
         }
 
         fn trans(&self) -> TransDb {
@@ -585,35 +529,18 @@ mod through_the_layer {
 
         /// Freezes the database and starts the recovery transaction.
         fn start(&mut self) {
-            let id = self.f.id;
-            self.control(ControlRequest::DbFreeze(id));
-            self.control(ControlRequest::DbTransactionStart(self.trans()));
+            self.r.start(&mut self.f, TID);
         }
 
         /// Pushes `recs` as the recovery helper does (start, the records
         /// as a message to the push's srvid, confirm).
         fn push(&mut self, recs: &[(&[u8], u64, &[u8])]) {
-            let id = self.f.id;
-            self.control(ControlRequest::DbPushStart(PullDbExt {
-                db_id: id,
-                lmaster: 0,
-                srvid: SRVID,
-            }));
-            let mut b = rb(recs);
-            b.db_id = id;
-            let mut data = vec![0u8; b.len()];
-            b.push(&mut data);
-            assert!(self.f.with(|d, env| d.message(env, SRVID, &data)));
-            self.control(ControlRequest::DbPushConfirm(id));
+            self.r.push(&mut self.f, SRVID, rb(recs));
         }
 
         /// Thaws the database and waits for its handle to come home.
         fn thaw(&mut self) {
-            let id = self.f.id;
-            self.control(ControlRequest::DbThaw(id));
-            self.until("the handle back after the thaw", |s| {
-                s.f.dbs.dbs[&id].tdb.is_some()
-            });
+            self.r.thaw(&mut self.f);
         }
 
         fn file_checksum(&self) -> u128 {
