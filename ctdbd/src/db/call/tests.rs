@@ -18,6 +18,54 @@ impl Layer {
         h.generation = generation;
         self.packet(Packet::new(h, Body::ReqCall(call)).encode().into())
     }
+
+    /// A recovery begins: the node in recovery mode, with the new vnn map
+    /// (0, 1, 2) of `generation`.
+    fn recovery_begins(&mut self, generation: u32) {
+        use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, VnnMap};
+
+        self.node.recovery_mode = CTDB_RECOVERY_ACTIVE;
+        self.node
+            .set_vnnmap(VnnMap {
+                generation,
+                map: vec![0, 1, 2],
+            })
+            .unwrap();
+    }
+
+    /// A call of client 7 (its request 3), handed to the layer: what it
+    /// does.
+    fn client_call(&mut self, call: ReqCall) -> Vec<Effect> {
+        self.with(|d, env| {
+            d.client_call(env, 7, 3, call);
+            d.take_effects()
+        })
+    }
+}
+
+/// A call (the null function) that migrates record `key` of `db_id` to
+/// the caller, on its `hopcount`-th hop.
+fn migrate_call(db_id: u32, key: &[u8], hopcount: u32) -> ReqCall {
+    ReqCall {
+        flags: call_flags::IMMEDIATE_MIGRATION,
+        db_id,
+        callid: call_id::NULL_FUNC,
+        hopcount,
+        key: key.to_vec(),
+        calldata: Vec::new(),
+    }
+}
+
+/// A client's fetch of record `key` of `db_id`.
+fn fetch_call(db_id: u32, key: &[u8]) -> ReqCall {
+    ReqCall {
+        flags: 0,
+        db_id,
+        callid: call_id::FETCH_FUNC,
+        hopcount: 0,
+        key: key.to_vec(),
+        calldata: Vec::new(),
+    }
 }
 
 fn decode(e: &Effect) -> (u32, Packet) {
@@ -32,14 +80,7 @@ fn calls_are_redirected_through_the_lmaster_until_the_hop_limit() {
     let mut f = fixture();
     let db_id = ltdb::db_id("t.tdb");
     let key = key_for(2, 0);
-    let call = ReqCall {
-        flags: call_flags::IMMEDIATE_MIGRATION,
-        db_id,
-        callid: call_id::NULL_FUNC,
-        hopcount: 3,
-        key: key.clone(),
-        calldata: Vec::new(),
-    };
+    let call = migrate_call(db_id, &key, 3);
     // Not ours: on to the lmaster, one hop more, as the requester's.
     let fx = f.req_call(0, 5, call.clone());
     assert_eq!(fx.len(), 1);
@@ -86,14 +127,7 @@ fn a_record_pinned_for_a_local_client_waits_until_it_speaks() {
     // reach it: a pin past its limit holds nothing).
     let later = std::time::Instant::now() + std::time::Duration::from_secs(600);
     f.dbs.calls.pins.pin(db_id, &key, 5, later);
-    let call = ReqCall {
-        flags: call_flags::IMMEDIATE_MIGRATION,
-        db_id,
-        callid: call_id::NULL_FUNC,
-        hopcount: 1,
-        key: key.clone(),
-        calldata: Vec::new(),
-    };
+    let call = migrate_call(db_id, &key, 1);
     // Node 2's request waits: nothing is sent.
     assert!(f.req_call(2, 5, call).is_empty());
     assert!(!f.dbs.has_ready());
@@ -113,18 +147,7 @@ fn the_lmaster_migrates_a_new_record_to_the_caller() {
     let mut f = fixture();
     let db_id = ltdb::db_id("t.tdb");
     let key = key_for(1, 0);
-    let fx = f.req_call(
-        2,
-        5,
-        ReqCall {
-            flags: call_flags::IMMEDIATE_MIGRATION,
-            db_id,
-            callid: call_id::NULL_FUNC,
-            hopcount: 1,
-            key: key.clone(),
-            calldata: Vec::new(),
-        },
-    );
+    let fx = f.req_call(2, 5, migrate_call(db_id, &key, 1));
     let (dest, p) = decode(&fx[0]);
     assert_eq!(dest, 2);
     let Body::ReplyDmaster(r) = p.body else {
@@ -176,8 +199,6 @@ fn recover(r: &mut Recovery, f: &mut Layer, tid: u32, recs: &[(&[u8], LtdbHeader
 /// again, in the new generation, when the database thaws.
 #[test]
 fn a_migration_from_before_a_recovery_is_not_applied_after_it() {
-    use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, VnnMap};
-
     let mut f = fixture();
     let db_id = f.id;
     // The lmaster is node 0; the copy here names node 0 as data master.
@@ -189,44 +210,16 @@ fn a_migration_from_before_a_recovery_is_not_applied_after_it() {
     };
     f.put(&key, &here, b"old");
     // Recovery to generation 6: the new vnn map first.
-    f.node.recovery_mode = CTDB_RECOVERY_ACTIVE;
-    f.node
-        .set_vnnmap(VnnMap {
-            generation: 6,
-            map: vec![0, 1, 2],
-        })
-        .unwrap();
+    f.recovery_begins(6);
     // Until the database's recovery commits, a call in the new generation
     // is not served here (nor one in the old: the node's is checked first).
-    let call = ReqCall {
-        flags: call_flags::IMMEDIATE_MIGRATION,
-        db_id,
-        callid: call_id::NULL_FUNC,
-        hopcount: 1,
-        key: key.clone(),
-        calldata: Vec::new(),
-    };
+    let call = migrate_call(db_id, &key, 1);
     for g in [6, 5] {
         assert!(f.req_call(2, g, call.clone()).is_empty(), "generation {g}");
     }
     // A client's fetch, before the database is frozen, goes to node 0 in
     // the generation the database is still in.
-    let fx = f.with(|d, env| {
-        d.client_call(
-            env,
-            7,
-            3,
-            ReqCall {
-                flags: 0,
-                db_id,
-                callid: call_id::FETCH_FUNC,
-                hopcount: 0,
-                key: key.clone(),
-                calldata: Vec::new(),
-            },
-        );
-        d.take_effects()
-    });
+    let fx = f.client_call(fetch_call(db_id, &key));
     assert_eq!(fx.len(), 1, "{fx:?}");
     let (dest, p) = decode(&fx[0]);
     assert!(matches!(p.body, Body::ReqCall(_)), "{:?}", p.body);
@@ -300,8 +293,6 @@ fn a_migration_from_before_a_recovery_is_not_applied_after_it() {
 /// sent, then sent again under another request id by the resend).
 #[test]
 fn a_call_that_waited_for_the_thaw_is_sent_once() {
-    use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, VnnMap};
-
     let mut f = fixture();
     let db_id = f.id;
     let key = key_for(0, 0);
@@ -314,31 +305,10 @@ fn a_call_that_waited_for_the_thaw_is_sent_once() {
         },
         b"there",
     );
-    f.node.recovery_mode = CTDB_RECOVERY_ACTIVE;
-    f.node
-        .set_vnnmap(VnnMap {
-            generation: 6,
-            map: vec![0, 1, 2],
-        })
-        .unwrap();
+    f.recovery_begins(6);
     let mut r = Recovery::new();
     r.control(&mut f, ctdb_protocol::ControlRequest::DbFreeze(db_id));
-    let fx = f.with(|d, env| {
-        d.client_call(
-            env,
-            7,
-            3,
-            ReqCall {
-                flags: 0,
-                db_id,
-                callid: call_id::FETCH_FUNC,
-                hopcount: 0,
-                key: key.clone(),
-                calldata: Vec::new(),
-            },
-        );
-        d.take_effects()
-    });
+    let fx = f.client_call(fetch_call(db_id, &key));
     assert!(
         !fx.iter().any(|e| matches!(e, Effect::ToNode(..))),
         "sent while frozen: {fx:?}"
