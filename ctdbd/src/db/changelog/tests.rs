@@ -82,6 +82,69 @@ fn open(dir: &tempfile::TempDir, name: &str) -> tdb::Tdb {
         .unwrap()
 }
 
+/// Pushed records stored as they are (what the freeze session does).
+fn store_as_is(t: &tdb::Tdb, rb: &RecBuffer) -> Result<(), String> {
+    for r in rb.iter() {
+        t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
+    }
+    Ok(())
+}
+
+/// A recovery transaction on `t` (its log `l`) and the file's transaction
+/// under it, open: wiped first when `wipe` says so, with that outcome (a
+/// wipe reported failed removed nothing), then `push` stored.
+fn recovery<'t>(
+    l: &Arc<DbLog>,
+    t: &'t tdb::Tdb,
+    wipe: Option<bool>,
+    push: &RecBuffer,
+) -> (RecoveryTx, tdb::Transaction<'t>) {
+    let mut tx = RecoveryTx::new(Some(l.clone()));
+    tx.start();
+    let f = t.transaction_start().unwrap();
+    if let Some(ok) = wipe {
+        if ok {
+            t.wipe_all().unwrap();
+        }
+        tx.wiped(ok);
+    }
+    tx.store(t, push, store_as_is).unwrap();
+    (tx, f)
+}
+
+/// A [`recovery`] committed.
+fn recovered(l: &Arc<DbLog>, t: &tdb::Tdb, wipe: Option<bool>, push: &RecBuffer) {
+    let (mut tx, f) = recovery(l, t, wipe, push);
+    f.commit().unwrap();
+    tx.committed(t);
+}
+
+/// A new file `name` holding `n` records (no log).
+fn filled(dir: &tempfile::TempDir, name: &str, n: u32) -> tdb::Tdb {
+    let t = open(dir, name);
+    for i in 0..n {
+        let v = LtdbHeader::default().prepend(b"v");
+        t.store(&i.to_le_bytes(), &v, tdb::StoreMode::Replace)
+            .unwrap();
+    }
+    t
+}
+
+/// A persistent file `a.tdb` in `dir` and its log, with one commit of x.
+fn committed_once(dir: &tempfile::TempDir) -> (tdb::Tdb, Arc<DbLog>) {
+    let a = open(dir, "a.tdb");
+    let l = opened(&a, db_flags::PERSISTENT);
+    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    (a, l)
+}
+
+/// Starts a checksum worker and stops it before it finishes.
+fn stopped_compute(l: &DbLog, t: &tdb::Tdb) {
+    l.begin_compute();
+    l.interrupt_compute();
+    assert!(!l.compute(t), "stopped");
+}
+
 #[test]
 fn commits_and_catch_up_keep_the_checksum_of_the_content() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,20 +175,11 @@ fn commits_and_catch_up_keep_the_checksum_of_the_content() {
     assert_eq!(keys, [b"x".as_slice(), b"z", b"w"]);
     assert!(la.changes_since(12345).is_none());
     // b catches up in a recovery transaction.
-    let mut tx = RecoveryTx::new(Some(lb.clone()));
-    tx.start();
     let mut push = RecBuffer::new(1);
     for (k, v) in &changes {
         push.add(0, None, k, v);
     }
-    let t = b.transaction_start().unwrap();
-    tx.store(&b, &push, |t, rb| {
-        for r in rb.iter() {
-            t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
-        }
-        Ok(())
-    })
-    .unwrap();
+    let (mut tx, t) = recovery(&lb, &b, None, &push);
     assert_eq!(lb.info(1).flags, CHANGELOG_TRACKED | CHANGELOG_IN_RECOVERY);
     assert_eq!(lb.info(1).checksum, la.info(1).checksum);
     t.commit().unwrap();
@@ -135,20 +189,7 @@ fn commits_and_catch_up_keep_the_checksum_of_the_content() {
     // b's log has the catch-up as an entry, from its old state.
     assert_eq!(lb.changes_since(at_b).unwrap().len(), 3);
     // A wipe and a full push restart the log.
-    let mut tx = RecoveryTx::new(Some(lb.clone()));
-    tx.start();
-    let t = b.transaction_start().unwrap();
-    b.wipe_all().unwrap();
-    tx.wiped(true);
-    tx.store(&b, &push, |t, rb| {
-        for r in rb.iter() {
-            t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
-        }
-        Ok(())
-    })
-    .unwrap();
-    t.commit().unwrap();
-    tx.committed(&b);
+    recovered(&lb, &b, Some(true), &push);
     let i = lb.info(1);
     assert_eq!(i.entries, 0);
     assert_eq!(i.checksum, content_checksum(&b).unwrap().0);
@@ -217,18 +258,9 @@ fn the_copy_epoch_follows_recovery_transactions() {
     .unwrap();
     let l = opened(&a, db_flags::KEYED);
     assert_eq!(l.info(1).epoch, 3);
-    let store = |t: &tdb::Tdb, rb: &RecBuffer| {
-        for r in rb.iter() {
-            t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
-        }
-        Ok(())
-    };
     // A catch-up pushes the next epoch without a wipe: seen inside the
     // transaction, kept at its commit.
-    let mut tx = RecoveryTx::new(Some(l.clone()));
-    tx.start();
-    let t = a.transaction_start().unwrap();
-    tx.store(&a, &epoch(4), store).unwrap();
+    let (mut tx, t) = recovery(&l, &a, None, &epoch(4));
     assert_eq!(l.info(1).epoch, 4);
     t.commit().unwrap();
     tx.committed(&a);
@@ -236,7 +268,7 @@ fn the_copy_epoch_follows_recovery_transactions() {
     // A cancelled one leaves it; a wipe without an epoch record clears it.
     let mut tx = RecoveryTx::new(Some(l.clone()));
     tx.start();
-    tx.store(&a, &epoch(9), store).unwrap();
+    tx.store(&a, &epoch(9), store_as_is).unwrap();
     tx.cancel();
     assert_eq!(l.info(1).epoch, 4);
     let mut tx = RecoveryTx::new(Some(l.clone()));
@@ -257,12 +289,7 @@ fn the_copy_epoch_follows_recovery_transactions() {
 #[test]
 fn a_stopped_checksum_is_computed_by_the_next_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let t = open(&dir, "s.tdb");
-    for i in 0..100u32 {
-        let v = LtdbHeader::default().prepend(b"v");
-        t.store(&i.to_le_bytes(), &v, tdb::StoreMode::Replace)
-            .unwrap();
-    }
+    let t = filled(&dir, "s.tdb", 100);
     let l = DbLog::open(&t, db_flags::PERSISTENT).unwrap();
     // An interruption meant for an earlier worker does not stop this one.
     l.interrupt_compute();
@@ -280,14 +307,6 @@ fn a_stopped_checksum_is_computed_by_the_next_worker() {
     assert_eq!(info.checksum, content_checksum(&t).unwrap().0);
 }
 
-/// Pushed records stored as they are (what the freeze session does).
-fn store_as_is(t: &tdb::Tdb, rb: &RecBuffer) -> Result<(), String> {
-    for r in rb.iter() {
-        t.store(r.key, r.data, tdb::StoreMode::Replace).unwrap();
-    }
-    Ok(())
-}
-
 /// A recovery transaction that ends without its commit (dropped with its
 /// session, or cancelled) is no longer reported: checksum, epoch and
 /// flags are those from before it started. A transaction that never
@@ -295,20 +314,11 @@ fn store_as_is(t: &tdb::Tdb, rb: &RecBuffer) -> Result<(), String> {
 #[test]
 fn a_recovery_transaction_ended_without_commit_is_not_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(&dir, "a.tdb");
-    let l = opened(&a, db_flags::PERSISTENT);
-    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    let (a, l) = committed_once(&dir);
     let before = l.info(1);
     assert_eq!(before.flags, CHANGELOG_TRACKED);
     for wipe in [false, true] {
-        let mut tx = RecoveryTx::new(Some(l.clone()));
-        tx.start();
-        let t = a.transaction_start().unwrap();
-        if wipe {
-            a.wipe_all().unwrap();
-            tx.wiped(true);
-        }
-        tx.store(&a, &rb(&[(b"y", 1, b"2")]), store_as_is).unwrap();
+        let (tx, t) = recovery(&l, &a, wipe.then_some(true), &rb(&[(b"y", 1, b"2")]));
         let during = l.info(1);
         assert_eq!(during.flags, CHANGELOG_TRACKED | CHANGELOG_IN_RECOVERY);
         assert_ne!(during.checksum, before.checksum);
@@ -338,14 +348,9 @@ fn a_recovery_transaction_ended_without_commit_is_not_reported() {
 #[test]
 fn a_failed_recovery_commit_leaves_the_checksum_to_compute() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(&dir, "a.tdb");
-    let l = opened(&a, db_flags::PERSISTENT);
-    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    let (a, l) = committed_once(&dir);
     let before = l.info(1).checksum;
-    let mut tx = RecoveryTx::new(Some(l.clone()));
-    tx.start();
-    let t = a.transaction_start().unwrap();
-    tx.store(&a, &rb(&[(b"y", 1, b"2")]), store_as_is).unwrap();
+    let (mut tx, t) = recovery(&l, &a, None, &rb(&[(b"y", 1, b"2")]));
     // The pages reached the file, the commit reported a failure after.
     t.commit().unwrap();
     tx.commit_failed();
@@ -367,9 +372,7 @@ fn a_failed_recovery_commit_leaves_the_checksum_to_compute() {
 #[test]
 fn a_full_rewrite_tracks_the_log_again_from_the_rewritten_content() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(&dir, "a.tdb");
-    let l = opened(&a, db_flags::PERSISTENT);
-    commit(&l, &a, &[rb(&[(b"x", 1, b"1")])]);
+    let (a, l) = committed_once(&dir);
     let old_base = l.info(1).checksum;
     commit(&l, &a, &[rb(&[(b"x", 2, b"2")])]);
     let old_entry = l.info(1).checksum;
@@ -384,14 +387,7 @@ fn a_full_rewrite_tracks_the_log_again_from_the_rewritten_content() {
     assert!(l.changes_since(old_entry).is_none());
     // Recovery: wipe and push the cluster's content, commit.
     let content = rb(&[(b"x", 2, b"2"), (b"z", 1, b"1")]);
-    let mut tx = RecoveryTx::new(Some(l.clone()));
-    tx.start();
-    let t = a.transaction_start().unwrap();
-    a.wipe_all().unwrap();
-    tx.wiped(true);
-    tx.store(&a, &content, store_as_is).unwrap();
-    t.commit().unwrap();
-    tx.committed(&a);
+    recovered(&l, &a, Some(true), &content);
     let i = l.info(1);
     assert_eq!(i.flags, CHANGELOG_TRACKED);
     assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
@@ -423,42 +419,20 @@ fn a_full_rewrite_tracks_the_log_again_from_the_rewritten_content() {
 #[test]
 fn a_failed_wipe_or_a_stopped_checksum_and_a_rewrite() {
     let dir = tempfile::tempdir().unwrap();
-    let a = open(&dir, "a.tdb");
-    for i in 0..20u32 {
-        let v = LtdbHeader::default().prepend(b"v");
-        a.store(&i.to_le_bytes(), &v, tdb::StoreMode::Replace)
-            .unwrap();
-    }
+    let a = filled(&dir, "a.tdb", 20);
     let l = DbLog::open(&a, db_flags::PERSISTENT).unwrap();
-    l.begin_compute();
-    l.interrupt_compute();
-    assert!(!l.compute(&a));
+    stopped_compute(&l, &a);
     assert!(l.unfinished());
     // The wipe "failed" (reported so) after removing nothing: the pushed
     // record joins the twenty, which only a read of the file sees.
-    let mut tx = RecoveryTx::new(Some(l.clone()));
-    tx.start();
-    let t = a.transaction_start().unwrap();
-    tx.wiped(false);
-    tx.store(&a, &rb(&[(b"p", 1, b"1")]), store_as_is).unwrap();
-    t.commit().unwrap();
-    tx.committed(&a);
+    recovered(&l, &a, Some(false), &rb(&[(b"p", 1, b"1")]));
     let i = l.info(1);
     assert_eq!(i.flags, CHANGELOG_TRACKED);
     assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
     assert!(!l.unfinished());
     // Stopped again, then a real rewrite: tracked, nothing left to do.
-    l.begin_compute();
-    l.interrupt_compute();
-    assert!(!l.compute(&a));
-    let mut tx = RecoveryTx::new(Some(l.clone()));
-    tx.start();
-    let t = a.transaction_start().unwrap();
-    a.wipe_all().unwrap();
-    tx.wiped(true);
-    tx.store(&a, &rb(&[(b"q", 1, b"1")]), store_as_is).unwrap();
-    t.commit().unwrap();
-    tx.committed(&a);
+    stopped_compute(&l, &a);
+    recovered(&l, &a, Some(true), &rb(&[(b"q", 1, b"1")]));
     let i = l.info(1);
     assert_eq!(i.flags, CHANGELOG_TRACKED);
     assert_eq!(i.checksum, content_checksum(&a).unwrap().0);
