@@ -33,6 +33,7 @@ use ctdb_client::db::{glock, keyed};
 use ctdb_client::{Client, Db, DbKind, Update};
 use ctdb_protocol::Marshal;
 use ctdb_protocol::types::{GLockList, GLockType, ServerId};
+use ctdb_tests::client_prog::get_u64;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -279,11 +280,7 @@ fn values(c: &Cluster, k: usize, keys: &[String]) -> Vec<u64> {
             .map(|key| {
                 d.fetch_local(key.as_bytes())
                     .unwrap()
-                    .and_then(|(_, v)| {
-                        v.get(..8)
-                            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                    })
-                    .unwrap_or(0)
+                    .map_or(0, |(_, v)| get_u64(&v))
             })
             .collect()
     })
@@ -313,6 +310,18 @@ fn wait_progress(c: &Cluster, k: usize, live: &[&Contender], what: &str) {
             c.log_tails()
         );
     }
+}
+
+/// [`wait_progress`] for the clients of `all` not `orphaned` (their node
+/// killed while they ran).
+fn wait_live(c: &Cluster, k: usize, all: &[Contender], orphaned: &[bool], what: &str) {
+    let live: Vec<&Contender> = all
+        .iter()
+        .zip(orphaned)
+        .filter(|(_, o)| !**o)
+        .map(|(x, _)| x)
+        .collect();
+    wait_progress(c, k, &live, what);
 }
 
 /// The node that is data master of `key` in `g_lock.tdb`, as the live
@@ -362,14 +371,7 @@ fn contenders_keep_going_when_the_lock_records_node_dies() {
     let mut next = PER_NODE;
     // Clients whose node was killed while they ran: disconnected for good.
     let mut orphaned: Vec<bool> = vec![false; all.len()];
-    let live = |all: &[Contender], orphaned: &[bool]| -> Vec<usize> {
-        (0..all.len()).filter(|&i| !orphaned[i]).collect()
-    };
-    {
-        let l = live(&all, &orphaned);
-        let refs: Vec<&Contender> = l.iter().map(|&i| &all[i]).collect();
-        wait_progress(&c, 0, &refs, "every client commits at the start");
-    }
+    wait_live(&c, 0, &all, &orphaned, "every client commits at the start");
     for round in 0..ROUNDS {
         // The queue record, then the lock record, then the queue again.
         let (what, key) = if round % 2 == 0 {
@@ -389,16 +391,13 @@ fn contenders_keep_going_when_the_lock_records_node_dies() {
         }
         let observer = (victim + 1) % NODES;
         c.wait_status(Duration::from_secs(120), NODES - 1, &[victim]);
-        {
-            let l = live(&all, &orphaned);
-            let refs: Vec<&Contender> = l.iter().map(|&i| &all[i]).collect();
-            wait_progress(
-                &c,
-                observer,
-                &refs,
-                &format!("round {round}: the clients of the nodes left commit"),
-            );
-        }
+        wait_live(
+            &c,
+            observer,
+            &all,
+            &orphaned,
+            &format!("round {round}: the clients of the nodes left commit"),
+        );
         c.restart(victim);
         c.wait_one_generation();
         for _ in 0..PER_NODE {
@@ -406,12 +405,11 @@ fn contenders_keep_going_when_the_lock_records_node_dies() {
             orphaned.push(false);
             next += 1;
         }
-        let l = live(&all, &orphaned);
-        let refs: Vec<&Contender> = l.iter().map(|&i| &all[i]).collect();
-        wait_progress(
+        wait_live(
             &c,
             observer,
-            &refs,
+            &all,
+            &orphaned,
             &format!("round {round}: every connected client commits after the restart"),
         );
     }
