@@ -78,6 +78,8 @@ impl Drop for Tdb {
             tracing::warn!(error = %e, "cancelling transaction on close failed");
         }
         inner.release_all_locks();
+        // Our descriptor closes next (`inner`), then the entry goes.
+        self._reg.closing();
     }
 }
 

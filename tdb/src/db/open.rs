@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::{Inner, Tdb};
 use crate::error::{Error, Result};
@@ -192,19 +192,74 @@ impl OpenOptions {
     }
 }
 
-/// Files open in this process, by (device, inode).
-static OPEN_FILES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+/// Files open in this process, by (device, inode), each with whether its
+/// handle is closing (dropped, its descriptor about to close).
+///
+/// A handle's entry goes away only after its descriptor is closed, so an
+/// entry of a closing handle can be met by an open of a file that merely
+/// has the same numbers: the closing handle's file was unlinked (a
+/// database's temp dir removed) and its inode, freed by the close, given
+/// to a new file before the entry went. An open that meets a closing
+/// entry waits for it to go (a few instructions away) instead of failing
+/// with [`Error::AlreadyOpen`]; it must not go ahead before: if it is the
+/// same file, the closing handle's close would drop the new handle's
+/// fcntl locks.
+struct OpenFiles {
+    files: Mutex<Vec<OpenFile>>,
+    gone: Condvar,
+}
+
+struct OpenFile {
+    id: (u64, u64),
+    closing: bool,
+}
+
+static OPEN_FILES: OpenFiles = OpenFiles {
+    files: Mutex::new(Vec::new()),
+    gone: Condvar::new(),
+};
+
+impl OpenFiles {
+    fn lock(&self) -> MutexGuard<'_, Vec<OpenFile>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The registry, once no closing handle has `id` any more; `None` if
+    /// an open handle has it.
+    fn settled(&self, id: (u64, u64)) -> Option<MutexGuard<'_, Vec<OpenFile>>> {
+        let mut v = self.lock();
+        loop {
+            match v.iter().find(|f| f.id == id) {
+                None => return Some(v),
+                Some(f) if !f.closing => return None,
+                Some(_) => v = self.gone.wait(v).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
 
 /// Removes a file from [`OPEN_FILES`] when dropped. Declared after the inner
 /// state in [`Tdb`] so it runs after the descriptor has been closed.
 pub(super) struct Registration((u64, u64));
 
+impl Registration {
+    /// The handle is being dropped: an open of the same numbers waits for
+    /// the entry to go instead of failing.
+    pub(super) fn closing(&self) {
+        if let Some(f) = OPEN_FILES.lock().iter_mut().find(|f| f.id == self.0) {
+            f.closing = true;
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut v = OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = v.iter().position(|x| *x == self.0) {
+        let mut v = OPEN_FILES.lock();
+        if let Some(i) = v.iter().position(|f| f.id == self.0) {
             v.swap_remove(i);
         }
+        drop(v);
+        OPEN_FILES.gone.notify_all();
     }
 }
 
@@ -228,11 +283,10 @@ impl Tdb {
     /// Open (or create) a database.
     pub fn open(path: impl AsRef<Path>, o: &OpenOptions) -> Result<Tdb> {
         let path = path.as_ref();
-        let registry = || OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
         // Refuse before opening a descriptor: closing a second descriptor of
         // an open file would drop the first handle's fcntl locks.
         if let Ok(md) = std::fs::metadata(path)
-            && registry().contains(&dev_ino(&md))
+            && OPEN_FILES.settled(dev_ino(&md)).is_none()
         {
             return Err(Error::AlreadyOpen);
         }
@@ -245,15 +299,14 @@ impl Tdb {
             .open(path)?;
         let id = dev_ino(&file.metadata()?);
         {
-            let mut reg = registry();
-            if reg.contains(&id) {
+            let Some(mut reg) = OPEN_FILES.settled(id) else {
                 // Lost a race with another open of the same file (or the
                 // path changed under us). Leak the descriptor rather than
                 // close it and drop the other handle's locks.
                 std::mem::forget(file);
                 return Err(Error::AlreadyOpen);
-            }
-            reg.push(id);
+            };
+            reg.push(OpenFile { id, closing: false });
         }
         // From here on the registration is undone on every exit, after the
         // descriptor is closed. The registry is not held while we wait for
