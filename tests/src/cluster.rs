@@ -348,7 +348,16 @@ impl Cluster {
 
     /// The reference tool's stdout for `args` on node `k`; panics on failure.
     pub fn tool_ok(&self, k: usize, args: &[&str]) -> String {
-        let out = self.tool(k, args);
+        Self::succeeded(self.tool(k, args), k, args)
+    }
+
+    /// Our tool's stdout for `args` on node `k` (commands only ours has,
+    /// such as `attach NAME keyed`); panics on failure.
+    pub fn our_tool_ok(&self, k: usize, args: &[&str]) -> String {
+        Self::succeeded(self.tool_with(&crate::our_bin("ctdb"), k, args), k, args)
+    }
+
+    fn succeeded(out: Output, k: usize, args: &[&str]) -> String {
         assert!(
             out.status.success(),
             "ctdb {} on node {k} failed: {}{}",

@@ -132,12 +132,7 @@ fn concurrent_keyed_commits_share_transactions_and_syncs() {
         c.restart(k);
     }
     c.wait_one_generation();
-    let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", KEYED, "keyed"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.our_tool_ok(0, &["attach", KEYED, "keyed"]);
     c.tool_ok(0, &["attach", CLASSIC, "persistent"]);
 
     let keyed_commits = KEYED_COMMITS * (3 * PER_NODE) as u64;

@@ -69,12 +69,7 @@ fn keyed_disjoint_keys_commit_concurrently() {
     require_reference();
     let c = Cluster::start(ours_with_helper(3));
     c.wait_one_generation();
-    let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.our_tool_ok(0, &["attach", DB, "keyed"]);
     rt().block_on(async {
         let c0 = Client::connect(c.socket(0)).await.unwrap();
         let c1 = Client::connect(c.socket(1)).await.unwrap();
@@ -190,12 +185,7 @@ fn keyed_no_lost_updates_with_node_kills() {
     // merges them as volatile ones, by rsn alone).
     let c = Cluster::start(ours_with_helper(4));
     c.wait_one_generation();
-    let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.our_tool_ok(0, &["attach", DB, "keyed"]);
     let stop = c.dir().join("stop-increments");
     let mut children = Vec::new();
     for node in 0..CLIENT_NODES {
@@ -316,12 +306,7 @@ fn stale_copy_of_a_node_that_missed_a_recovery_is_left_out() {
     for ours_helper in [true, false] {
         let c = Cluster::start(ours_with_helper(3));
         c.wait_one_generation();
-        let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.our_tool_ok(0, &["attach", DB, "keyed"]);
         commit(&c, 0, &[(b"A", 1), (b"B", 1)]);
         c.kill(2);
         c.wait_status(Duration::from_secs(120), 2, &[2]);

@@ -351,12 +351,7 @@ fn contenders_keep_going_when_the_lock_records_node_dies() {
         ClusterOptions::new(Daemon::ours(), NODES).recovery_helper(our_bin("ctdb_recovery_helper")),
     );
     c.wait_one_generation();
-    let out = c.tool_with(&our_bin("ctdb"), 0, &["attach", DB, "keyed"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.our_tool_ok(0, &["attach", DB, "keyed"]);
     let db_id = ctdb_tests::db_id(DB);
     let name = keyed::lock_name(db_id, b"shared");
     let qkey = glock::queue_key(&name);
