@@ -2,12 +2,14 @@
 //! to the node(s) it is addressed to, and writing replies and messages.
 
 use std::cell::RefCell;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener as StdListener;
 use std::rc::Rc;
 use std::time::Duration;
 
+use ctdb_client::unix_io::{PacketReader, Socket, register};
 use ctdb_protocol::call::{ReplyCall, ReqCall};
-use ctdb_protocol::framing::PacketCodec;
+use ctdb_protocol::framing::DEFAULT_MAX_PACKET;
 use ctdb_protocol::header::{
     CTDB_BROADCAST_ACTIVE, CTDB_BROADCAST_ALL, CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE,
     HEADER_LEN,
@@ -17,11 +19,9 @@ use ctdb_protocol::types::{DisableMessage, LtdbHeader, RecBuffer, SrvidMessage, 
 use ctdb_protocol::{
     Body, Header, Marshal, Operation, Packet, ReplyControl, ReqControl, ReqMessage,
 };
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::codec::FramedRead;
 
 use crate::controls;
 use ctdbd::messaging::ClientId;
@@ -147,7 +147,20 @@ async fn later(daemon: Shared, work: Later) {
 /// One client connection.
 async fn client(id: ClientId, stream: tokio::net::UnixStream, daemon: Shared, stop: Rc<Notify>) {
     let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(-1);
-    let (rd, mut wr) = stream.into_split();
+    // Packets are framed from a duplicate of the descriptor registered
+    // for readability; the stream itself is written to.
+    let rd = match stream
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| register(Socket::from(fd), Interest::READABLE))
+    {
+        Ok(rd) => rd,
+        Err(e) => {
+            tracing::error!("Client pid={pid} not served: {e}");
+            return;
+        }
+    };
+    let mut wr = stream;
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     daemon.borrow_mut().add_client(id, pid, tx);
     tracing::info!("New client id={id} pid={pid}");
@@ -167,9 +180,8 @@ async fn client(id: ClientId, stream: tokio::net::UnixStream, daemon: Shared, st
         }
     });
 
-    let mut frames = FramedRead::new(rd, PacketCodec::default());
-    while let Some(frame) = frames.next().await {
-        let Ok(frame) = frame else { break };
+    let mut reader = PacketReader::new(DEFAULT_MAX_PACKET);
+    while let Ok(Some(frame)) = reader.next(&rd).await {
         let mut d = daemon.borrow_mut();
         let mut fx = Effects::default();
         packet(&mut d, &mut fx, id, &frame);

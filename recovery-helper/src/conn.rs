@@ -11,22 +11,22 @@
 //! holds the other back through the socket. Only what record transfer
 //! needs is spoken here: controls with replies, and messages.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
 use ctdb_client::ClientError;
-use ctdb_protocol::framing::PacketCodec;
+use ctdb_client::unix_io::{PacketReader, Socket, register};
+use ctdb_protocol::framing::DEFAULT_MAX_PACKET;
 use ctdb_protocol::header::HEADER_LEN;
 use ctdb_protocol::types::RecBuffer;
 use ctdb_protocol::{
     Body, ControlRequest, Header, Marshal, MessageData, Opcode, Operation, Packet, ReplyControl,
     ReqControl, ReqMessage,
 };
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::FramedRead;
 
 type Result<T> = std::result::Result<T, ClientError>;
 
@@ -42,8 +42,12 @@ pub enum Incoming {
 }
 
 pub struct DirectConn {
-    rd: FramedRead<OwnedReadHalf, PacketCodec>,
-    wr: OwnedWriteHalf,
+    /// A duplicate of the socket's descriptor registered for
+    /// readability, which `reader` frames packets from.
+    rd: AsyncFd<Socket>,
+    reader: PacketReader,
+    /// The socket, written to.
+    wr: UnixStream,
     mypnn: u32,
     reqid: u32,
     timeout: Duration,
@@ -59,10 +63,15 @@ impl DirectConn {
                 path: socket.display().to_string(),
                 source,
             })?;
-        let (rd, wr) = s.into_split();
+        let rd = s
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| register(Socket::from(fd), Interest::READABLE))
+            .map_err(ClientError::Io)?;
         Ok(DirectConn {
-            rd: FramedRead::new(rd, PacketCodec::default()),
-            wr,
+            rd,
+            reader: PacketReader::new(DEFAULT_MAX_PACKET),
+            wr: s,
             mypnn,
             reqid: 0,
             timeout,
@@ -93,16 +102,17 @@ impl DirectConn {
     /// Reads the next packet, waiting at most the timeout (as for a reply
     /// to control `op`).
     async fn read_frame(&mut self, op: Opcode) -> Result<(Header, bytes::BytesMut)> {
-        let frame = match tokio::time::timeout(self.timeout, self.rd.next()).await {
+        let next = self.reader.next(&self.rd);
+        let frame = match tokio::time::timeout(self.timeout, next).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
                     what: format!("control {}", op.name()),
                     opcode: Some(op),
                 });
             }
-            Ok(Some(Ok(f))) => f,
-            Ok(Some(Err(e))) => return Err(ClientError::Other(e.to_string())),
-            Ok(None) => return Err(ClientError::Disconnected),
+            Ok(Ok(Some(f))) => f,
+            Ok(Err(e)) => return Err(ClientError::Other(e.to_string())),
+            Ok(Ok(None)) => return Err(ClientError::Disconnected),
         };
         let (header, _) = Header::pull(&frame)?;
         Ok((header, frame))
