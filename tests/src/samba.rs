@@ -81,35 +81,55 @@ impl Samba {
                 s.add_user(&conf);
             }
         }
-        for k in 0..cluster.len() {
-            let log = std::fs::File::create(s.node_dir(k).join("smbd.out")).unwrap();
-            let child = Command::new(SMBD)
-                .args(["--foreground", "--no-process-group", "--debug-stdout"])
-                .arg("--configfile")
-                .arg(s.conf(k))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                // Its own process group, so the guard stops its children too.
-                .process_group(0)
-                .spawn()
-                .expect("start smbd");
-            s.smbds.push(child);
+        // smbd claims the cluster's Samba version at start-up: a shared
+        // g_lock on one g_lock.tdb key, upgraded to exclusive when no
+        // version is recorded yet. Two smbds that both find none both try
+        // the upgrade, and Samba refuses the second (POSSIBLE_DEADLOCK:
+        // "smbd (null) already running") and exits, on either daemon. So
+        // node 0's smbd records the version first; the others then find it
+        // and keep their shared lock.
+        s.spawn(0);
+        s.wait_listening(0);
+        for k in 1..cluster.len() {
+            s.spawn(k);
         }
-        for k in 0..cluster.len() {
-            let addr = (s.ips[k], 445);
-            poll_until(
-                Duration::from_secs(30),
-                &format!("smbd of node {k} listening on {}:445", s.ips[k]),
-                || {
-                    if let Ok(Some(st)) = s.smbds[k].try_wait() {
-                        panic!("smbd of node {k} exited ({st}):\n{}", s.output(k));
-                    }
-                    std::net::TcpStream::connect(addr).ok()
-                },
-            );
+        for k in 1..cluster.len() {
+            s.wait_listening(k);
         }
         s
+    }
+
+    /// Starts node `k`'s smbd, its output in `smbd.out`.
+    fn spawn(&mut self, k: usize) {
+        let log = std::fs::File::create(self.node_dir(k).join("smbd.out")).unwrap();
+        let child = Command::new(SMBD)
+            .args(["--foreground", "--no-process-group", "--debug-stdout"])
+            .arg("--configfile")
+            .arg(self.conf(k))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            // Its own process group, so the guard stops its children too.
+            .process_group(0)
+            .spawn()
+            .expect("start smbd");
+        self.smbds.push(child);
+    }
+
+    /// Waits until node `k`'s smbd accepts connections; fails the test with
+    /// its output if it exits first.
+    fn wait_listening(&mut self, k: usize) {
+        let addr = (self.ips[k], 445);
+        poll_until(
+            Duration::from_secs(30),
+            &format!("smbd of node {k} listening on {}:445", self.ips[k]),
+            || {
+                if let Ok(Some(st)) = self.smbds[k].try_wait() {
+                    panic!("smbd of node {k} exited ({st}):\n{}", self.output(k));
+                }
+                std::net::TcpStream::connect(addr).ok()
+            },
+        );
     }
 
     fn node_dir(&self, k: usize) -> PathBuf {
