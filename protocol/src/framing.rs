@@ -1,25 +1,22 @@
 //! Framing CTDB packets on a byte stream (unix socket or TCP).
 //!
-//! [`Framer`] is what the daemon and the client read sockets with: it
-//! reads into one scratch buffer shared by every connection of a thread
-//! and holds memory only for a packet that has arrived in part, so an idle
-//! connection costs no buffer. It yields each complete packet as its own
-//! buffer, as many per read as arrived, after checking the length field
-//! against a configurable maximum.
-//!
-//! [`PacketCodec`] is the same framing as a `tokio_util` codec (decoder
-//! and encoder, the latter padding packets to the wire alignment), for
-//! `Framed` streams.
+//! [`Framer`] is the one framing of the workspace: the daemon, the
+//! client, the recovery helper and the fake daemon read their sockets
+//! with it (the asynchronous reader over it is
+//! `ctdb_client::unix_io::PacketReader`). It reads into one scratch buffer
+//! shared by every connection of a thread and holds memory only for a
+//! packet that has arrived in part, so an idle connection costs no
+//! buffer. It yields each complete packet as its own buffer, as many per
+//! read as arrived, after checking the length field against a
+//! configurable maximum.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
 
-use bytes::{Buf, BufMut, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use bytes::BytesMut;
 
 use crate::error::Error;
 use crate::header::{HEADER_LEN, Header};
-use crate::packet::{Packet, padded_len};
 
 /// The largest packet accepted by default (CTDB's daemon has no fixed limit;
 /// recovery chunks are bounded by RecBufferSizeLimit, 1 MB by default, and
@@ -35,89 +32,6 @@ pub enum FrameError {
     Protocol(#[from] Error),
 }
 
-/// Splits a byte stream into packets and writes packets to one.
-#[derive(Debug, Clone)]
-pub struct PacketCodec {
-    max_packet: usize,
-}
-
-impl PacketCodec {
-    pub fn new(max_packet: usize) -> Self {
-        PacketCodec { max_packet }
-    }
-
-    pub fn max_packet(&self) -> usize {
-        self.max_packet
-    }
-
-    /// Checks a length field: at least a header, at most the maximum.
-    pub fn check_length(&self, length: u32) -> Result<usize, Error> {
-        let n = length as usize;
-        if n < HEADER_LEN {
-            return Err(Error::BadLength {
-                length,
-                why: "shorter than a header",
-            });
-        }
-        if n > self.max_packet {
-            return Err(Error::BadLength {
-                length,
-                why: "over the maximum packet size",
-            });
-        }
-        Ok(n)
-    }
-}
-
-impl Default for PacketCodec {
-    fn default() -> Self {
-        PacketCodec::new(DEFAULT_MAX_PACKET)
-    }
-}
-
-impl Decoder for PacketCodec {
-    type Item = BytesMut;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        let Some(length) = Header::peek_length(src) else {
-            return Ok(None);
-        };
-        let n = self.check_length(length)?;
-        if src.len() < n {
-            src.reserve(n - src.len());
-            return Ok(None);
-        }
-        Ok(Some(src.split_to(n)))
-    }
-}
-
-impl Encoder<&Packet> for PacketCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, pkt: &Packet, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let n = pkt.encoded_len();
-        let start = dst.len();
-        dst.put_bytes(0, n);
-        pkt.encode_into(&mut dst[start..]);
-        Ok(())
-    }
-}
-
-/// Already-encoded packets (forwarded ones) are written as they are, padded
-/// if their length is not aligned.
-impl Encoder<BytesMut> for PacketCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, pkt: BytesMut, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let n = padded_len(pkt.len());
-        dst.reserve(n);
-        dst.extend_from_slice(pkt.chunk());
-        dst.put_bytes(0, n - pkt.len());
-        Ok(())
-    }
-}
-
 /// Bytes asked of the kernel per read.
 pub const SCRATCH: usize = 64 * 1024;
 
@@ -130,7 +44,8 @@ thread_local! {
 /// that has arrived in part.
 #[derive(Debug)]
 pub struct Framer {
-    codec: PacketCodec,
+    /// The largest packet accepted.
+    max_packet: usize,
     /// What has arrived of packets not yet complete (empty, and holding
     /// no allocation, between packets).
     partial: BytesMut,
@@ -139,7 +54,7 @@ pub struct Framer {
 impl Framer {
     pub fn new(max_packet: usize) -> Framer {
         Framer {
-            codec: PacketCodec::new(max_packet),
+            max_packet,
             partial: BytesMut::new(),
         }
     }
@@ -175,13 +90,31 @@ impl Framer {
             self.release();
             return Ok(None);
         };
-        let n = self.codec.check_length(length)?;
+        let n = self.check_length(length)?;
         if self.partial.len() < n {
             return Ok(None);
         }
         let pkt = self.partial.split_to(n);
         self.release();
         Ok(Some(pkt))
+    }
+
+    /// Checks a length field: at least a header, at most the maximum.
+    fn check_length(&self, length: u32) -> Result<usize, Error> {
+        let n = length as usize;
+        if n < HEADER_LEN {
+            return Err(Error::BadLength {
+                length,
+                why: "shorter than a header",
+            });
+        }
+        if n > self.max_packet {
+            return Err(Error::BadLength {
+                length,
+                why: "over the maximum packet size",
+            });
+        }
+        Ok(n)
     }
 
     /// Bytes held for incomplete packets.
@@ -231,6 +164,28 @@ mod tests {
             assert_eq!(f.held(), 0);
             assert_eq!(f.capacity(), 0, "chunks of {cut}");
         }
+    }
+
+    #[test]
+    fn encoded_packets_frame_whole_and_a_partial_one_is_held() {
+        use crate::{Body, ControlRequest, Operation, Packet, ReqControl};
+        let p = Packet::new(
+            Header::new(Operation::ReqControl, 0, 0, 1),
+            Body::ReqControl(ReqControl::new(ControlRequest::Ping)),
+        )
+        .encode();
+        let mut f = Framer::new(1024);
+        for _ in 0..5 {
+            f.push(&p);
+        }
+        f.push(&p[..10]); // a partial sixth
+        let mut n = 0;
+        while let Some(frame) = f.next_packet().unwrap() {
+            assert_eq!(&frame[..], &p[..]);
+            n += 1;
+        }
+        assert_eq!(n, 5);
+        assert_eq!(f.held(), 10);
     }
 
     #[test]

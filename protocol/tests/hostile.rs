@@ -1,14 +1,11 @@
 //! Specific hostile inputs: each must be a typed error, without panicking
 //! and without allocating what a lying count asks for.
 
-use bytes::BytesMut;
-use ctdb_protocol::framing::PacketCodec;
 use ctdb_protocol::header::{CTDB_MAGIC, HEADER_LEN};
 use ctdb_protocol::types::{NodeMap, RecBuffer, VnnMap};
 use ctdb_protocol::{
     ControlRequest, Error, Header, Marshal, Opcode, Operation, Packet, ReqControl,
 };
-use tokio_util::codec::Decoder;
 
 fn header(op: u32, len: u32) -> Vec<u8> {
     let mut b = Vec::new();
@@ -92,33 +89,6 @@ fn strings_must_be_terminated_and_utf8() {
     b[last - 1] = 0xff;
     b[last] = 0;
     assert!(matches!(ReqControl::pull(&b), Err(Error::Invalid { .. })));
-}
-
-#[test]
-fn framing_splits_many_packets_per_read_and_rejects_bad_lengths() {
-    let mut codec = PacketCodec::new(1024);
-    let p = Packet::new(
-        Header::new(Operation::ReqControl, 0, 0, 1),
-        ctdb_protocol::Body::ReqControl(ReqControl::new(ControlRequest::Ping)),
-    )
-    .encode();
-    let mut buf = BytesMut::new();
-    for _ in 0..5 {
-        buf.extend_from_slice(&p);
-    }
-    buf.extend_from_slice(&p[..10]); // a partial sixth
-    let mut n = 0;
-    while let Some(frame) = codec.decode(&mut buf).unwrap() {
-        assert_eq!(&frame[..], &p[..]);
-        n += 1;
-    }
-    assert_eq!(n, 5);
-    assert_eq!(buf.len(), 10);
-
-    let mut big = BytesMut::from(&header(0, 4096)[..]);
-    assert!(codec.decode(&mut big).is_err(), "over the maximum");
-    let mut tiny = BytesMut::from(&header(0, 8)[..]);
-    assert!(codec.decode(&mut tiny).is_err(), "shorter than a header");
 }
 
 /// Found by the fuzzer: a REPLY_DMASTER whose length left no room for the
