@@ -15,13 +15,38 @@
 //! socket is full (the daemon is not reading) does a writer task wait for
 //! it to drain, on a duplicate descriptor registered for that alone, and
 //! write the backlog; requests sent meanwhile queue behind in order.
+//!
+//! What is sent is on its way once it is in the socket: the daemon reads
+//! it even after this process has closed its end. Only a backlog can be
+//! lost, so a sender that must know its packets left (a one-way request
+//! such as a `SCHEDULE_FOR_DELETION` hint, before the process exits) has
+//! two guarantees:
+//! - [`Client::flush`] returns once every packet queued before it is in
+//!   the socket (or fails: the connection ended, or the daemon did not
+//!   read within the client's timeout);
+//! - when the last handle of a connection is dropped ([`Client`] and its
+//!   clones, including those inside [`crate::Db`]s and transactions), the
+//!   drop writes whatever backlog is left, blocking the dropping thread
+//!   until the daemon has read enough of it, for at most
+//!   [`DROP_FLUSH_LIMIT`]. So a process that ends normally (its `main`
+//!   returns and its runtime shuts down, dropping every task and the
+//!   clients they hold) loses nothing it sent to a daemon that is still
+//!   reading.
+//!
+//! Not guaranteed: a process that ends without dropping its clients
+//! (`std::process::exit`, `abort`, a signal, a client leaked with
+//! `mem::forget` or held in a `static`) loses any backlog left; call
+//! `flush` before such an exit. Nor is anything said about the daemon
+//! having *handled* a packet: only a reply says that. Dropping the last
+//! handle does not close the connection (its reader runs on with the
+//! runtime, as before).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ctdb_protocol::call::{ReplyCall, ReqCall};
@@ -37,10 +62,16 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{ClientError, Result};
-use crate::unix_io::{PacketReader, Socket, register, send_vectored, watch_writable};
+use crate::unix_io::{
+    PacketReader, Socket, register, send_vectored, wait_writable_blocking, watch_writable,
+};
 
 /// Control timeout used when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long dropping the last handle of a connection waits, at most, for
+/// the daemon to read the backlog left (see the module documentation).
+pub const DROP_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// A message delivered to a registered srvid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +99,9 @@ struct Shared {
     out: Mutex<Out>,
     /// Wakes the writer task when a backlog forms (or the connection ends).
     writer: Notify,
+    /// Wakes [`Client::flush`]es when the backlog is written (or dropped
+    /// with the connection).
+    drained: Notify,
     waiting: Mutex<HashMap<u32, Waiter>>,
     handlers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
     tunnels: Mutex<crate::tunnel::Handlers>,
@@ -81,6 +115,19 @@ struct Shared {
 pub struct Client {
     shared: Arc<Shared>,
     timeout: Duration,
+    /// Shared by the handles whose last drop writes the backlog left;
+    /// `None` for the library's own background tasks, which live as long
+    /// as the connection and must not keep that from happening.
+    handle: Option<Arc<LastHandle>>,
+}
+
+/// Writes the connection's backlog when the last [`Client`] handle goes.
+struct LastHandle(Arc<Shared>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.flush_blocking(DROP_FLUSH_LIMIT);
+    }
 }
 
 impl Client {
@@ -125,6 +172,7 @@ impl Client {
                 blocked: false,
             }),
             writer: Notify::new(),
+            drained: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
             tunnels: Mutex::new(HashMap::new()),
@@ -143,6 +191,7 @@ impl Client {
             }
         }
         Client {
+            handle: Some(Arc::new(LastHandle(Arc::clone(&shared)))),
             shared,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -153,6 +202,52 @@ impl Client {
         Client {
             shared: Arc::clone(&self.shared),
             timeout,
+            handle: self.handle.clone(),
+        }
+    }
+
+    /// A handle for a background task that lives as long as the
+    /// connection: it does not count as a handle whose last drop flushes
+    /// the backlog.
+    pub(crate) fn background(&self) -> Client {
+        Client {
+            shared: Arc::clone(&self.shared),
+            timeout: self.timeout,
+            handle: None,
+        }
+    }
+
+    /// Waits until every packet sent on this connection before the call
+    /// is written to the socket (and so will reach the daemon, even if
+    /// this process ends right after). Returns at once when nothing is
+    /// queued, which is the usual case: a packet is written by its sender
+    /// unless the socket is full. Fails if the connection ended (the
+    /// backlog is then lost) or the daemon read nothing of it within the
+    /// client's timeout.
+    pub async fn flush(&self) -> Result<()> {
+        let wait = async {
+            loop {
+                let drained = self.shared.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                {
+                    let out = self.shared.out.lock().unwrap_or_else(|e| e.into_inner());
+                    if out.sock.is_none() {
+                        return Err(ClientError::Disconnected);
+                    }
+                    if !out.blocked {
+                        return Ok(());
+                    }
+                }
+                drained.await;
+            }
+        };
+        match tokio::time::timeout(self.timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                what: "flushing the requests queued for the daemon".to_owned(),
+                opcode: None,
+            }),
         }
     }
 
@@ -457,7 +552,46 @@ impl Shared {
             }
         }
         out.blocked = false;
+        drop(out);
+        self.drained.notify_waiters();
         Ok(true)
+    }
+
+    /// Writes the backlog left from this thread, waiting (blocking) for
+    /// the socket to drain, for at most `limit`; for the drop of the last
+    /// handle, when the writer task may not run again (the runtime may be
+    /// shutting down). The writer task, if it runs meanwhile, takes turns
+    /// under the same lock: order is kept.
+    fn flush_blocking(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let sock = {
+                let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                match out.sock.clone() {
+                    Some(s) if out.blocked => s,
+                    _ => return,
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let waited = match self.drain(sock.get_ref()) {
+                Ok(true) => return,
+                Ok(false) if left.is_zero() => Err(io::Error::from(io::ErrorKind::TimedOut)),
+                Ok(false) => wait_writable_blocking(sock.get_ref(), left),
+                Err(e) => {
+                    tracing::debug!("write to the daemon failed: {e}");
+                    self.close_out();
+                    return;
+                }
+            };
+            if let Err(e) = waited {
+                let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                tracing::warn!(
+                    "last client handle dropped: {} queued requests not written to the daemon: {e}",
+                    out.backlog.len()
+                );
+                return;
+            }
+        }
     }
 
     /// The connection is over: nothing more is written.
@@ -470,6 +604,7 @@ impl Shared {
         out.blocked = false;
         drop(out);
         self.writer.notify_one();
+        self.drained.notify_waiters();
     }
 }
 

@@ -9,6 +9,7 @@
 //! peer reads, which wakes the process for nothing.
 
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use ctdb_protocol::framing::{FrameError, Framer, SCRATCH};
@@ -42,6 +43,30 @@ pub fn send_vectored(s: &Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match socket2::SockRef::from(s).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
+        }
+    }
+}
+
+/// Blocks the calling thread until `s` is writable (or its peer is gone:
+/// the next write says how), for at most `limit`; `TimedOut` after that.
+/// Only for a last write where no runtime can be relied on (a client's
+/// last handle dropped while its runtime shuts down).
+pub fn wait_writable_blocking(s: &Socket, limit: Duration) -> io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLOUT)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -348,7 +348,9 @@ async fn serve_probes(client: &Client) {
     }
     match client.register_srvid(srvid).await {
         Ok(mut rx) => {
-            let c = client.clone();
+            // Not a handle that keeps the connection's last drop from
+            // flushing its backlog.
+            let c = client.background();
             tokio::spawn(async move {
                 // Ends with the connection.
                 while let Some(m) = rx.recv().await {
