@@ -32,6 +32,18 @@ async fn public_ips(ctx: &Ctx, pnn: u32) -> Result<PublicIpList, i32> {
     }
 }
 
+/// Whether node `pnn` lists `addr` among its public addresses. When the
+/// list cannot be had, says so and gives the control's error.
+async fn node_has_public_ip(ctx: &Ctx, pnn: u32, addr: &SockAddr) -> Result<bool, i32> {
+    match public_ips(ctx, pnn).await {
+        Ok(l) => Ok(l.ips.iter().any(|ip| ip.addr.ip() == addr.ip())),
+        Err(e) => {
+            eprintln!("Failed to get Public IPs from node {pnn}");
+            Err(e)
+        }
+    }
+}
+
 /// Every public address of the cluster and who hosts it, as the hosting
 /// nodes themselves claim.
 async fn all_public_ips(ctx: &mut Ctx) -> Result<Vec<PublicIp>, i32> {
@@ -485,19 +497,16 @@ async fn moveip_once(ctx: &mut Ctx, addr: &SockAddr, pnn: u32) -> i32 {
         eprintln!("Failed to disable IP check");
         return 1;
     }
-    let list = match public_ips(ctx, pnn).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("Failed to get Public IPs from node {pnn}");
-            return e;
+    match node_has_public_ip(ctx, pnn, addr).await {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!(
+                "Node {pnn} CANNOT host IP address {}",
+                addr_str(addr, false)
+            );
+            return 1;
         }
-    };
-    if !list.ips.iter().any(|ip| ip.addr.ip() == addr.ip()) {
-        eprintln!(
-            "Node {pnn} CANNOT host IP address {}",
-            addr_str(addr, false)
-        );
-        return 1;
+        Err(e) => return e,
     }
     let Some(m) = ctx.get_nodemap(false).await else {
         return 1;
@@ -552,16 +561,13 @@ pub async fn addip(ctx: &mut Ctx, args: &[String]) -> i32 {
         eprintln!("Invalid IP/Mask {}", args[0]);
         return 1;
     };
-    let list = match public_ips(ctx, ctx.cmd_pnn).await {
-        Ok(l) => l,
-        Err(_) => {
-            eprintln!("Failed to get Public IPs from node {}", ctx.cmd_pnn);
-            return 1;
+    match node_has_public_ip(ctx, ctx.cmd_pnn, &addr).await {
+        Ok(false) => {}
+        Ok(true) => {
+            eprintln!("Node already knows about IP {}", addr_str(&addr, false));
+            return 0;
         }
-    };
-    if list.ips.iter().any(|ip| ip.addr.ip() == addr.ip()) {
-        eprintln!("Node already knows about IP {}", addr_str(&addr, false));
-        return 0;
+        Err(_) => return 1,
     }
     let info = AddrInfo {
         addr,
@@ -606,19 +612,16 @@ pub async fn delip(ctx: &mut Ctx, args: &[String]) -> i32 {
         eprintln!("Invalid IP address {}", args[0]);
         return 1;
     };
-    let list = match public_ips(ctx, ctx.cmd_pnn).await {
-        Ok(l) => l,
-        Err(_) => {
-            eprintln!("Failed to get Public IPs from node {}", ctx.cmd_pnn);
-            return 1;
+    match node_has_public_ip(ctx, ctx.cmd_pnn, &addr).await {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!(
+                "Node does not know about IP address {}",
+                addr_str(&addr, false)
+            );
+            return 0;
         }
-    };
-    if !list.ips.iter().any(|ip| ip.addr.ip() == addr.ip()) {
-        eprintln!(
-            "Node does not know about IP address {}",
-            addr_str(&addr, false)
-        );
-        return 0;
+        Err(_) => return 1,
     }
     let info = AddrInfo {
         addr,
