@@ -544,7 +544,10 @@ async fn exists(glock: &Db, who: ServerId) -> bool {
 }
 
 /// Stores `list` as record `key`'s new value (deleting the record when
-/// nobody is left).
+/// nobody is left: [`Update::Delete`] tells the daemon one-way, so a
+/// release that empties its lock and queue records does not wait for two
+/// `SCHEDULE_FOR_DELETION` answers; the connection writes a hint still
+/// queued when its last handle is dropped, see [`crate::connection`]).
 fn stored(list: &GLockList) -> Update {
     if list.locks.is_empty() {
         Update::Delete

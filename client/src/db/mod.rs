@@ -212,21 +212,43 @@ impl Db {
     }
 
     /// Tells the daemon that a record's local copy was emptied, so that
-    /// vacuuming may delete it, and waits for its answer as CTDB's client
-    /// does: a hint sent without waiting could still be in the
-    /// connection's backlog when the process exits, and be lost (the
-    /// record then stays until a full vacuum run finds it).
+    /// vacuuming may delete it, without waiting for its answer (which
+    /// only says the record is in the vacuuming queue; awaiting it cost
+    /// two round trips to the daemon on every delete and on every g_lock
+    /// release that empties its record, a commit's critical path). CTDB's
+    /// client waits; what it gets from that is that the hint left the
+    /// process, which this connection guarantees otherwise: a hint is in
+    /// the socket when this returns unless the socket was full, and then
+    /// the dropping of the connection's last handle writes it (see
+    /// [`crate::connection`]: a process that exits without dropping its
+    /// client, `std::process::exit`, must [`Client::flush`] first). Our
+    /// later requests on this connection are handled after it, in order.
+    /// A hint that is lost anyway only leaves the empty record to the next
+    /// full vacuuming run.
+    ///
+    /// [`Client::flush`]: crate::Client::flush
+    pub(crate) fn hint_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
+        self.client.control_noreply(
+            CTDB_CURRENT_NODE,
+            ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(
+                self.key_data(header, key),
+            )),
+        )
+    }
+
+    /// [`hint_deletion`](Db::hint_deletion), waiting for the daemon's
+    /// answer as CTDB's client does (for [`RecordHandle`]'s delete, which
+    /// keeps the record locked until then).
+    ///
+    /// [`RecordHandle`]: record::RecordHandle
     pub(crate) async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
-        let kd = ctdb_protocol::types::KeyData {
-            db_id: self.id,
-            header,
-            key: key.to_vec(),
-        };
         let r = self
             .client
             .control_raw(
                 CTDB_CURRENT_NODE,
-                ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(kd)),
+                ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(
+                    self.key_data(header, key),
+                )),
             )
             .await?;
         if r.status != 0 {
@@ -236,6 +258,14 @@ impl Db {
             )));
         }
         Ok(())
+    }
+
+    fn key_data(&self, header: LtdbHeader, key: &[u8]) -> ctdb_protocol::types::KeyData {
+        ctdb_protocol::types::KeyData {
+            db_id: self.id,
+            header,
+            key: key.to_vec(),
+        }
     }
 
     /// `g_lock.tdb` for this database's transactions (attached once).

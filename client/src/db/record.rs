@@ -28,7 +28,10 @@ pub enum Update {
     Keep,
     /// Store this value (the header is kept).
     Store(Vec<u8>),
-    /// Delete it (the daemon removes it cluster-wide later).
+    /// Delete it (the daemon removes it cluster-wide later): the record
+    /// is left empty and the daemon told so with a one-way
+    /// `SCHEDULE_FOR_DELETION` (not awaited; see [`Db`]'s hint and the
+    /// connection's flush guarantee).
     Delete,
 }
 
@@ -106,7 +109,7 @@ impl Db {
             match attempt? {
                 Attempt::Done(r, deleted) => {
                     if let Some(h) = deleted {
-                        self.schedule_for_deletion(h, key).await?;
+                        self.hint_deletion(h, key)?;
                     }
                     return Ok(r);
                 }

@@ -20,7 +20,12 @@
 //! ctdb-increment SOCKET store-delete DB PREFIX COUNT
 //!     store records PREFIX-0 .. PREFIX-(COUNT-1) of a volatile database,
 //!     then delete them all (the client library's delete, with its
-//!     SCHEDULE_FOR_DELETION) and exit at once
+//!     SCHEDULE_FOR_DELETION, one-way) and exit at once
+//! ctdb-increment SOCKET glock-release NAME PREFIX COUNT
+//!     take our client's g_locks NAME/PREFIX-0 .. NAME/PREFIX-(COUNT-1)
+//!     one after the other, then release them all (each release empties
+//!     the lock record and its queue record, and tells the daemon so,
+//!     one-way) and exit at once
 //! ctdb-increment SOCKET hold-lock DB KEY
 //!     lock KEY's record chain in the local file, print "locked", and
 //!     hold it until killed
@@ -134,6 +139,28 @@ async fn run(args: &[String]) -> Result<(), String> {
                 db.delete(k.as_bytes())
                     .await
                     .map_err(|e| format!("delete: {e}"))?;
+            }
+        }
+        "glock-release" => {
+            let n = count()?;
+            let g = c.g_lock_db().await.map_err(|e| format!("attach: {e}"))?;
+            let me = ctdb_client::db::glock::server_id(c.pnn(), 1);
+            let prefix = String::from_utf8_lossy(key);
+            let names: Vec<String> = (0..n).map(|i| format!("{db}/{prefix}-{i}")).collect();
+            for name in &names {
+                ctdb_client::db::glock::lock(
+                    &g,
+                    name.as_bytes(),
+                    me,
+                    ctdb_protocol::types::GLockType::Write,
+                )
+                .await
+                .map_err(|e| format!("lock {name}: {e}"))?;
+            }
+            for name in &names {
+                ctdb_client::db::glock::unlock(&g, name.as_bytes(), me)
+                    .await
+                    .map_err(|e| format!("unlock {name}: {e}"))?;
             }
         }
         "hold-lock" => {
