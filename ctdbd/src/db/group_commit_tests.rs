@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
+use ctdb_protocol::ControlRequest;
 use ctdb_protocol::types::{CTDB_RECOVERY_ACTIVE, DbSeqnumRequest, db_flags};
-use ctdb_protocol::{ControlRequest, ReqControl};
 
 use super::*;
-use crate::control::ControlCtx;
 use crate::db::Effect;
 use crate::db::persistent::apply_update;
 use crate::db::test_layer::Layer;
@@ -190,17 +189,6 @@ fn fixture() -> Layer {
 }
 
 impl Layer {
-    /// Sends control `data` from node 0 with request id `reqid`.
-    fn control(&mut self, reqid: u32, data: ControlRequest) {
-        let ctx = ControlCtx {
-            srcnode: 0,
-            client: None,
-            client_id: 0,
-        };
-        let req = ReqControl::new(data);
-        self.with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
-    }
-
     fn update(&mut self, reqid: u32, recs: &[(&[u8], u64, &[u8])]) {
         let mut b = rb(recs);
         b.db_id = self.id;

@@ -127,6 +127,18 @@ impl Layer {
         })
     }
 
+    /// Sends control `data` from node 0 with request id `reqid`; its
+    /// reply, if any, is among the layer's effects.
+    pub(crate) fn control(&mut self, reqid: u32, data: ControlRequest) {
+        let ctx = ControlCtx {
+            srcnode: 0,
+            client: None,
+            client_id: 0,
+        };
+        let req = ReqControl::new(data);
+        self.with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
+    }
+
     /// Runs the work that became ready: what it does.
     pub(crate) fn run_ready(&mut self) -> Vec<Effect> {
         self.with(|d, env| {
@@ -229,13 +241,7 @@ impl Recovery {
         let reqid = self.next;
         self.next += 1;
         let what = format!("{data:?}");
-        let ctx = ControlCtx {
-            srcnode: 0,
-            client: None,
-            client_id: 0,
-        };
-        let req = ReqControl::new(data);
-        f.with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
+        f.control(reqid, data);
         self.until(f, &what, |s, _| s.replies.iter().any(|r| r.0 == reqid));
         let i = self.replies.iter().position(|r| r.0 == reqid).unwrap();
         let (_, r) = self.replies.remove(i);
