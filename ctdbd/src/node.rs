@@ -86,6 +86,9 @@ pub struct NodeState {
     pub start_time: Timeval,
     pub last_recovery_started: Timeval,
     pub last_recovery_finished: Timeval,
+    /// Set when this node became inactive, until the database layer is
+    /// told ([`NodeState::take_became_inactive`]).
+    became_inactive: bool,
 }
 
 impl NodeState {
@@ -121,6 +124,7 @@ impl NodeState {
             start_time: Timeval::now(),
             last_recovery_started: Timeval::default(),
             last_recovery_finished: Timeval::default(),
+            became_inactive: false,
         }
     }
 
@@ -228,10 +232,20 @@ impl NodeState {
     }
 
     /// This node becomes inactive (banned or stopped): invalid generation
-    /// and recovery mode, so it serves no database traffic.
+    /// and recovery mode, so it serves no database traffic; the database
+    /// layer is to invalidate its databases' generations too
+    /// ([`NodeState::take_became_inactive`]).
     fn become_inactive(&mut self) {
         self.vnnmap.generation = INVALID_GENERATION;
         self.recovery_mode = CTDB_RECOVERY_ACTIVE;
+        self.became_inactive = true;
+    }
+
+    /// Whether this node became inactive since the last call: the event
+    /// loop then tells the database layer
+    /// ([`crate::db::Databases::node_inactive`]).
+    pub fn take_became_inactive(&mut self) -> bool {
+        std::mem::take(&mut self.became_inactive)
     }
 
     /// `SET_BAN_STATE`: bans this node for `time` seconds (0 lifts the
@@ -401,6 +415,21 @@ mod tests {
         assert_eq!(s.vnnmap.generation, INVALID_GENERATION);
         assert_eq!(s.vnnmap.map, vec![0, 1, 2]);
         assert_eq!(s.nodemap().nodes[2].addr.port(), 4379);
+    }
+
+    #[test]
+    fn becoming_inactive_is_reported_once_per_ban_or_stop() {
+        let mut s = NodeState::new(0, &entries(2), capabilities::DEFAULT);
+        let now = Instant::now();
+        assert!(!s.take_became_inactive());
+        s.set_ban(BanState { pnn: 0, time: 5 }, true, now).unwrap();
+        assert!(s.take_became_inactive());
+        assert!(!s.take_became_inactive());
+        // Banned again while banned: not inactive anew.
+        s.set_ban(BanState { pnn: 0, time: 9 }, true, now).unwrap();
+        assert!(!s.take_became_inactive());
+        s.stop();
+        assert!(s.take_became_inactive());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use ctdb_protocol::call::{
     ReplyCall, ReplyDmaster, ReplyError, ReqCall, ReqDmaster, call_flags, call_id,
 };
-use ctdb_protocol::header::HEADER_LEN;
+use ctdb_protocol::header::{HEADER_LEN, INVALID_GENERATION};
 use ctdb_protocol::types::{LtdbHeader, node_flags};
 use ctdb_protocol::{Body, Header, Marshal, Operation, Packet};
 use tracing::{debug, error, info, warn};
@@ -397,7 +397,10 @@ impl Databases {
                 );
                 return;
             }
-            if hdr.generation != env.generation() {
+            // The invalid generation is an inactive node's (or a node's
+            // before its first recovery): served by no node, though this
+            // node's own may be the invalid one too.
+            if hdr.generation != env.generation() || hdr.generation == INVALID_GENERATION {
                 debug!(
                     "{:?} from node {} for generation {} dropped (ours is {})",
                     hdr.operation,

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as smpsc;
 use std::time::{Duration, Instant};
 
+use ctdb_protocol::header::INVALID_GENERATION;
 use ctdb_protocol::types::{PullDbExt, TransDb, VnnMap};
 use ctdb_protocol::{ControlReply, ControlRequest, ReplyControl, ReqControl};
 use tracing::{error, warn};
@@ -407,6 +408,17 @@ impl Databases {
             }
         }
         self.run_deferred_attaches(env);
+    }
+
+    /// This node became inactive (banned or stopped): every database's
+    /// generation becomes invalid, as in CTDB 4.17, until a recovery
+    /// commits the database in a new one. What this node sends about a
+    /// database meanwhile carries a generation no node serves, rather
+    /// than the one the rest of the cluster may still be in.
+    pub fn node_inactive(&mut self) {
+        for db in self.dbs.values_mut() {
+            db.generation = INVALID_GENERATION;
+        }
     }
 
     /// Every database must have been recovered in the current generation

@@ -161,8 +161,12 @@ impl Server {
         self.send_node(dest, b);
     }
 
-    /// The database layer learns about recovery mode changes.
+    /// The database layer learns about recovery mode changes, and that
+    /// this node became inactive.
     pub(super) fn db_recmode_check(&mut self) {
+        if self.core.node.take_became_inactive() {
+            self.with_dbs(|d, _| d.node_inactive());
+        }
         let now = self.core.node.recovery_mode;
         if now != self.db_recmode {
             self.db_recmode = now;

@@ -338,3 +338,55 @@ fn a_call_that_waited_for_the_thaw_is_sent_once() {
     assert_eq!(calls.len(), 1, "{fx:?}");
     assert_eq!(calls[0].1.header.generation, 6);
 }
+
+/// A node that becomes inactive (banned or stopped) takes its databases
+/// out of their generation, as CTDB 4.17 does: until a recovery commits
+/// them anew, a client's call made there (before anything froze the
+/// database) goes out in the invalid generation, which no node serves,
+/// not in the one the rest of the cluster may still be in; and a record
+/// packet in the invalid generation (another inactive node's) is not
+/// served here either, though this node's generation is the invalid one
+/// too.
+#[test]
+fn an_inactive_node_sends_record_packets_in_no_generation_a_node_serves() {
+    use ctdb_protocol::header::INVALID_GENERATION;
+
+    let mut f = fixture();
+    let db_id = f.id;
+    let there = LtdbHeader {
+        rsn: 10,
+        dmaster: 0,
+        ..Default::default()
+    };
+    let (before, after) = (key_for(0, 0), key_for(0, 1));
+    f.put(&before, &there, b"there");
+    f.put(&after, &there, b"there");
+    let fx = f.client_call(fetch_call(db_id, &before));
+    let (dest, p) = decode(&fx[0]);
+    assert_eq!((dest, p.header.generation), (0, 5));
+    f.node.stop();
+    assert!(f.node.take_became_inactive());
+    f.with(|d, _| d.node_inactive());
+    let fx = f.client_call(fetch_call(db_id, &after));
+    assert_eq!(fx.len(), 1, "{fx:?}");
+    let (dest, p) = decode(&fx[0]);
+    assert!(matches!(p.body, Body::ReqCall(_)), "{:?}", p.body);
+    assert_eq!((dest, p.header.generation), (0, INVALID_GENERATION));
+    // A record this node is data master of, asked for by node 2.
+    let mine = key_for(1, 0);
+    f.put(
+        &mine,
+        &LtdbHeader {
+            rsn: 3,
+            dmaster: 1,
+            ..Default::default()
+        },
+        b"mine",
+    );
+    for g in [INVALID_GENERATION, 5] {
+        let fx = f.req_call(2, g, migrate_call(db_id, &mine, 1));
+        assert!(fx.is_empty(), "generation {g}: {fx:?}");
+    }
+    let (h, d) = f.get(&mine).unwrap();
+    assert_eq!((h.dmaster, d.as_slice()), (1, b"mine".as_slice()));
+}
