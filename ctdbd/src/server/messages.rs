@@ -25,7 +25,7 @@ pub(super) enum Sender {
 }
 
 /// Encodes a `REQ_MESSAGE` with raw payload bytes.
-fn message_bytes(h: Header, srvid: u64, data: &[u8]) -> Bytes {
+pub(super) fn message_bytes(h: Header, srvid: u64, data: &[u8]) -> Bytes {
     let p = Packet::new(h, Body::ReqMessage(ReqMessage::data(srvid, data.to_vec())));
     p.encode().into()
 }

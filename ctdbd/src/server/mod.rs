@@ -53,6 +53,8 @@ mod controls;
 mod effects;
 mod ingress;
 mod links;
+#[cfg(test)]
+mod loop_tests;
 mod messages;
 
 use controls::{Pending, PendingKind};
@@ -251,11 +253,7 @@ impl Server {
         let mut db_timer_at: Option<Instant> = None;
         while !self.shutdown {
             if !self.loopback.is_empty() {
-                let pnn = self.pnn();
-                for pkt in std::mem::take(&mut self.loopback) {
-                    self.node_packet(pnn, pkt);
-                }
-                self.after_event();
+                self.serve_loopback();
             }
             let wake = self.dbs.next_wakeup();
             if wake != db_timer_at {
@@ -299,6 +297,21 @@ impl Server {
             self.flush();
         }
         self.finish().await;
+    }
+
+    /// Handles the packets this node sent itself in the last turn, and
+    /// writes out what they produced at once: the loop waits for the next
+    /// event after this, and the reply to this node's own part of a
+    /// commit (an `UPDATE_RECORD` to itself) is often the last one its
+    /// client waits for. (Left queued, it went out with whatever woke the
+    /// loop next: the 100 ms tick on a quiet node.)
+    fn serve_loopback(&mut self) {
+        let pnn = self.pnn();
+        for pkt in std::mem::take(&mut self.loopback) {
+            self.node_packet(pnn, pkt);
+        }
+        self.after_event();
+        self.flush();
     }
 
     /// Writes out what this turn queued for clients and nodes.
