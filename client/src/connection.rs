@@ -22,8 +22,8 @@
 //! such as a `SCHEDULE_FOR_DELETION` hint, before the process exits) has
 //! two guarantees:
 //! - [`Client::flush`] returns once every packet queued before it is in
-//!   the socket (or fails: the connection ended, or the daemon did not
-//!   read within the client's timeout);
+//!   the socket (or fails: the connection has ended, or the backlog was
+//!   still not empty after the client's timeout);
 //! - when the last handle of a connection is dropped ([`Client`] and its
 //!   clones, including those inside [`crate::Db`]s and transactions), the
 //!   drop writes whatever backlog is left, blocking the dropping thread
@@ -221,9 +221,12 @@ impl Client {
     /// is written to the socket (and so will reach the daemon, even if
     /// this process ends right after). Returns at once when nothing is
     /// queued, which is the usual case: a packet is written by its sender
-    /// unless the socket is full. Fails if the connection ended (the
-    /// backlog is then lost) or the daemon read nothing of it within the
-    /// client's timeout.
+    /// unless the socket is full. It waits for the whole backlog, so
+    /// packets other handles keep queuing behind its own can make it wait
+    /// longer. Fails with `Disconnected` if the connection has ended
+    /// (even with nothing queued; a backlog is then lost), and with a
+    /// timeout if the backlog is still not empty after the client's
+    /// timeout (it stays queued for the writer).
     pub async fn flush(&self) -> Result<()> {
         let wait = async {
             loop {
