@@ -123,6 +123,13 @@ impl LockWaits {
         self.helpers.len()
     }
 
+    /// The id of the helper that waits for chain `bucket` (tests feed its
+    /// report by hand).
+    #[cfg(test)]
+    pub fn helper_id(&self, bucket: u32) -> Option<u64> {
+        self.helpers.get(&bucket).map(|h| h.id)
+    }
+
     /// Takes chain `bucket`'s queued work, in order.
     fn take(&mut self, bucket: u32) -> VecDeque<Queued> {
         let q = self.queues.remove(&bucket).unwrap_or_default();

@@ -219,6 +219,9 @@ pub enum Work {
     RevokeFinish { key: Vec<u8> },
 }
 
+/// Rounds of [`Databases::run_ready`] per call.
+const READY_PASSES: usize = 4;
+
 /// The database layer.
 pub struct Databases {
     pub(crate) cfg: DbConfig,
@@ -326,15 +329,24 @@ impl Databases {
     }
 
     /// Runs work that became ready (a completed migration releases the
-    /// calls that waited for it).
+    /// calls that waited for it), and what that work made ready in turn (a
+    /// revocation finished from the queue releases the calls that waited
+    /// for it, with no effect of its own that would bring the loop back),
+    /// for at most [`READY_PASSES`] rounds: work that puts itself back
+    /// cannot hold the loop; what is left runs with the next event.
     pub fn run_ready(&mut self, env: &Env) {
-        let mut n = self.ready.len();
-        while n > 0 {
-            n -= 1;
-            let Some((db, w)) = self.ready.pop_front() else {
-                break;
-            };
-            self.run_work(env, db, w);
+        for _ in 0..READY_PASSES {
+            let mut n = self.ready.len();
+            if n == 0 {
+                return;
+            }
+            while n > 0 {
+                n -= 1;
+                let Some((db, w)) = self.ready.pop_front() else {
+                    break;
+                };
+                self.run_work(env, db, w);
+            }
         }
     }
 

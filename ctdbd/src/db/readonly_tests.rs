@@ -397,3 +397,78 @@ fn the_end_of_a_revocation_waits_for_a_clients_record_lock() {
     assert_eq!(dest, 0);
     assert!(matches!(p.body, Body::ReplyDmaster(_)), "{:?}", p.body);
 }
+
+/// A revocation's final store that went back to the ready queue (its lock
+/// helper failed) releases the migration that waited for it, and that
+/// migration runs in the same round of ready work: before, it waited for
+/// the next event (on a quiet node the loop's 100 ms tick), because the
+/// round that finished the revocation produced no effect of its own.
+#[test]
+fn work_released_by_ready_work_runs_in_the_same_round() {
+    let mut f = fixture_with(true);
+    let key = key_for(1, 0);
+    let ups = f.delegated_then_wanted(&key, 2, b"v");
+    let (waiter, bucket) = {
+        let tdb = f.dbs.dbs[&f.id].tdb.as_ref().unwrap();
+        (tdb.chain_waiter().unwrap(), tdb.bucket_of(&key))
+    };
+    // A client holds the record's lock when the holders have answered: the
+    // final store waits for a helper.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let held = waiter.lock(bucket).unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+        drop(held);
+    });
+    locked_rx.recv().unwrap();
+    f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
+    let helper = f.dbs.dbs[&f.id]
+        .locks
+        .helper_id(bucket)
+        .expect("a helper waits");
+    // The helper fails: its work goes back to the ready queue.
+    let id = f.id;
+    f.with(|d, env| {
+        d.event(
+            env,
+            super::DbEvent::LockHeld {
+                db: id,
+                bucket,
+                id: helper,
+                result: Err("injected".into()),
+            },
+        )
+    });
+    assert!(f.dbs.has_ready(), "the final store is ready to run again");
+    // The client lets go; the dismissed helper then gets the chain, says
+    // so (to nobody: its entry is gone) and lets go at once. Taking the
+    // chain here waits for that, so the store below finds it free.
+    let waiter = f.dbs.dbs[&f.id]
+        .tdb
+        .as_ref()
+        .unwrap()
+        .chain_waiter()
+        .unwrap();
+    drop(release_tx);
+    client.join().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), f.rx.recv()).await })
+        .expect("the dismissed helper reports within 10 s");
+    drop(waiter.lock(bucket).unwrap());
+    // One round of ready work: the final store ends the revocation, and
+    // the migration it released goes out with it.
+    let fx = f.run_ready();
+    assert_eq!(f.dbs.ro_revokes_active(), 0, "the revocation ended");
+    assert!(
+        !fx.is_empty(),
+        "the released migration ran in the same round"
+    );
+    let (dest, p) = decode(&fx[0]);
+    assert_eq!(dest, 0);
+    assert!(matches!(p.body, Body::ReplyDmaster(_)), "{:?}", p.body);
+}
