@@ -77,6 +77,30 @@ impl Layer {
         updates(&fx)
     }
 
+    /// `key`'s chain locked by another thread, as a client process would
+    /// hold it: its chain, the sender whose drop lets go, the thread.
+    fn client_holds(
+        &self,
+        key: &[u8],
+    ) -> (
+        u32,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        let (waiter, bucket) = (tdb.chain_waiter().unwrap(), tdb.bucket_of(key));
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let held = waiter.lock(bucket).unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            drop(held);
+        });
+        locked_rx.recv().unwrap();
+        (bucket, release_tx, client)
+    }
+
     fn tracked(&self, key: &[u8]) -> Vec<u32> {
         let t = &self.dbs.ro_tracking(self.id).unwrap();
         tracking_nodes(&t.fetch(key).unwrap().unwrap_or_default())
@@ -348,21 +372,8 @@ fn the_end_of_a_revocation_waits_for_a_clients_record_lock() {
     let key = key_for(1, 0);
     let ups = f.delegated_then_wanted(&key, 2, b"v");
     // A client holds the record's lock when the holders have answered.
-    let (waiter, bucket) = {
-        let tdb = f.dbs.dbs[&f.id].tdb.as_ref().unwrap();
-        assert!(tdb.uses_mutexes());
-        (tdb.chain_waiter().unwrap(), tdb.bucket_of(&key))
-    };
-    // (Held by another thread, as a client process would hold it.)
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let client = std::thread::spawn(move || {
-        let held = waiter.lock(bucket).unwrap();
-        locked_tx.send(()).unwrap();
-        let _ = release_rx.recv();
-        drop(held);
-    });
-    locked_rx.recv().unwrap();
+    assert!(f.dbs.dbs[&f.id].tdb.as_ref().unwrap().uses_mutexes());
+    let (_, release_tx, client) = f.client_holds(&key);
     f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
     assert!(!f.dbs.has_ready(), "nothing runs while the lock is held");
     assert_eq!(f.dbs.ro_revokes_active(), 1);
@@ -408,21 +419,9 @@ fn work_released_by_ready_work_runs_in_the_same_round() {
     let mut f = fixture_with(true);
     let key = key_for(1, 0);
     let ups = f.delegated_then_wanted(&key, 2, b"v");
-    let (waiter, bucket) = {
-        let tdb = f.dbs.dbs[&f.id].tdb.as_ref().unwrap();
-        (tdb.chain_waiter().unwrap(), tdb.bucket_of(&key))
-    };
     // A client holds the record's lock when the holders have answered: the
     // final store waits for a helper.
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let client = std::thread::spawn(move || {
-        let held = waiter.lock(bucket).unwrap();
-        locked_tx.send(()).unwrap();
-        let _ = release_rx.recv();
-        drop(held);
-    });
-    locked_rx.recv().unwrap();
+    let (bucket, release_tx, client) = f.client_holds(&key);
     f.with(|d, env| d.control_reply(env, ups[0].1, Ok(ReplyControl::status(0))));
     let helper = f.dbs.dbs[&f.id]
         .locks
