@@ -384,19 +384,12 @@ fn the_end_of_a_revocation_waits_for_a_clients_record_lock() {
     client.join().unwrap();
     // (The migration may find the chain still held by the helper that is
     // letting go, and wait for it once more.)
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
     let mut fx = Vec::new();
     for _ in 0..10 {
         if !fx.is_empty() {
             break;
         }
-        let ev = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), f.rx.recv()).await })
-            .expect("the lock helper reports within 10 s")
-            .unwrap();
+        let ev = f.next_event("the lock helper's report");
         fx = f.with(|d, env| {
             d.event(env, ev);
             d.run_ready(env);
@@ -452,12 +445,7 @@ fn work_released_by_ready_work_runs_in_the_same_round() {
         .unwrap();
     drop(release_tx);
     client.join().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), f.rx.recv()).await })
-        .expect("the dismissed helper reports within 10 s");
+    f.next_event("the dismissed helper's report");
     drop(waiter.lock(bucket).unwrap());
     // One round of ready work: the final store ends the revocation, and
     // the migration it released goes out with it.

@@ -139,6 +139,20 @@ impl Layer {
         self.with(|d, env| d.control(env, ctx, &req, ReplyTo::Node { pnn: 0, reqid }));
     }
 
+    /// The next event the layer's background work reports (a lock
+    /// helper, a worker), waited for at most 10 s; `what` names it in the
+    /// failure.
+    pub(crate) fn next_event(&mut self, what: &str) -> DbEvent {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let rx = &mut self.rx;
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+            .expect("the layer's event channel")
+    }
+
     /// Runs the work that became ready: what it does.
     pub(crate) fn run_ready(&mut self) -> Vec<Effect> {
         self.with(|d, env| {
