@@ -15,14 +15,8 @@
 use std::io::{self, IoSlice};
 
 use bytes::Bytes;
-use ctdbd::config::NodeEntry;
-use ctdbd::control::Core;
-use ctdbd::db::DbConfig;
-use ctdbd::logging::LogControl;
-use ctdbd::node::NodeState;
 use ctdbd::outbox::{Flush, Outbox};
-use ctdbd::server::{Server, ServerConfig};
-use ctdb_protocol::types::capabilities;
+use ctdbd::server::Server;
 use libfuzzer_sys::fuzz_target;
 
 thread_local! {
@@ -33,39 +27,11 @@ thread_local! {
 }
 
 fn server() -> Server {
-    let entries: Vec<NodeEntry> = (1..=3)
-        .map(|i| NodeEntry {
-            addr: Some(format!("127.0.0.{i}").parse().unwrap()),
-        })
+    let nodes: Vec<std::net::IpAddr> = (1..=3)
+        .map(|i| format!("127.0.0.{i}").parse().unwrap())
         .collect();
-    let node = NodeState::new(0, &entries, capabilities::DEFAULT);
-    let core = Core::new(
-        node,
-        ctdbd::tunables::defaults(),
-        LogControl::detached(0),
-        None,
-        "/nonexistent/nodes".into(),
-    );
     let dir = std::env::temp_dir().join(format!("ctdbd-fuzz-{}", std::process::id()));
-    let db = DbConfig {
-        volatile_dir: dir.join("volatile"),
-        persistent_dir: dir.join("persistent"),
-        state_dir: dir.join("state"),
-        mutexes: false,
-        traverse_helper: "/nonexistent/ctdbd".into(),
-    };
-    Server::new(
-        core,
-        ServerConfig {
-            socket: "/nonexistent/ctdbd.socket".into(),
-            helper_dir: "/nonexistent".into(),
-            log_file: None,
-            my_addr: "127.0.0.1:4379".parse().unwrap(),
-            helper_env: Vec::new(),
-            client_queue_limit: 64 * 1024,
-        },
-        db,
-    )
+    Server::detached(0, &nodes, &dir)
 }
 
 /// The queue's byte count follows what was queued and written, whatever
@@ -100,7 +66,9 @@ fn outbox_run(data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let [sel, chunk, rest @ ..] = data else { return };
+    let [sel, chunk, rest @ ..] = data else {
+        return;
+    };
     RT.with(|rt| {
         let _g = rt.enter();
         let mut s = server();

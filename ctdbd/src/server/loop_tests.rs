@@ -5,50 +5,10 @@ use std::io::Read;
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use bytes::BytesMut;
-use ctdb_protocol::types::capabilities;
 use ctdb_protocol::{Header, Marshal as _, Operation};
 
+use super::Server;
 use super::messages::message_bytes;
-use super::{Server, ServerConfig};
-use crate::config::NodeEntry;
-use crate::control::Core;
-use crate::db::DbConfig;
-use crate::logging::LogControl;
-use crate::node::NodeState;
-
-/// Node 0 of a one-node cluster, its files under `dir`.
-fn server(dir: &std::path::Path) -> Server {
-    let entries = [NodeEntry {
-        addr: Some("127.0.0.1".parse().unwrap()),
-    }];
-    let node = NodeState::new(0, &entries, capabilities::DEFAULT);
-    let core = Core::new(
-        node,
-        crate::tunables::defaults(),
-        LogControl::detached(0),
-        None,
-        "/nonexistent/nodes".into(),
-    );
-    let db = DbConfig {
-        volatile_dir: dir.join("volatile"),
-        persistent_dir: dir.join("persistent"),
-        state_dir: dir.join("state"),
-        mutexes: false,
-        traverse_helper: "/nonexistent/ctdbd".into(),
-    };
-    Server::new(
-        core,
-        ServerConfig {
-            socket: "/nonexistent/ctdbd.socket".into(),
-            helper_dir: "/nonexistent".into(),
-            log_file: None,
-            my_addr: "127.0.0.1:4379".parse().unwrap(),
-            helper_env: Vec::new(),
-            client_queue_limit: 64 * 1024,
-        },
-        db,
-    )
-}
 
 /// A packet this node sent itself (here a message for a srvid a local
 /// client registered) reaches the client in the turn that handles it:
@@ -63,7 +23,7 @@ fn what_a_self_addressed_packet_produces_is_written_in_its_turn() {
         .build()
         .unwrap();
     let _g = rt.enter();
-    let mut s = server(dir.path());
+    let mut s = Server::detached(0, &["127.0.0.1".parse().unwrap()], dir.path());
     let (ours, mut theirs) = StdUnixStream::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     s.client_accepted(tokio::net::UnixStream::from_std(ours).unwrap());

@@ -197,6 +197,44 @@ impl Server {
         }
     }
 
+    /// A daemon that is not started, for tests and fuzzing: node `pnn` of
+    /// a cluster of `nodes` (their addresses), default tunables, its
+    /// database files under `dir`, no socket, helpers or log file.
+    #[doc(hidden)]
+    pub fn detached(pnn: u32, nodes: &[std::net::IpAddr], dir: &std::path::Path) -> Server {
+        let entries: Vec<crate::config::NodeEntry> = nodes
+            .iter()
+            .map(|a| crate::config::NodeEntry { addr: Some(*a) })
+            .collect();
+        let node = crate::node::NodeState::new(pnn, &entries, capabilities::DEFAULT);
+        let core = Core::new(
+            node,
+            crate::tunables::defaults(),
+            crate::logging::LogControl::detached(0),
+            None,
+            "/nonexistent/nodes".into(),
+        );
+        let db = DbConfig {
+            volatile_dir: dir.join("volatile"),
+            persistent_dir: dir.join("persistent"),
+            state_dir: dir.join("state"),
+            mutexes: false,
+            traverse_helper: "/nonexistent/ctdbd".into(),
+        };
+        Server::new(
+            core,
+            ServerConfig {
+                socket: "/nonexistent/ctdbd.socket".into(),
+                helper_dir: "/nonexistent".into(),
+                log_file: None,
+                my_addr: SocketAddr::new(nodes[pnn as usize], 4379),
+                helper_env: Vec::new(),
+                client_queue_limit: 64 * 1024,
+            },
+            db,
+        )
+    }
+
     /// Installs the monitor (event scripts through the event daemon).
     pub fn install_monitor(&mut self, m: crate::monitor::Monitor) {
         self.monitor = m;
