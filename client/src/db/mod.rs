@@ -228,12 +228,8 @@ impl Db {
     ///
     /// [`Client::flush`]: crate::Client::flush
     pub(crate) fn hint_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
-        self.client.control_noreply(
-            CTDB_CURRENT_NODE,
-            ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(
-                self.key_data(header, key),
-            )),
-        )
+        self.client
+            .control_noreply(CTDB_CURRENT_NODE, self.deletion_request(header, key))
     }
 
     /// [`hint_deletion`](Db::hint_deletion), waiting for the daemon's
@@ -244,12 +240,7 @@ impl Db {
     pub(crate) async fn schedule_for_deletion(&self, header: LtdbHeader, key: &[u8]) -> Result<()> {
         let r = self
             .client
-            .control_raw(
-                CTDB_CURRENT_NODE,
-                ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(
-                    self.key_data(header, key),
-                )),
-            )
+            .control_raw(CTDB_CURRENT_NODE, self.deletion_request(header, key))
             .await?;
         if r.status != 0 {
             return Err(ClientError::Other(format!(
@@ -260,12 +251,15 @@ impl Db {
         Ok(())
     }
 
-    fn key_data(&self, header: LtdbHeader, key: &[u8]) -> ctdb_protocol::types::KeyData {
-        ctdb_protocol::types::KeyData {
-            db_id: self.id,
-            header,
-            key: key.to_vec(),
-        }
+    /// The `SCHEDULE_FOR_DELETION` control for `key` with `header`.
+    fn deletion_request(&self, header: LtdbHeader, key: &[u8]) -> ctdb_protocol::ReqControl {
+        ctdb_protocol::ReqControl::new(ControlRequest::ScheduleForDeletion(
+            ctdb_protocol::types::KeyData {
+                db_id: self.id,
+                header,
+                key: key.to_vec(),
+            },
+        ))
     }
 
     /// `g_lock.tdb` for this database's transactions (attached once).
