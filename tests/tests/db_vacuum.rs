@@ -172,9 +172,9 @@ fn deleted_records_are_vacuumed_on_every_node() {
 /// The keys in the tdb file at `path` that contain `part`, read through a
 /// read-only handle, which takes no locks: a traverse of the test's own
 /// (`ctdb cattdb`) holds each chain's lock while it reads it, and a fast
-/// vacuuming run that meets a locked chain skips the record (as CTDB's
-/// does) and leaves it to the next full run, which these tests keep out
-/// of reach. `None` while the file is in a transaction (a repack) or
+/// vacuuming run of the reference that meets a locked chain forgets the
+/// record and leaves it to the next full run, which these tests keep out
+/// of reach (ours keeps it queued for the next run). `None` while the file is in a transaction (a repack) or
 /// changed under the traverse: asked again. Emptied records count (they
 /// are still in the file).
 fn unlocked_keys(path: &str, part: &str) -> Option<Vec<String>> {
@@ -202,8 +202,21 @@ fn unlocked_keys(path: &str, part: &str) -> Option<Vec<String>> {
 /// and releases them all, emptying their lock and queue records of
 /// `g_lock.tdb`) and exits; hints sent faster than the daemon reads them
 /// are still queued in the process when it returns from its last call.
-/// Returns how long it took until no node's file held any of its records.
-fn hints_of_exiting_processes_arrive(daemon: Daemon, mode: &str) -> Duration {
+/// Returns how long it took until no node's file held any of its records,
+/// or, when some were still there after `limit`, how many.
+///
+/// Only our daemon is held to it. The reference's fast path forgets a
+/// hinted record whose chain lock is busy at the moment its vacuum run
+/// looks (samba-4.17.12 `ctdb/server/ctdb_vacuum.c`: a failed
+/// `tdb_chainlock_nonblock` counts an error, and the queue is emptied when
+/// the run starts), leaving it to a full run, which this test switches off;
+/// under this load it does so in some runs and not in others. Its result is
+/// reported beside ours.
+fn hints_of_exiting_processes_arrive(
+    daemon: Daemon,
+    mode: &str,
+    limit: Duration,
+) -> Result<Duration, usize> {
     let c = cluster(
         daemon,
         &[("VacuumInterval", 1), ("VacuumFastPathCount", 1_000_000)],
@@ -237,14 +250,16 @@ fn hints_of_exiting_processes_arrive(daemon: Daemon, mode: &str) -> Duration {
     let deleted = Instant::now();
     let paths: Vec<String> = (0..NODES).map(|n| db_path(&c, n, db)).collect();
     let mut seen = usize::MAX;
-    poll_until(
-        Duration::from_secs(60),
-        &format!("records emptied by exited processes ({mode}) vacuumed from every node"),
-        || {
-            let mut left: Vec<(usize, String)> = Vec::new();
-            for (n, path) in paths.iter().enumerate() {
-                left.extend(unlocked_keys(path, "hkey")?.into_iter().map(|k| (n, k)));
+    loop {
+        let mut left: Vec<(usize, String)> = Vec::new();
+        let mut readable = true;
+        for (n, path) in paths.iter().enumerate() {
+            match unlocked_keys(path, "hkey") {
+                Some(keys) => left.extend(keys.into_iter().map(|k| (n, k))),
+                None => readable = false,
             }
+        }
+        if readable {
             if left.len() != seen {
                 eprintln!(
                     "{} {mode}: {:.1} s after the exits, {} in the files: {:?}",
@@ -255,24 +270,47 @@ fn hints_of_exiting_processes_arrive(daemon: Daemon, mode: &str) -> Duration {
                 );
                 seen = left.len();
             }
-            left.is_empty().then_some(())
-        },
-    );
-    deleted.elapsed()
+            if left.is_empty() {
+                return Ok(deleted.elapsed());
+            }
+        }
+        if deleted.elapsed() > limit {
+            return Err(seen);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How a run of `hints_of_exiting_processes_arrive` ended, for the report.
+fn outcome(r: &Result<Duration, usize>) -> String {
+    match r {
+        Ok(t) => format!("{:.1} s", t.as_secs_f64()),
+        Err(left) => format!("{left} records still there after the wait"),
+    }
+}
+
+/// Runs `mode` on the reference (reported) and on ours (which must have
+/// vacuumed every record within 60 s).
+fn hints_compared(mode: &str) -> (String, Duration) {
+    require_reference();
+    let reference =
+        hints_of_exiting_processes_arrive(Daemon::Reference, mode, Duration::from_secs(20));
+    let ours = hints_of_exiting_processes_arrive(Daemon::ours(), mode, Duration::from_secs(60));
+    let ours = ours.unwrap_or_else(|left| {
+        panic!("ours ({mode}): {left} hinted records still in the files 60 s after the exits")
+    });
+    (outcome(&reference), ours)
 }
 
 const HINTED_PER_NODE: usize = 3000;
 
 #[test]
 fn deletes_by_exiting_processes_are_vacuumed_promptly() {
-    require_reference();
-    let reference = hints_of_exiting_processes_arrive(Daemon::Reference, "store-delete");
-    let ours = hints_of_exiting_processes_arrive(Daemon::ours(), "store-delete");
+    let (reference, ours) = hints_compared("store-delete");
     println!(
         "{} records deleted by {NODES} exiting processes gone from all 3 nodes' files \
-         (fast path only): reference {:.1} s, ours {:.1} s",
+         (fast path only): reference {reference}, ours {:.1} s",
         NODES * HINTED_PER_NODE,
-        reference.as_secs_f64(),
         ours.as_secs_f64()
     );
 }
@@ -282,15 +320,12 @@ fn deletes_by_exiting_processes_are_vacuumed_promptly() {
 /// after its last release must not lose them.
 #[test]
 fn glock_records_released_by_exiting_processes_are_vacuumed_promptly() {
-    require_reference();
-    let reference = hints_of_exiting_processes_arrive(Daemon::Reference, "glock-release");
-    let ours = hints_of_exiting_processes_arrive(Daemon::ours(), "glock-release");
+    let (reference, ours) = hints_compared("glock-release");
     println!(
         "{} g_locks released by {NODES} exiting processes ({} lock and queue records): \
-         gone from all 3 nodes' files (fast path only): reference {:.1} s, ours {:.1} s",
+         gone from all 3 nodes' files (fast path only): reference {reference}, ours {:.1} s",
         NODES * HINTED_PER_NODE,
         2 * NODES * HINTED_PER_NODE,
-        reference.as_secs_f64(),
         ours.as_secs_f64()
     );
 }

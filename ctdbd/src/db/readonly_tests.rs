@@ -77,30 +77,6 @@ impl Layer {
         updates(&fx)
     }
 
-    /// `key`'s chain locked by another thread, as a client process would
-    /// hold it: its chain, the sender whose drop lets go, the thread.
-    fn client_holds(
-        &self,
-        key: &[u8],
-    ) -> (
-        u32,
-        std::sync::mpsc::Sender<()>,
-        std::thread::JoinHandle<()>,
-    ) {
-        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
-        let (waiter, bucket) = (tdb.chain_waiter().unwrap(), tdb.bucket_of(key));
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let client = std::thread::spawn(move || {
-            let held = waiter.lock(bucket).unwrap();
-            locked_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-            drop(held);
-        });
-        locked_rx.recv().unwrap();
-        (bucket, release_tx, client)
-    }
-
     fn tracked(&self, key: &[u8]) -> Vec<u32> {
         let t = &self.dbs.ro_tracking(self.id).unwrap();
         tracking_nodes(&t.fetch(key).unwrap().unwrap_or_default())

@@ -161,6 +161,30 @@ impl Layer {
         })
     }
 
+    /// `key`'s chain locked by another thread, as a client process would
+    /// hold it: its chain, the sender whose drop lets go, the thread.
+    pub(crate) fn client_holds(
+        &self,
+        key: &[u8],
+    ) -> (
+        u32,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();
+        let (waiter, bucket) = (tdb.chain_waiter().unwrap(), tdb.bucket_of(key));
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let held = waiter.lock(bucket).unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            drop(held);
+        });
+        locked_rx.recv().unwrap();
+        (bucket, release_tx, client)
+    }
+
     /// Writes a record straight into the file of database [`Layer::id`].
     pub(crate) fn put(&self, key: &[u8], h: &LtdbHeader, data: &[u8]) {
         let tdb = self.dbs.dbs[&self.id].tdb.as_ref().unwrap();

@@ -34,7 +34,8 @@
 //!    freelist has `RepackLimit` entries or more.
 //!
 //! Nothing here blocks the event loop: record locks are only tried (a
-//! busy record is skipped, as CTDB's vacuuming child skips it), records
+//! busy record of the delete queue stays queued for the next run, where
+//! CTDB's vacuuming child drops it and leaves it to a full run), records
 //! are handled at most [`BATCH`] per step, and the run is given up after
 //! `VacuumMaxRunTime` seconds, or when recovery starts.
 
@@ -101,6 +102,13 @@ impl DbVac {
                 );
             }
         }
+    }
+
+    /// Puts back a record a run could not look at (its lock was busy), for
+    /// the next run; a hint that came for the key meanwhile is newer and
+    /// stays.
+    pub fn requeue(&mut self, q: Queued) {
+        self.delete_queue.entry(ltdb::key_hash(&q.key)).or_insert(q);
     }
 }
 

@@ -72,7 +72,13 @@ impl Databases {
             run.pos += 1;
             run.count.queue_total += 1;
             let Ok(rec) = tdb.lock_record_nonblock(&q.key) else {
+                // Busy: CTDB's fast path forgets the hint here and leaves
+                // the record to a full run; ours keeps it queued for the
+                // next run (unless a newer hint for the key came meanwhile).
                 run.count.queue_error += 1;
+                if let Some(v) = self.vacuum.dbs.get_mut(&run.db) {
+                    v.requeue(q);
+                }
                 continue;
             };
             let Some(h) = empty_header(&rec) else {
