@@ -77,6 +77,16 @@ fn failed(db_id: u32) -> bool {
         .is_some_and(|s| s.contains(&db_id))
 }
 
+/// Whether a failed `DB_CHANGES_PULL` says the node's log does not reach
+/// back (a node that does not know the control, a timeout, a node gone:
+/// no).
+fn not_in_log(e: &ctdb_client::ClientError) -> bool {
+    matches!(
+        e,
+        ctdb_client::ClientError::ControlFailed { status, .. } if *status == ChangesPull::NOT_IN_LOG
+    )
+}
+
 fn mark_failed(db_id: u32) {
     FAILED
         .lock()
@@ -197,9 +207,8 @@ pub async fn caught_up(ctx: &Arc<Ctx>, db: &DbEntry, name: &str) -> Result<bool>
                         // back (it did when probed: expired meanwhile);
                         // anything else (a timeout, a node gone) is told
                         // apart in the trace.
-                        let msg = e.to_string();
-                        tracing::debug!("db {name}: DB_CHANGES_PULL from node {server}: {msg}");
-                        return skip(if msg.contains("does not reach back") {
+                        tracing::debug!("db {name}: DB_CHANGES_PULL from node {server}: {e}");
+                        return skip(if not_in_log(&e) {
                             "log-too-short"
                         } else {
                             "changes-pull-failed"
@@ -416,7 +425,7 @@ async fn probe_logs(
         .map(|(k, r)| {
             let reach = match r.map(|r| r.data) {
                 Ok(Some(ControlReply::DbChangesPull(_))) => Reach::Yes,
-                Err(e) if e.to_string().contains("does not reach back") => Reach::No,
+                Err(e) if not_in_log(&e) => Reach::No,
                 _ => Reach::Failed,
             };
             (k, reach)
@@ -562,6 +571,18 @@ pub fn trace_io() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_too_short_is_told_by_its_status() {
+        let failed = |status| ctdb_client::ClientError::ControlFailed {
+            opcode: ctdb_protocol::Opcode::DbChangesPull,
+            node: 1,
+            status,
+            errmsg: Some("does not reach back".into()),
+        };
+        assert!(not_in_log(&failed(ChangesPull::NOT_IN_LOG)));
+        assert!(!not_in_log(&failed(-1)));
+    }
 
     fn info(epoch: u64, checksum: u128) -> ChangelogInfo {
         ChangelogInfo {

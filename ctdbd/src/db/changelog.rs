@@ -590,7 +590,7 @@ impl Databases {
         };
         let Some(all) = log.changes_since(p.from) else {
             return ReplyControl::error(
-                -1,
+                ChangesPull::NOT_IN_LOG,
                 format!(
                     "the change log of {} does not reach back to checksum {:032x}",
                     db.name, p.from

@@ -125,13 +125,21 @@ impl Marshal for ChangelogInfo {
 /// checksum `from`, newest value of each key, skipping the first `offset`
 /// of them, at most about `limit` bytes. On the wire: db_id, limit (u32),
 /// from (16 bytes, low half first), offset (u64). A node whose log does
-/// not reach back to `from` answers an error.
+/// not reach back to `from` answers an error with status
+/// [`ChangesPull::NOT_IN_LOG`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ChangesPull {
     pub db_id: u32,
     pub limit: u32,
     pub from: u128,
     pub offset: u64,
+}
+
+impl ChangesPull {
+    /// The status of the error reply of a node whose log does not reach
+    /// back to `from` (`-ERANGE`), so a caller tells it from other
+    /// failures without reading the message.
+    pub const NOT_IN_LOG: i32 = -34;
 }
 
 impl Marshal for ChangesPull {

@@ -193,7 +193,7 @@ impl RecoveryTx {
     ///   [`DbLog::changes_since`] answers only the rewritten checksum
     ///   itself (nothing to send) until new commits are logged: no
     ///   catch-up from a state before the rewrite is served from it, the
-    ///   helper finds "does not reach back" and recovers in full;
+    ///   helper gets `ChangesPull::NOT_IN_LOG` and recovers in full;
     /// * a checksum worker stopped by this freeze is not needed any more
     ///   (`unfinished` is cleared: it would compute the same sum).
     ///
