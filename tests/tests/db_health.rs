@@ -81,11 +81,21 @@ fn corrupt_chains(path: &Path) {
 
 /// Starts node 1 and waits for it to have given up, with `line` in its log.
 fn refuses_to_start(c: &Cluster, daemon: &Daemon, line: &str) {
+    // A daemon just killed may leave its event daemon behind for a moment,
+    // and a new daemon cannot start its own then (it would give up before
+    // it looks at its databases).
+    node_processes_gone(c);
     let st = c.launch_node(1, daemon);
     println!("launcher exit status: {st}");
-    poll_until(Duration::from_secs(30), line, || {
-        c.log_text(1).contains(line).then_some(())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.log_text(1).contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 did not log {line:?} within 30 s; the end of its log:\n{}",
+            tail(&c.log_text(1), 60)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     poll_until(Duration::from_secs(30), "node 1's daemon to exit", || {
         (!c.running(1)).then_some(())
     });
@@ -95,14 +105,25 @@ fn refuses_to_start(c: &Cluster, daemon: &Daemon, line: &str) {
     );
     // Its event daemon notices its parent is gone a few seconds later;
     // until then a new daemon cannot start one.
+    node_processes_gone(c);
+    let _ = std::fs::remove_file(c.base(1).join("run/ctdbd.pid"));
+    let _ = std::fs::remove_file(c.socket(1));
+}
+
+/// Waits until no process of node 1 is left.
+fn node_processes_gone(c: &Cluster) {
     let base = format!("CTDB_BASE={}", c.base(1).display());
     poll_until(
         Duration::from_secs(30),
         "node 1's processes to exit",
         || (!node_processes_left(&base)).then_some(()),
     );
-    let _ = std::fs::remove_file(c.base(1).join("run/ctdbd.pid"));
-    let _ = std::fs::remove_file(c.socket(1));
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Whether any process has `base` (`CTDB_BASE=...`) in its environment.
