@@ -444,10 +444,17 @@ impl Cluster {
     /// Kills node `k`'s daemon with SIGKILL (and waits for it to be gone).
     pub fn kill(&self, k: usize) {
         if let Some(pid) = self.pid(k) {
-            kill_tree(pid);
+            let helpers = kill_tree(pid);
             poll_until(Duration::from_secs(10), "the daemon to die", || {
                 (!alive(pid)).then_some(())
             });
+            // Its event daemon too: one still alive keeps a restarted
+            // daemon from starting its own.
+            poll_until(
+                Duration::from_secs(10),
+                "the daemon's helpers to die",
+                || (!helpers.iter().any(|&h| alive(h))).then_some(()),
+            );
         }
         // A killed daemon leaves its pid file and socket behind.
         let _ = std::fs::remove_file(self.base(k).join("run/ctdbd.pid"));
@@ -561,16 +568,18 @@ fn alive(pid: i32) -> bool {
 /// SIGKILLs a daemon and the helpers it forked (its process group when it
 /// leads one), and the reference's event daemon, which would otherwise
 /// outlive it by seconds and stop a restarted daemon from starting its own.
-fn kill_tree(pid: i32) {
+/// Returns the helpers it signalled.
+fn kill_tree(pid: i32) -> Vec<i32> {
     let p = Pid::from_raw(pid);
     let helpers = processes_watching(pid);
     if nix::unistd::getpgid(Some(p)) == Ok(p) {
         let _ = nix::sys::signal::killpg(p, Signal::SIGKILL);
     }
     let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
-    for h in helpers {
+    for &h in &helpers {
         let _ = nix::sys::signal::kill(Pid::from_raw(h), Signal::SIGKILL);
     }
+    helpers
 }
 
 /// Processes started with `-P <pid>` (CTDB's helpers that watch their
