@@ -81,9 +81,10 @@ fn corrupt_chains(path: &Path) {
 
 /// Starts node 1 and waits for it to have given up, with `line` in its log.
 fn refuses_to_start(c: &Cluster, daemon: &Daemon, line: &str) {
-    // A daemon just killed may leave its event daemon behind for a moment,
-    // and a new daemon cannot start its own then (it would give up before
-    // it looks at its databases).
+    // Cluster::kill waits for the daemon and the helpers it signalled;
+    // this waits for every other process of the node too (a new daemon
+    // that meets an old one's event daemon gives up before it looks at its
+    // databases).
     node_processes_gone(c);
     let st = c.launch_node(1, daemon);
     println!("launcher exit status: {st}");

@@ -174,8 +174,9 @@ fn deleted_records_are_vacuumed_on_every_node() {
 /// (`ctdb cattdb`) holds each chain's lock while it reads it, and a fast
 /// vacuuming run of the reference that meets a locked chain forgets the
 /// record and leaves it to the next full run, which these tests keep out
-/// of reach (ours keeps it queued for the next run). `None` while the file is in a transaction (a repack) or
-/// changed under the traverse: asked again. Emptied records count (they
+/// of reach (ours keeps it queued for the next run). `None` while the
+/// file is in a transaction (a repack) or changed under the traverse:
+/// asked again. Emptied records count (they
 /// are still in the file).
 fn unlocked_keys(path: &str, part: &str) -> Option<Vec<String>> {
     let t = tdb::OpenOptions::new().read_only(true).open(path).ok()?;
@@ -203,7 +204,8 @@ fn unlocked_keys(path: &str, part: &str) -> Option<Vec<String>> {
 /// `g_lock.tdb`) and exits; hints sent faster than the daemon reads them
 /// are still queued in the process when it returns from its last call.
 /// Returns how long it took until no node's file held any of its records,
-/// or, when some were still there after `limit`, how many.
+/// or, when some were still there after `limit`, how many (`None`: the
+/// files could not be read at all).
 ///
 /// Only our daemon is held to it. The reference's fast path forgets a
 /// hinted record whose chain lock is busy at the moment its vacuum run
@@ -216,7 +218,7 @@ fn hints_of_exiting_processes_arrive(
     daemon: Daemon,
     mode: &str,
     limit: Duration,
-) -> Result<Duration, usize> {
+) -> Result<Duration, Option<usize>> {
     let c = cluster(
         daemon,
         &[("VacuumInterval", 1), ("VacuumFastPathCount", 1_000_000)],
@@ -249,7 +251,7 @@ fn hints_of_exiting_processes_arrive(
     }
     let deleted = Instant::now();
     let paths: Vec<String> = (0..NODES).map(|n| db_path(&c, n, db)).collect();
-    let mut seen = usize::MAX;
+    let mut seen = None;
     loop {
         let mut left: Vec<(usize, String)> = Vec::new();
         let mut readable = true;
@@ -260,7 +262,7 @@ fn hints_of_exiting_processes_arrive(
             }
         }
         if readable {
-            if left.len() != seen {
+            if Some(left.len()) != seen {
                 eprintln!(
                     "{} {mode}: {:.1} s after the exits, {} in the files: {:?}",
                     name(c.daemon()),
@@ -268,7 +270,7 @@ fn hints_of_exiting_processes_arrive(
                     left.len(),
                     &left[..left.len().min(10)]
                 );
-                seen = left.len();
+                seen = Some(left.len());
             }
             if left.is_empty() {
                 return Ok(deleted.elapsed());
@@ -282,10 +284,11 @@ fn hints_of_exiting_processes_arrive(
 }
 
 /// How a run of `hints_of_exiting_processes_arrive` ended, for the report.
-fn outcome(r: &Result<Duration, usize>) -> String {
+fn outcome(r: &Result<Duration, Option<usize>>) -> String {
     match r {
         Ok(t) => format!("{:.1} s", t.as_secs_f64()),
-        Err(left) => format!("{left} records still there after the wait"),
+        Err(Some(left)) => format!("{left} records still there after the wait"),
+        Err(None) => "files never readable during the wait".into(),
     }
 }
 
@@ -297,7 +300,10 @@ fn hints_compared(mode: &str) -> (String, Duration) {
         hints_of_exiting_processes_arrive(Daemon::Reference, mode, Duration::from_secs(20));
     let ours = hints_of_exiting_processes_arrive(Daemon::ours(), mode, Duration::from_secs(60));
     let ours = ours.unwrap_or_else(|left| {
-        panic!("ours ({mode}): {left} hinted records still in the files 60 s after the exits")
+        panic!(
+            "ours ({mode}): 60 s after the exits: {}",
+            outcome(&Err(left))
+        )
     });
     (outcome(&reference), ours)
 }
