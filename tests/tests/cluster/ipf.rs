@@ -4,7 +4,7 @@
 //! (`ip addr` in each namespace, and `ctdb ip`), waiting for placements,
 //! and running a scenario on the reference and on ours side by side.
 
-#![allow(dead_code)] // each test file uses part of it
+#![allow(dead_code)] // the failover and tickle tests each use part of it
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -526,7 +526,8 @@ fn seed_12345_split_all_keeps_the_leaders_volatile_records() {
 }
 
 /// The long run (README): `CTDB_FAULT_SECS=1800 cargo test --release -p
-/// ctdb-tests --test faults_random -- --ignored --nocapture long_run_ours`.
+/// ctdb-tests --test cluster -- --ignored --nocapture
+/// faults_random::long_run_ours`.
 #[test]
 #[ignore = "long run: set CTDB_FAULT_SECS, see the README"]
 fn long_run_ours() {

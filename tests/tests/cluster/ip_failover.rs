@@ -22,7 +22,7 @@
 //! `ctdb_takeover_helper` on both daemons; `ip_failover_our_takeover_helper`
 //! with ours (`takeover-helper/`) on both. Timings are printed side by side.
 
-mod ipf;
+use crate::ipf;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -17,7 +17,7 @@
 //! "The takeover" is when the new host logged that it takes the address
 //! over; both delays are printed side by side.
 
-mod ipf;
+use crate::ipf;
 
 use std::io::BufRead;
 use std::time::Duration;
