@@ -51,22 +51,57 @@ fn hostile<T: Marshal + Random>(seed: u64, noise: &[u8]) -> Result<(), TestCaseE
     Ok(())
 }
 
+/// Runs `check` as `proptest!` would (the same default configuration,
+/// `cases` if given, failures persisted to and replayed from
+/// `proptest-regressions/proptests.txt`), through one runner for every
+/// wire type: a `proptest!` block per type compiled the runner and its
+/// shrinking machinery again for each of ~60 types, which was most of this
+/// crate's test build time.
+fn run<S: Strategy>(
+    cases: Option<u32>,
+    strategy: S,
+    check: fn(S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let mut config = ProptestConfig {
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    if let Some(cases) = cases {
+        config.cases = cases;
+    }
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    if let Err(e) = runner.run(&strategy, check) {
+        panic!("{e}\n{runner}");
+    }
+}
+
+/// Random values of one type round-trip.
+fn run_round_trip(check: fn(u64) -> Result<(), TestCaseError>) {
+    run(None, any::<u64>(), check);
+}
+
+/// Truncations of one type's encodings and noise are errors, never panics.
+fn run_hostile(check: fn((u64, Vec<u8>)) -> Result<(), TestCaseError>) {
+    run(
+        Some(64),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..256)),
+        check,
+    );
+}
+
 macro_rules! wire_type_tests {
     ($($name:ident: $ty:ty,)*) => {
         mod round_trips {
             use super::*;
-            proptest! {
-                $(#[test] fn $name(seed in any::<u64>()) { round_trip::<$ty>(seed)?; })*
-            }
+            $(#[test] fn $name() { run_round_trip(round_trip::<$ty>); })*
         }
         mod hostile_input {
             use super::*;
-            proptest! {
-                #![proptest_config(ProptestConfig::with_cases(64))]
-                $(#[test] fn $name(seed in any::<u64>(), noise in proptest::collection::vec(any::<u8>(), 0..256)) {
-                    hostile::<$ty>(seed, &noise)?;
-                })*
-            }
+            $(#[test] fn $name() {
+                run_hostile(|(seed, noise)| hostile::<$ty>(seed, &noise));
+            })*
         }
     };
 }
