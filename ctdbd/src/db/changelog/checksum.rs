@@ -2,6 +2,8 @@
 //! sum, over every record, of a 128-bit MurmurHash3 of the key and the
 //! stored value (header included), and the count of records without data.
 
+use std::ops::ControlFlow;
+
 use ctdb_protocol::types::LtdbHeader;
 
 /// The 128-bit hash of one record (MurmurHash3 x64-128, seed 0, over the
@@ -23,13 +25,26 @@ pub(super) fn part(key: &[u8], v: &[u8]) -> (u128, i64) {
     )
 }
 
+/// Visits every record of the file under one shared all-record lock when
+/// the handle can take it. A plain read traversal locks and unlocks each
+/// chain and each record on its own, four fcntl calls per record: reading
+/// a 1,000,000-record copy at a node's start took 6.8 s that way and its
+/// `tdb_check` 0.35 s. Other processes' writers wait for the walk either
+/// way; without the lock (a read-only handle, or an exclusive all-record
+/// lock already held, which covers the chains too) it is the plain
+/// traversal.
+fn walk(tdb: &tdb::Tdb, f: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>) -> tdb::Result<usize> {
+    let _all = tdb.lockall_read().ok();
+    tdb.traverse_read(f)
+}
+
 /// The checksum of a whole file, and its records without data.
 pub fn content_checksum(tdb: &tdb::Tdb) -> tdb::Result<(u128, i64)> {
     let mut sum = (0u128, 0i64);
-    tdb.traverse_read(|k, v| {
+    walk(tdb, |k, v| {
         let p = part(k, v);
         sum = (sum.0.wrapping_add(p.0), sum.1 + p.1);
-        std::ops::ControlFlow::Continue(())
+        ControlFlow::Continue(())
     })?;
     Ok(sum)
 }
@@ -42,14 +57,14 @@ pub fn content_checksum_until(
 ) -> Option<tdb::Result<(u128, i64)>> {
     let mut sum = (0u128, 0i64);
     let mut stopped = false;
-    let r = tdb.traverse_read(|k, v| {
+    let r = walk(tdb, |k, v| {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             stopped = true;
-            return std::ops::ControlFlow::Break(());
+            return ControlFlow::Break(());
         }
         let p = part(k, v);
         sum = (sum.0.wrapping_add(p.0), sum.1 + p.1);
-        std::ops::ControlFlow::Continue(())
+        ControlFlow::Continue(())
     });
     if stopped {
         return None;
