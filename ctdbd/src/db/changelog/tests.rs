@@ -595,3 +595,31 @@ mod through_the_layer {
         assert_eq!(x.log().changes_since(i.checksum).unwrap(), vec![]);
     }
 }
+
+/// The checksum walks the file under one shared all-record lock when the
+/// handle can take it, and chain by chain when it cannot (a read-only
+/// handle, or an exclusive all-record lock already held): the same sum
+/// either way, and no lock left behind.
+#[test]
+fn the_checksum_is_the_same_with_or_without_the_all_record_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = filled(&dir, "w.tdb", 500);
+    let mut expected = (0u128, 0i64);
+    t.traverse_read(|k, v| {
+        let p = checksum::part(k, v);
+        expected = (expected.0.wrapping_add(p.0), expected.1 + p.1);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(content_checksum(&t).unwrap(), expected);
+    // Nothing held after it: the exclusive lock is granted at once.
+    let held = t.lockall_nonblock().unwrap();
+    assert_eq!(content_checksum(&t).unwrap(), expected);
+    drop(held);
+    std::fs::copy(dir.path().join("w.tdb"), dir.path().join("ro.tdb")).unwrap();
+    let ro = tdb::OpenOptions::new()
+        .read_only(true)
+        .open(dir.path().join("ro.tdb"))
+        .unwrap();
+    assert_eq!(content_checksum(&ro).unwrap(), expected);
+}
