@@ -1,11 +1,11 @@
 //! A `ctdb-contend` client process on a node, as the lock-fairness tests
 //! drive it: start it, read its one-line reports, tell it to go, wait for
-//! its end (see `src/bin/ctdb-contend.rs` for its modes and what it says).
+//! its end (see `src/bin/ctdb-test-client/contend.rs` for its modes and what it says).
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 
-use crate::{Cluster, our_bin};
+use crate::{Cluster, test_client};
 
 pub struct Contender {
     child: Child,
@@ -17,7 +17,7 @@ impl Contender {
     /// `ctdb-contend` on node `node`'s socket with `args` (mode and its
     /// arguments).
     pub fn start(c: &Cluster, node: usize, args: &[&str]) -> Contender {
-        let mut child = Command::new(our_bin("ctdb-contend"))
+        let mut child = test_client("ctdb-contend")
             .arg(c.socket(node))
             .args(args)
             .stdin(Stdio::piped())

@@ -81,6 +81,15 @@ pub fn our_bin(name: &str) -> PathBuf {
     p
 }
 
+/// A command running one of the tests' client programs (`ctdb-increment`,
+/// `ctdb-contend`, ...: `tests/src/bin/ctdb-test-client`), its name the
+/// first argument.
+pub fn test_client(program: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(our_bin("ctdb-test-client"));
+    c.arg(program);
+    c
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
 pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;

@@ -10,13 +10,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::our_bin;
+use crate::test_client;
 
 /// How many distinct client errors a [`ClientLoad`] keeps.
 const MAX_ERRORS: usize = 10;
@@ -213,7 +213,7 @@ fn client_loop(
 ) {
     while !stop.load(Ordering::SeqCst) {
         let started = SystemTime::now();
-        let mut ch = Command::new(our_bin("ctdb-increment"))
+        let mut ch = test_client("ctdb-increment")
             .arg(socket)
             .args([mode.arg(), db, key])
             .stdin(Stdio::null())

@@ -14,12 +14,12 @@
 //! reference.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::{ControlRequest, ReqControl};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, require_reference, test_client};
 
 /// Increments per process: fetch-lock; persistent transactions, at least
 /// this many and on until the budget is spent (the sum of what the
@@ -30,7 +30,7 @@ const PERSISTENT_SECS: u64 = 15;
 const CLIENTS_PER_NODE: usize = 4;
 
 fn spawn(c: &Cluster, node: usize, args: &[&str]) -> Child {
-    Command::new(our_bin("ctdb-increment"))
+    test_client("ctdb-increment")
         .arg(c.socket(node))
         .args(args)
         .stdin(Stdio::null())

@@ -17,7 +17,9 @@ use std::time::Duration;
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::types::{DbAttachExt, db_flags};
 use ctdb_protocol::{ControlRequest, ReqControl};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{
+    Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference, test_client,
+};
 
 const IM: &str = "im_test.tdb";
 const CLASSIC: &str = "classic_test.tdb";
@@ -314,7 +316,7 @@ fn inmemory_no_lost_updates_with_node_kills() {
     for node in 0..CLIENT_NODES {
         for i in 0..PER_NODE {
             let own = format!("own_{node}_{i}");
-            let child = std::process::Command::new(our_bin("ctdb-inmem-increment"))
+            let child = test_client("ctdb-inmem-increment")
                 .arg(c.socket(node))
                 .args([IM, own.as_str()])
                 .arg(&stop)

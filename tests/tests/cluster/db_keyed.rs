@@ -14,7 +14,9 @@ use ctdb_client::db::{glock, keyed};
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::Marshal;
 use ctdb_protocol::types::{GLockList, KEYED_EPOCH_KEY, db_flags};
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{
+    Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference, test_client,
+};
 
 const DB: &str = "keyed_test.tdb";
 
@@ -191,7 +193,7 @@ fn keyed_no_lost_updates_with_node_kills() {
     for node in 0..CLIENT_NODES {
         for i in 0..PER_NODE {
             let own = format!("own_{node}_{i}");
-            let child = std::process::Command::new(our_bin("ctdb-inmem-increment"))
+            let child = test_client("ctdb-inmem-increment")
                 .arg(c.socket(node))
                 .args([DB, own.as_str()])
                 .arg(&stop)

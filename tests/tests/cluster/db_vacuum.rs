@@ -232,7 +232,7 @@ fn hints_of_exiting_processes_arrive(
     let per = HINTED_PER_NODE.to_string();
     let procs: Vec<_> = (0..NODES)
         .map(|k| {
-            std::process::Command::new(ctdb_tests::our_bin("ctdb-increment"))
+            ctdb_tests::test_client("ctdb-increment")
                 .arg(c.socket(k))
                 .args([mode, names, &format!("hkey{k}"), &per])
                 .stdout(std::process::Stdio::piped())

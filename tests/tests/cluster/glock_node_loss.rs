@@ -26,7 +26,7 @@
 //!   every client exits cleanly soon after it is told to stop.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ctdb_client::db::{glock, keyed};
@@ -34,7 +34,7 @@ use ctdb_client::{Client, Db, DbKind, Update};
 use ctdb_protocol::Marshal;
 use ctdb_protocol::types::{GLockList, GLockType, ServerId};
 use ctdb_tests::client_prog::get_u64;
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, test_client};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -156,7 +156,7 @@ fn a_live_process_is_asked_about_its_stale_entry() {
     let c = Cluster::start(ClusterOptions::new(Daemon::ours(), 3));
     c.wait_one_generation();
     let name = b"glock_node_loss_probe".to_vec();
-    let mut holder = Command::new(our_bin("ctdb-glock-hold"))
+    let mut holder = test_client("ctdb-glock-hold")
         .arg(c.socket(0))
         .arg(std::str::from_utf8(&name).unwrap())
         .stdin(Stdio::piped())
@@ -253,7 +253,7 @@ impl Drop for Contender {
 
 fn start_contender(c: &Cluster, stop: &Path, node: usize, n: usize) -> Contender {
     let own = format!("own_{node}_{n}");
-    let child = Command::new(our_bin("ctdb-inmem-increment"))
+    let child = test_client("ctdb-inmem-increment")
         .arg(c.socket(node))
         .args([DB, own.as_str()])
         .arg(stop)

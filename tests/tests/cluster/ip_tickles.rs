@@ -46,7 +46,8 @@ fn hold(c: &Cluster, client: &ctdb_tests::netns::ClientNs, host: usize, ip: &str
     let port = 4445;
     let mut srv = c
         .net()
-        .command_in(host, our_bin("ctdb-tickle-server"))
+        .command_in(host, our_bin("ctdb-test-client"))
+        .arg("ctdb-tickle-server")
         .arg(c.socket(host))
         .arg(format!("{ip}:{port}"))
         .stdout(std::process::Stdio::piped())

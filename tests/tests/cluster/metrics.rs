@@ -16,11 +16,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use ctdb_tests::workload::Workload;
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, require_reference, test_client};
 
 const PORT: u16 = 9779;
 const DB: &str = "metrics.tdb";
@@ -34,7 +34,7 @@ fn contend(
     args: &[&str],
     first: &str,
 ) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(our_bin("ctdb-contend"))
+    let mut child = test_client("ctdb-contend")
         .arg(c.socket(k))
         .args(args)
         .stdin(Stdio::piped())

@@ -13,11 +13,11 @@
 //! `ctdb dumpmemory` reports memory by area and `ctdb rddumpmemory`
 //! answers on both.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use ctdb_tests::contend::Contender;
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, poll_until, require_reference, test_client};
 use std::collections::BTreeMap;
 
 const VOL: &str = "stat_vol.tdb";
@@ -56,7 +56,7 @@ fn workload(c: &Cluster) {
     }
     // Persistent transactions from node 2 meanwhile (UPDATE_RECORD on
     // every node: childwrite).
-    let mut commits = Command::new(our_bin("ctdb-increment"))
+    let mut commits = test_client("ctdb-increment")
         .args([
             c.socket(2).to_str().unwrap(),
             "persistent",

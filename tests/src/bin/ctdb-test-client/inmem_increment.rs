@@ -77,8 +77,7 @@ async fn run(
     Ok((acked, unsure))
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub fn main(args: Vec<String>) {
     let (keyed, args) = match args.last().map(String::as_str) {
         Some("keyed") => (true, &args[..args.len() - 1]),
         _ => (false, &args[..]),

@@ -58,8 +58,7 @@ async fn run(socket: String, listen: String) -> Result<(), String> {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub fn main(args: Vec<String>) {
     let [socket, listen] = <[String; 2]>::try_from(args).unwrap_or_else(|_| {
         eprintln!("usage: ctdb-tickle-server SOCKET ADDRESS:PORT");
         std::process::exit(2)

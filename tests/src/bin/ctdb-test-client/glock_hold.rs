@@ -32,9 +32,8 @@ async fn run(socket: &str, name: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, socket, name] = args.as_slice() else {
+pub fn main(args: Vec<String>) {
+    let [socket, name] = args.as_slice() else {
         eprintln!("usage: ctdb-glock-hold SOCKET NAME");
         std::process::exit(2);
     };
