@@ -48,9 +48,8 @@ start)
   if [ -z "${CTDB_RS_BIN:-}" ]; then
     # Only the four programs the cluster runs, not the whole workspace (the
     # benchmark with its plotting, the fake daemon, the test programs).
-    # Its features are not those of scripts/test.sh's build (that one has
-    # the dev-dependencies'), so in a shared target directory the first
-    # start after the test suite compiles these packages once more.
+    # After scripts/test.sh's build in the same target directory this has
+    # nothing left to compile (.ci/clone-check relies on it in CI).
     cargo build --release --locked \
       -p ctdbd -p ctdb-tool -p ctdb-recovery-helper -p ctdb-eventd \
       --bin ctdbd --bin ctdb --bin ctdb_recovery_helper --bin ctdb-eventd >&2

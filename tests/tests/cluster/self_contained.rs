@@ -6,7 +6,7 @@
 //!   directory and runs the README's first command from the clone
 //!   (`scripts/cluster.sh start`, `status`, `stop`), with this build's
 //!   binaries (`CTDB_RS_BIN`) so that it takes seconds; `.ci/clone-check`
-//!   runs the same with the clone's own build.
+//!   runs the same with the clone's own build (in CI's checkout, itself a clone).
 //! * `clone_reads_nothing_outside_itself`: the README's second command is
 //!   the whole test suite, which cannot run recursively here; instead no
 //!   file of the clone names the old `shared` directory beside the
