@@ -1,12 +1,58 @@
 //! What the small client programs of the cluster tests (`src/bin`) share:
-//! the u64 counter they increment, their one-line reports on standard
-//! output, their connection, and one increment through fetch-lock or a
-//! persistent transaction.
+//! how they run and fail, their arguments, the u64 counter they increment,
+//! their one-line reports on standard output, their connection and
+//! databases, and one increment through fetch-lock or a persistent
+//! transaction.
 
+use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
-use ctdb_client::{Client, Db, Update};
+use ctdb_client::{Client, Db, DbKind, Update};
+
+/// Runs a program's body on a current-thread runtime and returns what it
+/// gave; an error is printed as "PROGRAM: ERROR" and the process exits
+/// with status 1.
+pub fn run<T>(program: &str, body: impl Future<Output = Result<T, String>>) -> T {
+    run_on(tokio::runtime::Builder::new_current_thread(), program, body)
+}
+
+/// [`run`] on a runtime of `builder`'s kind.
+pub fn run_on<T>(
+    mut builder: tokio::runtime::Builder,
+    program: &str,
+    body: impl Future<Output = Result<T, String>>,
+) -> T {
+    let rt = builder.enable_all().build().expect("tokio runtime");
+    match rt.block_on(body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Prints `text` (the program's usage) and exits with status 2.
+pub fn usage(text: &str) -> ! {
+    eprintln!("{text}");
+    std::process::exit(2)
+}
+
+/// Argument `i` of `args` as a number; the usage text as the error when it
+/// is missing or not one.
+pub fn number(args: &[String], i: usize, usage: &str) -> Result<u64, String> {
+    args.get(i)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| usage.to_owned())
+}
+
+/// Database `name` of `kind`, attached.
+pub async fn attach(c: &Client, name: &str, kind: DbKind) -> Result<Db, String> {
+    c.attach(name, kind, 0)
+        .await
+        .map_err(|e| format!("attach: {e}"))
+}
 
 /// The little-endian u64 at the start of `d` (0 if shorter).
 pub fn get_u64(d: &[u8]) -> u64 {

@@ -15,11 +15,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use ctdb_client::{Client, DbKind};
+
+use crate::kill_increments;
 use ctdb_protocol::types::{DbAttachExt, db_flags};
 use ctdb_protocol::{ControlRequest, ReqControl};
-use ctdb_tests::{
-    Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference, test_client,
-};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
 
 const IM: &str = "im_test.tdb";
 const CLASSIC: &str = "classic_test.tdb";
@@ -304,56 +304,22 @@ fn mixed_cluster_refuses_inmemory_attach() {
 /// copies are identical at the end.
 #[test]
 fn inmemory_no_lost_updates_with_node_kills() {
-    const CLIENT_NODES: usize = 3;
-    const PER_NODE: usize = 8;
-    const KILLS: usize = 3;
     require_reference();
     let c = Cluster::start(ClusterOptions::new(ours(), 4));
     c.wait_one_generation();
     our_tool_ok(&c, 0, &["attach", IM, "inmemory"]);
-    let stop = c.dir().join("stop-increments");
-    let mut children = Vec::new();
-    for node in 0..CLIENT_NODES {
-        for i in 0..PER_NODE {
-            let own = format!("own_{node}_{i}");
-            let child = test_client("ctdb-inmem-increment")
-                .arg(c.socket(node))
-                .args([IM, own.as_str()])
-                .arg(&stop)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            children.push((own, child));
+    let results = kill_increments::run_with_kills(&c, IM, false);
+    for r in &results {
+        let failures = r
+            .stderr
+            .lines()
+            .filter(|l| !l.contains("interrupted"))
+            .count();
+        if failures > 0 {
+            eprintln!("{}: {}", r.own, r.stderr.lines().last().unwrap_or(""));
         }
     }
-    for _ in 0..KILLS {
-        std::thread::sleep(Duration::from_secs(3));
-        c.kill(3);
-        std::thread::sleep(Duration::from_secs(1));
-        c.restart(3);
-        c.wait_one_generation();
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    std::fs::write(&stop, b"").unwrap();
-    let results: Vec<(String, u64, u64)> = children
-        .into_iter()
-        .map(|(own, child)| {
-            let o = child.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&o.stderr);
-            let failures = err.lines().filter(|l| !l.contains("interrupted")).count();
-            if failures > 0 {
-                eprintln!("{own}: {}", err.lines().last().unwrap_or(""));
-            }
-            assert!(o.status.success(), "{own} failed: {err}");
-            let out = String::from_utf8_lossy(&o.stdout);
-            let mut it = out.split_whitespace().map(|n| n.parse::<u64>().unwrap());
-            (own, it.next().unwrap(), it.next().unwrap())
-        })
-        .collect();
-    c.wait_one_generation();
-    let (acked, unsure): (u64, u64) = results.iter().fold((0, 0), |(a, u), r| (a + r.1, u + r.2));
+    let (acked, unsure) = kill_increments::totals(&results);
     eprintln!("{acked} acknowledged increments, {unsure} failed commits");
     assert!(acked > 0, "no commit went through");
     let copies: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..4)
@@ -372,35 +338,7 @@ fn inmemory_no_lost_updates_with_node_kills() {
             })
         })
         .collect();
-    for k in 1..4 {
-        assert!(
-            copies[k] == copies[0],
-            "node {k}'s copy differs from node 0's"
-        );
-    }
-    let get = |key: &[u8]| {
-        copies[0]
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| {
-                v.get(..8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-            })
-            .unwrap_or(0)
-    };
-    for (own, a, u) in &results {
-        let v = get(own.as_bytes());
-        assert!(
-            *a <= v && v <= a + u,
-            "{own}: value {v}, acknowledged {a}, failed {u}"
-        );
-    }
-    let shared = get(b"shared");
-    let sum: u64 = results.iter().map(|r| get(r.0.as_bytes())).sum();
-    assert_eq!(
-        shared, sum,
-        "the shared key and the clients' own keys disagree"
-    );
+    let shared = kill_increments::check_copies(&copies, &results);
     assert!(
         acked <= shared && shared <= acked + unsure,
         "shared: value {shared}, acknowledged {acked}, failed {unsure}"

@@ -14,9 +14,9 @@ use ctdb_client::db::{glock, keyed};
 use ctdb_client::{Client, DbKind};
 use ctdb_protocol::Marshal;
 use ctdb_protocol::types::{GLockList, KEYED_EPOCH_KEY, db_flags};
-use ctdb_tests::{
-    Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference, test_client,
-};
+use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+
+use crate::kill_increments;
 
 const DB: &str = "keyed_test.tdb";
 
@@ -179,67 +179,26 @@ fn keyed_disjoint_keys_commit_concurrently() {
 /// is the sum of the own keys, every copy is identical.
 #[test]
 fn keyed_no_lost_updates_with_node_kills() {
-    const CLIENT_NODES: usize = 3;
-    const PER_NODE: usize = 8;
-    const KILLS: usize = 3;
     require_reference();
     // Our recovery helper: it merges keyed databases by copy epoch (CTDB's
     // merges them as volatile ones, by rsn alone).
     let c = Cluster::start(ours_with_helper(4));
     c.wait_one_generation();
     c.our_tool_ok(0, &["attach", DB, "keyed"]);
-    let stop = c.dir().join("stop-increments");
-    let mut children = Vec::new();
-    for node in 0..CLIENT_NODES {
-        for i in 0..PER_NODE {
-            let own = format!("own_{node}_{i}");
-            let child = test_client("ctdb-inmem-increment")
-                .arg(c.socket(node))
-                .args([DB, own.as_str()])
-                .arg(&stop)
-                .arg("keyed")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            children.push((own, child));
-        }
-    }
-    for _ in 0..KILLS {
-        std::thread::sleep(Duration::from_secs(3));
-        c.kill(3);
-        std::thread::sleep(Duration::from_secs(1));
-        c.restart(3);
-        c.wait_one_generation();
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    std::fs::write(&stop, b"").unwrap();
+    let results = kill_increments::run_with_kills(&c, DB, true);
     // Each failed attempt's error, digits masked, with its count.
     let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
-    let results: Vec<(String, u64, u64)> = children
-        .into_iter()
-        .map(|(own, child)| {
-            let o = child.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success(), "{own} failed: {err}");
-            for line in err.lines() {
-                let why = line.strip_prefix(&format!("{own}: ")).unwrap_or(line);
-                let masked: String = why
-                    .chars()
-                    .map(|ch| if ch.is_ascii_digit() { '#' } else { ch })
-                    .collect();
-                *reasons.entry(masked).or_default() += 1;
-            }
-            let out = String::from_utf8_lossy(&o.stdout);
-            let mut it = out.split_whitespace().map(|n| n.parse::<u64>().unwrap());
-            (own, it.next().unwrap(), it.next().unwrap())
-        })
-        .collect();
-    c.wait_one_generation();
-    let (acked, unsure) = results
-        .iter()
-        .fold((0u64, 0u64), |(a, u), r| (a + r.1, u + r.2));
+    for r in &results {
+        for line in r.stderr.lines() {
+            let why = line.strip_prefix(&format!("{}: ", r.own)).unwrap_or(line);
+            let masked: String = why
+                .chars()
+                .map(|ch| if ch.is_ascii_digit() { '#' } else { ch })
+                .collect();
+            *reasons.entry(masked).or_default() += 1;
+        }
+    }
+    let (acked, unsure) = kill_increments::totals(&results);
     eprintln!("{acked} acknowledged increments, {unsure} failed attempts");
     for (why, n) in &reasons {
         eprintln!("  {n} x {why}");
@@ -248,33 +207,7 @@ fn keyed_no_lost_updates_with_node_kills() {
     assert_eq!(reasons.values().sum::<u64>(), unsure, "{reasons:?}");
     assert!(acked > 0);
     let copies: Vec<_> = (0..4).map(|k| copy(&c, k)).collect();
-    for k in 1..4 {
-        assert!(
-            copies[k] == copies[0],
-            "node {k}'s copy differs from node 0's"
-        );
-    }
-    let get = |key: &[u8]| {
-        value(
-            copies[0]
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone()),
-        )
-    };
-    for (own, a, u) in &results {
-        let v = get(own.as_bytes());
-        assert!(
-            *a <= v && v <= a + u,
-            "{own}: value {v}, acknowledged {a}, failed {u}"
-        );
-    }
-    let shared = get(b"shared");
-    let sum: u64 = results.iter().map(|r| get(r.0.as_bytes())).sum();
-    assert_eq!(
-        shared, sum,
-        "the shared key and the clients' own keys disagree"
-    );
+    kill_increments::check_copies(&copies, &results);
 }
 
 /// Commits (key, value) pairs in one keyed transaction through node `k`.

@@ -37,6 +37,7 @@ mod hostile_transport;
 mod ip_failover;
 mod ip_tickles;
 mod ipf;
+mod kill_increments;
 mod lock_fairness;
 mod lock_fairness_glock;
 mod lock_fairness_pull;

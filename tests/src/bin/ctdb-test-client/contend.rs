@@ -24,7 +24,9 @@ use std::io::BufRead;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ctdb_client::{DbKind, Update};
-use ctdb_tests::client_prog::{connect, fetch_lock_increment, say, transaction_increment};
+use ctdb_tests::client_prog::{
+    self, attach, connect, fetch_lock_increment, number, say, transaction_increment,
+};
 
 fn now_us() -> u128 {
     SystemTime::now()
@@ -49,18 +51,11 @@ async fn run(args: &[String]) -> Result<(), String> {
     };
     let key = key.as_bytes();
     let c = connect(socket).await?;
-    let num = || -> Result<u64, String> {
-        rest.first()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| usage.to_owned())
-    };
+    let num = || number(rest, 0, usage);
     match mode.as_str() {
         "fetch-lock" => {
             let secs = num()?;
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             say("ready");
             wait_go().await;
             let end = Instant::now() + Duration::from_secs(secs);
@@ -73,10 +68,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         "ptrans" | "ptrans-ctdb" => {
             let secs = num()?;
-            let db = c
-                .attach(db, DbKind::Persistent, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Persistent).await?;
             say("ready");
             wait_go().await;
             let end = Instant::now() + Duration::from_secs(secs);
@@ -89,10 +81,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         "hold" => {
             let ms = num()?;
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             db.fetch_lock(key, |_| (Update::Keep, ()))
                 .await
                 .map_err(|e| format!("fetch_lock: {e}"))?;
@@ -110,10 +99,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             })?;
         }
         "fetch-once" => {
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             say("ready");
             wait_go().await;
             db.fetch_lock(key, |_| (Update::Keep, ()))
@@ -127,12 +113,5 @@ async fn run(args: &[String]) -> Result<(), String> {
 }
 
 pub fn main(args: Vec<String>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(&args)) {
-        eprintln!("ctdb-contend: {e}");
-        std::process::exit(1);
-    }
+    client_prog::run("ctdb-contend", run(&args))
 }

@@ -9,7 +9,7 @@ use std::io::BufRead;
 
 use ctdb_client::db::glock;
 use ctdb_protocol::types::GLockType;
-use ctdb_tests::client_prog::{connect, say};
+use ctdb_tests::client_prog::{connect, run_on, say, usage};
 
 async fn run(socket: &str, name: &[u8]) -> Result<(), String> {
     let c = connect(socket).await?;
@@ -34,16 +34,9 @@ async fn run(socket: &str, name: &[u8]) -> Result<(), String> {
 
 pub fn main(args: Vec<String>) {
     let [socket, name] = args.as_slice() else {
-        eprintln!("usage: ctdb-glock-hold SOCKET NAME");
-        std::process::exit(2);
+        usage("usage: ctdb-glock-hold SOCKET NAME")
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run(socket, name.as_bytes())) {
-        eprintln!("ctdb-glock-hold: {e}");
-        std::process::exit(1);
-    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.worker_threads(1);
+    run_on(rt, "ctdb-glock-hold", run(socket, name.as_bytes()))
 }

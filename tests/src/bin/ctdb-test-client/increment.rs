@@ -39,7 +39,9 @@
 use std::time::{Duration, Instant};
 
 use ctdb_client::{DbKind, Update};
-use ctdb_tests::client_prog::{connect, fetch_lock_increment, say, transaction_increment};
+use ctdb_tests::client_prog::{
+    self, attach, connect, fetch_lock_increment, number, say, transaction_increment,
+};
 
 async fn run(args: &[String]) -> Result<(), String> {
     let usage = "usage: ctdb-increment SOCKET MODE DB KEY [COUNT [SECS]]";
@@ -48,18 +50,11 @@ async fn run(args: &[String]) -> Result<(), String> {
     };
     let key = key.as_bytes();
     let c = connect(socket).await?;
-    let count = || -> Result<u64, String> {
-        rest.first()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| usage.to_owned())
-    };
+    let count = || number(rest, 0, usage);
     match mode.as_str() {
         "volatile" => {
             let n = count()?;
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             for _ in 0..n {
                 fetch_lock_increment(&db, key).await?;
             }
@@ -67,10 +62,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         "persistent" => {
             let n = count()?;
-            let db = c
-                .attach(db, DbKind::Persistent, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Persistent).await?;
             let until = match rest.get(1) {
                 Some(s) => Some(
                     Instant::now() + Duration::from_secs(s.parse().map_err(|_| usage.to_owned())?),
@@ -85,10 +77,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             say(&format!("done {done}"));
         }
         "persistent-loop" => {
-            let db = c
-                .attach(db, DbKind::Persistent, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Persistent).await?;
             loop {
                 let mut t = db
                     .transaction_start(false)
@@ -106,10 +95,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
         }
         "volatile-loop" => {
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             loop {
                 say("attempt");
                 db.fetch_lock(key, |r| {
@@ -124,10 +110,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         "store-delete" => {
             let n = count()?;
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             let prefix = String::from_utf8_lossy(key);
             let keys: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
             for k in &keys {
@@ -164,10 +147,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
         }
         "hold-lock" => {
-            let db = c
-                .attach(db, DbKind::Volatile, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Volatile).await?;
             // Make this node the record's data master first.
             db.fetch_lock(key, |_| (Update::Keep, ()))
                 .await
@@ -181,10 +161,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             })?;
         }
         "hold-transaction" => {
-            let db = c
-                .attach(db, DbKind::Persistent, 0)
-                .await
-                .map_err(|e| format!("attach: {e}"))?;
+            let db = attach(&c, db, DbKind::Persistent).await?;
             let mut t = db
                 .transaction_start(false)
                 .await
@@ -204,12 +181,5 @@ async fn run(args: &[String]) -> Result<(), String> {
 }
 
 pub fn main(args: Vec<String>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(&args)) {
-        eprintln!("ctdb-increment: {e}");
-        std::process::exit(1);
-    }
+    client_prog::run("ctdb-increment", run(&args))
 }

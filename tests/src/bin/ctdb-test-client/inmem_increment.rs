@@ -11,15 +11,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ctdb_client::{Client, DbKind};
+use ctdb_client::DbKind;
+use ctdb_tests::client_prog::{self, attach, connect, get_u64, usage};
 
-fn get_u64(v: Option<Vec<u8>>) -> u64 {
-    v.and_then(|d| {
-        d.get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    })
-    .unwrap_or(0)
+/// The u64 of a record as a transaction fetched it (0 when absent).
+fn value(v: Option<Vec<u8>>) -> u64 {
+    v.map_or(0, |d| get_u64(&d))
 }
 
 async fn run(
@@ -29,26 +26,20 @@ async fn run(
     stop: &Path,
     keyed: bool,
 ) -> Result<(u64, u64), String> {
-    let c = Client::connect(socket)
-        .await
-        .map_err(|e| format!("connect: {e}"))?
-        .with_timeout(Duration::from_secs(60));
+    let c = connect(socket).await?;
     let kind = if keyed {
         DbKind::Keyed
     } else {
         DbKind::InMemory
     };
-    let d = c
-        .attach(db, kind, 0)
-        .await
-        .map_err(|e| format!("attach: {e}"))?;
+    let d = attach(&c, db, kind).await?;
     let (mut acked, mut unsure) = (0u64, 0u64);
     while !stop.exists() {
         let r = if keyed {
             async {
                 let mut t = d.keyed_transaction(&[own.as_bytes(), b"shared"]).await?;
-                let a = get_u64(t.fetch(own.as_bytes())?);
-                let s = get_u64(t.fetch(b"shared")?);
+                let a = value(t.fetch(own.as_bytes())?);
+                let s = value(t.fetch(b"shared")?);
                 t.store(own.as_bytes(), &(a + 1).to_le_bytes())?;
                 t.store(b"shared", &(s + 1).to_le_bytes())?;
                 t.commit().await
@@ -57,8 +48,8 @@ async fn run(
         } else {
             async {
                 let mut t = d.transaction_start(false).await?;
-                let a = get_u64(t.fetch(own.as_bytes())?);
-                let s = get_u64(t.fetch(b"shared")?);
+                let a = value(t.fetch(own.as_bytes())?);
+                let s = value(t.fetch(b"shared")?);
                 t.store(own.as_bytes(), &(a + 1).to_le_bytes())?;
                 t.store(b"shared", &(s + 1).to_le_bytes())?;
                 t.commit().await
@@ -83,18 +74,11 @@ pub fn main(args: Vec<String>) {
         _ => (false, &args[..]),
     };
     let [socket, db, own, stop] = args else {
-        eprintln!("usage: ctdb-inmem-increment SOCKET DB OWNKEY STOPFILE [keyed]");
-        std::process::exit(2);
+        usage("usage: ctdb-inmem-increment SOCKET DB OWNKEY STOPFILE [keyed]")
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    match rt.block_on(run(socket, db, own, Path::new(stop), keyed)) {
-        Ok((a, u)) => println!("{a} {u}"),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
-        }
-    }
+    let (a, u) = client_prog::run(
+        "ctdb-inmem-increment",
+        run(socket, db, own, Path::new(stop), keyed),
+    );
+    println!("{a} {u}");
 }

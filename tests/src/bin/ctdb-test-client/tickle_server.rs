@@ -15,18 +15,10 @@
 //! the daemon client are both held until the process is killed: CTDB
 //! forgets a client's connections when the client goes.
 
-use std::io::Write;
-
-use ctdb_client::Client;
 use ctdb_protocol::ControlRequest;
 use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_protocol::types::Connection;
-
-fn say(s: &str) {
-    let mut o = std::io::stdout();
-    let _ = writeln!(o, "{s}");
-    let _ = o.flush();
-}
+use ctdb_tests::client_prog::{self, connect, say, usage};
 
 async fn run(socket: String, listen: String) -> Result<(), String> {
     let l = tokio::net::TcpListener::bind(&listen)
@@ -40,9 +32,7 @@ async fn run(socket: String, listen: String) -> Result<(), String> {
         let local = tcp
             .local_addr()
             .map_err(|e| format!("local address: {e}"))?;
-        let c = Client::connect(&socket)
-            .await
-            .map_err(|e| format!("connect to {socket}: {e}"))?;
+        let c = connect(&socket).await?;
         let conn = Connection {
             src: peer.into(),
             dst: local.into(),
@@ -59,16 +49,7 @@ async fn run(socket: String, listen: String) -> Result<(), String> {
 }
 
 pub fn main(args: Vec<String>) {
-    let [socket, listen] = <[String; 2]>::try_from(args).unwrap_or_else(|_| {
-        eprintln!("usage: ctdb-tickle-server SOCKET ADDRESS:PORT");
-        std::process::exit(2)
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(socket, listen)) {
-        eprintln!("ctdb-tickle-server: {e}");
-        std::process::exit(1);
-    }
+    let [socket, listen] = <[String; 2]>::try_from(args)
+        .unwrap_or_else(|_| usage("usage: ctdb-tickle-server SOCKET ADDRESS:PORT"));
+    client_prog::run("ctdb-tickle-server", run(socket, listen))
 }
