@@ -2,7 +2,7 @@
 //! CTDB and of ours, driven by the same client code, reported side by side.
 //!
 //! ```text
-//! bench [--quick] [--daemon both|ours|reference] [--only NAME]... [--out DIR]
+//! bench [--quick] [--daemon both|ours|reference] [--only NAME]... [--rounds N] [--out DIR]
 //! ```
 //!
 //! Each workload starts worker processes (this binary re-executed with the
@@ -36,6 +36,11 @@ struct Cli {
     /// Run only these workloads (by name).
     #[arg(long)]
     only: Vec<String>,
+    /// Measure N times, the reference's and our clusters taking turns
+    /// (each round starts fresh clusters); the ratios of every round and
+    /// their range are reported, each round's tables under round-K/.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Where to write results.md, results.json and ratios.svg.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -87,16 +92,34 @@ fn main() -> Result<()> {
     if cli.daemon != Which::Reference {
         daemons.push(workloads::Target::Ours(sibling("ctdbd")?));
     }
-    let mut results = report::Results::new(cli.quick);
-    for target in daemons {
-        let runs = workloads::run_all(&target, timing, cli.quick, &cli.only)
-            .with_context(|| format!("benchmarking {}", target.name()))?;
-        results.add(target.name(), runs);
+    let mut rounds = Vec::new();
+    for round in 1..=cli.rounds {
+        if cli.rounds > 1 {
+            eprintln!("round {round} of {}", cli.rounds);
+        }
+        let mut results = report::Results::new(cli.quick);
+        for target in &daemons {
+            let runs = workloads::run_all(target, timing, cli.quick, &cli.only)
+                .with_context(|| format!("benchmarking {}", target.name()))?;
+            results.add(target.name(), runs);
+        }
+        rounds.push(results);
     }
     std::fs::create_dir_all(&cli.out)?;
-    results.write(&cli.out)?;
-    print!("{}", results.markdown());
-    if results.any_failed() {
+    if let [results] = rounds.as_slice() {
+        results.write(&cli.out)?;
+        print!("{}", results.markdown());
+    } else {
+        for (k, results) in rounds.iter().enumerate() {
+            let dir = cli.out.join(format!("round-{}", k + 1));
+            std::fs::create_dir_all(&dir)?;
+            results.write(&dir)?;
+        }
+        let spread = report::spread_markdown(&rounds);
+        std::fs::write(cli.out.join("results.md"), &spread)?;
+        print!("{spread}");
+    }
+    if rounds.iter().any(report::Results::any_failed) {
         anyhow::bail!("some workloads failed their correctness check");
     }
     Ok(())

@@ -148,6 +148,15 @@ impl Results {
         s
     }
 
+    /// Each workload's ratio (ours relative to the reference, higher is
+    /// better), where both have a figure.
+    fn ratios(&self) -> Vec<(&str, Option<f64>)> {
+        self.lines()
+            .iter()
+            .map(|l| (l.workload, l.ratio()))
+            .collect()
+    }
+
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::write(dir.join("results.md"), self.markdown())?;
         std::fs::write(
@@ -202,5 +211,97 @@ impl Results {
         )))?;
         root.present()?;
         Ok(())
+    }
+}
+
+/// The ratios of several rounds side by side: per workload, each round's
+/// ratio, their range and median (rounds without a ratio left out of
+/// both).
+pub fn spread_markdown(rounds: &[Results]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for r in rounds {
+        for (n, _) in r.ratios() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    let per_round: Vec<Vec<(&str, Option<f64>)>> = rounds.iter().map(Results::ratios).collect();
+    let mut s = format!(
+        "Machine: {}. Mode: {}. {} rounds, the reference's and our clusters taking turns; \
+         each round's figures in round-K/results.md.\n\n",
+        rounds.first().map_or("", |r| r.machine.as_str()),
+        if rounds.first().is_some_and(|r| r.quick) {
+            "quick"
+        } else {
+            "full"
+        },
+        rounds.len()
+    );
+    s.push_str("| workload |");
+    for k in 1..=rounds.len() {
+        s.push_str(&format!(" round {k} |"));
+    }
+    s.push_str(" range | median |\n|---|");
+    for _ in 0..rounds.len() + 2 {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for name in names {
+        let ratios: Vec<Option<f64>> = per_round
+            .iter()
+            .map(|r| r.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v))
+            .collect();
+        s.push_str(&format!("| {name} |"));
+        for r in &ratios {
+            s.push_str(&match r {
+                Some(v) => format!(" {v:.2}x |"),
+                None => " - |".into(),
+            });
+        }
+        let mut known: Vec<f64> = ratios.into_iter().flatten().collect();
+        known.sort_by(f64::total_cmp);
+        match (known.first(), known.last()) {
+            (Some(lo), Some(hi)) => {
+                let mid = known.len() / 2;
+                let median = if known.len() % 2 == 1 {
+                    known[mid]
+                } else {
+                    (known[mid - 1] + known[mid]) / 2.0
+                };
+                s.push_str(&format!(" {lo:.2}-{hi:.2}x | {median:.2}x |\n"));
+            }
+            _ => s.push_str(" - | - |\n"),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::Row;
+
+    fn round(reference: f64, ours: f64) -> Results {
+        let mut r = Results::new(true);
+        r.add(
+            "reference",
+            vec![Row::ok("ring", "ops/s", true, reference, String::new())],
+        );
+        r.add(
+            "ours",
+            vec![Row::ok("ring", "ops/s", true, ours, String::new())],
+        );
+        r
+    }
+
+    #[test]
+    fn spread_lists_each_rounds_ratio_with_range_and_median() {
+        let md = spread_markdown(&[round(100.0, 80.0), round(100.0, 120.0), round(50.0, 50.0)]);
+        let line = md.lines().find(|l| l.starts_with("| ring |")).unwrap();
+        assert_eq!(
+            line,
+            "| ring | 0.80x | 1.20x | 1.00x | 0.80-1.20x | 1.00x |"
+        );
     }
 }

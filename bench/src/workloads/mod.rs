@@ -56,7 +56,13 @@ pub struct Row {
 }
 
 impl Row {
-    fn ok(workload: &str, unit: &str, higher_is_better: bool, value: f64, note: String) -> Row {
+    pub(crate) fn ok(
+        workload: &str,
+        unit: &str,
+        higher_is_better: bool,
+        value: f64,
+        note: String,
+    ) -> Row {
         Row {
             workload: workload.into(),
             unit: unit.into(),
