@@ -346,9 +346,11 @@ fn rolling_upgrade_from_ctdb_and_back() {
     // commits fail on it. With the default that wait alone reaches the
     // 10 s limit on the reference's nodes; 5 s leaves room for the
     // recovery itself.
-    let c = Cluster::start(
-        ClusterOptions::new(Daemon::Reference, NODES).tunable("RerecoveryTimeout", 5),
-    );
+    let mut opts = ClusterOptions::new(Daemon::Reference, NODES).tunable("RerecoveryTimeout", 5);
+    if let Ok(level) = std::env::var("ROLLING_UPGRADE_LOG_LEVEL") {
+        opts.log_level = level;
+    }
+    let c = Cluster::start(opts);
     let t0 = Instant::now();
 
     c.tool_ok(0, &["attach", VDB]);
@@ -415,11 +417,21 @@ fn rolling_upgrade_from_ctdb_and_back() {
         if !poll_within(MAX_STALL + Duration::from_secs(5), committed) {
             snapshots.push(snapshot(&c, &what));
         }
-        poll_until(
-            Duration::from_secs(60),
-            "every client to commit after the step",
-            || committed().then_some(()),
-        );
+        // A stall that outlasts this fails the test with what the nodes
+        // held when it began and their whole logs.
+        if !poll_within(Duration::from_secs(60), committed) {
+            panic!(
+                "{what}: timed out after 60s waiting for every client to commit after the \
+                 step (acknowledged before {before:?}, now {:?}; client errors {:?})\n{}\n\
+                 node logs kept in {}",
+                (0..NODES).map(|n| load.acked(n)).collect::<Vec<_>>(),
+                (0..NODES)
+                    .map(|n| load.load(n).errors())
+                    .collect::<Vec<_>>(),
+                snapshots.join("\n"),
+                keep_logs(&c).display()
+            );
+        }
         check_volatile(&c, &what);
         check_persistent(&c, &what);
     }
