@@ -218,15 +218,13 @@ impl Results {
 /// ratio, their range and median (rounds without a ratio left out of
 /// both).
 pub fn spread_markdown(rounds: &[Results]) -> String {
+    let per_round: Vec<Vec<(&str, Option<f64>)>> = rounds.iter().map(Results::ratios).collect();
     let mut names: Vec<&str> = Vec::new();
-    for r in rounds {
-        for (n, _) in r.ratios() {
-            if !names.contains(&n) {
-                names.push(n);
-            }
+    for (n, _) in per_round.iter().flatten() {
+        if !names.contains(n) {
+            names.push(n);
         }
     }
-    let per_round: Vec<Vec<(&str, Option<f64>)>> = rounds.iter().map(Results::ratios).collect();
     let mut s = format!(
         "Machine: {}. Mode: {}. {} rounds, the reference's and our clusters taking turns; \
          each round's figures in round-K/results.md.\n\n",
