@@ -337,13 +337,19 @@ async fn run(
                 next_broadcast = Instant::now() + Duration::from_secs(1);
             }
             _ = tokio::time::sleep_until(leader_to.into()) => {
-                rec.leader_timeout_at = None;
-                info!("Leader broadcast timeout");
-                rec.force_election().await;
+                handle_queued(&mut rec, &mut msgs).await;
+                if expired(rec.leader_timeout_at) {
+                    rec.leader_timeout_at = None;
+                    info!("Leader broadcast timeout");
+                    rec.force_election().await;
+                }
             }
             _ = tokio::time::sleep_until(election_to.into()) => {
-                rec.election_timeout_at = None;
-                rec.election_timeout().await;
+                handle_queued(&mut rec, &mut msgs).await;
+                if expired(rec.election_timeout_at) {
+                    rec.election_timeout_at = None;
+                    rec.election_timeout().await;
+                }
             }
             _ = tokio::time::sleep_until(send_election.into()) => {
                 rec.send_election_at = None;
@@ -352,6 +358,30 @@ async fn run(
         }
         if rec.client.is_closed() {
             return Err(ctdb_client::ClientError::Disconnected);
+        }
+    }
+}
+
+/// Whether a timeout set for `at` is due.
+fn expired(at: Option<Instant>) -> bool {
+    at.is_some_and(|t| t <= Instant::now())
+}
+
+/// Handles the messages that were queued before a timeout came due: a
+/// timeout may have passed while the loop was busy (the leader running a
+/// recovery that outlasts `leader timeout`), and what arrived meanwhile,
+/// such as the leader's broadcasts, including its own, must count before
+/// the timeout does, as it would have had it been read on time. Only what
+/// is queued now, so a steady stream of messages cannot hold the timeout
+/// off for ever.
+async fn handle_queued(rec: &mut Recoverd, msgs: &mut mpsc::UnboundedReceiver<Message>) {
+    // The tasks that move messages from each srvid's channel to the
+    // queue run first.
+    tokio::task::yield_now().await;
+    for _ in 0..msgs.len() {
+        match msgs.try_recv() {
+            Ok(m) => rec.on_message(m).await,
+            Err(_) => break,
         }
     }
 }

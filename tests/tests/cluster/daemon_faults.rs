@@ -384,3 +384,83 @@ fn our_hung_node_is_found_by_keepalives() {
 fn reference_hung_node_is_found_by_keepalives() {
     hung_node(Daemon::Reference);
 }
+
+/// Recoveries that outlast the leader timeout (5 s, CTDB's default; the
+/// recovery helper here sleeps 7 s before it starts) are not taken for a
+/// dead leader: the leader keeps broadcasting while its helper runs, and
+/// what it received meanwhile (its own broadcasts among it) counts before
+/// its own timeout does. So no node logs a leader broadcast timeout, no
+/// election follows a recovery, and the leader stays. CTDB keeps its
+/// event loop running while the helper runs. A leader that timed itself
+/// out after a long recovery started an election, hence another long
+/// recovery, and so on (a CI run of db_catchup's million-record full pull
+/// never got healthy again).
+fn slow_recoveries_keep_the_leader(daemon: Daemon, helper: &std::path::Path) {
+    const RECOVERIES: usize = 5;
+    require_reference();
+    let tools = tempfile::tempdir().unwrap();
+    let runs = tools.path().join("runs");
+    let wrapper = tools.path().join("slow_helper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho run >> '{}'\nsleep 7\nexec '{}' \"$@\"\n",
+            runs.display(),
+            helper.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Cluster::start(
+        ClusterOptions::new(daemon, 3)
+            .recovery_helper(&wrapper)
+            .tunable("RerecoveryTimeout", 0),
+    );
+    c.wait_one_generation();
+    let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    let observer = (leader + 1) % 3;
+    let logs_at: Vec<usize> = (0..3).map(|k| c.log_text(k).len()).collect();
+    let runs_count = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let runs_at = runs_count();
+    for i in 0..RECOVERIES {
+        let before = c.generation(observer);
+        // The tool may give up waiting before the slow recovery ends.
+        let _ = c.tool(observer, &["recover"]);
+        poll_until(
+            Duration::from_secs(60),
+            &format!("recovery {i} to start"),
+            || (c.generation(observer) != before).then_some(()),
+        );
+        c.wait_one_generation();
+    }
+    let ran = runs_count() - runs_at;
+    assert!(
+        ran >= RECOVERIES,
+        "the slow helper ran {ran} times for {RECOVERIES} recoveries"
+    );
+    for (k, &at) in logs_at.iter().enumerate() {
+        let text = c.log_text(k);
+        let since = text.get(at..).unwrap_or("");
+        assert!(
+            !since.contains("Leader broadcast timeout"),
+            "node {k} timed out its leader during slow recoveries:\n{since}"
+        );
+        assert_eq!(leader_of(&c, k), Some(leader), "node {k}'s leader");
+    }
+}
+
+#[test]
+fn our_slow_recoveries_keep_the_leader() {
+    slow_recoveries_keep_the_leader(ours(), &our_bin("ctdb_recovery_helper"));
+}
+
+#[test]
+fn reference_slow_recoveries_keep_the_leader() {
+    slow_recoveries_keep_the_leader(Daemon::Reference, std::path::Path::new(HELPER));
+}
