@@ -295,6 +295,7 @@ async fn run(
         takeover_requests: Vec::new(),
         takeover: takeover_run::TakeoverRuns::default(),
         frozen_on_inactive: false,
+        links_waiting_since: None,
         banning,
     };
     info!(

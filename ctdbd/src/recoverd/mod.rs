@@ -104,6 +104,9 @@ pub struct Recoverd {
     /// Takeover runs ([`takeover_run`]).
     takeover: takeover_run::TakeoverRuns,
     frozen_on_inactive: bool,
+    /// Since when a recovery has been waiting for active nodes to be
+    /// connected to each other (`recovery::Recoverd::links_coming_up`).
+    links_waiting_since: Option<Instant>,
     /// `CTDB_SRVID_BANNING` messages (culprits reported by helpers), kept
     /// apart so a recovery can take the reports of its own helper at once.
     banning: mpsc::UnboundedReceiver<Message>,

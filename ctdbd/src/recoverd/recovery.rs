@@ -2,13 +2,16 @@
 //! the recovery helper, which freezes, rebuilds and thaws the databases
 //! on every active node and installs a new vnn map with a new generation.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ctdb_protocol::ControlRequest;
+use ctdb_protocol::header::CTDB_CURRENT_NODE;
 use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, INVALID_GENERATION};
 use ctdb_protocol::message::srvid;
-use ctdb_protocol::types::node_flags;
+use ctdb_protocol::types::{NodeMap, node_flags};
 use tracing::{error, info, warn};
 
 use super::Recoverd;
@@ -45,7 +48,82 @@ pub fn new_generation() -> u32 {
     }
 }
 
+/// How long a recovery waits for the active nodes to be connected to each
+/// other before it goes ahead anyway (as CTDB always does).
+const LINKS_GRACE: Duration = Duration::from_secs(5);
+
+/// The pairs `(a, b)` of active nodes where `a`'s node map (in `maps`)
+/// shows `b` disconnected: `a` has no connection to `b` yet, so whatever
+/// `a` sends `b` is dropped. `active` as the leader sees them (the leader
+/// itself among them; it is connected to every other by definition).
+pub(super) fn unconnected_pairs(active: &[u32], maps: &HashMap<u32, NodeMap>) -> Vec<(u32, u32)> {
+    let mut pairs = Vec::new();
+    for &a in active {
+        let Some(m) = maps.get(&a) else {
+            continue;
+        };
+        for &b in active {
+            if a != b
+                && m.nodes
+                    .iter()
+                    .any(|n| n.pnn == b && n.flags & node_flags::DISCONNECTED != 0)
+            {
+                pairs.push((a, b));
+            }
+        }
+    }
+    pairs
+}
+
 impl Recoverd {
+    /// Whether the recovery should wait because an active node is not yet
+    /// connected to another active node, for at most [`LINKS_GRACE`].
+    ///
+    /// A node that has just started connects to each of the others in
+    /// turn; the leader may see it connected, and recover with it, before
+    /// some other node's connection to it is up. Then the first record
+    /// calls after the thaw between those two (the calls resent at the
+    /// thaw among them) are dropped by the sender, CTDB's daemon as ours,
+    /// and their clients wait until they time out: a g_lock holder's call
+    /// lost that way stalled every waiter behind it for 60 s in the
+    /// rolling-upgrade test. Recovering once the links are up avoids it;
+    /// a node that stays unconnected to another (a one-way partition)
+    /// gets the recovery after the grace, as CTDB gives it at once.
+    async fn links_coming_up(&mut self) -> bool {
+        let c = self.client.clone();
+        let Ok(nodemap) = c.get_nodemap(CTDB_CURRENT_NODE).await else {
+            return false;
+        };
+        let active: Vec<u32> = nodemap
+            .nodes
+            .iter()
+            .filter(|n| n.flags & node_flags::INACTIVE == 0)
+            .map(|n| n.pnn)
+            .collect();
+        let others: Vec<u32> = active.iter().copied().filter(|&p| p != self.pnn).collect();
+        let mut maps = HashMap::new();
+        for (n, r) in c.control_many(&others, ControlRequest::GetNodemap).await {
+            if let Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) = r.map(|r| r.data) {
+                maps.insert(n, m);
+            }
+        }
+        let pairs = unconnected_pairs(&active, &maps);
+        let Some(&(a, b)) = pairs.first() else {
+            self.links_waiting_since = None;
+            return false;
+        };
+        let since = *self.links_waiting_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < LINKS_GRACE {
+            info!("Recovery waits: node {a} is not yet connected to node {b}");
+            return true;
+        }
+        warn!(
+            "Recovering although node {a} is still not connected to node {b} after {} seconds",
+            LINKS_GRACE.as_secs()
+        );
+        false
+    }
+
     /// Recovers the cluster; on failure the next check tries again.
     pub(super) async fn do_recovery(&mut self) {
         info!("Starting do_recovery");
@@ -81,6 +159,10 @@ impl Recoverd {
         );
         if !self.update_capabilities().await {
             error!("Unable to update node capabilities.");
+            return;
+        }
+        if self.links_coming_up().await {
+            // The next check tries again (`need_recovery` stays set).
             return;
         }
         // Everyone gets the flags we have.
@@ -164,5 +246,47 @@ impl Recoverd {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ctdb_protocol::types::NodeAndFlags;
+
+    use super::*;
+
+    fn map(flags: &[u32]) -> NodeMap {
+        NodeMap {
+            nodes: flags
+                .iter()
+                .enumerate()
+                .map(|(pnn, &flags)| NodeAndFlags {
+                    pnn: pnn as u32,
+                    flags,
+                    addr: Default::default(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unconnected_pairs_are_those_an_active_node_sees_disconnected() {
+        const D: u32 = node_flags::DISCONNECTED;
+        const B: u32 = node_flags::BANNED;
+        // Node 0 leads. Node 2 has yet to connect to the restarted node 1;
+        // node 3 is banned (not active) and sees everyone disconnected.
+        let maps: HashMap<u32, NodeMap> = [
+            (1, map(&[0, 0, 0, B])),
+            (2, map(&[0, D, 0, B])),
+            (3, map(&[D, D, D, B])),
+        ]
+        .into();
+        assert_eq!(unconnected_pairs(&[0, 1, 2], &maps), vec![(2, 1)]);
+        // Once its link is up: nothing to wait for. A node whose map is
+        // missing (it did not answer) holds nothing up either.
+        let maps: HashMap<u32, NodeMap> = [(1, map(&[0, 0, 0, B])), (2, map(&[0, 0, 0, B]))].into();
+        assert!(unconnected_pairs(&[0, 1, 2], &maps).is_empty());
+        let maps: HashMap<u32, NodeMap> = [(1, map(&[D, 0, 0, 0]))].into();
+        assert_eq!(unconnected_pairs(&[0, 1, 2], &maps), vec![(1, 0)]);
     }
 }
