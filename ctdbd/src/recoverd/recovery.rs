@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ctdb_protocol::ControlRequest;
-use ctdb_protocol::header::CTDB_CURRENT_NODE;
-use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, INVALID_GENERATION};
+use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE, INVALID_GENERATION};
 use ctdb_protocol::message::srvid;
 use ctdb_protocol::types::{NodeMap, node_flags};
 use tracing::{error, info, warn};
@@ -56,7 +55,7 @@ const LINKS_GRACE: Duration = Duration::from_secs(5);
 /// shows `b` disconnected: `a` has no connection to `b` yet, so whatever
 /// `a` sends `b` is dropped. `active` as the leader sees them (the leader
 /// itself among them; it is connected to every other by definition).
-pub(super) fn unconnected_pairs(active: &[u32], maps: &HashMap<u32, NodeMap>) -> Vec<(u32, u32)> {
+fn unconnected_pairs(active: &[u32], maps: &HashMap<u32, NodeMap>) -> Vec<(u32, u32)> {
     let mut pairs = Vec::new();
     for &a in active {
         let Some(m) = maps.get(&a) else {
@@ -77,7 +76,8 @@ pub(super) fn unconnected_pairs(active: &[u32], maps: &HashMap<u32, NodeMap>) ->
 
 impl Recoverd {
     /// Whether the recovery should wait because an active node is not yet
-    /// connected to another active node, for at most [`LINKS_GRACE`].
+    /// connected to another active node: for at most [`LINKS_GRACE`] per
+    /// recovery.
     ///
     /// A node that has just started connects to each of the others in
     /// turn; the leader may see it connected, and recover with it, before
@@ -204,6 +204,7 @@ impl Recoverd {
             started.elapsed().as_secs_f64()
         );
         self.need_recovery = false;
+        self.links_waiting_since = None;
         info!("Resetting ban count to 0 for all nodes");
         self.culprits.clear();
         let t = self.tunables.rerecovery_timeout;
