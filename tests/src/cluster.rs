@@ -201,11 +201,8 @@ impl Cluster {
         for k in 0..c.opts.nodes {
             let dir = c.base(k).join("events/legacy");
             for (name, body) in &c.opts.event_scripts {
-                use std::os::unix::fs::PermissionsExt;
                 std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join(name), body).unwrap();
-                std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755))
-                    .unwrap();
+                crate::write_script(&dir.join(name), body);
             }
         }
         let out = c

@@ -90,6 +90,15 @@ pub fn test_client(program: &str) -> std::process::Command {
     c
 }
 
+/// Writes `body` to `path` as an executable script (mode 0755): event
+/// scripts, and wrappers around helpers that the daemons run.
+pub fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
 pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;

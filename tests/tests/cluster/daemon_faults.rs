@@ -7,7 +7,9 @@
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
+use ctdb_tests::{
+    Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference, write_script,
+};
 
 const HELPER: &str = "/usr/libexec/ctdb/ctdb_recovery_helper";
 const KEEPALIVE_INTERVAL: u32 = 1;
@@ -307,16 +309,13 @@ fn our_leader_failing_recoveries_is_banned() {
     let tools = tempfile::tempdir().unwrap();
     let bad = tools.path().join("bad_node");
     let helper = tools.path().join("failing_helper");
-    std::fs::write(
+    write_script(
         &helper,
-        format!(
+        &format!(
             "#!/bin/sh\n# Fails the recovery when run by the node named in {bad}.\nb=$(cat {bad} 2>/dev/null)\ncase \"$2\" in */node.$b/*) exit 1;; esac\nexec {HELPER} \"$@\"\n",
             bad = bad.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     require_reference();
     let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(&helper));
     let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
@@ -401,17 +400,14 @@ fn slow_recoveries_keep_the_leader(daemon: Daemon, helper: &std::path::Path) {
     let tools = tempfile::tempdir().unwrap();
     let runs = tools.path().join("runs");
     let wrapper = tools.path().join("slow_helper");
-    std::fs::write(
+    write_script(
         &wrapper,
-        format!(
+        &format!(
             "#!/bin/sh\necho run >> '{}'\nsleep 7\nexec '{}' \"$@\"\n",
             runs.display(),
             helper.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let c = Cluster::start(
         ClusterOptions::new(daemon, 3)
             .recovery_helper(&wrapper)

@@ -142,18 +142,15 @@ fn scenario(daemon: Daemon, helper: Option<PathBuf>, t: &mut Timings) {
     let wrapper_dir = tempfile::tempdir().unwrap();
     let runs = wrapper_dir.path().join("runs");
     if let Some(h) = &helper {
-        use std::os::unix::fs::PermissionsExt;
         let w = wrapper_dir.path().join("takeover-helper.sh");
-        std::fs::write(
+        ctdb_tests::write_script(
             &w,
-            format!(
+            &format!(
                 "#!/bin/sh\necho run >> '{}'\nexec '{}' \"$@\"\n",
                 runs.display(),
                 h.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         opts.env
             .push(("CTDB_TAKEOVER_HELPER".into(), w.display().to_string()));
     }
