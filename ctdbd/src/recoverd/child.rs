@@ -296,6 +296,7 @@ async fn run(
         takeover: takeover_run::TakeoverRuns::default(),
         frozen_on_inactive: false,
         links_waiting_since: None,
+        recover_once_links_up: false,
         banning,
     };
     info!(

@@ -107,6 +107,10 @@ pub struct Recoverd {
     /// Since when a recovery has been waiting for active nodes to be
     /// connected to each other (`recovery::Recoverd::links_coming_up`).
     links_waiting_since: Option<Instant>,
+    /// A recovery ran while some active nodes were not connected to each
+    /// other: recover again once they are
+    /// (`recovery::Recoverd::note_links_after_recovery`).
+    recover_once_links_up: bool,
     /// `CTDB_SRVID_BANNING` messages (culprits reported by helpers), kept
     /// apart so a recovery can take the reports of its own helper at once.
     banning: mpsc::UnboundedReceiver<Message>,
@@ -486,6 +490,9 @@ impl Recoverd {
         }
         self.update_flags(&remote_maps).await?;
         let vnnmap = c.get_vnnmap(self.pnn).await?;
+        if self.recover_if_links_now_up().await {
+            return Ok(());
+        }
         if self.need_recovery {
             self.do_recovery().await;
             return Ok(());

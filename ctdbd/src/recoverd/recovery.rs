@@ -90,24 +90,7 @@ impl Recoverd {
     /// a node that stays unconnected to another (a one-way partition)
     /// gets the recovery after the grace, as CTDB gives it at once.
     async fn links_coming_up(&mut self) -> bool {
-        let c = self.client.clone();
-        let Ok(nodemap) = c.get_nodemap(CTDB_CURRENT_NODE).await else {
-            return false;
-        };
-        let active: Vec<u32> = nodemap
-            .nodes
-            .iter()
-            .filter(|n| n.flags & node_flags::INACTIVE == 0)
-            .map(|n| n.pnn)
-            .collect();
-        let others: Vec<u32> = active.iter().copied().filter(|&p| p != self.pnn).collect();
-        let mut maps = HashMap::new();
-        for (n, r) in c.control_many(&others, ControlRequest::GetNodemap).await {
-            if let Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) = r.map(|r| r.data) {
-                maps.insert(n, m);
-            }
-        }
-        let pairs = unconnected_pairs(&active, &maps);
+        let pairs = self.unconnected_now().await;
         let Some(&(a, b)) = pairs.first() else {
             self.links_waiting_since = None;
             return false;
@@ -122,6 +105,62 @@ impl Recoverd {
             LINKS_GRACE.as_secs()
         );
         false
+    }
+
+    /// After a recovery: whether it ran while some active node was not
+    /// connected to another. The wait above cannot see a node that
+    /// connects to the leader between its check and the helper's start
+    /// (the helper takes the active nodes as it finds them), and goes
+    /// ahead after its grace; what the unconnected pairs sent each other
+    /// after the thaw was dropped. Then [`Self::recover_if_links_now_up`]
+    /// recovers once more when the links are up, and that recovery's thaw
+    /// resends the calls that are still waiting.
+    pub(super) async fn note_links_after_recovery(&mut self) {
+        let pairs = self.unconnected_now().await;
+        if let Some(&(a, b)) = pairs.first() {
+            info!(
+                "Recovered while node {a} was not connected to node {b}: recovering again once it is"
+            );
+            self.recover_once_links_up = true;
+        }
+    }
+
+    /// The follow-up recovery of [`Self::note_links_after_recovery`], when
+    /// it is due and the links are up; whether it ran.
+    pub(super) async fn recover_if_links_now_up(&mut self) -> bool {
+        if !self.recover_once_links_up || !self.unconnected_now().await.is_empty() {
+            return false;
+        }
+        self.recover_once_links_up = false;
+        info!(
+            "Every active node is connected to every other now: recovery, to resend what was dropped"
+        );
+        self.do_recovery().await;
+        true
+    }
+
+    /// The pairs of active nodes not connected yet ([`unconnected_pairs`]),
+    /// from every active node's node map; a node that does not answer
+    /// holds nothing up.
+    async fn unconnected_now(&mut self) -> Vec<(u32, u32)> {
+        let c = self.client.clone();
+        let Ok(nodemap) = c.get_nodemap(CTDB_CURRENT_NODE).await else {
+            return Vec::new();
+        };
+        let active: Vec<u32> = nodemap
+            .nodes
+            .iter()
+            .filter(|n| n.flags & node_flags::INACTIVE == 0)
+            .map(|n| n.pnn)
+            .collect();
+        let others: Vec<u32> = active.iter().copied().filter(|&p| p != self.pnn).collect();
+        let mut maps = HashMap::new();
+        for (n, r) in c.control_many(&others, ControlRequest::GetNodemap).await {
+            if let Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) = r.map(|r| r.data) {
+                maps.insert(n, m);
+            }
+        }
+        unconnected_pairs(&active, &maps)
     }
 
     /// Recovers the cluster; on failure the next check tries again.
@@ -197,6 +236,9 @@ impl Recoverd {
             }
             return;
         }
+        // At once: a link that comes up later than this was down for
+        // the calls resent at the thaw.
+        self.note_links_after_recovery().await;
         self.do_takeover_run().await;
         self.send(CTDB_BROADCAST_CONNECTED, srvid::RECONFIGURE, &[]);
         info!(
