@@ -490,7 +490,7 @@ impl Recoverd {
         }
         self.update_flags(&remote_maps).await?;
         let vnnmap = c.get_vnnmap(self.pnn).await?;
-        if self.recover_if_links_now_up().await {
+        if self.recover_if_links_now_up(&remote_maps).await {
             return Ok(());
         }
         if self.need_recovery {

@@ -126,9 +126,15 @@ impl Recoverd {
     }
 
     /// The follow-up recovery of [`Self::note_links_after_recovery`], when
-    /// it is due and the links are up; whether it ran.
-    pub(super) async fn recover_if_links_now_up(&mut self) -> bool {
-        if !self.recover_once_links_up || !self.unconnected_now().await.is_empty() {
+    /// it is due and the links are up (by `remote_maps`, the node maps the
+    /// leader's checks have just read); whether it ran.
+    pub(super) async fn recover_if_links_now_up(
+        &mut self,
+        remote_maps: &HashMap<u32, NodeMap>,
+    ) -> bool {
+        if !self.recover_once_links_up
+            || !unconnected_pairs(&self.active_nodes(), remote_maps).is_empty()
+        {
             return false;
         }
         self.recover_once_links_up = false;
