@@ -64,7 +64,7 @@ impl std::fmt::Debug for OutLink {
 }
 
 impl OutLink {
-    fn new(stream: Arc<TcpStream>) -> OutLink {
+    pub(crate) fn new(stream: Arc<TcpStream>) -> OutLink {
         OutLink {
             stream,
             outbox: Arc::new(Outbox::new()),

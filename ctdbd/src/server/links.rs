@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::transport::{self, InLink, OutCmd, OutLink};
 
 use super::Server;
+use super::held::{Held, NotHeld};
 
 /// The keepalive version CTDB 4.17 sends: (major << 16) | minor.
 pub const KEEPALIVE_VERSION: u32 = (4 << 16) | 17;
@@ -48,6 +49,8 @@ pub(super) struct NodeLinks {
     /// The outgoing connection, while up.
     pub(super) link: Option<OutLink>,
     pub(super) in_link: Option<InLink>,
+    /// Record packets waiting for the outgoing connection ([`super::held`]).
+    pub(super) held: Held,
 }
 
 impl NodeLinks {
@@ -123,6 +126,45 @@ impl Server {
             proven: false,
         });
         self.maybe_connected(pnn);
+    }
+
+    /// The outgoing connection to `pnn` is up: what was kept for it goes
+    /// first.
+    pub(super) fn node_out_up(&mut self, pnn: u32, link: OutLink) {
+        let generation = self.generation();
+        let Some(l) = self.links.get_mut(&pnn) else {
+            link.close();
+            return;
+        };
+        l.out_up = true;
+        l.drop_link();
+        let kept = l.held.take(generation, Instant::now());
+        if !kept.is_empty() {
+            info!(
+                "outgoing connection to node {pnn} up: sending {} record packets kept for it",
+                kept.len()
+            );
+            let n = kept.len() as u32;
+            let mut dirty = false;
+            for b in kept {
+                dirty |= link.queue(b);
+            }
+            if dirty {
+                self.dirty_nodes.push(pnn);
+            }
+            self.core
+                .stats
+                .bump(|s| s.node_packets_sent = s.node_packets_sent.wrapping_add(n));
+        }
+        l.link = Some(link);
+        self.maybe_connected(pnn);
+    }
+
+    /// Forgets kept packets that waited too long.
+    pub(super) fn expire_held(&mut self, now: Instant) {
+        for l in self.links.values_mut() {
+            l.held.expire(now);
+        }
     }
 
     pub(super) fn close_in_link(&mut self, pnn: u32) {
@@ -223,12 +265,20 @@ impl Server {
             self.loopback.push(BytesMut::from(&bytes[..]));
             return;
         }
-        let Some(l) = self.links.get(&pnn) else {
+        let Some(l) = self.links.get_mut(&pnn) else {
             debug!("no link to node {pnn}, dropping packet");
             return;
         };
         if !l.out_up {
-            debug!("no outgoing connection to node {pnn}, dropping packet");
+            match l.held.hold(bytes, Instant::now()) {
+                Ok(()) => debug!("no outgoing connection to node {pnn} yet, packet kept"),
+                Err(NotHeld::NotRecord) => {
+                    debug!("no outgoing connection to node {pnn}, dropping packet")
+                }
+                Err(NotHeld::Full) => warn!(
+                    "no outgoing connection to node {pnn} and its queue of kept packets is full, dropping packet"
+                ),
+            }
             return;
         }
         if let Some(link) = &l.link {

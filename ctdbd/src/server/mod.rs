@@ -51,8 +51,11 @@ use crate::transport::OutLink;
 
 mod controls;
 mod effects;
+mod held;
 mod ingress;
 mod links;
+#[cfg(test)]
+mod links_tests;
 #[cfg(test)]
 mod loop_tests;
 mod messages;
@@ -401,16 +404,7 @@ impl Server {
         match ev {
             Event::ClientAccepted(s) => self.client_accepted(s),
             Event::NodeAccepted { stream, peer } => self.node_accepted(stream, peer),
-            Event::NodeOutUp { pnn, link } => {
-                if let Some(l) = self.links.get_mut(&pnn) {
-                    l.out_up = true;
-                    l.drop_link();
-                    l.link = Some(link);
-                } else {
-                    link.close();
-                }
-                self.maybe_connected(pnn);
-            }
+            Event::NodeOutUp { pnn, link } => self.node_out_up(pnn, link),
             Event::NodeOutDown { pnn, error } => {
                 debug!("outgoing connection to node {pnn} down: {error}");
                 let was = self.links.get(&pnn).is_some_and(|l| l.out_up);
@@ -525,6 +519,7 @@ impl Server {
             self.keepalive_round();
         }
         self.expire_silent_links(now);
+        self.expire_held(now);
         self.monitor.tick(&mut self.core, now);
         let e = self.takeover.tick(&mut self.core, now);
         self.takeover_effects(e);

@@ -1,0 +1,94 @@
+//! Node links: what is sent to a node whose outgoing connection is not up.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ctdb_protocol::call::ReqCall;
+use ctdb_protocol::keepalive::ReqKeepalive;
+use ctdb_protocol::{Body, Header, Marshal as _, Operation, Packet};
+
+use super::{Event, Server};
+use crate::transport::OutLink;
+
+fn packet(generation: u32, reqid: u32, body: Body) -> Bytes {
+    let mut h = Header::new(body.operation(), 1, 0, reqid);
+    h.generation = generation;
+    Packet::new(h, body).encode().into()
+}
+
+fn call(generation: u32, reqid: u32) -> Bytes {
+    packet(
+        generation,
+        reqid,
+        Body::ReqCall(ReqCall {
+            flags: 0,
+            db_id: 0x1234,
+            callid: 0,
+            hopcount: 0,
+            key: b"the key".to_vec(),
+            calldata: Vec::new(),
+        }),
+    )
+}
+
+/// A call resent at a recovery's thaw to a node whose outgoing
+/// connection is not up yet (it restarted a moment ago) reaches it when
+/// the connection comes up, ahead of anything sent after; CTDB drops it,
+/// which leaves the caller waiting for its call timeout. A keepalive is
+/// not kept, nor is a call of a generation a recovery has ended.
+#[test]
+fn record_packets_wait_for_the_node_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let nodes = ["127.0.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
+    let mut s = Server::detached(0, &nodes, dir.path());
+    s.links.entry(1).or_default();
+
+    let generation = s.generation();
+    let kept = call(generation, 1);
+    s.send_node(1, kept.clone());
+    let keepalive = ReqKeepalive {
+        version: 1,
+        uptime: 1,
+    };
+    s.send_node(
+        1,
+        packet(generation, 2, Body::ReqKeepalive(Some(keepalive))),
+    );
+    s.send_node(1, call(generation.wrapping_add(1), 3));
+
+    // The connection comes up: what was kept goes first, then new packets.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    out.set_nonblocking(true).unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    let link = OutLink::new(Arc::new(tokio::net::TcpStream::from_std(out).unwrap()));
+    s.on_event(Event::NodeOutUp { pnn: 1, link });
+    let after = call(generation, 4);
+    s.send_node(1, after.clone());
+    s.flush();
+
+    let want = [kept.as_ref(), after.as_ref()].concat();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = vec![0u8; want.len()];
+    peer.read_exact(&mut got)
+        .expect("the kept call and the next one reach the node");
+    assert_eq!(
+        got, want,
+        "the kept call first, then the next; nothing else"
+    );
+    peer.set_nonblocking(true).unwrap();
+    let mut more = [0u8; 64];
+    assert!(
+        peer.read(&mut more).is_err(),
+        "neither the keepalive nor the stale call is sent"
+    );
+    assert_eq!(Header::pull(&got).unwrap().0.operation, Operation::ReqCall);
+}
