@@ -206,6 +206,19 @@ impl Network {
         );
     }
 
+    /// Node `to` refuses new connections from node `from` to the CTDB
+    /// port (their SYNs are dropped); what is connected already stays, and
+    /// `to` can still connect to `from`.
+    pub fn refuse_connections(&self, to: usize, from: usize) {
+        self.nft(
+            to,
+            &format!(
+                "add rule inet ctdbrs input ip saddr {} tcp dport 4379 tcp flags & (syn | ack) == syn drop",
+                self.ip(from)
+            ),
+        );
+    }
+
     /// Node `k` no longer reaches the bridge's own address (the service
     /// there, an etcd, say), nor hears from it.
     pub fn cut_from_bridge(&self, k: usize) {

@@ -42,3 +42,14 @@ pub fn recoverd_of(daemon: i32) -> Option<i32> {
         .collect();
     (r.len() == 1).then(|| r[0])
 }
+
+/// A child process killed and reaped when dropped (also when the test
+/// fails), so nothing a test started outlives it.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

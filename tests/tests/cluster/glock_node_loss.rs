@@ -164,16 +164,9 @@ fn a_live_process_is_asked_about_its_stale_entry() {
         .spawn()
         .expect("start ctdb-glock-hold");
     // Killed and reaped whatever happens below.
-    struct Reap(Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut stdin = holder.stdin.take().unwrap();
     let mut out = BufReader::new(holder.stdout.take().unwrap());
-    let mut holder = Reap(holder);
+    let mut holder = ctdb_tests::procs::Reaped(holder);
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "held", "ctdb-glock-hold did not take the lock");

@@ -213,16 +213,7 @@ pub fn monitor_interval() -> u32 {
         .unwrap_or(1)
 }
 
-/// A child process killed and reaped when dropped (also when the test
-/// fails), so nothing started in a namespace outlives the test.
-pub struct Reaped(pub std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use ctdb_tests::procs::Reaped;
 
 /// When node `k`'s daemon logged the start of taking `ip` over (both
 /// daemons log "Takeover of IP ADDR/BITS on interface IFACE"), in seconds
