@@ -30,15 +30,15 @@ pub(super) const HOLD_MAX_BYTES: usize = 4 << 20;
 
 /// Whether a packet of this operation is kept rather than dropped when its
 /// node is not connected: the record protocol's, whose loss stalls a
-/// caller or strands a record.
+/// caller or strands a record. Only those a receiver checks against its
+/// generation: a node that restarted meanwhile drops what was meant for
+/// its previous run. (Not `REPLY_ERROR`: nothing checks its generation, so
+/// a kept one could answer a new call of a restarted node that happens to
+/// have the same request id.)
 pub(super) fn worth_holding(op: Operation) -> bool {
     matches!(
         op,
-        Operation::ReqCall
-            | Operation::ReplyCall
-            | Operation::ReqDmaster
-            | Operation::ReplyDmaster
-            | Operation::ReplyError
+        Operation::ReqCall | Operation::ReplyCall | Operation::ReqDmaster | Operation::ReplyDmaster
     )
 }
 
@@ -119,23 +119,27 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctdb_protocol::call::ReplyError;
+    use ctdb_protocol::call::{ReplyCall, ReplyError};
     use ctdb_protocol::{Body, Packet};
 
     fn pkt(op: Operation, generation: u32, reqid: u32) -> Bytes {
         sized(op, generation, reqid, 1)
     }
 
-    /// A packet of `op` (a REPLY_ERROR's body unless a keepalive) whose
-    /// message is `msg_len` bytes.
+    /// A packet of `op` (a keepalive, a REPLY_ERROR, else a REPLY_CALL's
+    /// body) with `msg_len` bytes of data.
     fn sized(op: Operation, generation: u32, reqid: u32, msg_len: usize) -> Bytes {
         let mut h = Header::new(op, 1, 0, reqid);
         h.generation = generation;
         let body = match op {
             Operation::ReqKeepalive => Body::ReqKeepalive(None),
-            _ => Body::ReplyError(ReplyError {
+            Operation::ReplyError => Body::ReplyError(ReplyError {
                 status: -1,
                 msg: vec![b'x'; msg_len],
+            }),
+            _ => Body::ReplyCall(ReplyCall {
+                status: 0,
+                data: vec![b'x'; msg_len],
             }),
         };
         Packet::new(h, body).encode().into()
@@ -149,9 +153,9 @@ mod tests {
     fn record_packets_are_kept_in_order_and_stale_ones_are_not_sent() {
         let t0 = Instant::now();
         let mut h = Held::default();
-        h.hold(pkt(Operation::ReplyError, 7, 1), t0).unwrap();
-        h.hold(pkt(Operation::ReplyError, 6, 2), t0).unwrap();
-        h.hold(pkt(Operation::ReplyError, 7, 3), t0).unwrap();
+        h.hold(pkt(Operation::ReplyCall, 7, 1), t0).unwrap();
+        h.hold(pkt(Operation::ReplyCall, 6, 2), t0).unwrap();
+        h.hold(pkt(Operation::ReplyCall, 7, 3), t0).unwrap();
         assert_eq!(
             h.hold(pkt(Operation::ReqKeepalive, 7, 4), t0),
             Err(NotHeld::NotRecord)
@@ -170,14 +174,14 @@ mod tests {
     fn packets_kept_too_long_are_forgotten() {
         let t0 = Instant::now();
         let mut h = Held::default();
-        h.hold(pkt(Operation::ReplyError, 7, 1), t0).unwrap();
+        h.hold(pkt(Operation::ReplyCall, 7, 1), t0).unwrap();
         let later = t0 + HOLD_FOR / 2;
-        h.hold(pkt(Operation::ReplyError, 7, 2), later).unwrap();
+        h.hold(pkt(Operation::ReplyCall, 7, 2), later).unwrap();
         assert_eq!(
             reqids(&h.take(7, t0 + HOLD_FOR + Duration::from_millis(1))),
             vec![2]
         );
-        h.hold(pkt(Operation::ReplyError, 7, 3), t0).unwrap();
+        h.hold(pkt(Operation::ReplyCall, 7, 3), t0).unwrap();
         h.expire(t0 + HOLD_FOR * 2);
         assert!(h.is_empty());
     }
@@ -187,15 +191,15 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Held::default();
         for i in 0..HOLD_MAX_PACKETS as u32 {
-            h.hold(pkt(Operation::ReplyError, 7, i), t0).unwrap();
+            h.hold(pkt(Operation::ReplyCall, 7, i), t0).unwrap();
         }
         assert_eq!(
-            h.hold(pkt(Operation::ReplyError, 7, 9999), t0),
+            h.hold(pkt(Operation::ReplyCall, 7, 9999), t0),
             Err(NotHeld::Full)
         );
         assert_eq!(h.take(7, t0).len(), HOLD_MAX_PACKETS);
         // The bytes bound: one packet near it fits, a second does not.
-        let big = || sized(Operation::ReplyError, 7, 1, HOLD_MAX_BYTES - 100);
+        let big = || sized(Operation::ReplyCall, 7, 1, HOLD_MAX_BYTES - 100);
         h.hold(big(), t0).unwrap();
         assert_eq!(h.hold(big(), t0), Err(NotHeld::Full));
     }
