@@ -9,6 +9,7 @@ use ctdb_protocol::call::ReqCall;
 use ctdb_protocol::keepalive::ReqKeepalive;
 use ctdb_protocol::{Body, Header, Marshal as _, Operation, Packet};
 
+use super::loop_tests::with_server;
 use super::{Event, Server};
 use crate::transport::OutLink;
 
@@ -40,14 +41,10 @@ fn call(generation: u32, reqid: u32) -> Bytes {
 /// not kept, nor is a call of a generation a recovery has ended.
 #[test]
 fn record_packets_wait_for_the_node_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _g = rt.enter();
-    let nodes = ["127.0.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()];
-    let mut s = Server::detached(0, &nodes, dir.path());
+    with_server(2, kept_until_connected);
+}
+
+fn kept_until_connected(s: &mut Server) {
     s.links.entry(1).or_default();
 
     let generation = s.generation();

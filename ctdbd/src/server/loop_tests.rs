@@ -17,13 +17,23 @@ use super::messages::message_bytes;
 /// commit whose last reply was its own node's waited.
 #[test]
 fn what_a_self_addressed_packet_produces_is_written_in_its_turn() {
+    with_server(1, a_self_addressed_packet);
+}
+
+/// Runs `f` on node 0 of a detached server of `nodes` nodes (all on
+/// 127.0.0.1), inside a current-thread runtime and a temporary directory.
+pub(super) fn with_server(nodes: usize, f: impl FnOnce(&mut Server)) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let _g = rt.enter();
-    let mut s = Server::detached(0, &["127.0.0.1".parse().unwrap()], dir.path());
+    let addrs = vec!["127.0.0.1".parse().unwrap(); nodes];
+    f(&mut Server::detached(0, &addrs, dir.path()));
+}
+
+fn a_self_addressed_packet(s: &mut Server) {
     let (ours, mut theirs) = StdUnixStream::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     s.client_accepted(tokio::net::UnixStream::from_std(ours).unwrap());
