@@ -139,14 +139,15 @@ impl Server {
         l.out_up = true;
         l.drop_link();
         let kept = l.held.take(generation, Instant::now());
-        if !kept.is_empty() {
+        if !kept.send.is_empty() || kept.dropped > 0 {
             info!(
-                "outgoing connection to node {pnn} up: sending {} record packets kept for it",
-                kept.len()
+                "outgoing connection to node {pnn} up: sending {} record packets kept for it ({} not sent: over the bounds, too old, or of a past generation)",
+                kept.send.len(),
+                kept.dropped
             );
-            let n = kept.len() as u32;
+            let n = kept.send.len() as u32;
             let mut dirty = false;
-            for b in kept {
+            for b in kept.send {
                 dirty |= link.queue(b);
             }
             if dirty {
@@ -272,11 +273,11 @@ impl Server {
         if !l.out_up {
             match l.held.hold(bytes, Instant::now()) {
                 Ok(()) => debug!("no outgoing connection to node {pnn} yet, packet kept"),
-                Err(NotHeld::NotRecord) => {
+                Err(NotHeld::NotWorth | NotHeld::StillFull) => {
                     debug!("no outgoing connection to node {pnn}, dropping packet")
                 }
                 Err(NotHeld::Full) => warn!(
-                    "no outgoing connection to node {pnn} and its queue of kept packets is full, dropping packet"
+                    "no outgoing connection to node {pnn} and its queue of kept packets is full: dropping record packets until it is up"
                 ),
             }
             return;

@@ -162,6 +162,7 @@ fn call_over_a_link_not_yet_up(sender: Daemon) {
             .any(|l| l.contains("pending_calls") && !l.trim().ends_with(" 0"))
             .then_some(())
     });
+    let generation = c.generation(0);
     c.net().heal();
 
     if matches!(sender, Daemon::Reference) {
@@ -172,11 +173,19 @@ fn call_over_a_link_not_yet_up(sender: Daemon) {
         });
         let watched = Instant::now();
         while watched.elapsed() < Duration::from_secs(10) {
-            assert!(
-                fetch.0.try_wait().unwrap().is_none(),
-                "the reference answered a call sent before its connection was up: \
-                 it no longer drops such packets, and this test should say so"
-            );
+            if fetch.0.try_wait().unwrap().is_some() {
+                let now = c.generation(0);
+                assert_ne!(
+                    now, generation,
+                    "the reference answered a call sent before its connection was up, \
+                     with no recovery in between: it no longer drops such packets, and \
+                     this test should say so"
+                );
+                panic!(
+                    "a recovery (generation {generation:?} -> {now:?}) resent the call: \
+                     the scenario did not hold"
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         return;
@@ -192,6 +201,11 @@ fn call_over_a_link_not_yet_up(sender: Daemon) {
         let _ = e.read_to_string(&mut said);
     }
     assert!(status.success(), "ctdb readkey on node 0 failed: {said}");
+    assert_eq!(
+        c.generation(0),
+        generation,
+        "answered by a recovery's resend, not by the kept call"
+    );
     assert!(
         c.log_text(0).contains("record packets kept for it"),
         "node 0 did not log sending the kept call when its connection to node 1 came up"
