@@ -334,13 +334,18 @@ impl Cluster {
     /// Runs a `ctdb` tool binary against node `k`, as scripts/local-cluster.sh
     /// does (test mode, `CTDB_BASE` of the node).
     pub fn tool_with(&self, tool: &Path, k: usize, args: &[&str]) -> Output {
-        Command::new(tool)
-            .args(args)
+        self.tool_command(tool, k, args).output().unwrap()
+    }
+
+    /// The command [`Cluster::tool_with`] runs, for a test that starts it
+    /// itself (to run it in the background, say).
+    pub fn tool_command(&self, tool: &Path, k: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new(tool);
+        cmd.args(args)
             .env("CTDB_TEST_MODE", "yes")
             .env("CTDB_BASE", self.base(k))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// The reference tool's stdout for `args` on node `k`; panics on failure.

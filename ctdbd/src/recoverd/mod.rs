@@ -116,6 +116,15 @@ pub struct Recoverd {
     banning: mpsc::UnboundedReceiver<Message>,
 }
 
+/// The active (not inactive) nodes of `map`.
+fn active_in(map: &NodeMap) -> Vec<u32> {
+    map.nodes
+        .iter()
+        .filter(|n| n.flags & node_flags::INACTIVE == 0)
+        .map(|n| n.pnn)
+        .collect()
+}
+
 impl Recoverd {
     fn is_leader(&self) -> bool {
         self.leader == self.pnn
@@ -148,12 +157,27 @@ impl Recoverd {
 
     /// Active (connected, not banned or stopped) nodes.
     fn active_nodes(&self) -> Vec<u32> {
-        self.nodemap
-            .nodes
-            .iter()
-            .filter(|n| n.flags & node_flags::INACTIVE == 0)
-            .map(|n| n.pnn)
-            .collect()
+        active_in(&self.nodemap)
+    }
+
+    /// The node maps of `pnns` by pnn, and the nodes that did not answer
+    /// with one (in `pnns`' order).
+    async fn remote_nodemaps(&self, pnns: &[u32]) -> (HashMap<u32, NodeMap>, Vec<u32>) {
+        let mut maps = HashMap::new();
+        let mut failed = Vec::new();
+        for (n, r) in self
+            .client
+            .control_many(pnns, ControlRequest::GetNodemap)
+            .await
+        {
+            match r.map(|r| r.data) {
+                Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) => {
+                    maps.insert(n, m);
+                }
+                _ => failed.push(n),
+            }
+        }
+        (maps, failed)
     }
 
     fn send(&self, dest: u32, id: u64, data: &[u8]) {
@@ -475,18 +499,11 @@ impl Recoverd {
             .into_iter()
             .filter(|p| *p != self.pnn)
             .collect();
-        let mut remote_maps: HashMap<u32, NodeMap> = HashMap::new();
-        for (n, r) in c.control_many(&remotes, ControlRequest::GetNodemap).await {
-            match r.map(|r| r.data) {
-                Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) => {
-                    remote_maps.insert(n, m);
-                }
-                _ => {
-                    error!("Failed to read remote nodemap from node {n}");
-                    self.set_culprit(n);
-                    return Ok(());
-                }
-            }
+        let (remote_maps, failed) = self.remote_nodemaps(&remotes).await;
+        if let Some(&n) = failed.first() {
+            error!("Failed to read remote nodemap from node {n}");
+            self.set_culprit(n);
+            return Ok(());
         }
         self.update_flags(&remote_maps).await?;
         let vnnmap = c.get_vnnmap(self.pnn).await?;

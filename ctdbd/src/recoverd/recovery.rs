@@ -7,7 +7,6 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ctdb_protocol::ControlRequest;
 use ctdb_protocol::header::{CTDB_BROADCAST_CONNECTED, CTDB_CURRENT_NODE, INVALID_GENERATION};
 use ctdb_protocol::message::srvid;
 use ctdb_protocol::types::{NodeMap, node_flags};
@@ -149,23 +148,14 @@ impl Recoverd {
     /// from every active node's node map; a node that does not answer
     /// holds nothing up.
     async fn unconnected_now(&mut self) -> Vec<(u32, u32)> {
-        let c = self.client.clone();
-        let Ok(nodemap) = c.get_nodemap(CTDB_CURRENT_NODE).await else {
+        // The daemon's own map, fresher than the one the checks read: a
+        // node may have connected since.
+        let Ok(nodemap) = self.client.get_nodemap(CTDB_CURRENT_NODE).await else {
             return Vec::new();
         };
-        let active: Vec<u32> = nodemap
-            .nodes
-            .iter()
-            .filter(|n| n.flags & node_flags::INACTIVE == 0)
-            .map(|n| n.pnn)
-            .collect();
+        let active = super::active_in(&nodemap);
         let others: Vec<u32> = active.iter().copied().filter(|&p| p != self.pnn).collect();
-        let mut maps = HashMap::new();
-        for (n, r) in c.control_many(&others, ControlRequest::GetNodemap).await {
-            if let Ok(Some(ctdb_protocol::ControlReply::GetNodemap(m))) = r.map(|r| r.data) {
-                maps.insert(n, m);
-            }
-        }
+        let (maps, _silent) = self.remote_nodemaps(&others).await;
         unconnected_pairs(&active, &maps)
     }
 

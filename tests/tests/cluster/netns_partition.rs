@@ -7,7 +7,8 @@
 //! up).
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ctdb_tests::procs::Reaped;
@@ -144,15 +145,15 @@ fn call_over_a_link_not_yet_up(sender: Daemon) {
         .find(|k| map[tdb::HashKind::Jenkins.hash(k.as_bytes()) as usize % map.len()] == 1)
         .unwrap();
     let mut fetch = Reaped(
-        Command::new("/usr/bin/ctdb")
-            .args(["readkey", "held.tdb", &key])
-            .env("CTDB_TEST_MODE", "yes")
-            .env("CTDB_BASE", c.base(0))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+        c.tool_command(
+            Path::new("/usr/bin/ctdb"),
+            0,
+            &["readkey", "held.tdb", &key],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
     );
     // The call is on its way; then the connection may come up.
     poll_until(limit, "node 0 to send the call", || {
