@@ -179,6 +179,19 @@ pub fn init(app: &'static str, location: Option<&str>, level: Level) {
     };
 }
 
+/// [`init`] as the daemon's helper programs do it: the location from
+/// `CTDB_LOGGING` (e.g. `file:/path/log.ctdb`) and the level from
+/// `CTDB_DEBUGLEVEL` (a name or a number; NOTICE when unset or not
+/// understood), both of which the daemon exports to its helpers.
+pub fn init_from_env(app: &'static str) {
+    let level = std::env::var("CTDB_DEBUGLEVEL")
+        .ok()
+        .and_then(|s| level_from_ctdb(&s))
+        .unwrap_or(Level::INFO);
+    let location = std::env::var("CTDB_LOGGING").ok();
+    init(app, location.as_deref(), level);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

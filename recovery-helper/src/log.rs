@@ -9,8 +9,6 @@
 //! 2026-11-25T20:09:09.509249+00:00 node.0 ctdb-recovery[14175]: Set recovery mode to ACTIVE
 //! ```
 
-use tracing::Level;
-
 pub use ctdb_logging::level_from_ctdb;
 
 /// The program name in log lines, as CTDB's helper uses.
@@ -24,10 +22,5 @@ pub fn init() {
 /// [`init`] for another helper, whose lines carry `app` (e.g.
 /// `ctdb-takeover`) as the program name.
 pub fn init_as(app: &'static str) {
-    let level = std::env::var("CTDB_DEBUGLEVEL")
-        .ok()
-        .and_then(|s| level_from_ctdb(&s))
-        .unwrap_or(Level::INFO);
-    let location = std::env::var("CTDB_LOGGING").ok();
-    ctdb_logging::init(app, location.as_deref(), level);
+    ctdb_logging::init_from_env(app);
 }
