@@ -7,7 +7,7 @@
 //! `$CTDB_BASE/var`, data in `$CTDB_BASE/share`. `CTDB_SOCKET` overrides the
 //! daemon socket in either mode.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The directories CTDB uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +75,46 @@ impl Paths {
     }
 }
 
+/// Where the helper programs (`ctdb_recovery_helper`, `ctdb-event`,
+/// `ctdb_mutex_fcntl_helper`, ...) of a program installed as `exe` are: a
+/// program installed as `PREFIX/sbin/ctdbd` or `PREFIX/bin/ctdb`
+/// (`scripts/install.sh`) has them in `PREFIX/libexec/ctdb`, as CTDB's
+/// build puts its helpers under its prefix; anything else (a program run
+/// from a build tree, a prefix without that directory) uses Debian's
+/// `/usr/libexec/ctdb`.
+pub fn installed_helper_dir(exe: &Path) -> PathBuf {
+    let beside = exe
+        .parent()
+        .filter(|d| d.file_name().is_some_and(|n| n == "sbin" || n == "bin"))
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("libexec/ctdb"))
+        .filter(|d| d.is_dir());
+    beside.unwrap_or_else(|| PathBuf::from("/usr/libexec/ctdb"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_installed_program_finds_the_helpers_under_its_prefix() {
+        let d = tempfile::tempdir().unwrap();
+        let prefix = d.path().join("opt/ctdb-rs");
+        std::fs::create_dir_all(prefix.join("sbin")).unwrap();
+        let daemon = prefix.join("sbin/ctdbd");
+        let tool = prefix.join("bin/ctdb");
+        // No PREFIX/libexec/ctdb: Debian's directory.
+        assert_eq!(
+            installed_helper_dir(&daemon),
+            Path::new("/usr/libexec/ctdb")
+        );
+        std::fs::create_dir_all(prefix.join("libexec/ctdb")).unwrap();
+        assert_eq!(installed_helper_dir(&daemon), prefix.join("libexec/ctdb"));
+        assert_eq!(installed_helper_dir(&tool), prefix.join("libexec/ctdb"));
+        // Not in a bin or sbin directory (a build tree): Debian's.
+        let built = d.path().join("target/release/ctdbd");
+        assert_eq!(installed_helper_dir(&built), Path::new("/usr/libexec/ctdb"));
+    }
 
     fn vars<'a>(v: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
         move |k| v.iter().find(|(n, _)| *n == k).map(|(_, x)| x.into())

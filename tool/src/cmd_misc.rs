@@ -2,6 +2,7 @@
 //! the commands that need no daemon.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::path::PathBuf;
 
 use ctdb_protocol::header::CTDB_PROTOCOL;
 use ctdb_protocol::message::srvid;
@@ -449,20 +450,24 @@ pub fn run_helper(command: &str, path: &str, args: &[String]) -> i32 {
     }
 }
 
-const HELPER_BINDIR: &str = "/usr/libexec/ctdb";
+/// The directory of CTDB's helper programs for this tool.
+fn helper_bindir() -> PathBuf {
+    ctdb_client::paths::installed_helper_dir(&std::env::current_exe().unwrap_or_default())
+}
 
 /// `lvs` and `natgw`: one argument handed to the helper.
 pub fn helper(args: &[String], name: &str, desc: &str, env: &str, bin: &str) -> i32 {
     if args.len() != 1 {
         usage(Some(name));
     }
-    let path = std::env::var(env).unwrap_or_else(|_| format!("{HELPER_BINDIR}/{bin}"));
+    let path =
+        std::env::var(env).unwrap_or_else(|_| helper_bindir().join(bin).display().to_string());
     run_helper(desc, &path, args)
 }
 
 pub fn event(args: &[String]) -> i32 {
     let path = std::env::var("CTDB_EVENT_HELPER")
-        .unwrap_or_else(|_| format!("{HELPER_BINDIR}/ctdb-event"));
+        .unwrap_or_else(|_| helper_bindir().join("ctdb-event").display().to_string());
     run_helper("event daemon helper", &path, args)
 }
 

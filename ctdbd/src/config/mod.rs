@@ -39,9 +39,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct DaemonPaths {
     pub paths: ctdb_client::Paths,
-    /// Directory of CTDB's helpers (`ctdb_recovery_helper`,
-    /// `ctdb_mutex_fcntl_helper`): `CTDB_TEST_HELPER_BINDIR` or Debian's
-    /// `/usr/libexec/ctdb`.
+    /// Directory of the helpers (`ctdb_recovery_helper`,
+    /// `ctdb_takeover_helper`, `ctdb_mutex_fcntl_helper`, `ctdb-eventd`):
+    /// `CTDB_TEST_HELPER_BINDIR`, else
+    /// [`ctdb_client::paths::installed_helper_dir`] of this program.
     pub helper_dir: PathBuf,
     /// The default log directory.
     pub logdir: PathBuf,
@@ -53,7 +54,10 @@ impl DaemonPaths {
             ctdb_client::Paths::from_env().map_err(|e| ConfigError::Other(e.to_string()))?;
         let helper_dir = std::env::var_os("CTDB_TEST_HELPER_BINDIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/libexec/ctdb"));
+            .unwrap_or_else(|| {
+                let exe = std::env::current_exe().unwrap_or_default();
+                ctdb_client::paths::installed_helper_dir(&exe)
+            });
         let logdir = if std::env::var_os("CTDB_TEST_MODE").is_some() {
             paths.vardir.clone()
         } else {
