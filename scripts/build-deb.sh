@@ -34,12 +34,11 @@ Replaces: ctdb
 Section: net
 Priority: optional
 Description: clustered database daemon, a drop-in for Samba's CTDB 4.17
- ctdbd, the ctdb tool, ctdb_recovery_helper and ctdb_takeover_helper of
- ctdb-rs, a Rust
+ ctdbd, the ctdb tool, ctdb_recovery_helper, ctdb_takeover_helper,
+ ctdb_mutex_fcntl_helper and ctdb-eventd of ctdb-rs, a Rust
  reimplementation of CTDB speaking CTDB 4.17's protocol, with the same
  configuration files, paths and systemd unit name as Debian's ctdb package.
- A cluster lock needs a mutex helper (CTDB's ctdb_mutex_fcntl_helper, or a
- "!command" lock); this package does not provide one.
+ CTDB's event scripts are not included.
 C
 printf '/etc/ctdb/ctdb.conf\n/etc/logrotate.d/ctdb\n' > "$pkg/DEBIAN/conffiles"
 cat > "$pkg/DEBIAN/postinst" <<'S'

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install ctdb-rs where Debian's ctdb package puts CTDB (with PREFIX=/usr):
 #   $PREFIX/sbin/ctdbd, $PREFIX/bin/ctdb,
-#   $PREFIX/libexec/ctdb/ctdb_recovery_helper, ctdb_takeover_helper (and any
-#   other helper built),
+#   $PREFIX/libexec/ctdb/ctdb_recovery_helper, ctdb_takeover_helper,
+#   ctdb_mutex_fcntl_helper, ctdb-eventd,
 #   /lib/systemd/system/ctdb.service ($PREFIX/lib/systemd/system unless
 #   PREFIX is /usr), /etc/ctdb/ctdb.conf (kept if it exists),
 #   /etc/logrotate.d/ctdb.
@@ -14,8 +14,8 @@
 #   DESTDIR=            staging root (packages); nothing outside it is touched
 #   CTDB_RS_BIN=DIR     already built binaries (default: build them with cargo
 #                       into ${CARGO_TARGET_DIR:-target}/release)
-# It installs nothing of Debian's CTDB (the cluster-lock helper
-# ctdb_mutex_fcntl_helper and the event daemon come from Debian's package).
+# It installs nothing of Debian's CTDB. (CTDB's event scripts are not part of
+# ctdb-rs: the event daemon runs whatever is in /etc/ctdb/events.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -44,10 +44,8 @@ install -m 0755 "$bin/ctdbd" "$destdir$sbindir/ctdbd"
 install -m 0755 "$bin/ctdb" "$destdir$bindir/ctdb"
 install -m 0755 "$bin/ctdb_recovery_helper" "$destdir$libexecdir/ctdb/ctdb_recovery_helper"
 install -m 0755 "$bin/ctdb_takeover_helper" "$destdir$libexecdir/ctdb/ctdb_takeover_helper"
-# Helpers other crates may add, where Debian's package has them.
-for h in ctdb-eventd ctdb-event ctdb_mutex_fcntl_helper ctdb_lock_helper; do
-  if [ -x "$bin/$h" ]; then install -m 0755 "$bin/$h" "$destdir$libexecdir/ctdb/$h"; fi
-done
+install -m 0755 "$bin/ctdb_mutex_fcntl_helper" "$destdir$libexecdir/ctdb/ctdb_mutex_fcntl_helper"
+install -m 0755 "$bin/ctdb-eventd" "$destdir$libexecdir/ctdb/ctdb-eventd"
 
 sed -e "s|@SBINDIR@|$sbindir|g" -e "s|@BINDIR@|$bindir|g" -e "s|@LIBEXECDIR@|$libexecdir|g" \
   packaging/ctdb.service.in > "$destdir$unitdir/ctdb.service"

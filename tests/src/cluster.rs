@@ -1,6 +1,7 @@
 //! Local clusters for tests.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,6 +12,25 @@ use nix::unistd::Pid;
 
 use crate::netns::Network;
 use crate::{cluster_script, poll_until};
+
+/// The pid of a process holding an `fcntl` lock on some byte of `file`
+/// (the cluster lock helpers lock its first byte), if any.
+pub fn fcntl_lock_holder(file: &Path) -> Option<i32> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .ok()?;
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETLK(&mut fl)).ok()?;
+    (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
+}
 
 /// Which daemon a cluster runs.
 #[derive(Debug, Clone)]
@@ -324,6 +344,40 @@ impl Cluster {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// The pid of the process holding the shared cluster lock file, if
+    /// any ([`fcntl_lock_holder`]).
+    pub fn lock_holder(&self) -> Option<i32> {
+        fcntl_lock_holder(&self.lock_file())
+    }
+
+    /// The node whose daemon (an ancestor of [`Cluster::lock_holder`])
+    /// holds the cluster lock.
+    pub fn lock_holder_node(&self) -> Option<usize> {
+        let daemons: Vec<(usize, i32)> = (0..self.len())
+            .filter_map(|k| self.pid(k).map(|p| (k, p)))
+            .collect();
+        let mut p = self.lock_holder()?;
+        for _ in 0..8 {
+            if let Some((k, _)) = daemons.iter().find(|(_, d)| *d == p) {
+                return Some(*k);
+            }
+            p = crate::procs::stat(p)?.2;
+            if p <= 1 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// The leader as node `k` reports it (`ctdb leader`).
+    pub fn leader(&self, k: usize) -> Option<usize> {
+        let out = self.tool(k, &["leader"]);
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     }
 
     /// Runs the reference `ctdb` tool against node `k`.

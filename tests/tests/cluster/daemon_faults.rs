@@ -4,7 +4,6 @@
 //! takes the cluster lock, and no two nodes hold the lock or claim the
 //! lead at once. Run against our daemon and the reference.
 
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ctdb_tests::{
@@ -36,57 +35,6 @@ fn node_line(c: &Cluster, observer: usize, k: usize) -> String {
         .find(|l| l.starts_with(&format!("pnn:{k} ")))
         .unwrap_or_default()
         .to_owned()
-}
-
-/// The leader as node `k` reports it.
-fn leader_of(c: &Cluster, k: usize) -> Option<usize> {
-    let out = c.tool(k, &["leader"]);
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// The pid holding the cluster lock file (fcntl), if any.
-fn lock_holder(c: &Cluster) -> Option<i32> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(c.lock_file())
-        .ok()?;
-    let mut fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETLK(&mut fl)).ok()?;
-    (fl.l_type != libc::F_UNLCK as libc::c_short).then_some(fl.l_pid)
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The node whose daemon (an ancestor of the lock holder) holds the lock.
-fn lock_holder_node(c: &Cluster) -> Option<usize> {
-    let daemons: Vec<(usize, i32)> = (0..c.len())
-        .filter_map(|k| c.pid(k).map(|p| (k, p)))
-        .collect();
-    let mut p = lock_holder(c)?;
-    for _ in 0..8 {
-        if let Some((k, _)) = daemons.iter().find(|(_, d)| *d == p) {
-            return Some(*k);
-        }
-        p = parent_of(p)?;
-        if p <= 1 {
-            return None;
-        }
-    }
-    None
 }
 
 /// Waits (90 s) until each of `nodes` shows a vnn map of `size` nodes and
@@ -138,9 +86,9 @@ fn kill_node_then_restart(daemon: Daemon) {
 
 fn kill_the_leader(daemon: Daemon) {
     let c = start(daemon);
-    let old = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    let old = poll_until(Duration::from_secs(30), "a leader", || c.leader(0));
     assert_eq!(
-        lock_holder_node(&c),
+        c.lock_holder_node(),
         Some(old),
         "the leader does not hold the cluster lock"
     );
@@ -151,7 +99,7 @@ fn kill_the_leader(daemon: Daemon) {
     // successor and another at once (fcntl gives one holder; it must be
     // the one they name once they name one).
     let new = poll_until(Duration::from_secs(90), "a new leader", || {
-        let named: Vec<Option<usize>> = survivors.iter().map(|&k| leader_of(&c, k)).collect();
+        let named: Vec<Option<usize>> = survivors.iter().map(|&k| c.leader(k)).collect();
         let live: Vec<usize> = named
             .iter()
             .flatten()
@@ -171,14 +119,14 @@ fn kill_the_leader(daemon: Daemon) {
     poll_until(
         Duration::from_secs(30),
         "the new leader to hold the lock",
-        || (lock_holder_node(&c) == Some(new)).then_some(()),
+        || (c.lock_holder_node() == Some(new)).then_some(()),
     );
     c.wait_status(Duration::from_secs(90), 2, &[old]);
     // Still one leader, the same, after the recovery.
     for &k in &survivors {
-        assert_eq!(leader_of(&c, k), Some(new));
+        assert_eq!(c.leader(k), Some(new));
     }
-    assert_eq!(lock_holder_node(&c), Some(new));
+    assert_eq!(c.lock_holder_node(), Some(new));
 }
 
 #[test]
@@ -223,14 +171,14 @@ fn elections_without_a_cluster_lock(daemon: Daemon) {
     }
     c.wait_healthy(Duration::from_secs(120));
     let old = poll_until(Duration::from_secs(30), "an agreed leader", || {
-        let l: Vec<Option<usize>> = (0..3).map(|k| leader_of(&c, k)).collect();
+        let l: Vec<Option<usize>> = (0..3).map(|k| c.leader(k)).collect();
         (l[0].is_some() && l.iter().all(|x| *x == l[0])).then(|| l[0].unwrap())
     });
     assert!(c.tool_ok(0, &["getreclock"]).trim().is_empty());
     c.kill(old);
     let survivors: Vec<usize> = (0..3).filter(|k| *k != old).collect();
     poll_until(Duration::from_secs(90), "a new agreed leader", || {
-        let l: Vec<Option<usize>> = survivors.iter().map(|&k| leader_of(&c, k)).collect();
+        let l: Vec<Option<usize>> = survivors.iter().map(|&k| c.leader(k)).collect();
         (l[0].is_some() && l[0] != Some(old) && l.iter().all(|x| *x == l[0])).then_some(())
     });
     c.wait_status(Duration::from_secs(90), 2, &[old]);
@@ -283,11 +231,11 @@ fn helper_command_lock(daemon: Daemon) {
             .collect()
     });
     assert_eq!(c.tool_ok(1, &["getreclock"]).trim(), setting);
-    let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    let leader = poll_until(Duration::from_secs(30), "a leader", || c.leader(0));
     poll_until(
         Duration::from_secs(30),
         "the leader to hold the lock",
-        || (lock_holder_node(&c) == Some(leader)).then_some(()),
+        || (c.lock_holder_node() == Some(leader)).then_some(()),
     );
 }
 
@@ -318,7 +266,7 @@ fn our_leader_failing_recoveries_is_banned() {
     );
     require_reference();
     let c = Cluster::start(ClusterOptions::new(ours(), 3).recovery_helper(&helper));
-    let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    let leader = poll_until(Duration::from_secs(30), "a leader", || c.leader(0));
     std::fs::write(&bad, leader.to_string()).unwrap();
     c.tool_ok((leader + 1) % 3, &["setvar", "RerecoveryTimeout", "0"]);
     let observer = (leader + 1) % 3;
@@ -334,7 +282,7 @@ fn our_leader_failing_recoveries_is_banned() {
         },
     );
     let new = poll_until(Duration::from_secs(90), "a new leader", || {
-        leader_of(&c, observer).filter(|l| *l != leader)
+        c.leader(observer).filter(|l| *l != leader)
     });
     assert_ne!(new, leader);
     c.wait_status(Duration::from_secs(90), 2, &[leader]);
@@ -414,7 +362,7 @@ fn slow_recoveries_keep_the_leader(daemon: Daemon, helper: &std::path::Path) {
             .tunable("RerecoveryTimeout", 0),
     );
     c.wait_one_generation();
-    let leader = poll_until(Duration::from_secs(30), "a leader", || leader_of(&c, 0));
+    let leader = poll_until(Duration::from_secs(30), "a leader", || c.leader(0));
     let observer = (leader + 1) % 3;
     let logs_at: Vec<usize> = (0..3).map(|k| c.log_text(k).len()).collect();
     let runs_count = || {
@@ -447,7 +395,7 @@ fn slow_recoveries_keep_the_leader(daemon: Daemon, helper: &std::path::Path) {
             !since.contains("Leader broadcast timeout"),
             "node {k} timed out its leader during slow recoveries:\n{since}"
         );
-        assert_eq!(leader_of(&c, k), Some(leader), "node {k}'s leader");
+        assert_eq!(c.leader(k), Some(leader), "node {k}'s leader");
     }
 }
 

@@ -8,6 +8,7 @@
 //! db_vacuum::`).
 
 mod binary_replaced;
+mod cluster_lock_helper;
 mod daemon_bad_input;
 mod daemon_fairness;
 mod daemon_faults;

@@ -76,6 +76,8 @@ fn the_package_installs_where_debian_installs_ctdb() {
         "/usr/bin/ctdb",
         "/usr/libexec/ctdb/ctdb_recovery_helper",
         "/usr/libexec/ctdb/ctdb_takeover_helper",
+        "/usr/libexec/ctdb/ctdb_mutex_fcntl_helper",
+        "/usr/libexec/ctdb/ctdb-eventd",
         "/lib/systemd/system/ctdb.service",
         "/etc/ctdb/ctdb.conf",
         "/etc/logrotate.d/ctdb",
@@ -110,6 +112,11 @@ fn the_package_installs_where_debian_installs_ctdb() {
             "usr/libexec/ctdb/ctdb_takeover_helper",
             "ctdb_takeover_helper",
         ),
+        (
+            "usr/libexec/ctdb/ctdb_mutex_fcntl_helper",
+            "ctdb_mutex_fcntl_helper",
+        ),
+        ("usr/libexec/ctdb/ctdb-eventd", "ctdb-eventd"),
     ] {
         assert!(
             std::fs::read(root.join(inside)).unwrap() == std::fs::read(our_bin(name)).unwrap(),
@@ -207,6 +214,8 @@ fn install_sh_honours_prefix_and_destdir_and_keeps_a_config() {
         "opt/ctdb-rs/bin/ctdb",
         "opt/ctdb-rs/libexec/ctdb/ctdb_recovery_helper",
         "opt/ctdb-rs/libexec/ctdb/ctdb_takeover_helper",
+        "opt/ctdb-rs/libexec/ctdb/ctdb_mutex_fcntl_helper",
+        "opt/ctdb-rs/libexec/ctdb/ctdb-eventd",
         "opt/ctdb-rs/lib/systemd/system/ctdb.service",
         "etc/ctdb/ctdb.conf",
         "etc/logrotate.d/ctdb",

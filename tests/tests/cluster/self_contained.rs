@@ -14,8 +14,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use ctdb_tests::{our_bin, reference_dir, require_reference, workspace_root};
+use ctdb_tests::cluster::fcntl_lock_holder;
+use ctdb_tests::{our_bin, poll_until, reference_dir, workspace_root};
 
 /// A clone of the repository's HEAD in a fresh temp directory.
 fn clone_head(tmp: &Path) -> PathBuf {
@@ -99,7 +101,6 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn clone_runs_the_readme_cluster_command() {
-    require_reference(); // CTDB's cluster-lock helper comes with it
     let tmp = tempfile::Builder::new()
         .prefix("ctdb-clone-")
         .tempdir()
@@ -131,6 +132,18 @@ fn clone_runs_the_readme_cluster_command() {
         );
     }
     assert_eq!(text.matches(" OK").count(), 3, "{}", show(&start));
+    // The cluster lock is held through our helper: nothing of Debian's
+    // package runs.
+    let helper = bin.join("ctdb_mutex_fcntl_helper").canonicalize().unwrap();
+    let lock_file = dir.join("shared/cluster.lock");
+    poll_until(
+        Duration::from_secs(30),
+        "the cluster lock to be held through our helper",
+        || {
+            let pid = fcntl_lock_holder(&lock_file)?;
+            (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == helper).then_some(())
+        },
+    );
 
     let status = run.cluster_sh("status");
     assert!(
