@@ -6,8 +6,8 @@
 //! node increments its own key in persistent transactions without pause
 //! (`ctdb-increment persistent-loop`, restarted whenever it exits). Then
 //! node 0, 1, 2 in turn is stopped as an admin would (`ctdb shutdown`) and
-//! started again with our daemon (and our recovery helper) on the same
-//! directories; once all three run ours, they go back to the reference
+//! started again with our daemon (and our recovery and cluster lock
+//! helpers) on the same directories; once all three run ours, they go back to the reference
 //! the same way. Between steps the cluster must be healthy on every node,
 //! and the node must run the daemon the step put there.
 //!
@@ -29,9 +29,11 @@
 //!   stayed up). The restarted node's own file starts empty: checked right
 //!   after each restart, before any recovery could fill it, would need
 //!   timing, so that part is not asserted;
+//! - after each step the leader holds the cluster lock through its own
+//!   kind of helper (CTDB's or ours, which share the lock file);
 //! - the cluster ends healthy, with one generation on all nodes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ctdb_tests::workload::Workload;
@@ -382,7 +384,17 @@ fn rolling_upgrade_from_ctdb_and_back() {
     });
     let start = Instant::now();
 
-    let our_env = [("CTDB_RECOVERY_HELPER", our_helper.to_str().unwrap())];
+    // A node upgraded to ctdb-rs runs its helpers too, as the package
+    // installs them: the cluster lock is then taken by CTDB's helper on
+    // some nodes and by ours on others, on the same file.
+    let our_lock_helper = our_bin("ctdb_mutex_fcntl_helper");
+    let our_env = [
+        ("CTDB_RECOVERY_HELPER", our_helper.to_str().unwrap()),
+        (
+            "CTDB_CLUSTER_MUTEX_HELPER",
+            our_lock_helper.to_str().unwrap(),
+        ),
+    ];
     let plan: Vec<Step> = (0..NODES)
         .map(|k| (k, &ours, our_bin("ctdbd"), &our_env[..]))
         .chain((0..NODES).map(|k| (k, &reference, PathBuf::from("/usr/sbin/ctdbd"), &[][..])))
@@ -403,6 +415,23 @@ fn rolling_upgrade_from_ctdb_and_back() {
             running_binary(&c, k),
             bin.canonicalize().unwrap(),
             "{what}: node {k} runs another daemon"
+        );
+        // The leader holds the cluster lock through its own kind of
+        // helper, whichever kind the nodes before it used.
+        poll_until(
+            Duration::from_secs(30),
+            &format!("{what}: the leader to hold the cluster lock through its helper"),
+            || {
+                let leader = c.leader(k)?;
+                let holder = c.lock_holder()?;
+                let helper = std::fs::read_link(format!("/proc/{holder}/exe")).ok()?;
+                let expected = if running_binary(&c, leader) == Path::new("/usr/sbin/ctdbd") {
+                    PathBuf::from("/usr/libexec/ctdb/ctdb_mutex_fcntl_helper")
+                } else {
+                    our_lock_helper.canonicalize().ok()?
+                };
+                (c.lock_holder_node() == Some(leader) && helper == expected).then_some(())
+            },
         );
         println!(
             "{:>6.1?}   healthy after {:.1?}",
