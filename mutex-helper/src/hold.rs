@@ -72,7 +72,14 @@ pub fn hold(held: Held, ppid: Pid, args: &Args, parent: impl Fn() -> Pid) -> End
             Ok(lost) => return End::Lost(lost),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             // No checks (recheck interval 0): only the parent to watch.
-            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(LOOK_EVERY),
+            Err(mpsc::RecvTimeoutError::Disconnected) if args.recheck.is_zero() => {
+                std::thread::sleep(LOOK_EVERY)
+            }
+            // The checks stopped without a word (the thread panicked): the
+            // lock can no longer be shown to be held.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return End::Lost(Lost("lock file checks stopped".into()));
+            }
         }
         if parent() != ppid {
             return End::ParentGone;

@@ -5,16 +5,19 @@
 //! kind on another node (or in another process here) finds it taken.
 //! POSIX record locks belong to the process, and closing *any* descriptor
 //! of the file in that process drops them all; so while the lock is held
-//! this process never opens the lock file again: the checks go by path
-//! (`access`, `stat`) and through the one descriptor that holds the lock.
+//! this process never opens the lock file again: the checks look its name
+//! up in its directory (`faccessat`, `fstatat`) and lock through the one
+//! descriptor that holds the lock.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, fcntl};
+use nix::fcntl::{AtFlags, FcntlArg, fcntl};
+use nix::sys::stat::fstatat;
 use nix::unistd::AccessFlags;
 
 /// What trying to take the lock came to.
@@ -100,6 +103,15 @@ pub fn take(path: &Path) -> Outcome {
     }
 }
 
+/// The directory `path` is in (`.` for a bare name) and its last part.
+fn dir_and_name(path: &Path) -> (&Path, &OsStr) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    (dir, path.file_name().unwrap_or(path.as_os_str()))
+}
+
 /// An I/O error as C's `strerror` words it (no "os error N").
 fn describe(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -141,15 +153,28 @@ fn set_lock(file: &File, start: i64, kind: libc::c_int, wait: bool) -> Result<()
 /// documentation).
 pub fn check(held: &Held) -> Result<(), Lost> {
     let path = held.path.display();
-    nix::unistd::access(&held.path, AccessFlags::R_OK | AccessFlags::W_OK)
-        .map_err(|e| Lost(format!("lock file \"{path}\" open failed ({})", e.desc())))?;
-    let m = std::fs::metadata(&held.path).map_err(|e| {
+    // The name is looked up in its directory, opened for the purpose: a
+    // network file system checks a directory it opens with its server
+    // (close-to-open), so a removal or replacement made on another node
+    // is seen now, not when its cached attributes expire.
+    let (dir, name) = dir_and_name(&held.path);
+    let dir = File::open(dir).map_err(|e| {
         Lost(format!(
-            "lock file \"{path}\" check failed ({})",
+            "lock file \"{path}\" open failed ({})",
             describe(&e)
         ))
     })?;
-    if (m.dev(), m.ino()) != (held.dev, held.ino) {
+    let at = Some(dir.as_raw_fd());
+    nix::unistd::faccessat(
+        at,
+        name,
+        AccessFlags::R_OK | AccessFlags::W_OK,
+        AtFlags::empty(),
+    )
+    .map_err(|e| Lost(format!("lock file \"{path}\" open failed ({})", e.desc())))?;
+    let st = fstatat(at, name, AtFlags::empty())
+        .map_err(|e| Lost(format!("lock file \"{path}\" check failed ({})", e.desc())))?;
+    if (st.st_dev, st.st_ino) != (held.dev, held.ino) {
         return Err(Lost(format!("lock file \"{path}\" inode changed")));
     }
     set_lock(&held.file, 1, libc::F_WRLCK, true).map_err(|e| {
@@ -169,10 +194,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_taker_meets_contention_only_from_another_process() {
-        // POSIX record locks do not conflict within one process, so the
-        // contention itself is tested across processes
-        // (tests/reference.rs); here: taking, the file's mode, the checks.
+    fn a_taken_lock_fails_its_check_once_the_file_is_replaced_or_removed() {
+        // POSIX record locks do not conflict within one process, so
+        // contention is tested across processes (tests/reference.rs);
+        // here: taking, the file's mode, the checks.
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("lock");
         let held = match take(&p) {

@@ -45,7 +45,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Outcome::Taken(held) = outcome {
-        match hold::hold(held, ppid, &args, nix::unistd::getppid) {
+        let end = hold::hold(held, ppid, &args, nix::unistd::getppid);
+        // The daemon learns the lock is lost when this end of its pipe
+        // closes. The process's exit closes it, but a check stuck in the
+        // file system can hold that exit up (its thread shares the
+        // descriptors): so it is closed first.
+        let _ = nix::unistd::close(1);
+        match end {
             End::ParentGone => info!("parent gone"),
             End::Lost(lost) => error!("lock lost - {}", lost.0),
             End::CheckHung(t) => error!(

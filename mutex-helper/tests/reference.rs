@@ -21,10 +21,15 @@ fn helpers() -> [(&'static str, PathBuf); 2] {
         Path::new(REFERENCE).is_file(),
         "{REFERENCE} missing: run scripts/install-deps.sh"
     );
-    [
-        ("ours", our_bin("ctdb_mutex_fcntl_helper")),
-        ("reference", PathBuf::from(REFERENCE)),
-    ]
+    let ours = our_bin("ctdb_mutex_fcntl_helper");
+    // With ctdb-rs's package installed in place of Debian's, the path
+    // holds ours, and every comparison would compare ours with ours.
+    assert_ne!(
+        std::fs::read(REFERENCE).unwrap(),
+        std::fs::read(&ours).unwrap(),
+        "{REFERENCE} is ours, not CTDB's: reinstall Debian's ctdb"
+    );
+    [("ours", ours), ("reference", PathBuf::from(REFERENCE))]
 }
 
 /// A helper started on a lock file, and the status it answered.
@@ -36,18 +41,17 @@ struct Running {
 /// Starts `helper` with `args` and reads its status character (within
 /// 10 s).
 fn start(helper: &Path, args: &[&str]) -> Running {
-    let mut child = Command::new(helper)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = read_status(child.stdout.take().unwrap(), helper);
-    Running {
-        child: Reaped(child),
-        status,
-    }
+    let mut child = Reaped(
+        Command::new(helper)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = read_status(child.0.stdout.take().unwrap(), helper);
+    Running { child, status }
 }
 
 fn read_status(mut out: impl Read + Send + 'static, helper: &Path) -> u8 {
@@ -67,6 +71,17 @@ fn read_status(mut out: impl Read + Send + 'static, helper: &Path) -> u8 {
 /// What a helper answers for `file` right now (it is stopped at once).
 fn try_take(helper: &Path, file: &Path) -> u8 {
     start(helper, &[file.to_str().unwrap(), "0"]).status
+}
+
+/// Checks for `how_long` (a bounded look, every 200 ms) that `r`'s helper
+/// keeps running and holding the lock on `file`.
+fn holds_for(r: &mut Running, helper: &Path, file: &Path, how_long: Duration, what: &str) {
+    let t0 = Instant::now();
+    while t0.elapsed() < how_long {
+        assert!(r.child.0.try_wait().unwrap().is_none(), "{what}: it exited");
+        assert_eq!(try_take(helper, file), b'1', "{what}: the lock is free");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits (at most `limit`) for `r`'s helper to exit.
@@ -118,6 +133,25 @@ fn run(helper: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+#[test]
+fn a_held_lock_survives_its_checks() {
+    // The checks must not drop the lock they check (closing any descriptor
+    // of the file would): a check a second, over several checks.
+    for (name, helper) in helpers() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("cluster.lock");
+        let mut h = start(&helper, &[file.to_str().unwrap(), "1"]);
+        assert_eq!(h.status, b'0', "{name}");
+        holds_for(
+            &mut h,
+            &helper,
+            &file,
+            Duration::from_millis(3500),
+            &format!("{name}, checked every second"),
+        );
+    }
 }
 
 #[test]
@@ -268,8 +302,13 @@ fn a_check_that_hangs_gives_the_lock_up_after_the_ping_timeout() {
             std::thread::sleep(Duration::from_millis(100));
         }
         drop(hang);
-        assert_eq!(try_take(&helper, &file), b'1', "{name}: still held");
-        assert!(h.child.0.try_wait().unwrap().is_none(), "{name}");
+        holds_for(
+            &mut h,
+            &helper,
+            &file,
+            Duration::from_millis(2500),
+            &format!("{name}, once the hung check ended"),
+        );
     }
 }
 
@@ -280,22 +319,24 @@ fn the_lock_goes_when_the_parent_does() {
         let file = d.path().join("cluster.lock");
         // A parent that starts the helper and waits; the helper's status
         // comes through the parent's standard output.
-        let mut parent = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(r#""$0" "$1" 0 & wait"#)
-            .arg(&helper)
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let status = read_status(parent.stdout.take().unwrap(), &helper);
+        let mut parent = Reaped(
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(r#""$0" "$1" 0 & wait"#)
+                .arg(&helper)
+                .arg(&file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let status = read_status(parent.0.stdout.take().unwrap(), &helper);
         assert_eq!(status, b'0', "{name}");
         assert_eq!(try_take(&helper, &file), b'1', "{name}: held");
-        parent.kill().unwrap();
+        parent.0.kill().unwrap();
         // Reaped, so the helper cannot see its parent as a zombie.
-        parent.wait().unwrap();
+        parent.0.wait().unwrap();
         // CTDB's helper looks for its parent every 5 s; ours every second.
         poll_until(
             Duration::from_secs(15),
