@@ -92,6 +92,18 @@ pub fn installed_helper_dir(exe: &Path) -> PathBuf {
     beside.unwrap_or_else(|| PathBuf::from("/usr/libexec/ctdb"))
 }
 
+/// Helper program `name` for a program installed as `exe`: in
+/// [`installed_helper_dir`], else in Debian's `/usr/libexec/ctdb` (for
+/// CTDB's helpers that ctdb-rs does not ship, such as `ctdb-event`).
+pub fn installed_helper(exe: &Path, name: &str) -> PathBuf {
+    let p = installed_helper_dir(exe).join(name);
+    if p.exists() {
+        p
+    } else {
+        Path::new("/usr/libexec/ctdb").join(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +123,16 @@ mod tests {
         std::fs::create_dir_all(prefix.join("libexec/ctdb")).unwrap();
         assert_eq!(installed_helper_dir(&daemon), prefix.join("libexec/ctdb"));
         assert_eq!(installed_helper_dir(&tool), prefix.join("libexec/ctdb"));
+        // A helper not installed there comes from Debian's directory.
+        std::fs::write(prefix.join("libexec/ctdb/ctdb_natgw"), "").unwrap();
+        assert_eq!(
+            installed_helper(&tool, "ctdb_natgw"),
+            prefix.join("libexec/ctdb/ctdb_natgw")
+        );
+        assert_eq!(
+            installed_helper(&tool, "ctdb-event"),
+            Path::new("/usr/libexec/ctdb/ctdb-event")
+        );
         // Not in a bin or sbin directory (a build tree): Debian's.
         let built = d.path().join("target/release/ctdbd");
         assert_eq!(installed_helper_dir(&built), Path::new("/usr/libexec/ctdb"));

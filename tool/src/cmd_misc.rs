@@ -2,7 +2,6 @@
 //! the commands that need no daemon.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::path::PathBuf;
 
 use ctdb_protocol::header::CTDB_PROTOCOL;
 use ctdb_protocol::message::srvid;
@@ -450,9 +449,13 @@ pub fn run_helper(command: &str, path: &str, args: &[String]) -> i32 {
     }
 }
 
-/// The directory of CTDB's helper programs for this tool.
-fn helper_bindir() -> PathBuf {
-    ctdb_client::paths::installed_helper_dir(&std::env::current_exe().unwrap_or_default())
+/// Helper program `name` for this tool (see
+/// [`ctdb_client::paths::installed_helper`]).
+fn helper_path(name: &str) -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    ctdb_client::paths::installed_helper(&exe, name)
+        .display()
+        .to_string()
 }
 
 /// `lvs` and `natgw`: one argument handed to the helper.
@@ -460,14 +463,12 @@ pub fn helper(args: &[String], name: &str, desc: &str, env: &str, bin: &str) -> 
     if args.len() != 1 {
         usage(Some(name));
     }
-    let path =
-        std::env::var(env).unwrap_or_else(|_| helper_bindir().join(bin).display().to_string());
+    let path = std::env::var(env).unwrap_or_else(|_| helper_path(bin));
     run_helper(desc, &path, args)
 }
 
 pub fn event(args: &[String]) -> i32 {
-    let path = std::env::var("CTDB_EVENT_HELPER")
-        .unwrap_or_else(|_| helper_bindir().join("ctdb-event").display().to_string());
+    let path = std::env::var("CTDB_EVENT_HELPER").unwrap_or_else(|_| helper_path("ctdb-event"));
     run_helper("event daemon helper", &path, args)
 }
 
