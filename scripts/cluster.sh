@@ -10,11 +10,12 @@
 #   stop    shut the daemons down
 # Environment: CLUSTER_DIR, BASE_IP (default 127.0.0), NODES (default 3),
 #   CTDB_RS_BIN (a directory of already built ctdbd, ctdb,
-#   ctdb_recovery_helper, ctdb-eventd and ctdb_mutex_fcntl_helper: `start`
-#   then builds nothing;
+#   ctdb_recovery_helper, ctdb_takeover_helper, ctdb-eventd and
+#   ctdb_mutex_fcntl_helper: `start` then builds nothing;
 #   default: build them into $CARGO_TARGET_DIR/release, itself default
 #   ./target/release),
-#   CTDB_TOOL, CTDB_RECOVERY_HELPER, CTDB_EVENTD, CTDB_CLUSTER_MUTEX_HELPER
+#   CTDB_TOOL, CTDB_RECOVERY_HELPER, CTDB_EVENTD, CTDB_CLUSTER_MUTEX_HELPER,
+#   CTDB_TEST_HELPER_BINDIR (where the daemons look for any other helper)
 #   (default: ours, from that directory).
 # The daemons are started by scripts/local-cluster.sh; nothing of Debian's
 # ctdb package is needed.
@@ -34,6 +35,9 @@ export CTDB_TOOL=${CTDB_TOOL:-$bin/ctdb}
 export CTDB_RECOVERY_HELPER=${CTDB_RECOVERY_HELPER:-$bin/ctdb_recovery_helper}
 export CTDB_EVENTD=${CTDB_EVENTD:-$bin/ctdb-eventd}
 export CTDB_CLUSTER_MUTEX_HELPER=${CTDB_CLUSTER_MUTEX_HELPER:-$bin/ctdb_mutex_fcntl_helper}
+# The takeover helper, which our daemon runs even with failover disabled,
+# and any other helper: ours too.
+export CTDB_TEST_HELPER_BINDIR=${CTDB_TEST_HELPER_BINDIR:-$bin}
 
 status() {
   "$script" "$dir" tool 0 status
@@ -42,14 +46,15 @@ status() {
 case ${1:-start} in
 start)
   if [ -z "${CTDB_RS_BIN:-}" ]; then
-    # Only the five programs the cluster runs, not the whole workspace (the
+    # Only the six programs the cluster runs, not the whole workspace (the
     # benchmark with its plotting, the fake daemon, the test programs).
     # After scripts/test.sh's build in the same target directory this has
     # nothing left to compile (.ci/clone-check relies on it in CI).
     cargo build --release --locked \
-      -p ctdbd -p ctdb-tool -p ctdb-recovery-helper -p ctdb-eventd -p ctdb-mutex-helper \
-      --bin ctdbd --bin ctdb --bin ctdb_recovery_helper --bin ctdb-eventd \
-      --bin ctdb_mutex_fcntl_helper >&2
+      -p ctdbd -p ctdb-tool -p ctdb-recovery-helper -p ctdb-takeover-helper \
+      -p ctdb-eventd -p ctdb-mutex-helper \
+      --bin ctdbd --bin ctdb --bin ctdb_recovery_helper --bin ctdb_takeover_helper \
+      --bin ctdb-eventd --bin ctdb_mutex_fcntl_helper >&2
   fi
   if [ -S "$dir/node.0/run/ctdbd.socket" ] && "$script" "$dir" tool 0 pnn >/dev/null 2>&1; then
     echo "cluster.sh: a cluster is already running in $dir (scripts/cluster.sh stop)" >&2

@@ -132,8 +132,16 @@ fn clone_runs_the_readme_cluster_command() {
         );
     }
     assert_eq!(text.matches(" OK").count(), 3, "{}", show(&start));
-    // The cluster lock is held through our helper: nothing of Debian's
-    // package runs.
+    // Nothing of Debian's package runs: the daemons look for their helpers
+    // among our programs, and the cluster lock is held through ours.
+    for pid in run.pids() {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let want = format!("CTDB_TEST_HELPER_BINDIR={}", bin.display());
+        assert!(
+            env.split(|b| *b == 0).any(|v| v == want.as_bytes()),
+            "daemon {pid} was not started with {want}"
+        );
+    }
     let helper = bin.join("ctdb_mutex_fcntl_helper").canonicalize().unwrap();
     let lock_file = dir.join("shared/cluster.lock");
     poll_until(
