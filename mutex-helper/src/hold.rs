@@ -70,11 +70,8 @@ pub fn hold(held: Held, ppid: Pid, args: &Args, parent: impl Fn() -> Pid) -> End
     loop {
         match rx.recv_timeout(LOOK_EVERY) {
             Ok(lost) => return End::Lost(lost),
+            // (Without checks `tx` stays here, so only this comes.)
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // No checks (recheck interval 0): only the parent to watch.
-            Err(mpsc::RecvTimeoutError::Disconnected) if args.recheck.is_zero() => {
-                std::thread::sleep(LOOK_EVERY)
-            }
             // The checks stopped without a word (the thread panicked): the
             // lock can no longer be shown to be held.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
