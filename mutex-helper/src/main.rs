@@ -45,13 +45,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Outcome::Taken(held) = outcome {
-        let end = hold::hold(held, ppid, &args, nix::unistd::getppid);
-        // The daemon learns the lock is lost when this end of its pipe
-        // closes. The process's exit closes it, but a check stuck in the
-        // file system can hold that exit up (its thread shares the
-        // descriptors): so it is closed first.
-        let _ = nix::unistd::close(1);
-        match end {
+        match hold::hold(held, ppid, &args, nix::unistd::getppid) {
             End::ParentGone => info!("parent gone"),
             End::Lost(lost) => error!("lock lost - {}", lost.0),
             End::CheckHung(t) => error!(
@@ -60,6 +54,12 @@ fn main() -> ExitCode {
                 t.as_secs()
             ),
         }
+        // The daemon learns the lock is lost when this end of its pipe
+        // closes (and then stops this process: so the reason is logged
+        // before). The process's exit closes it, but a check stuck in the
+        // file system can hold that exit up (its thread shares the
+        // descriptors): so it is closed here.
+        let _ = nix::unistd::close(1);
     }
     ExitCode::SUCCESS
 }
