@@ -14,9 +14,9 @@
 #   ctdb_mutex_fcntl_helper: `start` then builds nothing;
 #   default: build them into $CARGO_TARGET_DIR/release, itself default
 #   ./target/release),
-#   CTDB_TOOL, CTDB_RECOVERY_HELPER, CTDB_EVENTD, CTDB_CLUSTER_MUTEX_HELPER,
-#   CTDB_TEST_HELPER_BINDIR (where the daemons look for any other helper)
-#   (default: ours, from that directory).
+#   CTDB_TOOL, CTDB_RECOVERY_HELPER, CTDB_EVENTD, CTDB_TEST_HELPER_BINDIR
+#   (where the daemons look for their other helpers: the takeover and
+#   cluster lock helpers) (default: ours, from that directory).
 # The daemons are started by scripts/local-cluster.sh; nothing of Debian's
 # ctdb package is needed.
 set -euo pipefail
@@ -34,9 +34,8 @@ export CTDBD=$bin/ctdbd
 export CTDB_TOOL=${CTDB_TOOL:-$bin/ctdb}
 export CTDB_RECOVERY_HELPER=${CTDB_RECOVERY_HELPER:-$bin/ctdb_recovery_helper}
 export CTDB_EVENTD=${CTDB_EVENTD:-$bin/ctdb-eventd}
-export CTDB_CLUSTER_MUTEX_HELPER=${CTDB_CLUSTER_MUTEX_HELPER:-$bin/ctdb_mutex_fcntl_helper}
-# The takeover helper, which our daemon runs even with failover disabled,
-# and any other helper: ours too.
+# The takeover helper (which our daemon runs even with failover disabled),
+# the cluster lock helper and any other: ours too.
 export CTDB_TEST_HELPER_BINDIR=${CTDB_TEST_HELPER_BINDIR:-$bin}
 
 status() {

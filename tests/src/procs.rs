@@ -22,6 +22,14 @@ pub fn stat(pid: i32) -> Option<(String, char, i32)> {
     Some((comm, state, ppid))
 }
 
+/// The program a process runs (from /proc/PID/exe; a file replaced since
+/// it started, as by a rebuild, still gives its path).
+pub fn exe(pid: i32) -> Option<std::path::PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let s = exe.to_string_lossy();
+    Some(s.strip_suffix(" (deleted)").unwrap_or(&s).into())
+}
+
 /// Live (not zombie) children of `parent`.
 pub fn children(parent: i32) -> Vec<(i32, String)> {
     all_pids()

@@ -8,12 +8,8 @@
 
 use std::time::Duration;
 
+use ctdb_tests::procs::exe;
 use ctdb_tests::{Cluster, ClusterOptions, Daemon, our_bin, poll_until, require_reference};
-
-/// The program a process runs.
-fn exe(pid: i32) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
-}
 
 fn lock_file_removed(daemon: Daemon) {
     require_reference();

@@ -242,10 +242,7 @@ fn keep_logs(c: &Cluster) -> PathBuf {
 /// The daemon binary node `k` runs (its path, also when the file has
 /// been replaced by a rebuild since it started).
 fn running_binary(c: &Cluster, k: usize) -> PathBuf {
-    let pid = c.pid(k).expect("pid");
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    let s = exe.to_string_lossy();
-    PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s))
+    ctdb_tests::procs::exe(c.pid(k).expect("pid")).expect("the daemon's program")
 }
 
 /// The volatile records written before the upgrade, readable from every
@@ -424,7 +421,7 @@ fn rolling_upgrade_from_ctdb_and_back() {
             || {
                 let leader = c.leader(k)?;
                 let holder = c.lock_holder()?;
-                let helper = std::fs::read_link(format!("/proc/{holder}/exe")).ok()?;
+                let helper = ctdb_tests::procs::exe(holder)?;
                 let expected = if running_binary(&c, leader) == Path::new("/usr/sbin/ctdbd") {
                     PathBuf::from("/usr/libexec/ctdb/ctdb_mutex_fcntl_helper")
                 } else {

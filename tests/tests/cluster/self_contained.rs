@@ -149,7 +149,7 @@ fn clone_runs_the_readme_cluster_command() {
         "the cluster lock to be held through our helper",
         || {
             let pid = fcntl_lock_holder(&lock_file)?;
-            (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == helper).then_some(())
+            (ctdb_tests::procs::exe(pid)? == helper).then_some(())
         },
     );
 
